@@ -1,0 +1,1 @@
+"""The search over deployments, the recommendation, the CLI."""

@@ -1,0 +1,1 @@
+"""What things cost: hardware identity, model specs, timed kernels, profiles, cost models."""

@@ -1,0 +1,159 @@
+"""RooflineCostModel: iteration time from FLOPs and bytes over a GPU's datasheet, with named efficiencies.
+
+Each operation costs max(FLOPs / (peak x compute efficiency), bytes / (bandwidth x memory efficiency)).
+An iteration is the sum over layers of its projections, MLP or MoE experts, prefill and decode
+attention and TP all-reduces, plus the LM head and an engine overhead that does not depend on the
+batch. The efficiencies are a few physical factors per engine, fitted once (bench/calibrate.py),
+never per case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from profiler.costmodel import Batch, LinkSpec, transfer_s
+from profiler.gpus import GPUSpec
+from profiler.models import ModelSpec, dtype_bytes
+
+ACT_BYTES = 2.0  # activations travel in bf16 whatever the weight format
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Shares of datasheet peaks an engine reaches, and its fixed costs."""
+
+    gemm_compute: float = 0.70  # of dense tensor FLOP/s in projections and experts
+    gemm_memory: float = 0.85  # of HBM bandwidth when reading weights
+    attn_compute: float = 0.50  # of dense FLOP/s in prefill attention
+    attn_memory: float = 0.75  # of HBM bandwidth when decode attention reads KV
+    comm: float = 0.70  # of NVLink bandwidth in all-reduce
+    iteration_overhead_s: float = 2.0e-3  # scheduling, launch, sampling per iteration
+    per_seq_overhead_s: float = 0.0  # per-sequence bookkeeping per iteration
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Per-engine defaults. Replaced by fitted values where a calibration exists (profiler/calibration.py).
+ENGINE_EFFICIENCY: dict[str, Efficiency] = {
+    "vllm": Efficiency(),
+    "sglang": Efficiency(iteration_overhead_s=1.8e-3),
+    "trtllm": Efficiency(iteration_overhead_s=1.2e-3),
+    "pdsim-runtime": Efficiency(),
+}
+
+
+def engine_efficiency(engine: str) -> Efficiency:
+    return ENGINE_EFFICIENCY.get(engine, Efficiency())
+
+
+class RooflineCostModel:
+    """Cost of one pool's iterations from ModelSpec over GPUSpec; TP divides work and adds all-reduce."""
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, dtype: str = "bf16",
+                 kv_dtype: str | None = None, efficiency: Efficiency | None = None):
+        self.model, self.gpu, self.tp, self.dtype = model, gpu, tp, dtype
+        self.kv_dtype = kv_dtype or ("bf16" if dtype in ("bf16", "fp16", "fp32") else "fp8")
+        self.eff = efficiency or Efficiency()
+        m = model
+        wb = dtype_bytes(dtype)
+        self._peak = gpu.flops(dtype)
+        self._attn_peak = gpu.flops("bf16") if dtype == "fp4" else gpu.flops(dtype)
+        self._bw = gpu.hbm_bw_bytes_s
+        # Per-GPU weight elements of each layer's op groups.
+        self._attn_w = m.attn_params_per_layer() / tp
+        self._dense_w = m.dense_mlp_params() / tp
+        self._expert_w = m.expert_params() / tp  # experts are sharded over TP (or EP) as well
+        self._wb_attn = wb if dtype != "fp4" else dtype_bytes("bf16")
+        self._wb_mlp = wb
+        self._lm_w = m.vocab * m.hidden / tp
+        heads = max(1.0, m.heads / tp)
+        if m.is_mla:
+            # Prefill runs MLA expanded (qk 192, v 128); decode absorbs the up-projections and
+            # attends over the latent (kv_lora + rope for scores, kv_lora for values).
+            self._pf_attn_flops_per_pair = 2.0 * heads * (m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim)
+            self._dec_attn_flops_per_ctx = 2.0 * heads * (2 * m.kv_lora_rank + m.qk_rope_head_dim)
+        else:
+            self._pf_attn_flops_per_pair = 4.0 * heads * m.head_dim
+            self._dec_attn_flops_per_ctx = 4.0 * heads * m.head_dim
+        self._kv_bytes_layer = m.kv_bytes_per_token_per_gpu(self.kv_dtype, tp) / m.layers
+        # Sliding-window layers read at most the window; approximated on the mean context.
+        self._full_layers = m.layers - m.sliding_layers
+
+    # ---- pieces ------------------------------------------------------------------------------
+    def _linear_s(self, tokens, weight_elems: float, wbytes: float, in_out: float):
+        flops = 2.0 * tokens * weight_elems
+        bytes_ = weight_elems * wbytes + tokens * in_out * ACT_BYTES
+        return np.maximum(flops / (self._peak * self.eff.gemm_compute), bytes_ / (self._bw * self.eff.gemm_memory))
+
+    def _moe_s(self, tokens):
+        m = self.model
+        touched = m.experts * (1.0 - (1.0 - m.active_experts / m.experts) ** np.maximum(tokens, 0))
+        weight_bytes = (touched + m.shared_experts * (tokens > 0)) * self._expert_w * self._wb_mlp
+        flops = 2.0 * tokens * (m.active_experts + m.shared_experts) * self._expert_w
+        return np.maximum(flops / (self._peak * self.eff.gemm_compute),
+                          weight_bytes / (self._bw * self.eff.gemm_memory))
+
+    def _attn_layers_s(self, pairs, pf_ctx_read, n_dec, dec_ctx_sum):
+        """Attention of all layers: prefill over causal token pairs, decode over the contexts read."""
+        m = self.model
+        e = self.eff
+        total = 0.0
+        for layers, window in ((self._full_layers, 0), (m.sliding_layers, m.sliding_window)):
+            if layers == 0:
+                continue
+            d_ctx = dec_ctx_sum
+            if window:
+                d_ctx = np.minimum(dec_ctx_sum, n_dec * window)
+            pf = np.maximum(self._pf_attn_flops_per_pair * pairs / (self._attn_peak * e.attn_compute),
+                            self._kv_bytes_layer * pf_ctx_read / (self._bw * e.attn_memory))
+            dec = np.maximum(self._dec_attn_flops_per_ctx * d_ctx / (self._attn_peak * e.attn_compute),
+                             self._kv_bytes_layer * d_ctx / (self._bw * e.attn_memory))
+            total = total + layers * (pf + dec)
+        return total
+
+    def _allreduce_s(self, tokens):
+        if self.tp == 1:
+            return 0.0 * tokens
+        bytes_ = tokens * self.model.hidden * ACT_BYTES
+        one = (2.0 * (self.tp - 1) / self.tp * bytes_ / (self.gpu.nvlink_bw_bytes_s * self.eff.comm)
+               + self.gpu.nvlink_latency_s)
+        return 2.0 * self.model.layers * one
+
+    def _time(self, tokens, pairs, pf_ctx_read, n_dec, dec_ctx_sum, n_logits):
+        m = self.model
+        h = m.hidden
+        t = self._linear_s(tokens, self._attn_w, self._wb_attn, 2.0 * h) * m.layers
+        if m.dense_layers:
+            t = t + self._linear_s(tokens, self._dense_w, self._wb_mlp, h + m.intermediate / self.tp) * m.dense_layers
+        if m.moe_layers:
+            t = t + self._moe_s(tokens) * m.moe_layers
+        t = t + self._attn_layers_s(pairs, pf_ctx_read, n_dec, dec_ctx_sum)
+        t = t + self._allreduce_s(tokens)
+        t = t + self._linear_s(n_logits, self._lm_w, dtype_bytes("bf16"), h)
+        return t + self.eff.iteration_overhead_s + self.eff.per_seq_overhead_s * n_logits
+
+    # ---- CostModel ---------------------------------------------------------------------------
+    def iteration_s(self, batch: Batch) -> float:
+        if batch.empty:
+            return 0.0
+        c = batch.prefill_tokens.astype(np.float64)
+        p = batch.prefill_cached.astype(np.float64)
+        pairs = float((c * p + c * (c + 1) / 2).sum())
+        pf_read = float((c + p).sum())
+        n_dec = len(batch.decode_ctx)
+        n_last = len(c) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
+        return float(self._time(batch.tokens, pairs, pf_read, n_dec, float(batch.decode_ctx.sum()), n_dec + n_last))
+
+    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
+        ctx = ctx_sum + n_seqs * np.arange(steps, dtype=np.float64)
+        return np.asarray(self._time(n_seqs, 0.0, 0.0, n_seqs, ctx, n_seqs), dtype=np.float64) * np.ones(steps)
+
+    def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
+        return transfer_s(kv_bytes, link)
+
+    def with_efficiency(self, **changes) -> RooflineCostModel:
+        return RooflineCostModel(self.model, self.gpu, self.tp, self.dtype, self.kv_dtype,
+                                 replace(self.eff, **changes))

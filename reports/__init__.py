@@ -1,0 +1,1 @@
+"""HTML (plotly) and JSON reports."""

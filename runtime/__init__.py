@@ -1,0 +1,1 @@
+"""The bundled minimal live runtime: frontend, router, prefill/decode workers."""

@@ -1,0 +1,1 @@
+"""SimPy model of a serving deployment: workers, router, KV link, metrics."""

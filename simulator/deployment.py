@@ -1,0 +1,262 @@
+"""Deployment: what runs where. Read from and written to the YAML that `pdsim simulate`, `serve`,
+`check` and `plan` share.
+
+```yaml
+model: llama-3.1-8b        # catalog name or path to config.json
+gpu: h200-sxm
+dtype: fp8                 # bf16 | fp8 | fp4
+topology: disagg           # agg | disagg
+prefill: {replicas: 2, tp: 1, max_batch_tokens: 8192}
+decode:  {replicas: 1, tp: 2, max_seqs: 256}
+kv_link: {bandwidth_gb_s: 50, latency_us: 10}
+router: least_loaded       # round_robin | least_loaded | kv_aware
+```
+An aggregated deployment has one ``workers:`` pool instead of ``prefill`` and ``decode``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from profiler.errors import InputError
+
+TOPOLOGIES = ("agg", "disagg")
+ROUTERS = ("round_robin", "least_loaded", "kv_aware")
+DTYPES = ("bf16", "fp16", "fp8", "fp4", "fp32")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """One pool of identical replicas."""
+
+    replicas: int = 1
+    tp: int = 1  # GPUs per replica
+    max_batch_tokens: int = 8192  # token budget of one iteration
+    max_seqs: int = 256  # sequences in one iteration
+    chunk_size: int | None = None  # chunked prefill: most prompt tokens per chunk (None: max_batch_tokens)
+    chunked_prefill: bool = True  # split prompts across iterations; False: a prompt runs whole
+
+    @property
+    def gpus(self) -> int:
+        return self.replicas * self.tp
+
+    @property
+    def prefill_chunk_tokens(self) -> int:
+        return min(self.chunk_size or self.max_batch_tokens, self.max_batch_tokens)
+
+
+@dataclass(frozen=True)
+class KVLinkSpec:
+    bandwidth_gb_s: float = 50.0  # GB/s per direction (1 GB = 1e9 bytes)
+    latency_us: float = 10.0
+    placement: str = "intra"  # intra (NVLink, same node) | inter (RDMA)
+
+    @property
+    def bandwidth_bytes_s(self) -> float:
+        return self.bandwidth_gb_s * 1e9
+
+    @property
+    def latency_s(self) -> float:
+        return self.latency_us * 1e-6
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model: str
+    gpu: str = "h200-sxm"
+    dtype: str = "bf16"
+    topology: str = "agg"
+    workers: PoolSpec | None = None  # agg
+    prefill: PoolSpec | None = None  # disagg
+    decode: PoolSpec | None = None  # disagg
+    kv_link: KVLinkSpec = field(default_factory=KVLinkSpec)
+    router: str = "round_robin"
+    engine: str = "vllm"  # whose efficiency factors the roofline uses
+    kv_dtype: str | None = None  # default: bf16 for 16-bit weights, fp8 otherwise
+    kv_block_tokens: int = 16
+    gpu_memory_utilization: float = 0.90
+    kv_event_delay_s: float = 0.0
+    extra: dict = field(default_factory=dict)  # sections owned by later features (kv_tiers, faults, ...)
+
+    # ---- derived -----------------------------------------------------------------------------
+    @property
+    def pools(self) -> dict[str, PoolSpec]:
+        if self.topology == "agg":
+            return {"workers": self.workers} if self.workers else {}
+        return {k: v for k, v in (("prefill", self.prefill), ("decode", self.decode)) if v}
+
+    @property
+    def gpus(self) -> int:
+        return sum(p.gpus for p in self.pools.values())
+
+    @property
+    def resolved_kv_dtype(self) -> str:
+        return self.kv_dtype or ("bf16" if self.dtype in ("bf16", "fp16", "fp32") else "fp8")
+
+    def describe(self) -> str:
+        if self.topology == "agg":
+            w = self.workers
+            return f"agg {w.replicas}x TP{w.tp}"
+        return f"disagg prefill {self.prefill.replicas}x TP{self.prefill.tp} + decode {self.decode.replicas}x TP{self.decode.tp}"
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"model": self.model, "gpu": self.gpu, "dtype": self.dtype, "topology": self.topology}
+        for name, pool in self.pools.items():
+            d[name] = _pool_dict(pool)
+        if self.topology == "disagg":
+            d["kv_link"] = asdict(self.kv_link)
+        d["router"] = self.router
+        d["engine"] = self.engine
+        if self.kv_dtype:
+            d["kv_dtype"] = self.kv_dtype
+        d["kv_block_tokens"] = self.kv_block_tokens
+        d["gpu_memory_utilization"] = self.gpu_memory_utilization
+        if self.kv_event_delay_s:
+            d["kv_event_delay_s"] = self.kv_event_delay_s
+        d.update(self.extra)
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_pool(self, name: str, **changes) -> Deployment:
+        return replace(self, **{name: replace(getattr(self, name), **changes)})
+
+
+def _pool_dict(pool: PoolSpec) -> dict:
+    d = asdict(pool)
+    if d["chunk_size"] is None:
+        del d["chunk_size"]
+    return d
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+# Top-level sections that later features own; parsed by them from Deployment.extra.
+EXTRA_SECTIONS = {"kv_tiers", "faults", "prefix_cache", "router_weights", "retry", "autoscale"}
+
+
+def _check_keys(data: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise InputError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(allowed))})", where=where)
+
+
+def _positive(value: Any, where: str, kind: type = int, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"must be a number, got {value!r}", where=where)
+    if kind is int and float(value) != int(value):
+        raise InputError(f"must be a whole number, got {value!r}", where=where)
+    if not value > 0 or value != value:
+        raise InputError(f"must be positive, got {value!r}", where=where)
+    return kind(value)
+
+
+def _parse_pool(data: Any, where: str) -> PoolSpec:
+    if not isinstance(data, dict):
+        raise InputError("must be a mapping like {replicas: 1, tp: 1}", where=where)
+    allowed = {f.name for f in fields(PoolSpec)}
+    _check_keys(data, allowed, where)
+    kw: dict[str, Any] = {}
+    for key in ("replicas", "tp", "max_batch_tokens", "max_seqs"):
+        if key in data:
+            kw[key] = _positive(data[key], f"{where}.{key}")
+    if "chunk_size" in data:
+        kw["chunk_size"] = _positive(data["chunk_size"], f"{where}.chunk_size", allow_none=True)
+    if "chunked_prefill" in data:
+        if not isinstance(data["chunked_prefill"], bool):
+            raise InputError("must be true or false", where=f"{where}.chunked_prefill")
+        kw["chunked_prefill"] = data["chunked_prefill"]
+    return PoolSpec(**kw)
+
+
+def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
+    """Validate a deployment mapping; every error names the field."""
+    if not isinstance(data, dict):
+        raise InputError("a deployment must be a YAML mapping (model:, gpu:, topology:, ...)", where=where)
+    top = {f.name for f in fields(Deployment)} - {"extra"}
+    _check_keys(data, top | EXTRA_SECTIONS, where)
+    if "model" not in data:
+        raise InputError("missing field 'model'", where=where)
+    kw: dict[str, Any] = {"model": str(data["model"])}
+    for key in ("gpu", "engine"):
+        if key in data:
+            kw[key] = str(data[key])
+    for key in ("dtype", "kv_dtype"):
+        if key in data and data[key] is not None:
+            if data[key] not in DTYPES:
+                raise InputError(f"must be one of {', '.join(DTYPES)}, got {data[key]!r}", where=f"{where}.{key}")
+            kw[key] = data[key]
+    topology = data.get("topology", "disagg" if "prefill" in data or "decode" in data else "agg")
+    if topology not in TOPOLOGIES:
+        raise InputError(f"must be agg or disagg, got {topology!r}", where=f"{where}.topology")
+    kw["topology"] = topology
+    if topology == "agg":
+        if "prefill" in data or "decode" in data:
+            raise InputError("an agg deployment has one 'workers:' pool, not prefill/decode", where=where)
+        kw["workers"] = _parse_pool(data.get("workers", {}), f"{where}.workers")
+    else:
+        if "workers" in data:
+            raise InputError("a disagg deployment has 'prefill:' and 'decode:' pools, not 'workers:'", where=where)
+        for pool in ("prefill", "decode"):
+            if pool not in data:
+                raise InputError(f"missing field {pool!r} (a disagg deployment needs both pools)", where=where)
+            kw[pool] = _parse_pool(data[pool], f"{where}.{pool}")
+    if "kv_link" in data:
+        link = data["kv_link"]
+        if not isinstance(link, dict):
+            raise InputError("must be a mapping like {bandwidth_gb_s: 50, latency_us: 10}", where=f"{where}.kv_link")
+        _check_keys(link, {"bandwidth_gb_s", "latency_us", "placement"}, f"{where}.kv_link")
+        lk: dict[str, Any] = {}
+        if "bandwidth_gb_s" in link:
+            lk["bandwidth_gb_s"] = _positive(link["bandwidth_gb_s"], f"{where}.kv_link.bandwidth_gb_s", float)
+        if "latency_us" in link:
+            v = link["latency_us"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
+                raise InputError(f"must be a number >= 0, got {v!r}", where=f"{where}.kv_link.latency_us")
+            lk["latency_us"] = float(v)
+        if "placement" in link:
+            if link["placement"] not in ("intra", "inter"):
+                raise InputError("must be intra or inter", where=f"{where}.kv_link.placement")
+            lk["placement"] = link["placement"]
+        kw["kv_link"] = KVLinkSpec(**lk)
+    if "router" in data:
+        if data["router"] not in ROUTERS:
+            raise InputError(f"must be one of {', '.join(ROUTERS)}, got {data['router']!r}", where=f"{where}.router")
+        kw["router"] = data["router"]
+    if "kv_block_tokens" in data:
+        kw["kv_block_tokens"] = _positive(data["kv_block_tokens"], f"{where}.kv_block_tokens")
+    if "gpu_memory_utilization" in data:
+        u = _positive(data["gpu_memory_utilization"], f"{where}.gpu_memory_utilization", float)
+        if u > 1:
+            raise InputError(f"must be at most 1, got {u}", where=f"{where}.gpu_memory_utilization")
+        kw["gpu_memory_utilization"] = u
+    if "kv_event_delay_s" in data:
+        v = data["kv_event_delay_s"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
+            raise InputError(f"must be a number >= 0, got {v!r}", where=f"{where}.kv_event_delay_s")
+        kw["kv_event_delay_s"] = float(v)
+    kw["extra"] = {k: data[k] for k in EXTRA_SECTIONS if k in data}
+    return Deployment(**kw)
+
+
+def load_deployment(path: str | Path) -> Deployment:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError("file not found", where=str(path)) from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise InputError(f"cannot read ({e.__class__.__name__})", where=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        place = f"line {mark.line + 1}" if mark else "?"
+        raise InputError(f"{place}: not valid YAML ({getattr(e, 'problem', e)})", where=str(path)) from None
+    return parse_deployment(data, where=str(path))

@@ -1,0 +1,1 @@
+"""Workload loaders (real formats + synthetic) and small bundled sample traces."""
