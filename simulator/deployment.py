@@ -101,7 +101,8 @@ class Deployment:
         if self.topology == "agg":
             w = self.workers
             return f"agg {w.replicas}x TP{w.tp}"
-        return f"disagg prefill {self.prefill.replicas}x TP{self.prefill.tp} + decode {self.decode.replicas}x TP{self.decode.tp}"
+        p, d = self.prefill, self.decode
+        return f"disagg prefill {p.replicas}x TP{p.tp} + decode {d.replicas}x TP{d.tp}"
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"model": self.model, "gpu": self.gpu, "dtype": self.dtype, "topology": self.topology}
