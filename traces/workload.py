@@ -34,6 +34,7 @@ class Workload:
     hash_block_tokens: int = 512  # tokens per entry of hash_ids
     dropped: int = 0  # rows the loader dropped (counted, never silent)
     drop_reason: str = ""
+    format: str = ""  # the loader's format (azure, mooncake, ...), "synthetic", or "" when built by hand
 
     def __post_init__(self):
         missing = [c for c in REQUIRED_COLUMNS if c not in self.requests.columns]
