@@ -56,6 +56,33 @@ def run_app(application: typer.Typer, args: list[str] | None = None) -> int:
     return 0
 
 
+# ---- pdsim trace info (traces/info.py) ----------------------------------------------------------
+@trace_app.command("info")
+def trace_info_cmd(
+    file: str = typer.Argument(..., help="Trace: Azure CSV, Mooncake JSONL, BurstGPT CSV, Vidur CSV, lengths CSV."),
+    format: str | None = typer.Option(None, "--format", help="azure | mooncake | burstgpt | vidur | lengths "
+                                      "(default: detected from the content)."),
+    rate: float | None = typer.Option(None, "--rate", help="req/s: arrivals for a lengths-only file; "
+                                      "a timed trace is rescaled to it."),
+    arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma | constant (with --rate)."),
+    cv: float = typer.Option(1.0, "--cv", help="Burstiness of gamma arrivals (CV of the gaps)."),
+    spread_ticks: bool = typer.Option(False, "--spread-ticks", help="Spread same-timestamp requests over the tick."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Counts, rate, burstiness and ISL/OSL percentiles of a trace."""
+    import json
+
+    from traces.info import info_table, trace_info
+
+    info = trace_info(file, format, rate=rate, arrival=arrival, cv=cv, seed=seed, spread_ticks=spread_ticks)
+    if as_json:
+        clean = json.loads(json.dumps(info), parse_constant=lambda _: None)  # NaN -> null
+        typer.echo(json.dumps(clean, indent=2))
+    else:
+        typer.echo(info_table(info))
+
+
 def main() -> None:
     sys.exit(run_app(app))
 
