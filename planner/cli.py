@@ -34,7 +34,8 @@ def fail(message: str, code: int = EXIT_INPUT_ERROR) -> None:
 def run_app(application: typer.Typer, args: list[str] | None = None) -> int:
     """Run a typer app; InputError and other expected failures become one line, never a traceback."""
     try:
-        application(args=args, standalone_mode=False)
+        # without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`
+        code = application(args=args, standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
     except InputError as e:
@@ -53,7 +54,7 @@ def run_app(application: typer.Typer, args: list[str] | None = None) -> int:
             e.show()
             return e.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 # ---- pdsim trace info (traces/info.py) ----------------------------------------------------------
@@ -81,6 +82,41 @@ def trace_info_cmd(
         typer.echo(json.dumps(clean, indent=2))
     else:
         typer.echo(info_table(info))
+
+
+# ---- pdsim check (planner/check.py) -------------------------------------------------------------
+@app.command()
+def check(
+    paths: list[str] = typer.Argument(..., help="Check files (*.check.yaml) or folders searched for them."),
+    junit: str | None = typer.Option(None, "--junit", help="Write JUnit XML here (one testcase per check)."),
+    markdown: str | None = typer.Option(None, "--markdown", help="Write a markdown summary table here."),
+    update_baseline: bool = typer.Option(False, "--update-baseline",
+                                         help="Rewrite each file's baseline from this run (keeps comments)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Run checks in this many processes."),
+) -> None:
+    """Simulate deployment checks and say PASS/FAIL with the reason. Exit 0 all pass, 1 any fails, 2 bad input."""
+    from pathlib import Path
+
+    from planner import check_report
+    from planner.check import find_checks, judge, load_check, run_checks
+    from planner.check import update_baseline as rewrite_baseline
+
+    results = run_checks(find_checks(paths), jobs=jobs)
+    if update_baseline:
+        for i, r in enumerate(results):
+            if r.status != "error":
+                rewrite_baseline(r.path, r.summary)
+                results[i] = judge(load_check(r.path), r.summary, r.wall_s)
+                typer.echo(f"updated baseline: {r.path}")
+    for r in results:
+        typer.echo(check_report.format_result(r))
+    typer.echo(check_report.totals(results))
+    if junit:
+        check_report.write_junit(results, junit)
+    if markdown:
+        Path(markdown).write_text(check_report.markdown(results))
+    statuses = {r.status for r in results}
+    raise typer.Exit(EXIT_INPUT_ERROR if "error" in statuses else 1 if "fail" in statuses else 0)
 
 
 def main() -> None:

@@ -1,0 +1,520 @@
+"""`pdsim check`: deployment configs as regression tests for CI.
+
+A check file (``*.check.yaml``) names a deployment, a workload, SLO targets and an optional
+baseline; `pdsim check` simulates it and says PASS or FAIL with the reason.
+
+```yaml
+name: llama-3.1-8b agg, chat            # optional; default: the file name
+seed: 0                                 # workload sampling and simulation
+deployment: deployments/llama8b.yaml    # a deployment file (relative to this file or the repo), or inline
+workload: {requests: 300, isl: 1000, osl: 200, rate: 8}   # synthetic; or {trace: PATH, max_requests: 300}
+slo:
+  ttft_ms: 300                          # targets at `percentile`; also itl_ms, e2e_ms
+  tpot_ms: 20
+  percentile: 90                        # 50 | 90 | 99
+  attainment: 0.9                       # share of requests that must meet both TTFT and TPOT
+baseline:                               # `pdsim check --update-baseline` writes it
+  tolerance: 0.05                       # relative, for every metric without its own
+  metrics:
+    ttft_ms.p90: 182.4
+    tok_s_per_gpu: {value: 2210.0, tolerance: 0.02}
+```
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import YAMLError
+
+from profiler.errors import InputError
+from simulator.deployment import Deployment, load_deployment, parse_deployment
+
+CHECK_SUFFIXES = (".check.yaml", ".check.yml")
+TOP_KEYS = {"name", "seed", "deployment", "workload", "slo", "baseline"}
+LATENCIES = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E"}
+STATS = ("mean", "p50", "p90", "p99")
+PERCENTILES = (50, 90, 99)
+# Scalar summary metrics a baseline may pin, and whether more is better.
+HIGHER_IS_BETTER = {"throughput_tok_s": True, "tok_s_per_gpu": True, "tok_s_per_user": True, "slo_attainment": True,
+                    "completed": True, "failed": False}
+SYNTHETIC_KEYS = {"requests", "isl", "osl", "rate", "concurrency", "arrival", "cv"}
+TRACE_KEYS = {"trace", "format", "max_requests", "speedup"}
+DEFAULT_TOLERANCE = 0.05
+
+
+def baseline_metrics() -> list[str]:
+    """Every metric name a baseline may hold: ``ttft_ms.p90`` style latencies and the scalar metrics."""
+    return [f"{m}.{s}" for m in LATENCIES for s in STATS] + list(HIGHER_IS_BETTER)
+
+
+def higher_is_better(metric: str) -> bool:
+    return HIGHER_IS_BETTER.get(metric, False)
+
+
+@dataclass(frozen=True)
+class SLOSpec:
+    targets_ms: dict[str, float]  # {"ttft_ms": 300.0, "tpot_ms": 20.0}
+    percentile: int = 90
+    attainment: float | None = 0.9  # None: no attainment requirement
+
+    @property
+    def stat(self) -> str:
+        return f"p{self.percentile}"
+
+
+@dataclass(frozen=True)
+class Expected:
+    value: float
+    tolerance: float  # relative
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    path: Path
+    name: str
+    deployment: Deployment
+    workload: dict  # synthetic kwargs, or {"trace": Path, ...}
+    slo: SLOSpec
+    baseline: dict[str, Expected] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass
+class CheckResult:
+    path: str
+    name: str
+    status: str  # pass | fail | error
+    reasons: list[str] = field(default_factory=list)  # why it failed (or the error)
+    notes: list[str] = field(default_factory=list)  # e.g. improvements beyond tolerance
+    summary: dict = field(default_factory=dict)
+    deployment: str = ""
+    wall_s: float = 0.0
+    percentile: int = 90
+
+
+# ---- reading a check file ----------------------------------------------------------------------
+def _yaml() -> YAML:
+    y = YAML()  # round-trip: keeps comments, key order and line numbers
+    y.preserve_quotes = True
+    return y
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError("file not found", where=str(path)) from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise InputError(f"cannot read ({e.__class__.__name__})", where=str(path)) from None
+    try:
+        return _yaml().load(text)
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        place = f"line {mark.line + 1}: " if mark else ""
+        raise InputError(f"{place}not valid YAML ({getattr(e, 'problem', None) or e})", where=str(path)) from None
+
+
+class _Where:
+    """Names a field of a check file, with its line when the YAML parser kept it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, node: Any, key: str, dotted: str) -> str:
+        try:
+            return f"{self.path}:{node.lc.key(key)[0] + 1}: {dotted}"
+        except (AttributeError, KeyError, TypeError):
+            return f"{self.path}: {dotted}"
+
+
+def _number(value: Any, where: str, *, kind: type = float, positive: bool = True, upto: float | None = None) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise InputError(f"must be a number, got {value!r}", where=where)
+    if kind is int and float(value) != int(value):
+        raise InputError(f"must be a whole number, got {value!r}", where=where)
+    if positive and not value > 0:
+        raise InputError(f"must be positive, got {value!r}", where=where)
+    if not positive and value < 0:
+        raise InputError(f"must be >= 0, got {value!r}", where=where)
+    if upto is not None and value > upto:
+        raise InputError(f"must be at most {upto:g}, got {value!r}", where=where)
+    return kind(value)
+
+
+def _mapping(node: Any, where: str, example: str) -> dict:
+    if not isinstance(node, dict):
+        raise InputError(f"must be a mapping like {example}, got {node!r}", where=where)
+    return node
+
+
+def _unknown(node: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(str(k) for k in set(node) - allowed)
+    if extra:
+        raise InputError(f"unknown field {extra[0]!r} (known: {', '.join(sorted(allowed))})", where=where)
+
+
+def repo_root(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` holding pyproject.toml or .git."""
+    for d in [start, *start.parents]:
+        if (d / "pyproject.toml").exists() or (d / ".git").exists():
+            return d
+    return None
+
+
+def resolve_path(name: str, check_path: Path, where: str) -> Path:
+    """A path as written in a check file: absolute, relative to the check file, or relative to the repo."""
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        base = check_path.resolve().parent
+        root = repo_root(base)
+        candidates = [base / p] + ([root / p] if root and root != base else [])
+    for c in candidates:
+        if c.exists():
+            return c
+    tried = ", ".join(str(c.resolve()) for c in candidates)
+    raise InputError(f"file not found: {name} (looked for {tried})", where=where)
+
+
+def _parse_workload(node: Any, path: Path, w: _Where, parent: Any) -> dict:
+    where = w(parent, "workload", "workload")
+    node = _mapping(node, where, "{requests: 300, isl: 1000, osl: 200, rate: 8} or {trace: PATH}")
+    sub = lambda key: w(node, key, f"workload.{key}")  # noqa: E731
+    if "trace" in node:
+        _unknown(node, TRACE_KEYS, where)
+        if not isinstance(node["trace"], str):
+            raise InputError(f"must be a path, got {node['trace']!r}", where=sub("trace"))
+        spec: dict[str, Any] = {"trace": resolve_path(node["trace"], path, sub("trace"))}
+        if "format" in node:
+            spec["format"] = str(node["format"])
+        if "max_requests" in node:
+            spec["max_requests"] = _number(node["max_requests"], sub("max_requests"), kind=int)
+        if "speedup" in node:
+            spec["speedup"] = _number(node["speedup"], sub("speedup"))
+        return spec
+    _unknown(node, SYNTHETIC_KEYS, where)
+    for key in ("requests", "isl", "osl"):
+        if key not in node:
+            raise InputError(f"missing field {key!r} (a synthetic workload needs requests, isl, osl and a rate "
+                             "or a concurrency; a trace workload needs trace)", where=where)
+    spec = {"requests": _number(node["requests"], sub("requests"), kind=int)}
+    for key in ("isl", "osl"):
+        spec[key] = _number(node[key], sub(key), kind=int)
+    if ("rate" in node) == ("concurrency" in node):
+        raise InputError("needs exactly one of 'rate' (requests/s, open loop) or 'concurrency' (clients)", where=where)
+    if "rate" in node:
+        spec["rate"] = _number(node["rate"], sub("rate"))
+    else:
+        spec["concurrency"] = _number(node["concurrency"], sub("concurrency"), kind=int)
+    if "arrival" in node:
+        spec["arrival"] = str(node["arrival"])
+    if "cv" in node:
+        spec["cv"] = _number(node["cv"], sub("cv"))
+    return spec
+
+
+def _parse_slo(node: Any, w: _Where, parent: Any) -> SLOSpec:
+    where = w(parent, "slo", "slo")
+    node = _mapping(node, where, "{ttft_ms: 300, tpot_ms: 20, percentile: 90, attainment: 0.9}")
+    _unknown(node, set(LATENCIES) | {"percentile", "attainment"}, where)
+    sub = lambda key: w(node, key, f"slo.{key}")  # noqa: E731
+    targets = {k: _number(node[k], sub(k)) for k in LATENCIES if k in node}
+    if not targets:
+        raise InputError(f"names no target (give at least one of {', '.join(LATENCIES)})", where=where)
+    pct = node.get("percentile", 90)
+    if pct not in PERCENTILES or isinstance(pct, bool):
+        raise InputError(f"must be one of {', '.join(map(str, PERCENTILES))}, got {pct!r}", where=sub("percentile"))
+    att = node.get("attainment", 0.9)
+    if att is not None:
+        att = _number(att, sub("attainment"), upto=1.0)
+    return SLOSpec(targets, int(pct), att)
+
+
+def _parse_baseline(node: Any, w: _Where, parent: Any) -> dict[str, Expected]:
+    if node is None:
+        return {}
+    where = w(parent, "baseline", "baseline")
+    node = _mapping(node, where, "{tolerance: 0.05, metrics: {ttft_ms.p90: 182.4}}")
+    _unknown(node, {"tolerance", "metrics"}, where)
+    default = _number(node.get("tolerance", DEFAULT_TOLERANCE), w(node, "tolerance", "baseline.tolerance"),
+                      positive=False)
+    metrics = node.get("metrics") or {}
+    metrics = _mapping(metrics, w(node, "metrics", "baseline.metrics"), "{ttft_ms.p90: 182.4}")
+    known = baseline_metrics()
+    out = {}
+    for key, entry in metrics.items():
+        at = w(metrics, key, f"baseline.metrics.{key}")
+        if key not in known:
+            raise InputError(f"unknown metric (known: {', '.join(known)})", where=at)
+        if isinstance(entry, dict):
+            _unknown(entry, {"value", "tolerance"}, at)
+            if "value" not in entry:
+                raise InputError("missing field 'value'", where=at)
+            value = _number(entry["value"], f"{at}.value", positive=False)
+            tol = _number(entry.get("tolerance", default), f"{at}.tolerance", positive=False)
+        else:
+            value, tol = _number(entry, at, positive=False), default
+        out[str(key)] = Expected(value, tol)
+    return out
+
+
+def parse_check(data: Any, path: Path) -> CheckSpec:
+    """Validate a loaded check file; every error names the file, the line where known, and the field."""
+    w = _Where(path)
+    if not isinstance(data, dict):
+        raise InputError("a check file must be a YAML mapping with deployment:, workload: and slo:", where=str(path))
+    _unknown(data, TOP_KEYS, str(path))
+    for key in ("deployment", "workload", "slo"):
+        if key not in data:
+            raise InputError(f"missing field {key!r}", where=str(path))
+    dep = data["deployment"]
+    if isinstance(dep, str):
+        deployment = load_deployment(resolve_path(dep, path, w(data, "deployment", "deployment")))
+    else:
+        deployment = parse_deployment(dep, where=w(data, "deployment", "deployment"))
+    seed = _number(data.get("seed", 0), w(data, "seed", "seed"), kind=int, positive=False)
+    name = str(data.get("name") or check_name(path))
+    return CheckSpec(path, name, deployment, _parse_workload(data["workload"], path, w, data),
+                     _parse_slo(data["slo"], w, data), _parse_baseline(data.get("baseline"), w, data), seed)
+
+
+def load_check(path: str | Path) -> CheckSpec:
+    path = Path(path)
+    return parse_check(_read_yaml(path), path)
+
+
+def check_name(path: Path) -> str:
+    name = path.name
+    for suffix in (*CHECK_SUFFIXES, ".yaml", ".yml"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_checks(paths: list[str | Path]) -> list[Path]:
+    """Files as given; directories searched recursively for ``*.check.yaml`` (sorted)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(CHECK_SUFFIXES))
+            if not inside:
+                raise InputError(f"no check files (*{CHECK_SUFFIXES[0]}) in this folder", where=str(p))
+            found += inside
+        elif p.exists():
+            found.append(p)
+        else:
+            raise InputError("no such file or folder", where=str(p))
+    return list(dict.fromkeys(found))
+
+
+# ---- judging a summary -------------------------------------------------------------------------
+def metric_value(summary: dict, metric: str) -> float | None:
+    """``ttft_ms.p90`` -> summary["ttft_ms"]["p90"]; None when the summary lacks it."""
+    node: Any = summary
+    for part in metric.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return None if node is None else float(node)
+
+
+def _label(metric: str) -> str:
+    head, _, stat = metric.partition(".")
+    return f"{stat} {LATENCIES[head]}" if head in LATENCIES and stat else metric
+
+
+def evaluate(spec: CheckSpec, summary: dict) -> tuple[list[str], list[str]]:
+    """Reasons the check fails (empty: it passes) and notes, from a simulation summary."""
+    reasons: list[str] = []
+    slo = spec.slo
+    for metric, target in slo.targets_ms.items():
+        v = metric_value(summary, f"{metric}.{slo.stat}")
+        if v is None or math.isnan(v):
+            reasons.append(f"{slo.stat} {LATENCIES[metric]} target {target:g} ms: no value (no request completed)")
+        elif v > target:
+            reasons.append(f"{slo.stat} {LATENCIES[metric]} {v:.1f} ms > {target:g} ms target "
+                           f"(+{(v / target - 1) * 100:.0f}%)")
+    att = metric_value(summary, "slo_attainment")
+    if slo.attainment is not None and att is not None and not att >= slo.attainment:
+        both = " and ".join(f"{LATENCIES[m]} <= {t:g} ms" for m, t in slo.targets_ms.items()
+                            if m in ("ttft_ms", "tpot_ms"))
+        reasons.append(f"SLO attainment {att:.1%} < {slo.attainment:.0%} required ({both})")
+    failed = metric_value(summary, "failed")
+    if failed:
+        reasons.append(f"{failed:.0f} of {metric_value(summary, 'requests') or 0:.0f} requests did not complete")
+    notes: list[str] = []
+    for metric, exp in spec.baseline.items():
+        v = metric_value(summary, metric)
+        if v is None or math.isnan(v):
+            reasons.append(f"{metric}: baseline {exp.value:g} but the simulation gave no value")
+            continue
+        worse = (exp.value - v) if higher_is_better(metric) else (v - exp.value)
+        change = f"{exp.value:g} -> {v:.4g}, tolerance {exp.tolerance:.0%}"
+        rel = abs(v - exp.value) / abs(exp.value) if exp.value else math.inf
+        if abs(v - exp.value) <= exp.tolerance * abs(exp.value):
+            continue
+        if worse > 0:
+            reasons.append(f"{_label(metric)} regressed {rel:.1%} vs baseline ({change})")
+        else:
+            notes.append(f"{_label(metric)} improved {rel:.1%} vs baseline ({change}); --update-baseline to keep it")
+    return reasons, notes
+
+
+# ---- running -----------------------------------------------------------------------------------
+def build_workload(spec: CheckSpec):
+    """The check's Workload: a trace (cut and sped up as asked) or a seeded synthetic one."""
+    w = dict(spec.workload)
+    if "trace" in w:
+        from traces import load_trace
+
+        workload = load_trace(w["trace"], format=w.get("format"))
+        df = workload.requests
+        if "max_requests" in w:
+            df = df.head(w["max_requests"])
+        if "speedup" in w:
+            df = df.assign(arrival_s=df["arrival_s"] / w["speedup"])
+        return workload.with_requests(df.reset_index(drop=True))
+    from traces.synthetic import synthetic_workload
+
+    return synthetic_workload(**w, seed=spec.seed)
+
+
+def simulate_check(spec: CheckSpec) -> dict:
+    """Simulate the check's deployment on its workload; the summary dict of DESIGN.md."""
+    from simulator import SLO, simulate
+
+    slo = SLO(ttft_ms=spec.slo.targets_ms.get("ttft_ms"), tpot_ms=spec.slo.targets_ms.get("tpot_ms"))
+    result = simulate(spec.deployment, build_workload(spec), seed=spec.seed, slo=slo)
+    return result.summary(slo)
+
+
+def judge(spec: CheckSpec, summary: dict, wall_s: float = 0.0) -> CheckResult:
+    reasons, notes = evaluate(spec, summary)
+    return CheckResult(str(spec.path), spec.name, "fail" if reasons else "pass", reasons, notes, summary,
+                       spec.deployment.describe(), wall_s, spec.slo.percentile)
+
+
+def run_check(path: str | Path) -> CheckResult:
+    """Load, simulate and judge one check file; bad input becomes an ``error`` result, never an exception."""
+    t0 = time.perf_counter()
+    try:
+        spec = load_check(path)
+        summary = simulate_check(spec)
+    except InputError as e:
+        return CheckResult(str(path), check_name(Path(path)), "error", [str(e)], wall_s=time.perf_counter() - t0)
+    return judge(spec, summary, time.perf_counter() - t0)
+
+
+def run_checks(paths: list[Path], jobs: int = 1) -> list[CheckResult]:
+    """Run checks, in ``jobs`` processes when more than one; results in the order of ``paths`` either way."""
+    if jobs <= 1 or len(paths) <= 1:
+        return [run_check(p) for p in paths]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
+        return list(pool.map(run_check, paths))
+
+
+# ---- writing baselines and check files --------------------------------------------------------
+def _rounded(v: float) -> float:
+    return float(f"{v:.6g}")
+
+
+def _write_atomic(path: Path, data: Any) -> None:
+    """Write YAML to a temp file beside ``path`` and rename it over: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            _yaml().dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            shutil.copymode(path, tmp)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_baseline_metrics(percentile: int) -> list[str]:
+    p = f"p{percentile}"
+    return [f"ttft_ms.{p}", f"tpot_ms.{p}", f"e2e_ms.{p}", "slo_attainment", "tok_s_per_gpu", "tok_s_per_user"]
+
+
+def baseline_section(summary: dict, percentile: int, tolerance: float = DEFAULT_TOLERANCE) -> CommentedMap:
+    metrics = CommentedMap()
+    for m in default_baseline_metrics(percentile):
+        v = metric_value(summary, m)
+        if v is not None and not math.isnan(v):
+            metrics[m] = _rounded(v)
+    return CommentedMap(tolerance=tolerance, metrics=metrics)
+
+
+def update_baseline(path: str | Path, summary: dict) -> None:
+    """Rewrite the file's baseline values from ``summary`` in place, keeping comments, order and tolerances.
+    A file without a baseline gets one for the SLO's percentile."""
+    path = Path(path)
+    data = _read_yaml(path)
+    spec = parse_check(data, path)
+    base = data.get("baseline")
+    if not isinstance(base, dict) or not base.get("metrics"):
+        tol = base.get("tolerance", DEFAULT_TOLERANCE) if isinstance(base, dict) else DEFAULT_TOLERANCE
+        data["baseline"] = baseline_section(summary, spec.slo.percentile, tol)
+    else:
+        metrics = base["metrics"]
+        for key, entry in metrics.items():
+            v = metric_value(summary, key)
+            if v is None or math.isnan(v):
+                continue
+            if isinstance(entry, dict):
+                entry["value"] = _rounded(v)
+            else:
+                metrics[key] = _rounded(v)
+    _write_atomic(path, data)
+
+
+def check_document(deployment: Deployment, workload: dict, slo: dict, *, summary: dict | None = None,
+                   seed: int = 0, name: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> CommentedMap:
+    """A check file's content: ``workload`` and ``slo`` in the check-file schema, the baseline from ``summary``."""
+    doc = CommentedMap()
+    if name:
+        doc["name"] = name
+    doc["seed"] = seed
+    doc["deployment"] = deployment.to_dict()
+    doc["workload"] = {k: str(v) if isinstance(v, Path) else v for k, v in workload.items()}
+    doc["slo"] = dict(slo)
+    if summary is not None:
+        doc["baseline"] = baseline_section(summary, int(slo.get("percentile", 90)), tolerance)
+    return doc
+
+
+def write_check_file(path: str | Path, deployment: Deployment, workload: dict, slo: dict, *,
+                     summary: dict | None = None, seed: int = 0, name: str | None = None,
+                     tolerance: float = DEFAULT_TOLERANCE, comment: str | None = None) -> Path:
+    """Write a check file that guards ``deployment`` (e.g. `plan --emit-check`); validated before it is written.
+
+    ``workload``: ``{requests, isl, osl, rate | concurrency[, arrival, cv]}`` or ``{trace[, format, max_requests,
+    speedup]}`` (a trace path relative to the check file or the repo, or absolute). ``slo``: ``{ttft_ms, tpot_ms,
+    percentile, attainment}``. ``summary``: the simulated summary whose metrics become the baseline.
+    """
+    path = Path(path)
+    doc = check_document(deployment, workload, slo, summary=summary, seed=seed, name=name, tolerance=tolerance)
+    if comment:
+        doc.yaml_set_start_comment(comment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parse_check(doc, path)
+    _write_atomic(path, doc)
+    return path
