@@ -5,14 +5,15 @@ from __future__ import annotations
 from profiler.costmodel import CostModel
 from profiler.gpus import GPUSpec
 from profiler.models import ModelSpec
-from profiler.roofline import RooflineCostModel, engine_efficiency
+from profiler.roofline import Efficiency, RooflineCostModel, engine_efficiency
 
 
 def make_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int, dtype: str, kv_dtype: str | None = None,
-                    engine: str = "vllm", profile=None) -> CostModel:
-    """Roofline with the engine's fitted efficiencies, or a ProfiledCostModel when a profile is given."""
+                    engine: str = "vllm", profile=None, efficiency: Efficiency | None = None) -> CostModel:
+    """Roofline with the engine's fitted efficiencies (or ``efficiency``, e.g. from a calibration file),
+    or a ProfiledCostModel when a profile is given."""
     if profile is not None:
         from profiler.profiled import ProfiledCostModel  # noqa: PLC0415 (only with --profile)
 
         return ProfiledCostModel(profile, model=model, gpu=gpu, tp=tp, dtype=dtype, engine=engine)
-    return RooflineCostModel(model, gpu, tp, dtype, kv_dtype, engine_efficiency(engine))
+    return RooflineCostModel(model, gpu, tp, dtype, kv_dtype, efficiency or engine_efficiency(engine))
