@@ -7,7 +7,8 @@ baseline; `pdsim check` simulates it and says PASS or FAIL with the reason.
 name: llama-3.1-8b agg, chat            # optional; default: the file name
 seed: 0                                 # workload sampling and simulation
 deployment: deployments/llama8b.yaml    # a deployment file (relative to this file or the repo), or inline
-workload: {requests: 300, isl: 1000, osl: 200, rate: 8}   # synthetic; or {trace: PATH, max_requests: 300}
+workload: {requests: 300, isl: 1000, osl: 200, rate: 8}   # synthetic (isl/osl: tokens, "normal:1000,200"
+                                        # or a length file); or {trace: PATH, max_requests: 300, speedup: 2}
 slo:
   ttft_ms: 300                          # targets at `percentile`; also itl_ms, e2e_ms
   tpot_ms: 20
@@ -48,7 +49,9 @@ PERCENTILES = (50, 90, 99)
 HIGHER_IS_BETTER = {"throughput_tok_s": True, "tok_s_per_gpu": True, "tok_s_per_user": True, "slo_attainment": True,
                     "completed": True, "failed": False}
 SYNTHETIC_KEYS = {"requests", "isl", "osl", "rate", "concurrency", "arrival", "cv"}
-TRACE_KEYS = {"trace", "format", "max_requests", "speedup"}
+# A trace: `rate` rescales it (or gives a lengths-only file its arrivals), then the window, max_requests, speedup.
+TRACE_KEYS = {"trace", "format", "rate", "arrival", "cv", "spread_ticks", "start_s", "end_s", "max_requests", "speedup"}
+ARRIVALS = ("poisson", "gamma", "constant")
 DEFAULT_TOLERANCE = 0.05
 
 
@@ -187,40 +190,60 @@ def resolve_path(name: str, check_path: Path, where: str) -> Path:
     raise InputError(f"file not found: {name} (looked for {tried})", where=where)
 
 
+def _lengths(value: Any, path: Path, where: str) -> Any:
+    """isl/osl: tokens, a distribution spec ("normal:1000,200") or a length file (resolved like a trace)."""
+    from traces.lengths import _is_path, parse_lengths
+
+    if isinstance(value, str) and _is_path(value):
+        return resolve_path(value, path, where)
+    if isinstance(value, str):
+        try:
+            parse_lengths(value)
+        except InputError as e:
+            raise InputError(str(e), where=where) from None
+        return value
+    return _number(value, where, kind=int)
+
+
 def _parse_workload(node: Any, path: Path, w: _Where, parent: Any) -> dict:
     where = w(parent, "workload", "workload")
     node = _mapping(node, where, "{requests: 300, isl: 1000, osl: 200, rate: 8} or {trace: PATH}")
     sub = lambda key: w(node, key, f"workload.{key}")  # noqa: E731
+    spec: dict[str, Any] = {}
     if "trace" in node:
         _unknown(node, TRACE_KEYS, where)
         if not isinstance(node["trace"], str):
             raise InputError(f"must be a path, got {node['trace']!r}", where=sub("trace"))
-        spec: dict[str, Any] = {"trace": resolve_path(node["trace"], path, sub("trace"))}
-        if "format" in node:
-            spec["format"] = str(node["format"])
-        if "max_requests" in node:
-            spec["max_requests"] = _number(node["max_requests"], sub("max_requests"), kind=int)
-        if "speedup" in node:
-            spec["speedup"] = _number(node["speedup"], sub("speedup"))
-        return spec
-    _unknown(node, SYNTHETIC_KEYS, where)
-    for key in ("requests", "isl", "osl"):
-        if key not in node:
-            raise InputError(f"missing field {key!r} (a synthetic workload needs requests, isl, osl and a rate "
-                             "or a concurrency; a trace workload needs trace)", where=where)
-    spec = {"requests": _number(node["requests"], sub("requests"), kind=int)}
-    for key in ("isl", "osl"):
-        spec[key] = _number(node[key], sub(key), kind=int)
-    if ("rate" in node) == ("concurrency" in node):
-        raise InputError("needs exactly one of 'rate' (requests/s, open loop) or 'concurrency' (clients)", where=where)
-    if "rate" in node:
-        spec["rate"] = _number(node["rate"], sub("rate"))
+        spec["trace"] = resolve_path(node["trace"], path, sub("trace"))
+        for key in ("start_s", "end_s"):
+            if key in node:
+                spec[key] = _number(node[key], sub(key), positive=False)
+        if "start_s" in spec and "end_s" in spec and not spec["start_s"] < spec["end_s"]:
+            raise InputError("must be after start_s", where=sub("end_s"))
     else:
-        spec["concurrency"] = _number(node["concurrency"], sub("concurrency"), kind=int)
-    if "arrival" in node:
-        spec["arrival"] = str(node["arrival"])
-    if "cv" in node:
-        spec["cv"] = _number(node["cv"], sub("cv"))
+        _unknown(node, SYNTHETIC_KEYS, where)
+        for key in ("requests", "isl", "osl"):
+            if key not in node:
+                raise InputError(f"missing field {key!r} (a synthetic workload needs requests, isl, osl and a rate "
+                                 "or a concurrency; a trace workload needs trace)", where=where)
+        spec["requests"] = _number(node["requests"], sub("requests"), kind=int)
+        spec["isl"], spec["osl"] = (_lengths(node[k], path, sub(k)) for k in ("isl", "osl"))
+        if ("rate" in node) == ("concurrency" in node):
+            raise InputError("needs exactly one of 'rate' (requests/s, open loop) or 'concurrency' (clients)",
+                             where=where)
+    for key, kind in (("rate", float), ("concurrency", int), ("cv", float), ("max_requests", int),
+                      ("speedup", float)):
+        if key in node:
+            spec[key] = _number(node[key], sub(key), kind=kind)
+    for key in ("format", "arrival"):
+        if key in node:
+            spec[key] = str(node[key])
+    if "arrival" in spec and spec["arrival"] not in ARRIVALS:
+        raise InputError(f"must be one of {', '.join(ARRIVALS)}, got {spec['arrival']!r}", where=sub("arrival"))
+    if "spread_ticks" in node:
+        if not isinstance(node["spread_ticks"], bool):
+            raise InputError("must be true or false", where=sub("spread_ticks"))
+        spec["spread_ticks"] = node["spread_ticks"]
     return spec
 
 
@@ -373,21 +396,26 @@ def evaluate(spec: CheckSpec, summary: dict) -> tuple[list[str], list[str]]:
 
 # ---- running -----------------------------------------------------------------------------------
 def build_workload(spec: CheckSpec):
-    """The check's Workload: a trace (cut and sped up as asked) or a seeded synthetic one."""
+    """The check's Workload: a trace (rescaled, windowed, cut and sped up as asked) or a seeded synthetic one."""
     w = dict(spec.workload)
-    if "trace" in w:
-        from traces import load_trace
+    try:
+        if "trace" not in w:
+            from traces.synthetic import synthetic_workload
 
-        workload = load_trace(w["trace"], format=w.get("format"))
-        df = workload.requests
+            return synthetic_workload(**w, seed=spec.seed)
+        from traces import load_trace, transforms
+
+        workload = load_trace(w["trace"], w.get("format"), rate=w.get("rate"), arrival=w.get("arrival", "poisson"),
+                              cv=w.get("cv", 1.0), seed=spec.seed, spread_ticks=w.get("spread_ticks", False))
+        if "start_s" in w or "end_s" in w:
+            workload = transforms.time_window(workload, w.get("start_s", 0.0), w.get("end_s", math.inf))
         if "max_requests" in w:
-            df = df.head(w["max_requests"])
+            workload = transforms.head(workload, w["max_requests"])
         if "speedup" in w:
-            df = df.assign(arrival_s=df["arrival_s"] / w["speedup"])
-        return workload.with_requests(df.reset_index(drop=True))
-    from traces.synthetic import synthetic_workload
-
-    return synthetic_workload(**w, seed=spec.seed)
+            workload = transforms.rescale(workload, speedup=w["speedup"])
+        return workload
+    except InputError as e:
+        raise InputError(str(e), where=f"{spec.path}: workload") from None
 
 
 def simulate_check(spec: CheckSpec) -> dict:

@@ -3,6 +3,7 @@
 import os
 import textwrap
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from planner.check_report import junit_xml, markdown
 from planner.cli import app, run_app
 from profiler.errors import InputError
 from simulator.deployment import parse_deployment
+from traces import load_trace
 
 CHECK = """\
 # guards the 8B chat config
@@ -301,3 +303,35 @@ def test_cli_exit_codes_junit_markdown_and_update_baseline(tmp_path, monkeypatch
     assert f"updated baseline: {good}" in out and "PASS  chat-8b" in out and "p90 TPOT 25.0 ms > 20 ms" in out
     assert "ttft_ms.p90: 200.0   # keep me" in good.read_text()
     assert run_app(app, ["check", str(good)]) == 0
+
+
+# ---- workloads ---------------------------------------------------------------------------------
+def test_synthetic_workloads_are_seeded_and_take_length_distributions(tmp_path):
+    p = write(tmp_path, CHECK.replace("isl: 1000", "isl: 'normal:1000,100'"))
+    spec = load_check(p)
+    a, b = chk.build_workload(spec), chk.build_workload(spec)
+    assert len(a) == 200 and a.requests.equals(b.requests)
+    assert a.requests["isl"].std() > 0 and (a.requests["osl"] == 200).all()
+    with pytest.raises(InputError, match=r":8: workload.isl: unknown length distribution 'gauss'"):
+        load_check(write(tmp_path, CHECK.replace("isl: 1000", "isl: 'gauss:1,2'")))
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
+AZURE = SHARED / "AzureLLMInferenceTrace_conv.csv"
+
+
+@pytest.mark.skipif(not AZURE.exists(), reason=f"real traces not present at {SHARED} (CI lays them out there)")
+def test_a_trace_workload_is_windowed_cut_and_sped_up(tmp_path):
+    p = write(tmp_path, f"""\
+        deployment: {{model: llama-3.1-8b}}
+        workload: {{trace: {AZURE}, start_s: 60, max_requests: 100, speedup: 2}}
+        slo: {{ttft_ms: 500}}
+        """)
+    w = chk.build_workload(load_check(p))
+    full = load_trace(AZURE)
+    first = full.requests[full.requests["arrival_s"] >= 60].head(100)
+    assert len(w) == 100 and w.requests["isl"].tolist() == first["isl"].tolist()
+    assert w.requests["arrival_s"].to_numpy() == pytest.approx((first["arrival_s"].to_numpy() - 60) / 2)
+    p.write_text(p.read_text().replace("start_s: 60", "start_s: 99999"))
+    with pytest.raises(InputError, match=rf"^{p}: workload: .*no requests in \[99999, inf\)"):
+        chk.build_workload(load_check(p))
