@@ -1,0 +1,169 @@
+"""Engine: one worker's continuous batching, ``step()`` = schedule -> run the model -> sample -> postprocess.
+
+The simulator's worker has the same shape with a CostModel in place of ``Model``. An optional
+``pace_s(batch)`` makes each step last at least the duration it predicts (issue 6's paced replay).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from profiler.costmodel import Batch
+from runtime.block_manager import BlockManager
+from runtime.model import KVCache, Model, StepInput
+from runtime.scheduler import Scheduler, SchedulerConfig
+from runtime.sequence import Sequence
+
+
+@dataclass
+class StepResult:
+    tokens: list[tuple[Sequence, int]]  # (sequence, new token) for every sequence that sampled
+    batch: Batch  # the step in the simulator's terms
+    start_s: float  # time.time() when the step began
+    compute_s: float  # model time (perf_counter)
+    duration_s: float  # whole step, including pacing
+    kv: dict[str, torch.Tensor] = field(default_factory=dict)  # rid -> KV of finished prefill-only sequences
+
+
+class Engine:
+    def __init__(self, model: Model, cfg: SchedulerConfig, num_blocks: int, block_tokens: int,
+                 pace_s: Callable[[Batch], float] | None = None):
+        p = next(model.parameters())
+        self.model, self.device = model, p.device
+        self.cache = KVCache(model.spec, num_blocks, block_tokens, p.dtype, p.device)
+        self.blocks = BlockManager(num_blocks, block_tokens)
+        self.scheduler = Scheduler(cfg, self.blocks)
+        self.arrived: deque[tuple[Sequence, torch.Tensor]] = deque()  # transferred KV waiting for blocks
+        self.pace_s = pace_s
+        self.last_batch_tokens = 0
+
+    # ---- requests ------------------------------------------------------------------------------
+    def fits(self, tokens: int) -> bool:
+        """Whether a sequence of ``tokens`` tokens could ever be cached here."""
+        return self.blocks.blocks_for(tokens) <= self.blocks.num_blocks
+
+    def add(self, seq: Sequence) -> None:
+        seq.times.setdefault("queued", time.time())
+        self.scheduler.waiting.append(seq)
+
+    def add_transferred(self, seq: Sequence, kv: torch.Tensor) -> None:
+        """A sequence whose first ``seq.num_cached`` tokens' KV came from a prefill worker."""
+        self.arrived.append((seq, kv))
+
+    def abort(self, rid: str) -> bool:
+        for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+            if seq.rid == rid:
+                seq.finish_reason = "abort"
+                self.scheduler.remove(seq)
+                return True
+        n = len(self.arrived)
+        self.arrived = deque(a for a in self.arrived if a[0].rid != rid)
+        return len(self.arrived) < n
+
+    def admit(self) -> None:
+        """Move transferred sequences into the running batch while blocks and max_seqs allow."""
+        while self.arrived and len(self.scheduler.running) < self.scheduler.cfg.max_seqs:
+            seq, kv = self.arrived[0]
+            cached = seq.num_cached
+            seq.num_cached = 0
+            if not self.blocks.can_grow(seq, seq.num_tokens):
+                seq.num_cached = cached
+                break
+            self.arrived.popleft()
+            self.blocks.grow(seq, seq.num_tokens)
+            self.cache.load(self.blocks.slots(seq, 0, cached).to(self.device), kv.to(self.device))
+            seq.num_cached = cached
+            seq.times["admitted"] = time.time()
+            self.scheduler.running.append(seq)
+
+    @property
+    def has_work(self) -> bool:
+        return len(self.scheduler) > 0 or bool(self.arrived)
+
+    def stats(self) -> dict:
+        return {"waiting": len(self.scheduler.waiting) + len(self.arrived), "running": len(self.scheduler.running),
+                "kv_blocks_used": self.blocks.used, "kv_blocks_total": self.blocks.num_blocks,
+                "batch_tokens": self.last_batch_tokens}
+
+    # ---- one iteration -------------------------------------------------------------------------
+    def step(self) -> StepResult | None:
+        self.admit()
+        chunks = self.scheduler.schedule()
+        if not chunks:
+            return None
+        start, t0 = time.time(), time.perf_counter()
+        step, batch, sampling = self.prepare(chunks)
+        logits = self.model(step, self.cache)
+        tokens = []
+        for row, (seq, n) in enumerate(sampling):
+            tokens.append((seq, self.sample(seq, logits[row])))
+        result = StepResult(tokens, batch, start, 0.0, 0.0)
+        for seq, token in tokens:
+            seq.times.setdefault("first_token", time.time())
+            seq.append(token)
+        for seq, n in chunks:
+            seq.times.setdefault("scheduled", start)
+            if seq.finish_reason == "prefilled":
+                result.kv[seq.rid] = self.cache.read(self.blocks.slots(seq, 0, seq.num_cached + n).to(self.device))
+            self.scheduler.postprocess(seq, n)
+        result.compute_s = time.perf_counter() - t0
+        if self.pace_s is not None:  # paced replay: the step lasts as long as the cost model says
+            wait_s = self.pace_s(batch) - (time.perf_counter() - t0)
+            if wait_s > 0:
+                time.sleep(wait_s)
+        result.duration_s = time.perf_counter() - t0
+        self.last_batch_tokens = batch.tokens
+        return result
+
+    def prepare(self, chunks: list[tuple[Sequence, int]]) -> tuple[StepInput, Batch, list[tuple[Sequence, int]]]:
+        """The flat model input of ``chunks`` (decode first), its Batch, and the sequences that sample, in row order."""
+        decode = [(s, n) for s, n in chunks if not s.prefilling]
+        prefill = [(s, n) for s, n in chunks if s.prefilling]
+        ids, pos, slots, rows, sampling, pre = [], [], [], [], [], []
+        ctx_slots = []
+        for seq, _ in decode:
+            p = seq.num_cached
+            ids.append(seq.token_ids[p])
+            pos.append(torch.tensor([p]))
+            s = self.blocks.slots(seq, 0, p + 1)
+            ctx_slots.append(s)
+            slots.append(s[-1:])
+            rows.append(len(rows))
+            sampling.append((seq, 1))
+        t = len(decode)
+        for seq, n in prefill:
+            c = seq.num_cached
+            s = self.blocks.slots(seq, 0, c + n)
+            ids += seq.token_ids[c:c + n]
+            pos.append(torch.arange(c, c + n))
+            slots.append(s[c:])
+            pre.append((t, n, c, s.to(self.device)))
+            t += n
+            if c + n == seq.num_tokens:  # the prompt is done: this chunk samples the next token
+                rows.append(t - 1)
+                sampling.append((seq, n))
+        dev = self.device
+        step = StepInput(token_ids=torch.tensor(ids, device=dev), positions=torch.cat(pos).to(dev),
+                         slots=torch.cat(slots).to(dev), n_decode=len(decode), prefill=pre,
+                         logits_rows=torch.tensor(rows, dtype=torch.long, device=dev))
+        if decode:
+            lens = torch.tensor([len(s) for s in ctx_slots])
+            pad = torch.zeros(len(decode), int(lens.max()), dtype=torch.long)
+            for i, s in enumerate(ctx_slots):
+                pad[i, : len(s)] = s
+            step.decode_ctx_slots = pad.to(dev)
+            step.decode_mask = (torch.arange(pad.shape[1])[None, :] < lens[:, None]).to(dev)
+        batch = Batch.of(prefill=[(n, s.num_cached) for s, n in prefill], decode_ctx=[s.num_cached + 1 for s, _ in decode])
+        batch.prefill_last_chunks = sum(1 for s, n in prefill if s.num_cached + n == s.num_tokens)
+        return step, batch, sampling
+
+    def sample(self, seq: Sequence, logits: torch.Tensor) -> int:
+        if seq.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float().cpu() / seq.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=seq.generator))
