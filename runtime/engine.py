@@ -99,9 +99,7 @@ class Engine:
         start, t0 = time.time(), time.perf_counter()
         step, batch, sampling = self.prepare(chunks)
         logits = self.model(step, self.cache)
-        tokens = []
-        for row, (seq, n) in enumerate(sampling):
-            tokens.append((seq, self.sample(seq, logits[row])))
+        tokens = [(seq, self.sample(seq, logits[row])) for row, seq in enumerate(sampling)]
         result = StepResult(tokens, batch, start, 0.0, 0.0)
         for seq, token in tokens:
             seq.times.setdefault("first_token", time.time())
@@ -120,7 +118,7 @@ class Engine:
         self.last_batch_tokens = batch.tokens
         return result
 
-    def prepare(self, chunks: list[tuple[Sequence, int]]) -> tuple[StepInput, Batch, list[tuple[Sequence, int]]]:
+    def prepare(self, chunks: list[tuple[Sequence, int]]) -> tuple[StepInput, Batch, list[Sequence]]:
         """The flat model input of ``chunks`` (decode first), its Batch, and the sequences that sample, in row order."""
         decode = [(s, n) for s, n in chunks if not s.prefilling]
         prefill = [(s, n) for s, n in chunks if s.prefilling]
@@ -134,7 +132,7 @@ class Engine:
             ctx_slots.append(s)
             slots.append(s[-1:])
             rows.append(len(rows))
-            sampling.append((seq, 1))
+            sampling.append(seq)
         t = len(decode)
         for seq, n in prefill:
             c = seq.num_cached
@@ -146,7 +144,7 @@ class Engine:
             t += n
             if c + n == seq.num_tokens:  # the prompt is done: this chunk samples the next token
                 rows.append(t - 1)
-                sampling.append((seq, n))
+                sampling.append(seq)
         dev = self.device
         step = StepInput(token_ids=torch.tensor(ids, device=dev), positions=torch.cat(pos).to(dev),
                          slots=torch.cat(slots).to(dev), n_decode=len(decode), prefill=pre,
@@ -158,7 +156,8 @@ class Engine:
                 pad[i, : len(s)] = s
             step.decode_ctx_slots = pad.to(dev)
             step.decode_mask = (torch.arange(pad.shape[1])[None, :] < lens[:, None]).to(dev)
-        batch = Batch.of(prefill=[(n, s.num_cached) for s, n in prefill], decode_ctx=[s.num_cached + 1 for s, _ in decode])
+        batch = Batch.of(prefill=[(n, s.num_cached) for s, n in prefill],
+                         decode_ctx=[s.num_cached + 1 for s, _ in decode])
         batch.prefill_last_chunks = sum(1 for s, n in prefill if s.num_cached + n == s.num_tokens)
         return step, batch, sampling
 
