@@ -1,0 +1,430 @@
+"""Calibration from the user's own measurements: read benchmark results, fit the roofline's named
+efficiency factors (profiler.roofline.Efficiency) to them, and write a calibration file that
+`simulate`, `plan` and `check` accept with ``--calibration``.
+
+Measurements come as aiperf runs (a folder with ``profile_export.jsonl`` per-request records and/or the
+aggregate ``profile_export_aiperf.json``) or as rows of the silicon CSV format (../shared/calibration).
+Each becomes one point: a deployment, fixed ISL/OSL, a client concurrency (closed loop) and the measured
+mean TTFT and TPOT. The prediction of a point is a closed-form steady state of N clients over the
+deployment's cost models (``closed_loop_estimate``); the fit is least squares on log errors.
+
+A calibration names the model, GPU, engine and dtype it was fitted on and refuses any other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from profiler.costmodel import Batch, CostModel, LinkSpec
+from profiler.errors import InputError
+from profiler.factory import make_cost_model
+from profiler.gpus import canonical_gpu_name, resolve_gpu
+from profiler.memory import memory_fit
+from profiler.models import canonical_model_name, resolve_model
+from profiler.roofline import Efficiency, engine_efficiency
+from simulator.deployment import Deployment, PoolSpec
+
+FIT_DEFAULT = ("gemm_compute", "gemm_memory", "attn_compute", "attn_memory", "iteration_overhead_s")
+BOUNDS = {"iteration_overhead_s": (1e-5, 0.05), "per_seq_overhead_s": (1e-7, 1e-3)}  # others: (0.02, 1.0)
+PRIOR_WEIGHT = 0.01  # pulls factors the data cannot see back to their defaults, barely moves the rest
+POINT_COLUMNS = ("source", "topology", "tp", "replicas", "prefill_tp", "prefill_replicas", "decode_tp",
+                 "decode_replicas", "isl", "osl", "concurrency", "ttft_s", "tpot_s", "requests")
+
+
+# ---- identity --------------------------------------------------------------------------------
+def identity(dep: Deployment) -> dict[str, str]:
+    """What a calibration is tied to."""
+    return {"model": canonical_model_name(dep.model) or dep.model, "gpu": canonical_gpu_name(dep.gpu) or dep.gpu,
+            "engine": dep.engine, "dtype": dep.dtype}
+
+
+# ---- readers ---------------------------------------------------------------------------------
+def _find_key(obj, key: str):
+    """First value of ``key`` anywhere in a nested mapping (aiperf moves its config fields between versions)."""
+    if isinstance(obj, dict):
+        if obj.get(key) is not None:
+            return obj[key]
+        for v in obj.values():
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    elif isinstance(obj, list):
+        for v in obj:
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _metric(rec: dict, name: str) -> float:
+    m = (rec.get("metrics") or {}).get(name)
+    if not isinstance(m, dict) or m.get("value") is None:
+        return float("nan")
+    v = m["value"]
+    unit = m.get("unit", "")
+    scale = {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0, "sec": 1.0}.get(unit, 1.0)
+    return float(v) * scale
+
+
+def read_aiperf_records(path: Path) -> pd.DataFrame:
+    """Per-request rows (start_s, end_s, isl, osl, ttft_s, tpot_s) of a ``profile_export.jsonl``; failed,
+    cancelled and warm-up requests are left out."""
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"line {n}: not JSON ({e.msg})", where=str(path)) from None
+        meta = rec.get("metadata") or {}
+        if rec.get("error") or meta.get("was_cancelled") or meta.get("benchmark_phase", "profiling") != "profiling":
+            continue
+        rows.append({
+            "start_s": (meta.get("request_start_ns") or 0) * 1e-9, "end_s": (meta.get("request_end_ns") or 0) * 1e-9,
+            "isl": _metric(rec, "input_sequence_length"), "osl": _metric(rec, "output_sequence_length"),
+            "ttft_s": _metric(rec, "time_to_first_token"), "tpot_s": _metric(rec, "inter_token_latency"),
+        })
+    return pd.DataFrame(rows, columns=["start_s", "end_s", "isl", "osl", "ttft_s", "tpot_s"])
+
+
+def _agg_avg(agg: dict, name: str) -> float:
+    m = agg.get(name)
+    if not isinstance(m, dict) or m.get("avg") is None:
+        return float("nan")
+    return float(m["avg"]) * {"ms": 1e-3, "us": 1e-6, "ns": 1e-9}.get(m.get("unit", ""), 1.0)
+
+
+def read_aiperf_run(folder: Path, dep: Deployment) -> dict:
+    """One measured point from an aiperf artifact folder (records preferred, aggregate as fallback)."""
+    jsonl, agg_path = folder / "profile_export.jsonl", folder / "profile_export_aiperf.json"
+    agg = {}
+    if agg_path.exists():
+        try:
+            agg = json.loads(agg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"not JSON ({e.msg})", where=str(agg_path)) from None
+    conc = _find_key(agg.get("input_config", {}), "concurrency")
+    cli = _find_key(agg.get("run_info", {}), "cli_command") or ""
+    if conc is None and (m := re.search(r"--concurrency[ =](\d+)", cli)):
+        conc = int(m.group(1))
+    point = {"source": str(folder)}
+    if jsonl.exists():
+        r = read_aiperf_records(jsonl)
+        if r.empty:
+            raise InputError("no successful profiling records", where=str(jsonl))
+        if conc is None:  # requests in flight, averaged over the measured window
+            span = r.end_s.max() - r.start_s.min()
+            conc = max(1, round(float((r.end_s - r.start_s).sum() / span))) if span > 0 else 1
+        point |= {"isl": int(r.isl.median()), "osl": int(r.osl.median()), "ttft_s": float(r.ttft_s.mean()),
+                  "tpot_s": float(r.tpot_s.mean()), "requests": len(r)}
+    elif agg:
+        point |= {"isl": int(round(_agg_avg(agg, "input_sequence_length"))),
+                  "osl": int(round(_agg_avg(agg, "output_sequence_length"))),
+                  "ttft_s": _agg_avg(agg, "time_to_first_token"), "tpot_s": _agg_avg(agg, "inter_token_latency"),
+                  "requests": int(_agg_avg(agg, "request_count") or 0)}
+    else:
+        raise InputError("neither profile_export.jsonl nor profile_export_aiperf.json here", where=str(folder))
+    if conc is None:
+        raise InputError("cannot tell the client concurrency (no input_config.concurrency in "
+                         "profile_export_aiperf.json and no per-request records)", where=str(folder))
+    if not np.isfinite(point["ttft_s"]) or not np.isfinite(point["tpot_s"]):
+        raise InputError("no time_to_first_token / inter_token_latency (was the run streaming?)", where=str(folder))
+    return point | _pools_of(dep) | {"concurrency": int(conc)}
+
+
+def _pools_of(dep: Deployment) -> dict:
+    if dep.topology == "agg":
+        return {"topology": "agg", "tp": dep.workers.tp, "replicas": dep.workers.replicas}
+    return {"topology": "disagg", "prefill_tp": dep.prefill.tp, "prefill_replicas": dep.prefill.replicas,
+            "decode_tp": dep.decode.tp, "decode_replicas": dep.decode.replicas}
+
+
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def read_silicon(path: Path, dep: Deployment) -> tuple[list[dict], dict[str, int]]:
+    """Rows of a silicon CSV for the deployment's model, GPU, engine and dtype; skipped rows counted by reason."""
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f"not a CSV ({e})", where=str(path)) from None
+    need = {"model_path", "system", "backend", "precision", "mode", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms"}
+    if missing := sorted(need - set(df.columns)):
+        raise InputError(f"missing silicon columns {missing}", where=str(path))
+    me = identity(dep)
+    points, skipped = [], {}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    for i, row in df.iterrows():
+        if (canonical_model_name(str(row.model_path)) != me["model"] or canonical_gpu_name(str(row.system)) != me["gpu"]
+                or row.backend != me["engine"] or row.precision != me["dtype"]):
+            skip("other model/GPU/engine/dtype")
+            continue
+        base = {"source": f"{path}:{i + 2}", "isl": int(row.isl), "osl": int(row.osl),
+                "ttft_s": row.silicon_ttft_ms * 1e-3, "tpot_s": row.silicon_tpot_ms * 1e-3, "requests": 0}
+        if row["mode"] == "agg":
+            par = [row.get("pp_size"), row.get("attention_dp_size")]
+            base |= {"topology": "agg", "tp": int(row.tp_size), "replicas": 1, "concurrency": int(row.batch_size)}
+        else:
+            par = [row.get("prefill_pp_size"), row.get("decode_pp_size"), row.get("prefill_attention_dp_size"),
+                   row.get("decode_attention_dp_size")]
+            m = re.search(r"silicon_concurrency=(\d+)", str(row.get("silicon_data_source", "")))
+            conc = int(m.group(1)) if m else int(_num(row.decode_batch_size) * _num(row.decode_num_workers))
+            base |= {"topology": "disagg", "prefill_tp": int(row.prefill_tp_size),
+                     "prefill_replicas": int(row.prefill_num_workers), "decode_tp": int(row.decode_tp_size),
+                     "decode_replicas": int(row.decode_num_workers), "concurrency": conc}
+        if any(_num(p) > 1 for p in par):
+            skip("pipeline or attention-data parallelism (pdsim models TP only)")
+            continue
+        points.append(base)
+    return points, skipped
+
+
+def read_measured(folder: str | Path, dep: Deployment) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Every measured point under ``folder``: aiperf runs (any depth) and silicon CSVs."""
+    root = Path(folder)
+    if not root.exists():
+        raise InputError("folder not found", where=str(root))
+    files = [root] if root.is_file() else sorted(root.rglob("*"))
+    points, skipped = [], {}
+    runs = sorted({f.parent for f in files if f.name in ("profile_export.jsonl", "profile_export_aiperf.json")})
+    points += [read_aiperf_run(r, dep) for r in runs]
+    for f in files:
+        if f.suffix == ".csv" and f.is_file() and "silicon_ttft_ms" in f.open().readline():
+            pts, sk = read_silicon(f, dep)
+            points += pts
+            for k, v in sk.items():
+                skipped[k] = skipped.get(k, 0) + v
+    if not points:
+        what = f" ({', '.join(f'{v} {k}' for k, v in skipped.items())})" if skipped else ""
+        raise InputError(f"no measurements of {dep.model} on {dep.gpu} ({dep.engine}, {dep.dtype}) found: expected "
+                         f"aiperf folders (profile_export.jsonl) or silicon CSV rows{what}", where=str(root))
+    return pd.DataFrame(points).reindex(columns=list(POINT_COLUMNS)), skipped
+
+
+# ---- the prediction of one point ---------------------------------------------------------------
+def point_deployment(dep: Deployment, p: dict | pd.Series) -> Deployment:
+    """The deployment a measured point ran on: the given one, with the point's pools."""
+    if p["topology"] == "agg":
+        pool = dep.workers or dep.decode or PoolSpec()
+        return replace(dep, topology="agg", prefill=None, decode=None,
+                       workers=replace(pool, tp=int(p["tp"]), replicas=int(p["replicas"])))
+    pf, dc = dep.prefill or dep.workers or PoolSpec(), dep.decode or dep.workers or PoolSpec()
+    return replace(dep, topology="disagg", workers=None,
+                   prefill=replace(pf, tp=int(p["prefill_tp"]), replicas=int(p["prefill_replicas"])),
+                   decode=replace(dc, tp=int(p["decode_tp"]), replicas=int(p["decode_replicas"])))
+
+
+def _chunks(isl: int, pool: PoolSpec) -> list[tuple[int, int]]:
+    size = pool.prefill_chunk_tokens if pool.chunked_prefill else isl
+    return [(min(size, isl - s), s) for s in range(0, isl, size)]
+
+
+def kv_slots(dep: Deployment, pool: PoolSpec, tokens_per_seq: int) -> int:
+    """Sequences of ``tokens_per_seq`` whose KV one replica of ``pool`` holds at once (at least one)."""
+    fit = memory_fit(resolve_model(dep.model), resolve_gpu(dep.gpu), pool.tp, dep.dtype, dep.resolved_kv_dtype,
+                     pool.max_batch_tokens, dep.gpu_memory_utilization)
+    return max(1, fit.kv_tokens // max(tokens_per_seq, 1))
+
+
+def _decode_s(cm: CostModel, n: int, ctx: int) -> float:
+    return cm.iteration_s(Batch.of(decode_ctx=[ctx] * n)) if n > 0 else 0.0
+
+
+def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl: int,
+                         concurrency: int) -> tuple[float, float]:
+    """Mean (TTFT, TPOT) in seconds of ``concurrency`` clients, each sending its next request (fixed
+    ISL/OSL) when the last finishes, in steady state with clients out of phase. Agg: a request's prefill
+    chunks ride in decode iterations and stall the other sequences; disagg: prefills queue on the prefill
+    pool (M/D/c-like wait), KV crosses the link, decode batches hold the rest. Clients beyond what one
+    batch holds (``max_seqs`` or the KV cache) wait for a finishing request."""
+    ctx = isl + osl // 2
+    steps = max(osl - 1, 1)
+    if dep.topology == "agg":
+        pool, cm = dep.workers, cms["workers"]
+        n = concurrency / pool.replicas
+        b = max(1, min(round(n), pool.max_seqs, kv_slots(dep, pool, isl + osl)))
+        others = _decode_s(cm, b - 1, ctx)
+        own = [cm.iteration_s(Batch.of(prefill=[c], decode_ctx=[ctx] * (b - 1))) for c in _chunks(isl, pool)]
+        stall = sum(own) - len(own) * others  # what one prefill adds to the iterations it rides in
+        tpot = _decode_s(cm, b, ctx) + (b - 1) * stall / max(osl, 1)
+        ttft = sum(own)
+        if n > b:  # clients beyond the batch wait for a finishing request
+            ttft += (n - b) * (ttft + steps * tpot) / b
+        return ttft, tpot
+    pf, dc = dep.prefill, dep.decode
+    pcm, dcm = cms["prefill"], cms["decode"]
+    service = sum(pcm.iteration_s(Batch.of(prefill=[c])) for c in _chunks(isl, pf))
+    link = LinkSpec(dep.kv_link.bandwidth_bytes_s, dep.kv_link.latency_s, dep.kv_link.placement)
+    kv = resolve_model(dep.model).kv_bytes_per_token(dep.resolved_kv_dtype) * isl / pf.tp
+    transfer = pcm.transfer_s(kv, link)
+    n = concurrency / dc.replicas
+    b = max(1, min(round(n), dc.max_seqs, kv_slots(dep, dc, isl + osl)))
+    tpot = _decode_s(dcm, b, ctx)
+    decode_wait = (n - b) * steps * tpot / b if n > b else 0.0
+    ttft = service + transfer + tpot
+    for _ in range(30):  # fixed point: the arrival rate of a closed loop depends on its own latency
+        cycle = ttft + steps * tpot
+        rho = concurrency / cycle * service / pf.replicas
+        if rho >= 0.999:  # prefill-bound: the pool's throughput sets the cycle
+            cycle = max(cycle, concurrency * service / pf.replicas)
+            ttft = cycle - steps * tpot
+            break
+        ttft = 0.5 * ttft + 0.5 * (service + rho * service / (2 * (1 - rho)) + transfer + tpot + decode_wait)
+    return ttft, tpot
+
+
+def cost_models(dep: Deployment, eff: Efficiency) -> dict[str, CostModel]:
+    model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
+    return {name: make_cost_model(model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine, efficiency=eff)
+            for name, pool in dep.pools.items()}
+
+
+def predict_points(dep: Deployment, points: pd.DataFrame, eff: Efficiency) -> np.ndarray:
+    """(n, 2) predicted mean TTFT and TPOT of every point."""
+    out = np.empty((len(points), 2))
+    for i, (_, p) in enumerate(points.iterrows()):
+        d = point_deployment(dep, p)
+        out[i] = closed_loop_estimate(d, cost_models(d, eff), int(p.isl), int(p.osl), int(p.concurrency))
+    return out
+
+
+# ---- fit -------------------------------------------------------------------------------------
+def errors(pred: np.ndarray, points: pd.DataFrame) -> dict[str, float]:
+    """Mean absolute percentage error of TTFT and TPOT."""
+    meas = points[["ttft_s", "tpot_s"]].to_numpy(float)
+    ape = np.abs(pred - meas) / meas * 100
+    return {"ttft_mape_pct": round(float(ape[:, 0].mean()), 2), "tpot_mape_pct": round(float(ape[:, 1].mean()), 2)}
+
+
+def fit_efficiency(dep: Deployment, points: pd.DataFrame, start: Efficiency | None = None,
+                   names: tuple[str, ...] = FIT_DEFAULT) -> Efficiency:
+    """Least squares on log(predicted / measured) of TTFT and TPOT over the named factors (log-space,
+    bounded), with a weak pull toward ``start`` for factors the data cannot constrain."""
+    from scipy.optimize import least_squares  # noqa: PLC0415
+
+    start = start or engine_efficiency(dep.engine)
+    known = {f.name for f in fields(Efficiency)}
+    if bad := [n for n in names if n not in known]:
+        raise InputError(f"unknown efficiency factor {bad[0]!r}; known: {', '.join(sorted(known))}")
+    lo = np.log([BOUNDS.get(n, (0.02, 1.0))[0] for n in names])
+    hi = np.log([BOUNDS.get(n, (0.02, 1.0))[1] for n in names])
+    x0 = np.clip(np.log([getattr(start, n) for n in names]), lo + 1e-9, hi - 1e-9)
+    meas = np.log(points[["ttft_s", "tpot_s"]].to_numpy(float))
+
+    def eff_at(x) -> Efficiency:
+        return replace(start, **{n: float(v) for n, v in zip(names, np.exp(x), strict=True)})
+
+    def residuals(x):
+        return np.concatenate([(np.log(predict_points(dep, points, eff_at(x))) - meas).ravel(),
+                               PRIOR_WEIGHT * (x - x0)])
+
+    return eff_at(least_squares(residuals, x0, bounds=(lo, hi), x_scale=1.0, xtol=1e-10, ftol=1e-10).x)
+
+
+# ---- calibration file ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Calibration:
+    model: str
+    gpu: str
+    engine: str
+    dtype: str
+    efficiency: Efficiency
+    fitted: tuple[str, ...] = ()
+    points: int = 0
+    error_before: dict = field(default_factory=dict)
+    error_after: dict = field(default_factory=dict)
+    sources: tuple[str, ...] = ()
+    created: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {"pdsim_calibration": 1, **d, "fitted": list(self.fitted), "sources": list(self.sources)}
+
+
+def save_calibration(cal: Calibration, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text("# pdsim calibration: roofline efficiency factors fitted on measurements.\n"
+                    f"# Valid only for {cal.model} on {cal.gpu} ({cal.engine}, {cal.dtype}).\n"
+                    + yaml.safe_dump(cal.to_dict(), sort_keys=False))
+    return path
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError("file not found", where=str(path)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise InputError(f"line {mark.line + 1 if mark else '?'}: not valid YAML ({getattr(e, 'problem', e)})",
+                         where=str(path)) from None
+    if not isinstance(data, dict) or data.get("pdsim_calibration") != 1:
+        raise InputError("not a pdsim calibration file (no 'pdsim_calibration: 1'); make one with pdsim calibrate",
+                         where=str(path))
+    for key in ("model", "gpu", "engine", "dtype", "efficiency"):
+        if key not in data:
+            raise InputError(f"missing field {key!r}", where=str(path))
+    eff = data["efficiency"]
+    known = {f.name for f in fields(Efficiency)}
+    if not isinstance(eff, dict) or (bad := sorted(set(eff) - known)):
+        raise InputError(f"efficiency: unknown factor {bad[0] if eff else eff!r}", where=str(path))
+    for k, v in eff.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise InputError(f"efficiency.{k} must be a number >= 0, got {v!r}", where=str(path))
+    return Calibration(str(data["model"]), str(data["gpu"]), str(data["engine"]), str(data["dtype"]),
+                       Efficiency(**{k: float(v) for k, v in eff.items()}), tuple(data.get("fitted") or ()),
+                       int(data.get("points") or 0), data.get("error_before") or {}, data.get("error_after") or {},
+                       tuple(data.get("sources") or ()), str(data.get("created") or ""))
+
+
+def calibrated_efficiency(cal: Calibration, dep: Deployment, where: str = "calibration") -> Efficiency:
+    """The calibration's factors for ``dep``, or an InputError if it was fitted on anything else."""
+    mine = {"model": cal.model, "gpu": cal.gpu, "engine": cal.engine, "dtype": cal.dtype}
+    theirs = identity(dep)
+    if diff := [k for k in mine if mine[k] != theirs[k]]:
+        raise InputError(
+            f"fitted for {cal.model} on {cal.gpu} ({cal.engine}, {cal.dtype}) but the deployment is "
+            f"{theirs['model']} on {theirs['gpu']} ({theirs['engine']}, {theirs['dtype']}): {' and '.join(diff)} "
+            "differ. A calibration never carries over to another GPU or model; measure this one and run "
+            "`pdsim calibrate`, or drop --calibration", where=where)
+    return cal.efficiency
+
+
+def efficiency_for(dep: Deployment, calibration: str | Path | None) -> Efficiency | None:
+    """What a command's ``--calibration FILE`` means for ``dep`` (None without the flag)."""
+    return None if calibration is None else calibrated_efficiency(load_calibration(calibration), dep, str(calibration))
+
+
+def calibrate(measured: str | Path, dep: Deployment, names: tuple[str, ...] = FIT_DEFAULT,
+              start: Efficiency | None = None) -> tuple[Calibration, pd.DataFrame, dict[str, int]]:
+    """Read, fit, and report: the calibration, the points with predictions before/after, skipped rows."""
+    points, skipped = read_measured(measured, dep)
+    start = start or engine_efficiency(dep.engine)
+    before = predict_points(dep, points, start)
+    eff = fit_efficiency(dep, points, start, names)
+    after = predict_points(dep, points, eff)
+    table = points.assign(pred_ttft_before_s=before[:, 0], pred_tpot_before_s=before[:, 1],
+                          pred_ttft_after_s=after[:, 0], pred_tpot_after_s=after[:, 1])
+    me = identity(dep)
+    cal = Calibration(me["model"], me["gpu"], me["engine"], me["dtype"], eff, tuple(names), len(points),
+                      errors(before, points), errors(after, points),
+                      tuple(sorted({str(s).rsplit(":", 1)[0] for s in points.source})),
+                      datetime.now(UTC).isoformat(timespec="seconds"))
+    return cal, table, skipped
