@@ -7,9 +7,12 @@ up, so that a 27-million-row Azure week loads at pandas speed.
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +27,8 @@ HEAD_BYTES = 1 << 16
 
 # CSV formats: role -> header name (matched case-insensitively). Detection tries them in this order.
 CSV_COLUMNS = {
-    "azure": {"arrival": "timestamp", "isl": "contexttokens", "osl": "generatedtokens"},
-    "burstgpt": {"arrival": "timestamp", "isl": "request tokens", "osl": "response tokens"},
+    "azure": {"arrival": "TIMESTAMP", "isl": "ContextTokens", "osl": "GeneratedTokens"},
+    "burstgpt": {"arrival": "Timestamp", "isl": "Request tokens", "osl": "Response tokens"},
     "vidur": {"arrival": "arrived_at", "isl": "num_prefill_tokens", "osl": "num_decode_tokens"},
     "lengths": {"isl": "num_prefill_tokens", "osl": "num_decode_tokens"},
 }
@@ -66,7 +69,8 @@ def load_trace(path, format: str | None = None, *, rate: float | None = None, ar
                              where=str(path))
         arrival_s = arrival_times(len(df), rate, arrival, cv, np.random.default_rng(seed))
     extra = {c: df[c].to_numpy() for c in ("hash_ids", "session_id") if c in df}
-    w = Workload(make_requests(arrival_s, df["isl"].to_numpy(), df["osl"].to_numpy(), **extra), source=str(path),
+    source = str(path) if "arrival_s" in df else f"{path} [{arrival} arrivals at {rate:g} req/s]"
+    w = Workload(make_requests(arrival_s, df["isl"].to_numpy(), df["osl"].to_numpy(), **extra), source=source,
                  dropped=table.dropped, drop_reason=table.drop_reason, format=table.format)
     if spread_ticks:
         w = transforms.spread_ticks(w, seed=seed)
@@ -138,7 +142,7 @@ def _where(path: Path, line: int) -> str:
 
 def _detect_csv(header: list[str], path: Path) -> str:
     for fmt, cols in CSV_COLUMNS.items():
-        if set(cols.values()) <= set(header) and not (fmt == "lengths" and "arrived_at" in header):
+        if {c.lower() for c in cols.values()} <= set(header) and not (fmt == "lengths" and "arrived_at" in header):
             return fmt
     raise InputError(f"cannot tell the trace format from the header {header}; expected the columns of one of "
                      f"{', '.join(FORMATS)} (see `pdsim trace info --help`) or pass --format", where=str(path))
@@ -148,17 +152,24 @@ def _read_csv(path: Path, fmt: str, header: list[str]) -> Table:
     if fmt == "mooncake":
         raise InputError("format mooncake expects JSON lines, but the file starts with a CSV header", where=str(path))
     roles = dict(CSV_COLUMNS[fmt])
-    missing = [name for name in roles.values() if name not in header]
+    missing = [name for name in roles.values() if name.lower() not in header]
     if missing:
         raise InputError(f"line 1: missing column(s) {missing} for format {fmt}; the header has {header}",
                          where=str(path))
     session = next((c for c in SESSION_COLUMNS if c in header), None)
     if session:
         roles["session_id"] = session
-    wanted = {v: k for k, v in roles.items()}
+    wanted = {v.lower(): k for k, v in roles.items()}
     try:
-        raw = pd.read_csv(path, usecols=lambda c: c.strip().lower() in wanted, skip_blank_lines=False,
-                          encoding="utf-8-sig", compression="gzip" if _gzipped(path) else None)
+        # every column is read (no usecols) and a short header is an error, so no field is ever ignored
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            raw = pd.read_csv(path, skip_blank_lines=False, index_col=False, encoding="utf-8-sig",
+                              compression="gzip" if _gzipped(path) else None)
+    except pd.errors.ParserWarning:  # the first data row is longer than the header
+        line, n = _first_long_row(path, len(header))
+        raise InputError(f"malformed CSV row: {n} fields, but the header has {len(header)}",
+                         where=_where(path, line)) from None
     except pd.errors.ParserError as e:
         m = re.search(r"line (\d+)", str(e))
         where = _where(path, int(m.group(1))) if m else str(path)
@@ -167,21 +178,31 @@ def _read_csv(path: Path, fmt: str, header: list[str]) -> Table:
         with _open(path) as f:
             _decode(f.read(), path)
         raise
-    raw.columns = [wanted[c.strip().lower()] for c in raw.columns]
+    raw = raw[[c for c in raw.columns if str(c).strip().lower() in wanted]]
+    names = {wanted[c.strip().lower()]: c.strip() for c in raw.columns}  # as the file spells them, for errors
+    raw.columns = list(names)
     raw = raw[~raw.isna().all(axis=1)]  # blank lines: not requests
     if raw.empty:
         raise InputError("no requests: the file has a header but no rows", where=str(path))
     df = pd.DataFrame(index=raw.index)
     if "arrival" in raw:
         if fmt == "azure":
-            df["arrival_s"] = _datetimes_s(raw["arrival"], CSV_COLUMNS[fmt]["arrival"], path)
+            df["arrival_s"] = _datetimes_s(raw["arrival"], names["arrival"], path)
         else:
-            df["arrival_s"] = _numbers(raw["arrival"], roles["arrival"], path)
-    df["isl"] = _tokens(raw["isl"], roles["isl"], path)
-    df["osl"] = _tokens(raw["osl"], roles["osl"], path)
+            df["arrival_s"] = _numbers(raw["arrival"], names["arrival"], path)
+    df["isl"] = _tokens(raw["isl"], names["isl"], path)
+    df["osl"] = _tokens(raw["osl"], names["osl"], path)
     if session:
         df["session_id"] = raw["session_id"].to_numpy()
     return Table(df, fmt)
+
+
+def _first_long_row(path: Path, fields: int) -> tuple[int, int]:
+    with _open(path) as f:
+        for number, row in enumerate(csv.reader(io.TextIOWrapper(f, encoding="utf-8-sig")), start=1):
+            if len(row) > fields:
+                return number, len(row)
+    return 2, fields  # pragma: no cover - pandas warned, so such a row exists
 
 
 # --- JSON lines (Mooncake) ------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ def rescale(w: Workload, speedup: float | None = None, rate: float | None = None
         speedup = rate / w.rate
     if not speedup > 0 or not np.isfinite(speedup):
         raise InputError(f"speedup must be a positive number, got {speedup}")
-    return _rebuild(w, np.ones(len(a), dtype=bool), a / speedup, f"x{speedup:.4g} speed")
+    note = f"rescaled to {rate:g} req/s" if rate is not None else f"{speedup:g}x speed"
+    return _rebuild(w, np.ones(len(a), dtype=bool), a / speedup, note)
 
 
 def head(w: Workload, n: int) -> Workload:
