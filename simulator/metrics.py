@@ -1,0 +1,163 @@
+"""SimResult, SLO and the summary: TTFT/TPOT/ITL/E2E percentiles, SLO attainment, tokens/s (/GPU, /user)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Latency targets: ``percentile`` of TTFT and TPOT within target, and ``attainment`` share of requests
+    meeting both."""
+
+    ttft_ms: float
+    tpot_ms: float
+    percentile: float = 90
+    attainment: float = 0.9
+
+
+class ITLSamples:
+    """Inter-token gaps as (time, gap, weight): a k-step decode run of batch B adds k gaps of weight B."""
+
+    def __init__(self):
+        self._t: list[np.ndarray] = []
+        self._gap: list[np.ndarray] = []
+        self._w: list[float] = []
+
+    def add(self, t, gap_s, weight: float) -> None:
+        gap_s = np.asarray(gap_s, dtype=np.float64)
+        self._t.append(np.full(len(gap_s), t) if np.ndim(t) == 0 else t)
+        self._gap.append(gap_s)
+        self._w.append(weight)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self._gap:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        lens = np.fromiter((len(g) for g in self._gap), np.int64, len(self._gap))
+        return np.concatenate(self._t), np.concatenate(self._gap), np.repeat(np.asarray(self._w), lens)
+
+
+def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """Smallest value whose cumulative weight reaches q % of the total (inverted CDF)."""
+    order = np.argsort(values, kind="stable")
+    cw = np.cumsum(weights[order])
+    i = min(int(np.searchsorted(cw, q / 100.0 * cw[-1], side="left")), len(cw) - 1)
+    return float(values[order][i])
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def stats_ms(values_s: np.ndarray, weights: np.ndarray | None = None) -> dict:
+    """{mean, p50, p90, p99} in milliseconds; None where there are no values."""
+    v = np.asarray(values_s, dtype=np.float64)
+    keep = ~np.isnan(v)
+    v = v[keep]
+    if not len(v):
+        return {"mean": None, **{f"p{q}": None for q in PERCENTILES}}
+    if weights is None:
+        mean, ps = v.mean(), np.percentile(v, PERCENTILES)
+    else:
+        w = np.asarray(weights, dtype=np.float64)[keep]
+        mean, ps = (v * w).sum() / w.sum(), [weighted_percentile(v, w, q) for q in PERCENTILES]
+    return {"mean": _num(mean * 1e3), **{f"p{q}": _num(p * 1e3) for q, p in zip(PERCENTILES, ps, strict=True)}}
+
+
+@dataclass
+class SimResult:
+    requests: pd.DataFrame  # one row per request
+    workers: pd.DataFrame  # time series: time_s, worker, pool, batch_size, queue_len, kv_blocks_used
+    itl: tuple[np.ndarray, np.ndarray, np.ndarray]  # (time_s, gap_s, weight)
+    gpus: int
+    utilization: dict[str, float]  # pool -> busy share of its replicas over the run
+    iterations: int
+    end_s: float
+    deployment: str = ""
+    slo: SLO | None = None
+    extra: dict = field(default_factory=dict)
+
+    def summary(self, slo: SLO | None = None) -> dict:
+        """JSON-ready metrics over the measured requests (closed-loop warm-up left out)."""
+        slo = slo or self.slo
+        df = self.requests
+        m = df[df["measured"]]
+        ok = m[m["outcome"] != "failed"]
+        start = float(m["arrival_s"].min()) if len(m) else 0.0
+        end = float(ok["last_token_s"].max()) if len(ok) else start
+        duration = max(end - start, 0.0)
+        t, gap, w = self.itl
+        in_window = (t >= start) & (t <= end)
+        out_tokens = float(ok["osl"].sum())
+        throughput = out_tokens / duration if duration > 0 else float("nan")
+        tpot = ok["tpot_s"].to_numpy()
+        s: dict = {
+            "deployment": self.deployment,
+            "requests": int(len(df)),
+            "measured": int(len(m)),
+            "completed": int((df["outcome"] != "failed").sum()),
+            "failed": int((df["outcome"] == "failed").sum()),
+            "preemptions": int(df["preemptions"].sum()),
+            "gpus": int(self.gpus),
+            "duration_s": _num(duration),
+            "ttft_ms": stats_ms(ok["ttft_s"].to_numpy()),
+            "tpot_ms": stats_ms(tpot),
+            "itl_ms": stats_ms(gap[in_window], w[in_window]),
+            "e2e_ms": stats_ms(ok["e2e_s"].to_numpy()),
+            "throughput_tok_s": _num(throughput),
+            "tok_s_per_gpu": _num(throughput / self.gpus),
+            "tok_s_per_user": _num(1.0 / np.nanmean(tpot)) if np.isfinite(tpot).any() else None,
+            "utilization": {k: _num(v) for k, v in self.utilization.items()},
+            "slo": None,
+            "slo_attainment": None,
+            "slo_met": None,
+        }
+        if slo is not None and len(m):
+            ttft_ok = (m["ttft_s"] * 1e3 <= slo.ttft_ms).to_numpy()
+            tpot_ok = (m["tpot_s"].isna() | (m["tpot_s"] * 1e3 <= slo.tpot_ms)).to_numpy()
+            good = ttft_ok & tpot_ok & (m["outcome"] != "failed").to_numpy()
+            attainment = float(good.mean())
+            p_ttft = np.percentile(m["ttft_s"].fillna(np.inf), slo.percentile) * 1e3
+            finite_tpot = m["tpot_s"].dropna()
+            p_tpot = np.percentile(finite_tpot, slo.percentile) * 1e3 if len(finite_tpot) else 0.0
+            s["slo"] = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms, "percentile": slo.percentile,
+                        "attainment": slo.attainment}
+            s["slo_attainment"] = attainment
+            s["slo_met"] = bool(p_ttft <= slo.ttft_ms and p_tpot <= slo.tpot_ms and attainment >= slo.attainment)
+        return s
+
+
+def summary_table(summary: dict) -> str:
+    """The summary as a few aligned lines for the terminal."""
+
+    def f(x, spec=".1f"):
+        return "-" if x is None else format(x, spec)
+
+    lines = []
+    if summary.get("deployment"):
+        lines.append(summary["deployment"])
+    lines.append(f"requests {summary['requests']}  completed {summary['completed']}  failed {summary['failed']}  "
+                 f"preemptions {summary['preemptions']}  gpus {summary['gpus']}  "
+                 f"duration {f(summary['duration_s'], '.2f')} s")
+    lines.append(f"{'ms':<6}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}")
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+        st = summary[key]
+        lines.append(f"{key[:-3].upper():<6}" + "".join(f"{f(st[k]):>10}" for k in ("mean", "p50", "p90", "p99")))
+    lines.append(f"throughput {f(summary['throughput_tok_s'])} tok/s  per GPU {f(summary['tok_s_per_gpu'])}  "
+                 f"per user {f(summary['tok_s_per_user'])} tok/s")
+    if summary.get("utilization"):
+        lines.append("utilization " + "  ".join(f"{k} {f(v * 100 if v is not None else None, '.0f')}%"
+                                                for k, v in summary["utilization"].items()))
+    if summary.get("slo"):
+        slo = summary["slo"]
+        lines.append(f"SLO p{slo['percentile']:g} TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms: "
+                     f"attainment {summary['slo_attainment'] * 100:.1f}% (need {slo['attainment'] * 100:.0f}%) -> "
+                     f"{'met' if summary['slo_met'] else 'NOT met'}")
+    return "\n".join(lines)

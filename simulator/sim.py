@@ -1,0 +1,216 @@
+"""simulate(): build the pools, routers and KV links of a Deployment, play a Workload through them.
+
+The request path: arrive -> route -> prefill -> (disagg: route to a decode worker, reserve its KV
+blocks, transfer over the prefill replica's link) -> decode -> stream. Closed loop: N clients each
+send the workload's next row when one of theirs finishes.
+
+KV transfer size: a request's whole KV (``kv_bytes_per_token x isl``) split over min(prefill TP,
+decode TP) rank pairs that send in parallel, so one replica link carries the per-rank share.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from profiler.errors import InputError
+from profiler.factory import make_cost_model
+from profiler.gpus import resolve_gpu
+from profiler.memory import require_fit
+from profiler.models import resolve_model
+from simulator.block_manager import blocks_for
+from simulator.deployment import Deployment
+from simulator.link import KVLink
+from simulator.metrics import SLO, ITLSamples, SimResult
+from simulator.router import Router
+from simulator.sequence import FAILED, OK, OUTCOMES, PENDING, Sequences
+from simulator.worker import Worker
+from traces.workload import Workload
+
+
+def simulate(deployment: Deployment, workload: Workload, *, seed: int = 0, cost_models: dict | None = None,
+             profile=None, slo: SLO | None = None, fast_forward: bool = True,
+             closed_loop_stagger_s: float = 0.0) -> SimResult:
+    """Simulate ``workload`` on ``deployment``. ``fast_forward=False`` steps one iteration per event (a debug
+    check of the fast path). The model has no randomness yet; ``seed`` is kept for the features that add it."""
+    sim = Simulation(deployment, workload, seed=seed, cost_models=cost_models, profile=profile,
+                     fast_forward=fast_forward, closed_loop_stagger_s=closed_loop_stagger_s)
+    sim.env.run()
+    return sim.result(slo)
+
+
+class Simulation:
+    def __init__(self, dep: Deployment, workload: Workload, *, seed: int = 0, cost_models: dict | None = None,
+                 profile=None, fast_forward: bool = True, closed_loop_stagger_s: float = 0.0):
+        self.dep, self.workload, self.seed = dep, workload, seed
+        model = resolve_model(dep.model)
+        gpu = resolve_gpu(dep.gpu)
+        if not gpu.supports(dep.dtype):
+            raise InputError(f"{gpu.name} has no {dep.dtype} tensor cores; use bf16", where="dtype")
+        if not dep.pools:
+            raise InputError("the deployment has no pools")
+        kv_dtype = dep.resolved_kv_dtype
+        B = dep.kv_block_tokens
+        req = workload.requests
+        n = len(req)
+        isl = req["isl"].to_numpy(np.int64)
+        osl = req["osl"].to_numpy(np.int64)
+        if n and (isl.min() < 1 or osl.min() < 1):
+            raise InputError("every request needs isl >= 1 and osl >= 1", where=workload.source)
+        arrival = np.full(n, np.nan) if workload.closed_loop else req["arrival_s"].to_numpy(np.float64)
+        if not workload.closed_loop and n and (np.isnan(arrival).any() or arrival.min() < 0):
+            raise InputError("open-loop requests need arrival_s >= 0", where=workload.source)
+        self.env = simpy.Environment()
+        self.seqs = Sequences(isl, osl, arrival)
+        self.itl = ITLSamples()
+        self.pools: dict[str, list[Worker]] = {}
+        capacity: dict[str, int] = {}
+        wid = 0
+        for name, pool in dep.pools.items():
+            fit = require_fit(model, gpu, pool.tp, dep.dtype, kv_dtype, pool.max_batch_tokens,
+                              dep.gpu_memory_utilization, min_kv_tokens=B, pool=name)
+            cost = (cost_models or {}).get(name) or make_cost_model(model, gpu, pool.tp, dep.dtype, kv_dtype,
+                                                                    dep.engine, profile)
+            capacity[name] = fit.kv_tokens // B
+            role = "agg" if name == "workers" else name
+            self.pools[name] = [Worker(self, wid + i, name, role, pool, cost, capacity[name], B, fast_forward)
+                                for i in range(pool.replicas)]
+            wid += pool.replicas
+        self.routers = {name: Router(dep.router) for name in self.pools}
+        self.entry = "workers" if dep.topology == "agg" else "prefill"
+        self.workers = [w for ws in self.pools.values() for w in ws]
+        self.fail_reason = self._fail_reasons(model.max_context, capacity, B)
+        if dep.topology == "disagg":
+            self.links = {w.wid: KVLink(self.env, dep.kv_link.bandwidth_bytes_s, dep.kv_link.latency_s)
+                          for w in self.pools["prefill"]}
+            ranks = min(dep.prefill.tp, dep.decode.tp)
+            self.kv_bytes = isl * model.kv_bytes_per_token(kv_dtype) / ranks
+        self.done = 0
+        self.next_row = 0
+        if workload.closed_loop:
+            clients = min(int(workload.concurrency), n)
+            if closed_loop_stagger_s > 0:
+                for i in range(clients):
+                    self.env.timeout(i * closed_loop_stagger_s).callbacks.append(lambda _ev: self._send_next(1))
+            else:
+                self._send_next(clients)
+        else:
+            self.env.process(self._arrivals(np.argsort(arrival, kind="stable")))
+
+    def _fail_reasons(self, max_context: int, capacity: dict[str, int], B: int) -> np.ndarray:
+        """Why each request can never be served (empty string: it can)."""
+        S = self.seqs
+        reason = np.full(S.n, "", dtype=object)
+        whole = S.isl + S.osl
+        checks = [(whole > max_context, f"isl + osl exceeds the model's max context ({max_context} tokens)")]
+        if self.entry == "workers":
+            checks.append((blocks_for(whole, B) > capacity["workers"],
+                           f"isl + osl exceeds a replica's KV capacity ({capacity['workers'] * B} tokens)"))
+        else:
+            checks.append((blocks_for(whole, B) > capacity["decode"],
+                           f"isl + osl exceeds a decode replica's KV capacity ({capacity['decode'] * B} tokens)"))
+            checks.append((blocks_for(S.isl, B) > capacity["prefill"],
+                           f"isl exceeds a prefill replica's KV capacity ({capacity['prefill'] * B} tokens)"))
+        for bad, why in reversed(checks):
+            reason[bad] = why
+        return reason
+
+    # ---- the request path --------------------------------------------------------------------
+    def _arrivals(self, order: np.ndarray):
+        env, arrival = self.env, self.seqs.arrival_s
+        for r in order.tolist():
+            if arrival[r] > env.now:
+                yield env.timeout(arrival[r] - env.now)
+            if not self._send(r):
+                self._completed(np.array([r]))
+
+    def _send_next(self, count: int) -> None:
+        """Closed loop: ``count`` clients are free; each sends the next row (a refused row frees it again)."""
+        while count > 0 and self.next_row < self.seqs.n:
+            r = self.next_row
+            self.next_row += 1
+            self.seqs.arrival_s[r] = self.env.now
+            if self._send(r):
+                count -= 1
+            else:
+                self._completed(np.array([r]))
+
+    def _send(self, r: int) -> bool:
+        """Route request ``r`` to its first worker; False if it can never be served (then it has failed)."""
+        S = self.seqs
+        if self.fail_reason[r]:
+            S.outcome[r] = FAILED
+            S.fail_reason[r] = self.fail_reason[r]
+            return False
+        w = self.routers[self.entry].pick(self.pools[self.entry], r)
+        w.load += 1
+        S.prefill_worker[r] = w.wid
+        if self.entry == "workers":
+            S.decode_worker[r] = w.wid
+        w.add(r)
+        return True
+
+    def handoff(self, r: int, prefill: Worker) -> None:
+        """Disagg: ``r``'s prompt is prefilled; a decode worker reserves blocks, then the KV moves."""
+        w = self.routers["decode"].pick(self.pools["decode"], r)
+        w.load += 1
+        self.seqs.decode_worker[r] = w.wid
+        w.reserve(r)
+
+    def start_transfer(self, r: int) -> None:
+        S = self.seqs
+        S.transfer_start_s[r] = self.env.now
+        self.links[int(S.prefill_worker[r])].send(float(self.kv_bytes[r]), lambda: self._transfer_done(r))
+
+    def _transfer_done(self, r: int) -> None:
+        S, now = self.seqs, self.env.now
+        self.workers[int(S.prefill_worker[r])].release_xfer(r)
+        S.transfer_end_s[r] = now
+        S.first_token_s[r] = now
+        S.last_token_s[r] = now
+        S.computed[r] = S.target[r] = S.isl[r]  # generated is 1: the prefill worker's token
+        self.workers[int(S.decode_worker[r])].add_ready(r)
+
+    def finish(self, rs: np.ndarray) -> None:
+        self.seqs.outcome[rs] = OK
+        self._completed(rs)
+        if self.workload.closed_loop:
+            self._send_next(len(rs))
+
+    def _completed(self, rs: np.ndarray) -> None:
+        """The first ``warmup_requests`` outcomes are left out of the metrics."""
+        unmeasured = max(0, self.workload.warmup_requests - self.done)
+        self.seqs.measured[rs[:unmeasured]] = False
+        self.done += len(rs)
+
+    # ---- results -----------------------------------------------------------------------------
+    def result(self, slo: SLO | None = None) -> SimResult:
+        S = self.seqs
+        pending = int((S.outcome == PENDING).sum())
+        if pending:
+            raise RuntimeError(f"simulator bug: {pending} requests never finished (first: {np.argmax(S.outcome == 0)})")
+        req = self.workload.requests
+        ttft = S.first_token_s - S.arrival_s
+        df = pd.DataFrame({
+            "request_id": req["request_id"].to_numpy(),
+            "arrival_s": S.arrival_s, "isl": S.isl, "osl": S.osl,
+            "prefill_start_s": S.prefill_start_s, "prefill_end_s": S.prefill_end_s,
+            "transfer_start_s": S.transfer_start_s, "transfer_end_s": S.transfer_end_s,
+            "first_token_s": S.first_token_s, "last_token_s": S.last_token_s,
+            "preemptions": S.preemptions, "prefill_worker": S.prefill_worker, "decode_worker": S.decode_worker,
+            "outcome": pd.Series(S.outcome).map(OUTCOMES).to_numpy(), "fail_reason": S.fail_reason,
+            "ttft_s": ttft,
+            "tpot_s": np.where(S.osl > 1, (S.last_token_s - S.first_token_s) / np.maximum(S.osl - 1, 1), np.nan),
+            "e2e_s": S.last_token_s - S.arrival_s,
+            "measured": S.measured,
+        })
+        rows = [(t, w.wid, w.pool_name, b, q, kv) for w in self.workers for (t, b, q, kv) in w.series]
+        workers = pd.DataFrame(rows, columns=["time_s", "worker", "pool", "batch_size", "queue_len", "kv_blocks_used"])
+        end = self.env.now
+        util = {name: (sum(w.busy_s for w in ws) / (len(ws) * end) if end > 0 else 0.0)
+                for name, ws in self.pools.items()}
+        return SimResult(requests=df, workers=workers, itl=self.itl.arrays(), gpus=self.dep.gpus, utilization=util,
+                         iterations=sum(w.iterations for w in self.workers), end_s=end,
+                         deployment=f"{self.dep.model} on {self.dep.gpu} {self.dep.dtype}: {self.dep.describe()}",
+                         slo=slo)

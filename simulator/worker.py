@@ -1,0 +1,293 @@
+"""Worker: one replica's continuous-batching engine, nano-vllm's scheduler with a CostModel in place of
+the model runner.
+
+Each iteration: running decode sequences first (one token each), then prefill chunks of running and
+waiting sequences under the token budget (``max_batch_tokens``) and ``max_seqs``. KV blocks are taken
+per chunk and per step; when a decode step cannot get its block the most recently admitted sequence
+is preempted (recompute). A pure-decode batch that will not change before the next event runs many
+iterations in one SimPy event (``decode_run``). Roles: ``agg`` prefills and decodes; ``prefill``
+hands each prompt's KV to a decode worker; ``decode`` receives KV (``ready``) and decodes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from profiler.costmodel import Batch
+from simulator.block_manager import BlockManager, blocks_for
+
+if TYPE_CHECKING:
+    from simulator.deployment import PoolSpec
+    from simulator.sim import Simulation
+
+
+class Worker:
+    def __init__(self, sim: Simulation, wid: int, pool_name: str, role: str, pool: PoolSpec, cost,
+                 kv_blocks: int, block_tokens: int, fast_forward: bool = True):
+        self.sim, self.env, self.S = sim, sim.env, sim.seqs
+        self.wid, self.pool_name, self.role = wid, pool_name, role
+        self.max_batch_tokens, self.max_seqs = pool.max_batch_tokens, pool.max_seqs
+        self.chunk_tokens = pool.prefill_chunk_tokens if pool.chunked_prefill else None
+        self.cost = cost
+        self.B = block_tokens
+        self.kv = BlockManager(kv_blocks, block_tokens)
+        self.fast_forward = fast_forward
+        self.waiting: deque[int] = deque()  # to prefill (new, or preempted: recompute)
+        self.ready: deque[int] = deque()  # decode role: KV arrived, blocks held, to join the batch
+        self.reserving: deque[int] = deque()  # decode role: routed here, waiting for blocks to receive KV
+        self.running = np.empty(0, np.int64)  # admission order
+        self.load = 0  # outstanding requests routed here
+        self.wake = None  # the event the worker waits on while idle or fast-forwarding
+        self.busy_s = 0.0
+        self.iterations = 0
+        self.series: list[tuple] = []  # (time_s, batch_size, queue_len, kv_blocks_used)
+        self.proc = self.env.process(self.loop())
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def add(self, r: int) -> None:
+        """A routed request to prefill here."""
+        self.waiting.append(r)
+        self.notify()
+
+    def add_ready(self, r: int) -> None:
+        """Decode role: request ``r``'s KV has arrived."""
+        self.ready.append(r)
+        self.notify()
+
+    def reserve(self, r: int) -> None:
+        """Decode role: hold blocks for ``r``'s prompt KV, then the transfer may start."""
+        self.reserving.append(r)
+        self.try_reserve()
+
+    def try_reserve(self) -> None:
+        S = self.S
+        while self.reserving:
+            r = self.reserving[0]
+            need = int(blocks_for(S.isl[r], self.B))
+            if need > self.kv.free:
+                return
+            self.reserving.popleft()
+            self.kv.allocate(need)
+            S.blocks[r] = need
+            self.sim.start_transfer(r)
+
+    def notify(self) -> None:
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    # ---- the engine loop ---------------------------------------------------------------------
+    def loop(self):
+        env = self.env
+        while True:
+            dec, pf, chunks = self.schedule()
+            if not len(dec) and not pf:
+                if len(self.running) > 1:  # every running sequence is stuck on blocks the others hold
+                    self.preempt(int(self.running[-1]))
+                    continue
+                self.wake = env.event()
+                yield self.wake
+                self.wake = None
+                continue
+            self.series.append((env.now, len(dec) + len(pf), len(self.waiting) + len(self.ready), self.kv.used))
+            if not pf and self.fast_forward:
+                yield from self.decode_run(dec)
+            else:
+                yield from self.step(dec, pf, chunks)
+            self.retire()
+
+    def schedule(self) -> tuple[np.ndarray, list[int], list[int]]:
+        """This iteration's batch: decode sequences, prefill sequences and their chunk sizes."""
+        S, kv, B = self.S, self.kv, self.B
+        while self.ready and len(self.running) < self.max_seqs:
+            self.running = np.append(self.running, self.ready.popleft())
+        while True:
+            run = self.running
+            comp = S.computed[run]
+            is_dec = comp >= S.target[run]
+            dec = run[is_dec]
+            need = blocks_for(comp[is_dec] + 1, B) - S.blocks[dec]
+            total = int(need.sum())
+            if total <= kv.free:
+                break
+            self.preempt(int(run[-1]))
+        kv.allocate(total)
+        S.blocks[dec] += need
+        budget = self.max_batch_tokens - len(dec)
+        pf: list[int] = []
+        chunks: list[int] = []
+        for r in run[~is_dec].tolist():
+            c = self._chunk(r, budget, empty=not len(dec) and not pf)
+            if c > 0:
+                budget -= c
+                pf.append(r)
+                chunks.append(c)
+        n_running = len(self.running)
+        while self.waiting and n_running < self.max_seqs and budget > 0:
+            r = self.waiting[0]
+            c = self._chunk(r, budget, empty=not len(dec) and not pf, shrink=False)
+            if c <= 0:
+                break
+            self.waiting.popleft()
+            self.running = np.append(self.running, r)
+            n_running += 1
+            if np.isnan(S.prefill_start_s[r]):
+                S.prefill_start_s[r] = self.env.now
+            budget -= c
+            pf.append(r)
+            chunks.append(c)
+        return dec, pf, chunks
+
+    def _chunk(self, r: int, budget: int, empty: bool, shrink: bool = True) -> int:
+        """Prompt tokens of ``r`` to compute now, with their blocks allocated; 0 if it must wait."""
+        S, kv, B = self.S, self.kv, self.B
+        comp, held = int(S.computed[r]), int(S.blocks[r])
+        rest = int(S.target[r]) - comp
+        if self.chunk_tokens is None:  # whole prompts only; an oversized one runs alone
+            c = rest if rest <= budget or empty else 0
+        else:
+            c = min(rest, self.chunk_tokens, budget)
+        if c <= 0:
+            return 0
+        need = int(blocks_for(comp + c, B)) - held
+        if need > kv.free:
+            if not shrink or self.chunk_tokens is None:
+                return 0
+            c = (held + kv.free) * B - comp
+            if c <= 0:
+                return 0
+            need = kv.free
+        kv.allocate(need)
+        S.blocks[r] = held + need
+        return c
+
+    def preempt(self, r: int) -> None:
+        """Recompute preemption: free ``r``'s KV, send it to the front of the queue."""
+        S = self.S
+        self.kv.deallocate(S.blocks[r])
+        S.blocks[r] = 0
+        S.computed[r] = 0
+        S.target[r] = S.isl[r] + S.generated[r]
+        S.preemptions[r] += 1
+        self.running = self.running[self.running != r]
+        self.waiting.appendleft(r)
+
+    # ---- running iterations ------------------------------------------------------------------
+    def step(self, dec: np.ndarray, pf: list[int], chunks: list[int]):
+        """One iteration of a batch with prefill chunks (or with fast-forward off)."""
+        S = self.S
+        pf_idx = np.asarray(pf, np.int64)
+        c = np.asarray(chunks, np.int64)
+        cached = S.computed[pf_idx]
+        last = cached + c >= S.target[pf_idx]
+        batch = Batch(c, cached, S.computed[dec] + 1, int(last.sum()))
+        dt = self.cost.iteration_s(batch)
+        yield self.env.timeout(dt)
+        self.busy_s += dt
+        self.iterations += 1
+        now = self.env.now
+        S.computed[dec] += 1
+        S.computed[pf_idx] += c
+        done_pf = pf_idx[last]
+        unset = done_pf[np.isnan(S.prefill_end_s[done_pf])]
+        S.prefill_end_s[unset] = now
+        self.emit(np.concatenate([dec, done_pf]), now)
+
+    def emit(self, idx: np.ndarray, now: float) -> None:
+        """Sequences ``idx`` each put out one token at ``now``."""
+        S = self.S
+        S.generated[idx] += 1
+        g = S.generated[idx]
+        later = idx[g > 1]
+        if len(later):
+            self.sim.itl.add(now, now - S.last_token_s[later], 1.0)
+        first = idx[g == 1]
+        if self.role == "prefill":  # the user sees the first token when the KV reaches a decode worker
+            first = first[S.osl[first] == 1]
+        S.first_token_s[first] = now
+        S.last_token_s[idx] = now
+
+    def decode_run(self, dec: np.ndarray):
+        """Fast-forward: k pure-decode steps in one event, k = steps to the first completion, capped by the
+        free KV blocks; an arrival (``notify``) cuts it short after the step in flight."""
+        S, kv, env = self.S, self.kv, self.env
+        n = len(dec)
+        comp = S.computed[dec]
+        held = S.blocks[dec]  # already covers step 1
+        k = int((S.osl[dec] - S.generated[dec]).min())
+        grow = kv.growth(comp, held, k)
+        if grow > kv.free:
+            lo, hi = 1, k
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if kv.growth(comp, held, mid) <= kv.free:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k = lo
+            grow = kv.growth(comp, held, k)
+        kv.allocate(grow)
+        steps = self.cost.decode_steps_s(n, int(comp.sum()) + n, k)
+        cum = np.cumsum(steps)
+        t0 = env.now
+        j = k
+        if k == 1:
+            yield env.timeout(cum[0])
+        else:
+            self.wake = env.event()
+            timeout = env.timeout(cum[-1])
+            yield timeout | self.wake
+            self.wake = None
+            if not timeout.processed:  # woken: finish the step in flight, then re-form the batch
+                j = min(int(np.searchsorted(cum, env.now - t0, side="right")) + 1, k)
+                wait = t0 + cum[j - 1] - env.now
+                if wait > 0:
+                    yield env.timeout(wait)
+                kv.deallocate(grow - kv.growth(comp, held, j))
+        S.blocks[dec] = np.maximum(held, blocks_for(comp + j, self.B))
+        S.computed[dec] += j
+        S.generated[dec] += j
+        self.busy_s += float(cum[j - 1])
+        self.iterations += j
+        if (S.last_token_s[dec] == t0).all():  # every sequence was in the previous step
+            self.sim.itl.add(t0 + cum[:j], steps[:j], n)
+        else:
+            self.sim.itl.add(t0 + cum[0], t0 + cum[0] - S.last_token_s[dec], 1.0)
+            if j > 1:
+                self.sim.itl.add(t0 + cum[1:j], steps[1:j], n)
+        S.last_token_s[dec] = t0 + cum[j - 1]
+        if j < k and self.reserving:
+            self.try_reserve()
+
+    def retire(self) -> None:
+        """Finished sequences leave (and free their KV); a prefill worker hands finished prompts on."""
+        S = self.S
+        run = self.running
+        g = S.generated[run]
+        done = g >= S.osl[run]
+        leave = done | (g >= 1) if self.role == "prefill" else done
+        if not leave.any():
+            return
+        self.running = run[~leave]
+        fin = run[done]
+        if len(fin):
+            self.kv.deallocate(S.blocks[fin].sum())
+            S.blocks[fin] = 0
+            self.load -= len(fin)
+            self.sim.finish(fin)
+        if self.role == "prefill":
+            for r in run[leave & ~done].tolist():
+                S.xfer_blocks[r] = S.blocks[r]
+                S.blocks[r] = 0
+                self.load -= 1
+                self.sim.handoff(r, self)
+        if self.reserving:
+            self.try_reserve()
+
+    def release_xfer(self, r: int) -> None:
+        """Prefill role: ``r``'s KV has left; its blocks are free again."""
+        self.kv.deallocate(self.S.xfer_blocks[r])
+        self.S.xfer_blocks[r] = 0
+        self.notify()
