@@ -289,7 +289,18 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
     return ttft, tpot
 
 
-def cost_models(dep: Deployment, eff: Efficiency) -> dict[str, CostModel]:
+def open_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl: int,
+                       rate: float) -> tuple[float, float]:
+    """Mean (TTFT, TPOT) at ``rate`` requests/s: the closed-loop estimate at the concurrency Little's law
+    gives (requests in flight = rate x latency), found by fixed point."""
+    ttft, tpot = closed_loop_estimate(dep, cms, isl, osl, 1)
+    for _ in range(30):
+        c = max(1, round(rate * (ttft + max(osl - 1, 1) * tpot)))
+        ttft, tpot = closed_loop_estimate(dep, cms, isl, osl, c)
+    return ttft, tpot
+
+
+def cost_models(dep: Deployment, eff: Efficiency | None = None) -> dict[str, CostModel]:
     model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
     return {name: make_cost_model(model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine, efficiency=eff)
             for name, pool in dep.pools.items()}

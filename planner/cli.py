@@ -119,6 +119,98 @@ def check(
     raise typer.Exit(EXIT_INPUT_ERROR if "error" in statuses else 1 if "fail" in statuses else 0)
 
 
+# ---- pdsim emit / calibrate (planner/emit.py, planner/calibrate.py) ----------------------------
+@app.command("emit")
+def emit_cmd(
+    deployment: str = typer.Option(..., "--deployment", help="Deployment YAML (e.g. a plan's recommendation)."),
+    target: str = typer.Option("dynamo,vllm,sglang", "--target", help="Comma list of dynamo, vllm, sglang, aiperf."),
+    out: str = typer.Option("deploy", "--out", help="Folder the artefacts are written into."),
+    isl: int | None = typer.Option(None, "--isl", help="Prompt tokens the aiperf benchmark sends."),
+    osl: int | None = typer.Option(None, "--osl", help="Output tokens the aiperf benchmark asks for."),
+    rate: float | None = typer.Option(None, "--rate", help="Planned request rate (req/s) to benchmark too."),
+    model_id: str | None = typer.Option(None, "--model-id", help="Checkpoint the engines load (default: the "
+                                        "model's Hugging Face id)."),
+    calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate)."),
+    perf_db: str | None = typer.Option(None, "--perf-db", help="aiconfigurator[:BACKEND]: predict with "
+                                       "AIConfigurator's measured operation tables (pip install 'pdsim[aic]')."),
+) -> None:
+    """Deploy artefacts for a deployment: Dynamo YAML, vLLM/SGLang launch scripts, aiperf benchmark."""
+    from planner import emit as em
+    from simulator.deployment import load_deployment
+
+    dep = load_deployment(deployment)
+    targets = [t.strip() for t in target.split(",") if t.strip()]
+    predict, by = _point_predictor(dep, calibration, perf_db)  # checks the flags whatever the targets
+    points = None
+    if "aiperf" in targets:
+        if not isl or not osl:
+            raise InputError("--target aiperf needs --isl and --osl (the lengths the plan was made for)")
+        points = em.bench_points(dep, isl, osl, rate, predict)
+    paths = em.emit(dep, targets, out, deployment, model_id, points, by)
+    typer.echo(f"plan {em.plan_id(dep)}: {dep.describe()} -> {', '.join(str(p) for p in paths)}")
+    if points:
+        typer.echo(f"predicted by {by}:\n{em.predictions_table(points)}")
+
+
+def _point_predictor(dep, calibration: str | None, perf_db: str | None):
+    """(BenchPoint -> (ttft_s, tpot_s), what predicts) for a deployment, honouring --calibration/--perf-db."""
+    from planner import calibrate as cb
+
+    eff = cb.efficiency_for(dep, calibration)
+    cms = _pool_cost_models(dep, eff, perf_db)
+    by = "pdsim closed-loop steady-state estimate" + (f", calibration {calibration}" if calibration else "") + (
+        f", {perf_db} tables" if perf_db else "")
+
+    def predict(p):
+        if p.concurrency:
+            return cb.closed_loop_estimate(dep, cms, p.isl, p.osl, p.concurrency)
+        return cb.open_loop_estimate(dep, cms, p.isl, p.osl, p.request_rate)
+
+    return predict, by
+
+
+def _pool_cost_models(dep, eff, perf_db: str | None) -> dict:
+    from planner import calibrate as cb
+
+    if perf_db is None:
+        return cb.cost_models(dep, eff)
+    if eff is not None:
+        raise InputError("--calibration fits roofline factors; it does not apply to --perf-db tables, give one")
+    from profiler.perfdb import perfdb_cost_model
+
+    from profiler.gpus import resolve_gpu
+    from profiler.models import resolve_model
+
+    model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
+    return {name: perfdb_cost_model(perf_db, model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine)
+            for name, pool in dep.pools.items()}
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    measured: str = typer.Option(..., "--measured", help="Folder of aiperf runs (profile_export.jsonl / "
+                                 "profile_export_aiperf.json) and/or silicon CSVs, or one such file."),
+    deployment: str = typer.Option(..., "--deployment", help="The deployment the measurements ran on."),
+    out: str = typer.Option("calib.yaml", "--out", help="Calibration file to write."),
+    fit: str = typer.Option(",".join(("gemm_compute", "gemm_memory", "attn_compute", "attn_memory",
+                                      "iteration_overhead_s")), "--fit", help="Efficiency factors to fit."),
+) -> None:
+    """Fit the roofline's efficiency factors to measured TTFT/TPOT; write a --calibration file."""
+    from planner import calibrate as cb
+    from simulator.deployment import load_deployment
+
+    dep = load_deployment(deployment)
+    cal, table, skipped = cb.calibrate(measured, dep, tuple(f.strip() for f in fit.split(",") if f.strip()))
+    path = cb.save_calibration(cal, out)
+    skip = "".join(f"; skipped {v} rows: {k}" for k, v in skipped.items())
+    typer.echo(f"{cal.points} measured points of {cal.model} on {cal.gpu} ({cal.engine}, {cal.dtype}){skip}")
+    typer.echo(f"{'mean abs error':<16}{'TTFT':>9}{'TPOT':>9}")
+    for when, e in (("before", cal.error_before), ("after", cal.error_after)):
+        typer.echo(f"{when:<16}{e['ttft_mape_pct']:>8.1f}%{e['tpot_mape_pct']:>8.1f}%")
+    typer.echo("fitted: " + ", ".join(f"{k}={getattr(cal.efficiency, k):.4g}" for k in cal.fitted))
+    typer.echo(f"wrote {path} (use with --calibration {path})")
+
+
 def main() -> None:
     sys.exit(run_app(app))
 
