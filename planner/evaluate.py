@@ -1,0 +1,225 @@
+"""Scoring a unit by simulation: goodput by bisection over simulated rates, or the fewest copies that
+carry a fixed load (rate, clients or trace). Every figure here comes out of a discrete-event run."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from planner.screen import Estimate, Screen
+from planner.space import Space, max_copies, scale, unit_key
+from simulator import SLO, simulate
+from simulator.deployment import Deployment
+from traces.synthetic import synthetic_workload
+from traces.workload import Workload
+
+METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+
+
+@dataclass(frozen=True)
+class Load:
+    """Traffic a deployment must carry. All None: find the highest rate it sustains (goodput)."""
+
+    rate: float | None = None  # req/s, Poisson
+    concurrency: int | None = None  # closed-loop clients
+    trace: Workload | None = None
+
+    @property
+    def fixed(self) -> bool:
+        return self.rate is not None or self.concurrency is not None or self.trace is not None
+
+    def describe(self) -> str:
+        if self.trace is not None:
+            return f"trace {self.trace.source} ({len(self.trace)} requests)"
+        if self.concurrency is not None:
+            return f"{self.concurrency} concurrent clients"
+        return f"{self.rate:g} req/s Poisson" if self.rate is not None else "goodput (highest rate meeting targets)"
+
+
+@dataclass
+class Probe:
+    """One simulation: a deployment under one load, and whether it met the targets."""
+
+    rate_rps: float  # offered req/s (closed loop: achieved)
+    requests: int
+    met: bool
+    summary: dict
+    wall_s: float
+
+
+@dataclass
+class Evaluation:
+    """What simulation says of one unit."""
+
+    key: str
+    unit: Deployment
+    feasible: bool  # meets both targets at some rate (goodput) or at the load with <= budget GPUs
+    score: float  # tokens/s/GPU at the goodput or at the fixed load; 0 when infeasible
+    copies: int  # units in the deployment the score refers to
+    rate_rps: float  # unit's goodput (req/s), or the load's share each copy carries
+    summary: dict  # the simulator's summary at that operating point (the last probe that met, else the lowest)
+    constraint: str = ""  # which target failed, by how much, where infeasible
+    estimate: Estimate | None = None
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def gpus(self) -> int:
+        return self.unit.gpus * self.copies
+
+    @property
+    def sims(self) -> int:
+        return len(self.probes)
+
+    @property
+    def deployment(self) -> Deployment:
+        return scale(self.unit, self.copies)
+
+
+def misses(summary: dict, slo: SLO) -> str:
+    """Which target a summary misses and by how much, in words ('' when both are met)."""
+    p = f"p{slo.percentile:g}"
+    out = []
+    for name, target in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms)):
+        got = (summary.get(f"{name.lower()}_ms") or {}).get(p)
+        if got is None:
+            if name == "TTFT":
+                out.append("no request completed")
+            continue
+        if got > target:
+            out.append(f"{p} {name} {got:.0f} ms > {target:g} ms")
+    att = summary.get("slo_attainment")
+    if not out and att is not None and att < slo.attainment:
+        out.append(f"attainment {att:.0%} < {slo.attainment:.0%}")
+    return ", ".join(out)
+
+
+@dataclass
+class Evaluator:
+    space: Space
+    screen: Screen
+    slo: SLO
+    isl: object  # int, LengthDist or spec: what synthetic_workload takes
+    osl: object
+    load: Load = field(default_factory=Load)
+    seed: int = 0
+    profile: object | None = None
+    min_requests: int = 120
+    max_requests: int = 600
+    horizon_e2e: float = 6.0  # simulated time per probe, in units of one request's end-to-end latency
+    tolerance: float = 0.06  # bisection stops when hi / lo < 1 + tolerance
+    max_probes: int = 7
+
+    # ---- one simulation --------------------------------------------------------------------------
+    def run(self, dep: Deployment, workload: Workload) -> tuple[Probe, object]:
+        t0 = time.perf_counter()
+        result = simulate(dep, workload, seed=self.seed, profile=self.profile, slo=self.slo)
+        summary = result.summary(self.slo)
+        rate = workload.rate if not workload.closed_loop else summary.get("throughput_tok_s", 0.0) / max(
+            float(workload.requests["osl"].mean()), 1.0)
+        return Probe(float(rate), len(workload), bool(summary["slo_met"]), summary, time.perf_counter() - t0), result
+
+    def requests_for(self, rate: float, est: Estimate | None) -> int:
+        """Enough requests that the run lasts several end-to-end latencies past its warm-up."""
+        e2e = 1.0
+        if est is not None and math.isfinite(est.ttft_s) and math.isfinite(est.tpot_s):
+            e2e = est.ttft_s + est.tpot_s * self.screen.osl
+        return int(np.clip(rate * self.horizon_e2e * e2e, self.min_requests, self.max_requests))
+
+    def workload(self, rate: float | None = None, concurrency: int | None = None, requests: int = 200,
+                 copies: int = 1) -> Workload:
+        """The unit's share of the load: synthetic at ``rate`` or ``concurrency``, or every ``copies``-th
+        request of the trace."""
+        if self.load.trace is not None:
+            df = self.load.trace.requests.iloc[::copies].reset_index(drop=True)
+            df["request_id"] = np.arange(len(df))
+            return self.load.trace.with_requests(df, source=f"{self.load.trace.source} (1/{copies})")
+        warm = requests // 10  # the first requests meet an empty system: left out of the metrics
+        return synthetic_workload(requests=requests, isl=self.isl, osl=self.osl, rate=rate, concurrency=concurrency,
+                                  seed=self.seed, warmup_requests=warm)
+
+    def probe_rate(self, dep: Deployment, rate: float, est: Estimate | None) -> Probe:
+        return self.run(dep, self.workload(rate=rate, requests=self.requests_for(rate, est)))[0]
+
+    # ---- goodput ---------------------------------------------------------------------------------
+    def goodput(self, unit: Deployment, est: Estimate) -> Evaluation:
+        """Highest simulated rate at which the unit meets both targets (bisection), as tokens/s/GPU."""
+        probes: list[Probe] = []
+        r = est.goodput_rps if est.goodput_rps > 0 else 0.5 / max(self.screen.osl * self.slo.tpot_ms * 1e-3, 1e-3)
+        lo: Probe | None = None
+        hi: Probe | None = None
+        while len(probes) < self.max_probes:
+            p = self.probe_rate(unit, r, est)
+            probes.append(p)
+            if p.met:
+                lo = p if lo is None or p.rate_rps > lo.rate_rps else lo
+            else:
+                hi = p if hi is None or p.rate_rps < hi.rate_rps else hi
+            if lo is None:
+                r = hi.rate_rps / 2.0
+            elif hi is None:
+                r = lo.rate_rps * 1.5
+            elif hi.rate_rps / lo.rate_rps < 1 + self.tolerance:
+                break
+            else:
+                r = math.sqrt(lo.rate_rps * hi.rate_rps)
+        osl = float(self.screen.osl)
+        if lo is None:
+            lowest = min(probes, key=lambda q: q.rate_rps)
+            return Evaluation(unit_key(unit), unit, False, 0.0, 1, 0.0, lowest.summary,
+                              f"misses targets even at {lowest.rate_rps:.3g} req/s: {misses(lowest.summary, self.slo)}",
+                              est, probes)
+        return Evaluation(unit_key(unit), unit, True, lo.rate_rps * osl / unit.gpus, 1, lo.rate_rps, lo.summary, "",
+                          est, probes)
+
+    # ---- fixed load ------------------------------------------------------------------------------
+    def share(self, unit: Deployment, copies: int, est: Estimate | None) -> Probe:
+        """Simulate one unit carrying 1/copies of the load."""
+        if self.load.concurrency is not None:
+            clients = math.ceil(self.load.concurrency / copies)
+            return self.run(unit, self.workload(concurrency=clients, requests=max(self.min_requests, 4 * clients)))[0]
+        if self.load.trace is not None:
+            return self.run(unit, self.workload(copies=copies))[0]
+        rate = self.load.rate / copies
+        return self.probe_rate(unit, rate, est)
+
+    def fewest_copies(self, unit: Deployment, est: Estimate) -> Evaluation:
+        """The fewest copies of the unit, within the GPU budget, whose share of the load meets both targets."""
+        kmax = max_copies(self.space, unit)
+        if est.goodput_rps > 0 and self.load.rate is not None:
+            k = math.ceil(self.load.rate / est.goodput_rps)
+        else:
+            k = 1
+        k = int(np.clip(k, 1, kmax))
+        results: dict[int, Probe] = {}
+        probes: list[Probe] = []
+        while k not in results and len(probes) < self.max_probes:
+            p = self.share(unit, k, est)
+            results[k] = p
+            probes.append(p)
+            if p.met and k > 1 and k - 1 not in results:
+                k -= 1
+            elif not p.met and k < kmax:
+                k += 1
+        met = sorted(k for k, p in results.items() if p.met)
+        if not met:
+            worst = max(results)
+            return Evaluation(unit_key(unit), unit, False, 0.0, worst, results[worst].rate_rps,
+                              results[worst].summary,
+                              f"misses targets with {worst} copies ({worst * unit.gpus} GPUs): "
+                              f"{misses(results[worst].summary, self.slo)}", est, probes)
+        k = met[0]
+        p = results[k]
+        return Evaluation(unit_key(unit), unit, True, self.load_tok_s(p, k) / (k * unit.gpus), k, p.rate_rps,
+                          p.summary, "", est, probes)
+
+    def load_tok_s(self, p: Probe, copies: int) -> float:
+        """Output tokens/s the whole load asks for (closed loop: what the copies achieved)."""
+        if self.load.rate is not None:
+            return self.load.rate * float(self.screen.osl)
+        return p.summary["throughput_tok_s"] * copies
+
+    def evaluate(self, unit: Deployment, est: Estimate) -> Evaluation:
+        return self.fewest_copies(unit, est) if self.load.fixed else self.goodput(unit, est)

@@ -1,0 +1,361 @@
+"""`plan`: the request (model, traffic, targets), the search, the confirmed recommendation, plan.json.
+
+The search scores units; the recommendation is the best unit scaled to the budget (or to the load) and
+simulated again as a whole deployment, so every figure the user sees comes from a run of what they
+would deploy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from planner.evaluate import Evaluator, Load, Probe
+from planner.reasons import reasons
+from planner.screen import Screen
+from planner.search import OBJECTIVES, Search
+from planner.space import Space, max_copies, scale
+from profiler.errors import InputError
+from profiler.gpus import resolve_gpu
+from profiler.models import dtype_bytes, resolve_model
+from simulator import SLO
+from simulator.deployment import Deployment, parse_deployment
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything `plan` was asked; stored in the study so that workers rebuild the same search."""
+
+    model: str
+    ttft_ms: float
+    tpot_ms: float
+    isl: int | None = None
+    osl: int | None = None
+    gpu: str = "h200-sxm"
+    gpus: int = 8
+    dtype: str = "bf16"
+    rate: float | None = None
+    concurrency: int | None = None
+    trace: str | None = None
+    trace_format: str | None = None
+    percentile: int = 90
+    attainment: float = 0.9
+    profile: str | None = None
+    trials: int = 24
+    seed: int = 0
+    objective: str = "throughput-per-gpu"
+    topologies: tuple[str, ...] = ("agg", "disagg")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["topologies"] = list(self.topologies)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PlanRequest:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "topologies" in kw:
+            kw["topologies"] = tuple(kw["topologies"])
+        return cls(**kw)
+
+    def study_name(self) -> str:
+        """Same question, same study: a hash of everything that shapes the search (not the trial budget)."""
+        d = {k: v for k, v in self.to_dict().items() if k != "trials"}
+        return "pdsim-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        for name in ("ttft_ms", "tpot_ms"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
+                raise InputError(f"--{name.split('_')[0]} must be a positive number of milliseconds, got {v!r}")
+        loads = [x for x in (self.rate, self.concurrency, self.trace) if x is not None]
+        if len(loads) > 1:
+            raise InputError("give at most one of --rate, --concurrency, --trace")
+        if self.trace is None and (self.isl is None or self.osl is None):
+            raise InputError("give --isl and --osl (prompt and output tokens), or --trace FILE")
+        for name in ("isl", "osl", "gpus", "trials", "concurrency"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise InputError(f"--{name} must be a whole number >= 1, got {v!r}")
+        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
+            raise InputError(f"--rate must be a positive number of requests per second, got {self.rate!r}")
+        if self.percentile not in PERCENTILES:
+            raise InputError(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile}")
+        if not 0 < self.attainment <= 1:
+            raise InputError(f"--attainment must be in (0, 1], got {self.attainment}")
+        if self.objective == "min-gpus" and not loads:
+            raise InputError("--objective min-gpus needs a load to carry: --rate, --concurrency or --trace")
+        dtype_bytes(self.dtype)
+
+
+@dataclass
+class Confirmed:
+    """A whole deployment simulated under the load it is recommended for."""
+
+    deployment: Deployment
+    rate_rps: float
+    probe: Probe
+    result: object  # SimResult (kept for the report; not serialised)
+
+    @property
+    def summary(self) -> dict:
+        return self.probe.summary
+
+    def to_dict(self) -> dict:
+        return {"deployment": self.deployment.to_dict(), "description": self.deployment.describe(),
+                "gpus": self.deployment.gpus, "rate_rps": self.rate_rps, "met": self.probe.met,
+                "requests": self.probe.requests, "summary": self.summary}
+
+
+@dataclass
+class Plan:
+    request: PlanRequest
+    rows: list[dict]  # every simulated unit (trial attributes), best first
+    infeasible: list[dict]  # trials rejected before simulation, with the constraint that failed
+    recommendation: Confirmed | None
+    runner_up: Confirmed | None  # best of the other topology, at the recommendation's load
+    reasons: list[str]
+    closest: list[dict] = field(default_factory=list)  # when nothing meets the targets
+    pareto: list[dict] = field(default_factory=list)
+    sims: int = 0
+    wall_s: float = 0.0
+    study: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.recommendation is not None and self.recommendation.probe.met
+
+    def to_dict(self) -> dict:
+        return {
+            "request": self.request.to_dict(), "study": self.study, "met": self.met,
+            "recommendation": self.recommendation.to_dict() if self.recommendation else None,
+            "runner_up": self.runner_up.to_dict() if self.runner_up else None,
+            "reasons": self.reasons, "closest": self.closest, "pareto": self.pareto, "evaluated": self.rows,
+            "infeasible": self.infeasible, "simulations": self.sims, "wall_s": self.wall_s,
+        }
+
+
+# ---- building the pieces -------------------------------------------------------------------------
+def slo_of(req: PlanRequest) -> SLO:
+    return SLO(ttft_ms=req.ttft_ms, tpot_ms=req.tpot_ms, percentile=req.percentile, attainment=req.attainment)
+
+
+def load_of(req: PlanRequest) -> Load:
+    if req.trace is not None:
+        from traces import load_trace  # noqa: PLC0415 (only with --trace)
+
+        return Load(trace=load_trace(req.trace, req.trace_format))
+    return Load(rate=req.rate, concurrency=req.concurrency)
+
+
+def build(req: PlanRequest, profile=None) -> tuple[Space, Screen, Evaluator]:
+    req.validate()
+    model, gpu = resolve_model(req.model), resolve_gpu(req.gpu)
+    if not gpu.supports(req.dtype):
+        raise InputError(f"{gpu.name} has no {req.dtype} tensor cores; use --dtype bf16")
+    load = load_of(req)
+    if load.trace is not None:
+        isl_mean = float(load.trace.requests["isl"].mean())
+        osl_mean = float(load.trace.requests["osl"].mean())
+        need = int(load.trace.requests["isl"].max() + load.trace.requests["osl"].max())
+        isl, osl = req.isl, req.osl
+    else:
+        isl_mean, osl_mean, need = float(req.isl), float(req.osl), req.isl + req.osl
+        isl, osl = req.isl, req.osl
+    if need > model.max_context:
+        raise InputError(f"isl + osl = {need} tokens exceeds {model.name}'s context of {model.max_context}")
+    space = Space(model, gpu, req.model, req.gpu, req.gpus, req.dtype, min_kv_tokens=need)
+    screen = Screen(space, isl_mean, osl_mean, req.ttft_ms * 1e-3, req.tpot_ms * 1e-3, req.percentile, profile)
+    evaluator = Evaluator(space, screen, slo_of(req), isl, osl, load, req.seed, profile)
+    return space, screen, evaluator
+
+
+def make_search(req: PlanRequest, profile=None) -> Search:
+    space, screen, evaluator = build(req, profile)
+    space = Space(**{f.name: getattr(space, f.name) for f in fields(Space)} | {"topologies": req.topologies})
+    screen.space = space
+    evaluator.space = space
+    return Search(space, screen, evaluator, req.objective, req.trials, req.seed)
+
+
+def load_profile(path: str | None):
+    if path is None:
+        return None
+    from profiler.profile import load_profile as _load  # noqa: PLC0415 (only with --profile)
+
+    return _load(path)
+
+
+# ---- choosing and confirming ----------------------------------------------------------------------
+def ranked(rows: list[dict], objective: str) -> list[dict]:
+    """Feasible units best first: by score; min-gpus by fewest GPUs, then score."""
+    feasible = [r for r in rows if r["feasible"]]
+    if objective == "min-gpus":
+        return sorted(feasible, key=lambda r: (r["copies"] * _unit(r).gpus, -r["score"], r["key"]))
+    return sorted(feasible, key=lambda r: (-r["score"], r["key"]))
+
+
+def _unit(row: dict) -> Deployment:
+    return parse_deployment(row["unit"], where=f"unit {row['key']}")
+
+
+def deployment_of(row: dict, space: Space, load: Load) -> tuple[Deployment, float]:
+    """The whole deployment a unit's row stands for, and the rate it should carry (req/s)."""
+    unit = _unit(row)
+    copies = row["copies"] if load.fixed else max(1, max_copies(space, unit))
+    return scale(unit, copies), row["rate_rps"] * copies
+
+
+def confirm(ev: Evaluator, dep: Deployment, rate: float, tries: int = 3) -> Confirmed:
+    """Simulate the whole deployment under the load; with no fixed load, back the rate off until it meets."""
+    if ev.load.fixed:
+        copies = 1
+        probe, result = _run_whole(ev, dep, rate, copies)
+        return Confirmed(dep, probe.rate_rps, probe, result)
+    probe = result = None
+    for _ in range(tries):
+        probe, result = _run_whole(ev, dep, rate, 1)
+        if probe.met:
+            break
+        rate *= 0.92
+    return Confirmed(dep, probe.rate_rps, probe, result)
+
+
+def _run_whole(ev: Evaluator, dep: Deployment, rate: float, copies: int) -> tuple[Probe, object]:
+    load = ev.load
+    if load.trace is not None:
+        return ev.run(dep, load.trace)
+    if load.concurrency is not None:
+        return ev.run(dep, ev.workload(concurrency=load.concurrency, requests=max(ev.min_requests,
+                                                                                  4 * load.concurrency)))
+    r = load.rate if load.rate is not None else rate
+    n = int(np.clip(ev.requests_for(r, None) * 2, 2 * ev.min_requests, 4 * ev.max_requests))
+    return ev.run(dep, ev.workload(rate=r, requests=n))
+
+
+def closeness(row: dict, slo: SLO) -> float:
+    """How far a unit is from the targets: the worst ratio of its percentile latency to the target."""
+    p = f"p{slo.percentile:g}"
+    s = row["summary"]
+    ttft, tpot = (s.get("ttft_ms") or {}).get(p), (s.get("tpot_ms") or {}).get(p)
+    return max(math.inf if ttft is None else ttft / slo.ttft_ms, 0.0 if tpot is None else tpot / slo.tpot_ms)
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Feasible units not beaten on both tokens/s/GPU and tokens/s/user."""
+    pts = [r for r in rows if r["feasible"]]
+    front = []
+    for r in pts:
+        x, y = r["summary"].get("tok_s_per_user") or 0.0, r["score"]
+        if not any((o["summary"].get("tok_s_per_user") or 0.0) >= x and o["score"] >= y and
+                   ((o["summary"].get("tok_s_per_user") or 0.0) > x or o["score"] > y) for o in pts):
+            front.append({"key": r["key"], "topology": r["unit"]["topology"], "tok_s_per_gpu": y,
+                          "tok_s_per_user": x})
+    return sorted(front, key=lambda f: f["tok_s_per_user"])
+
+
+# ---- the whole job --------------------------------------------------------------------------------
+def plan(req: PlanRequest, storage: str | None = None, study_name: str | None = None, progress=None) -> Plan:
+    """Search, choose, confirm, explain. ``progress(done, total)`` is called after each simulated unit."""
+    t0 = time.perf_counter()
+    search = make_search(req, load_profile(req.profile))
+    name = study_name or req.study_name()
+    study = search.study(storage, name)
+    if storage is not None and "request" not in study.user_attrs:
+        study.set_user_attr("request", req.to_dict())
+    if progress is not None:
+        search.on_evaluation = lambda _ev: progress(min(search.simulated(study), req.trials), req.trials)
+    search.run(study)
+    return finish(req, search, study, t0)
+
+
+def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
+    import optuna  # noqa: PLC0415
+
+    ev, space, slo = search.evaluator, search.space, search.evaluator.slo
+    rows = sorted(search.known(study).values(), key=lambda r: (-r["score"], r["key"]))
+    infeasible = [{"key": t.user_attrs.get("key"), "constraint": t.user_attrs["constraint"]}
+                  for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
+                  if "constraint" in t.user_attrs]
+    sims = sum(r["sims"] for r in rows)
+    best = ranked(rows, req.objective)
+    plan_ = Plan(req, rows, _dedupe(infeasible), None, None, [], study=study.study_name)
+    if not best:
+        plan_.closest = [{"key": r["key"], "description": _unit(r).describe(), "misses": r["constraint"],
+                          "distance": closeness(r, slo)} for r in sorted(rows, key=lambda r: closeness(r, slo))[:3]]
+        plan_.reasons = ["no deployment within the budget meets both targets; closest: "
+                         + "; ".join(f"{c['description']}: {c['misses']}" for c in plan_.closest)]
+        plan_.sims, plan_.wall_s = sims, time.perf_counter() - t0
+        return plan_
+    winner_row = best[0]
+    dep, rate = deployment_of(winner_row, space, ev.load)
+    rec = confirm(ev, dep, rate)
+    sims += 3 if not rec.probe.met else 1
+    other = [r for r in best if r["unit"]["topology"] != winner_row["unit"]["topology"]]
+    other_rows = [r for r in rows if r["unit"]["topology"] != winner_row["unit"]["topology"]]
+    runner = None
+    if other:
+        odep, _ = deployment_of(other[0], space, ev.load)
+        probe, result = _run_whole(ev, odep, rec.rate_rps, 1)
+        runner = Confirmed(odep, probe.rate_rps, probe, result)
+        sims += 1
+    plan_.recommendation, plan_.runner_up = rec, runner
+    plan_.pareto = pareto_front(rows)
+    plan_.reasons = reasons(rec, runner, winner_row, other[0] if other else None,
+                            None if other or not other_rows else min(other_rows, key=lambda r: closeness(r, slo)),
+                            slo, search)
+    plan_.sims, plan_.wall_s = sims, time.perf_counter() - t0
+    return plan_
+
+
+def _dedupe(items: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for it in items:
+        if it["key"] not in seen:
+            seen.add(it["key"])
+            out.append(it)
+    return out
+
+
+# ---- files ------------------------------------------------------------------------------------------
+def write_outputs(p: Plan, out_dir: str | Path) -> list[Path]:
+    """plan.json, deployment.yaml (the recommendation, re-simulatable) and report.html."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder ({e.strerror})", where=str(out)) from None
+    paths = [out / "plan.json"]
+    paths[0].write_text(json.dumps(_jsonable(p.to_dict()), indent=1))
+    if p.recommendation is not None:
+        paths.append(out / "deployment.yaml")
+        paths[-1].write_text(p.recommendation.deployment.to_yaml())
+    from reports.plan_report import write_plan_report  # noqa: PLC0415 (plotly only when writing)
+
+    paths.append(write_plan_report(p, out / "report.html"))
+    return paths
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x

@@ -1,0 +1,206 @@
+"""The Optuna study over units: TPE (seeded) for one objective, NSGA-II for two; the analytic screen
+seeds it with its best guesses and prunes what it cannot believe in; every completed trial is a real
+simulation. The study lives in memory, in SQLite (resume) or in PostgreSQL (many workers, one study)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import optuna
+
+from planner.evaluate import Evaluation, Evaluator
+from planner.screen import Estimate, Screen
+from planner.space import (
+    AGG_BATCH_TOKENS,
+    MAX_SEQS,
+    PREFILL_BATCH_TOKENS,
+    Space,
+    agg_unit,
+    disagg_unit,
+    enumerate_units,
+    infeasible_reason,
+    unit_key,
+)
+from profiler.errors import InputError
+from simulator.deployment import Deployment
+
+OBJECTIVES = ("throughput-per-gpu", "min-gpus", "pareto")
+SCREEN_KEEP = 0.5  # simulate only units the screen puts within this share of its best of the same topology
+SEEDED_PER_TOPOLOGY = 3  # the screen's best units of each topology, tried first
+MAX_IDLE_TRIALS = 150  # consecutive trials that simulate nothing new end the search (space exhausted)
+
+
+def suggest(trial: optuna.Trial, space: Space) -> Deployment:
+    """A unit from Optuna's parameters (conditional on the topology)."""
+    tps = space.tps()
+    topology = trial.suggest_categorical("topology", list(space.topologies))
+    if topology == "agg":
+        return agg_unit(space, trial.suggest_categorical("tp", tps),
+                        trial.suggest_categorical("max_batch_tokens", AGG_BATCH_TOKENS),
+                        trial.suggest_categorical("max_seqs", MAX_SEQS))
+    n = space.budget_gpus
+    return disagg_unit(space, trial.suggest_categorical("prefill_tp", tps), trial.suggest_int("prefill_replicas", 1, n),
+                       trial.suggest_categorical("prefill_batch_tokens", PREFILL_BATCH_TOKENS),
+                       trial.suggest_categorical("decode_tp", tps), trial.suggest_int("decode_replicas", 1, n),
+                       trial.suggest_categorical("decode_max_seqs", MAX_SEQS))
+
+
+def params(dep: Deployment) -> dict:
+    """Optuna's parameters of a unit (inverse of ``suggest``), for enqueueing."""
+    if dep.topology == "agg":
+        w = dep.workers
+        return {"topology": "agg", "tp": w.tp, "max_batch_tokens": w.max_batch_tokens, "max_seqs": w.max_seqs}
+    p, d = dep.prefill, dep.decode
+    return {"topology": "disagg", "prefill_tp": p.tp, "prefill_replicas": p.replicas,
+            "prefill_batch_tokens": p.max_batch_tokens, "decode_tp": d.tp, "decode_replicas": d.replicas,
+            "decode_max_seqs": d.max_seqs}
+
+
+@dataclass
+class Search:
+    """One study: the screen's table, the evaluator, and the evaluations made so far."""
+
+    space: Space
+    screen: Screen
+    evaluator: Evaluator
+    objective: str = "throughput-per-gpu"
+    trials: int = 24  # simulated units (each a goodput bisection or a copies search)
+    seed: int = 0
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    table: list[tuple[Deployment, Estimate]] = field(default_factory=list)
+    on_evaluation: Callable[[Evaluation], None] | None = None
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        self.table = [(u, self.screen.estimate(u)) for u in enumerate_units(self.space)]
+        if not self.table:
+            raise InputError(f"{self.space.model.name} does not fit on {self.space.gpu.name} at any TP up to "
+                             f"{self.space.budget_gpus} GPUs with room for one request's KV; raise --gpus or "
+                             "use a smaller --dtype")
+        self.best_screen = {t: max((self.screen_score(e, u) for u, e in self.table if u.topology == t), default=0.0)
+                            for t in self.space.topologies}
+
+    # ---- the screen's view ------------------------------------------------------------------------
+    def screen_score(self, est: Estimate, unit: Deployment) -> float:
+        """Higher is better, in the objective's terms: tokens/s/GPU, or (fixed load) 1 / GPUs needed."""
+        load = self.evaluator.load
+        if not load.fixed or load.rate is None:
+            return est.tok_s_per_gpu
+        if est.goodput_rps <= 0:
+            return 0.0
+        return 1.0 / (unit.gpus * max(1.0, load.rate / est.goodput_rps))
+
+    def promising(self, unit: Deployment, est: Estimate) -> bool:
+        best = self.best_screen.get(unit.topology, 0.0)
+        hopeless = est.goodput_rps == 0 and ("alone" in est.limit or "one decode step" in est.limit)
+        return not hopeless and (best <= 0 or self.screen_score(est, unit) >= SCREEN_KEEP * best)
+
+    def seeds(self) -> list[Deployment]:
+        out = []
+        for t in self.space.topologies:
+            ranked = sorted((x for x in self.table if x[0].topology == t), key=lambda x: -self.screen_score(x[1], x[0]))
+            out += [u for u, _ in ranked[:SEEDED_PER_TOPOLOGY]]
+        return out
+
+    # ---- the study --------------------------------------------------------------------------------
+    def study(self, storage: str | None, name: str) -> optuna.Study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger("optuna").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        if self.objective == "pareto":
+            sampler = optuna.samplers.NSGAIISampler(seed=self.seed, population_size=8)
+            directions = ["maximize", "maximize"]
+        else:
+            sampler = optuna.samplers.TPESampler(seed=self.seed, multivariate=True, group=True, n_startup_trials=6)
+            directions = ["maximize"]
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                        load_if_exists=True)
+        except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as e:
+            raise InputError(f"cannot open study storage: {e}", where=f"--storage {storage}") from None
+        if not study.trials:
+            for unit in self.seeds():
+                study.enqueue_trial(params(unit), skip_if_exists=True)
+        return study
+
+    def known(self, study: optuna.Study) -> dict[str, dict]:
+        """Evaluations any worker has stored in the study, by unit key."""
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return {t.user_attrs["key"]: t.user_attrs for t in done if t.user_attrs.get("simulated")}
+
+    def simulated(self, study: optuna.Study) -> int:
+        return len(self.known(study))
+
+    def values(self, ev: Evaluation) -> float | tuple[float, float]:
+        if self.objective == "pareto":
+            return ev.score, float(ev.summary.get("tok_s_per_user", 0.0)) if ev.feasible else 0.0
+        return ev.score
+
+    def objective_fn(self, study: optuna.Study) -> Callable[[optuna.Trial], float | tuple[float, float]]:
+        def run_trial(trial: optuna.Trial):
+            unit = suggest(trial, self.space)
+            key = unit_key(unit)
+            trial.set_user_attr("key", key)
+            reason = infeasible_reason(self.space, unit)
+            if reason:
+                trial.set_user_attr("constraint", reason)
+                raise optuna.TrialPruned(reason)
+            est = self.screen.estimate(unit)
+            if not self.promising(unit, est):
+                trial.set_user_attr("constraint", f"screened out: {est.limit or 'low estimate'}")
+                if self.objective != "pareto":
+                    trial.report(self.screen_score(est, unit), 0)
+                raise optuna.TrialPruned("screened out")
+            stored = self.known(study).get(key)
+            if stored is not None:  # another trial (or worker) simulated this unit already
+                trial.set_user_attr("duplicate_of", key)
+                v = stored["values"]
+                return tuple(v) if self.objective == "pareto" else v[0]
+            ev = self.evaluator.evaluate(unit, est)
+            self.evaluations[key] = ev
+            v = self.values(ev)
+            attrs = to_attrs(ev)
+            attrs["values"] = list(v) if isinstance(v, tuple) else [v]
+            attrs["worker_pid"] = os.getpid()
+            for k, val in attrs.items():
+                trial.set_user_attr(k, val)
+            if self.on_evaluation:
+                self.on_evaluation(ev)
+            return v
+
+        return run_trial
+
+    def run(self, study: optuna.Study) -> None:
+        """Run trials until the study holds ``trials`` simulated units (counting every worker's) or the
+        space the screen admits is exhausted."""
+        idle = [0]
+        seen = [self.simulated(study)]
+
+        def stop(st: optuna.Study, _trial) -> None:
+            n = self.simulated(st)
+            idle[0] = 0 if n > seen[0] else idle[0] + 1
+            seen[0] = n
+            if n >= self.trials or idle[0] >= MAX_IDLE_TRIALS:
+                st.stop()
+
+        if seen[0] >= self.trials:
+            return
+        study.optimize(self.objective_fn(study), callbacks=[stop], catch=())
+
+
+def to_attrs(ev: Evaluation) -> dict:
+    """An evaluation as JSON-able trial attributes (and plan.json rows)."""
+    e = ev.estimate
+    return {
+        "key": ev.key, "simulated": True, "unit": ev.unit.to_dict(), "feasible": ev.feasible, "score": ev.score,
+        "copies": ev.copies, "rate_rps": ev.rate_rps, "summary": ev.summary, "constraint": ev.constraint,
+        "sims": ev.sims, "sim_wall_s": sum(p.wall_s for p in ev.probes),
+        "probes": [{"rate_rps": p.rate_rps, "requests": p.requests, "met": p.met} for p in ev.probes],
+        "screen": None if e is None else {"goodput_rps": e.goodput_rps, "tok_s_per_gpu": e.tok_s_per_gpu,
+                                          "ttft_ms": e.ttft_s * 1e3, "tpot_ms": e.tpot_s * 1e3, "limit": e.limit},
+    }
