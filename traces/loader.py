@@ -252,19 +252,20 @@ def _json_line(line: str, number: int, path: Path) -> dict:
 # --- column checks: whole columns first, the line only on failure --------------------------------------------
 
 
+def _first_line_where(bad: pd.Series) -> int | None:
+    """The 1-based file line of the first True in `bad` (index + 2: a header line, then 0-based rows)."""
+    return int(bad.index[np.argmax(bad.to_numpy())]) + 2 if bad.any() else None
+
+
 def _fail_first(bad: pd.Series, path: Path, message: str) -> None:
-    if bad.any():
-        label = bad.index[np.argmax(bad.to_numpy())]
-        raise InputError(message, where=_where(path, int(label) + 2))
+    if (line := _first_line_where(bad)) is not None:
+        raise InputError(message, where=_where(path, line))
 
 
 def _numbers(col: pd.Series, name: str, path: Path) -> pd.Series:
-    values = pd.to_numeric(col, errors="coerce") if not pd.api.types.is_numeric_dtype(col) else col
-    values = values.astype(np.float64)
-    bad = values.isna() & col.notna()
-    if bad.any():
-        label = bad.index[np.argmax(bad.to_numpy())]
-        raise InputError(f"{name} {col[label]!r} is not a number", where=_where(path, int(label) + 2))
+    values = (col if pd.api.types.is_numeric_dtype(col) else pd.to_numeric(col, errors="coerce")).astype(np.float64)
+    if (line := _first_line_where(values.isna() & col.notna())) is not None:
+        raise InputError(f"{name} {col.loc[line - 2]!r} is not a number", where=_where(path, line))
     _fail_first(values.isna(), path, f"{name} is missing (empty or NaN)")
     _fail_first(~np.isfinite(values), path, f"{name} is infinite")
     return values
@@ -272,10 +273,9 @@ def _numbers(col: pd.Series, name: str, path: Path) -> pd.Series:
 
 def _tokens(col: pd.Series, name: str, path: Path) -> pd.Series:
     values = _numbers(col, name, path)
-    if (values < 0).any():
-        label = values.index[np.argmax((values < 0).to_numpy())]
-        raise InputError(f"{name} is negative ({values[label]:g}): token counts must be >= 0",
-                         where=_where(path, int(label) + 2))
+    if (line := _first_line_where(values < 0)) is not None:
+        raise InputError(f"{name} is negative ({values.loc[line - 2]:g}): token counts must be >= 0",
+                         where=_where(path, line))
     _fail_first(values != np.floor(values), path, f"{name} is not a whole number of tokens")
     return values.astype(np.int64)
 
@@ -285,11 +285,9 @@ def _datetimes_s(col: pd.Series, name: str, path: Path) -> pd.Series:
     _fail_first(col.isna(), path, f"{name} is missing")
     col = col.astype(str)
     t = pd.to_datetime(col, format="ISO8601", utc=True, errors="coerce")
-    bad = t.isna()
-    if bad.any():
-        label = bad.index[np.argmax(bad.to_numpy())]
-        raise InputError(f"{name} {col[label]!r} is not a date-time like 2023-11-16 18:17:03.9799600",
-                         where=_where(path, int(label) + 2))
+    if (line := _first_line_where(t.isna())) is not None:
+        raise InputError(f"{name} {col.loc[line - 2]!r} is not a date-time like 2023-11-16 18:17:03.9799600",
+                         where=_where(path, line))
     return (t - t.min()).dt.total_seconds()
 
 
