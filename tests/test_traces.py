@@ -118,6 +118,17 @@ def test_explicit_format_overrides_detection(tmp_path):
     assert "missing column(s) ['TIMESTAMP', 'ContextTokens', 'GeneratedTokens']" in error(p, format="azure")
 
 
+def test_bom_crlf_and_quoted_headers(tmp_path):
+    crlf = (AZURE_HEADER + "2023-11-16 18:17:03.9,48,10\n").replace("\n", "\r\n")
+    p = write(tmp_path, b"\xef\xbb\xbf" + crlf.encode())
+    assert load_trace(p).requests["isl"].tolist() == [48]
+    p = write(tmp_path, '"Timestamp","Model","Request tokens","Response tokens","Total tokens","Log Type"\n'
+              '1,"ChatGPT",3,4,7,"API log"\n')
+    assert load_trace(p).format == "burstgpt"
+    p = write(tmp_path, '{"timestamp": 0, "input_length": 2, "output_length": 1}\r\n', "m.jsonl")
+    assert load_trace(p).requests["isl"].tolist() == [2]
+
+
 def test_gzip_is_read_transparently(tmp_path):
     import gzip
 
