@@ -144,8 +144,9 @@ def _detect_csv(header: list[str], path: Path) -> str:
     for fmt, cols in CSV_COLUMNS.items():
         if {c.lower() for c in cols.values()} <= set(header) and not (fmt == "lengths" and "arrived_at" in header):
             return fmt
-    raise InputError(f"cannot tell the trace format from the header {header}; expected the columns of one of "
-                     f"{', '.join(FORMATS)} (see `pdsim trace info --help`) or pass --format", where=str(path))
+    known = "; ".join(f"{fmt}: {','.join(cols.values())}" for fmt, cols in CSV_COLUMNS.items())
+    raise InputError(f"cannot tell the trace format from the header {header}; expected columns ({known}) or "
+                     f"mooncake JSON lines, or pass --format", where=str(path))
 
 
 def _read_csv(path: Path, fmt: str, header: list[str]) -> Table:
