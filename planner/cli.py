@@ -57,33 +57,6 @@ def run_app(application: typer.Typer, args: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
-# ---- pdsim trace info (traces/info.py) ----------------------------------------------------------
-@trace_app.command("info")
-def trace_info_cmd(
-    file: str = typer.Argument(..., help="Trace: Azure CSV, Mooncake JSONL, BurstGPT CSV, Vidur CSV, lengths CSV."),
-    format: str | None = typer.Option(None, "--format", help="azure | mooncake | burstgpt | vidur | lengths "
-                                      "(default: detected from the content)."),
-    rate: float | None = typer.Option(None, "--rate", help="req/s: arrivals for a lengths-only file; "
-                                      "a timed trace is rescaled to it."),
-    arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma | constant (with --rate)."),
-    cv: float = typer.Option(1.0, "--cv", help="Burstiness of gamma arrivals (CV of the gaps)."),
-    spread_ticks: bool = typer.Option(False, "--spread-ticks", help="Spread same-timestamp requests over the tick."),
-    seed: int = typer.Option(0, "--seed"),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-) -> None:
-    """Counts, rate, burstiness and ISL/OSL percentiles of a trace."""
-    import json
-
-    from traces.info import info_table, trace_info
-
-    info = trace_info(file, format, rate=rate, arrival=arrival, cv=cv, seed=seed, spread_ticks=spread_ticks)
-    if as_json:
-        clean = json.loads(json.dumps(info), parse_constant=lambda _: None)  # NaN -> null
-        typer.echo(json.dumps(clean, indent=2))
-    else:
-        typer.echo(info_table(info))
-
-
 # ---- pdsim check (planner/check.py) -------------------------------------------------------------
 @app.command()
 def check(
@@ -117,6 +90,33 @@ def check(
         Path(markdown).write_text(check_report.markdown(results))
     statuses = {r.status for r in results}
     raise typer.Exit(EXIT_INPUT_ERROR if "error" in statuses else 1 if "fail" in statuses else 0)
+
+
+# ---- pdsim trace info (traces/info.py) ----------------------------------------------------------
+@trace_app.command("info")
+def trace_info_cmd(
+    file: str = typer.Argument(..., help="Trace: Azure CSV, Mooncake JSONL, BurstGPT CSV, Vidur CSV, lengths CSV."),
+    format: str | None = typer.Option(None, "--format", help="azure | mooncake | burstgpt | vidur | lengths "
+                                      "(default: detected from the content)."),
+    rate: float | None = typer.Option(None, "--rate", help="req/s: arrivals for a lengths-only file; "
+                                      "a timed trace is rescaled to it."),
+    arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma | constant (with --rate)."),
+    cv: float = typer.Option(1.0, "--cv", help="Burstiness of gamma arrivals (CV of the gaps)."),
+    spread_ticks: bool = typer.Option(False, "--spread-ticks", help="Spread same-timestamp requests over the tick."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Counts, rate, burstiness and ISL/OSL percentiles of a trace."""
+    import json
+
+    from traces.info import info_table, trace_info
+
+    info = trace_info(file, format, rate=rate, arrival=arrival, cv=cv, seed=seed, spread_ticks=spread_ticks)
+    if as_json:
+        clean = json.loads(json.dumps(info), parse_constant=lambda _: None)  # NaN -> null
+        typer.echo(json.dumps(clean, indent=2))
+    else:
+        typer.echo(info_table(info))
 
 
 # ---- pdsim emit / calibrate (planner/emit.py, planner/calibrate.py) ----------------------------
@@ -209,6 +209,78 @@ def calibrate_cmd(
         typer.echo(f"{when:<16}{e['ttft_mape_pct']:>8.1f}%{e['tpot_mape_pct']:>8.1f}%")
     typer.echo("fitted: " + ", ".join(f"{k}={getattr(cal.efficiency, k):.4g}" for k in cal.fitted))
     typer.echo(f"wrote {path} (use with --calibration {path})")
+
+
+# ---- pdsim profile (profiler/measure.py, profiler/verify.py) ------------------------------------
+@app.command("profile")
+def profile_cmd(
+    model: str | None = typer.Option(None, "--model", help="Catalog name or config.json to profile."),
+    out: str | None = typer.Option(None, "--out", help="Profile directory to write (runs merge into it)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    tp: int = typer.Option(1, "--tp", min=1, help="Time one rank of this tensor-parallel split."),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 | fp8 (default: fp32 on cpu, "
+                                     "bf16 on cuda)."),
+    quick: bool = typer.Option(False, "--quick", help="A coarser grid (tiny model on 2 CPU cores: seconds)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1, as the runtime's workers)."),
+    seed: int = typer.Option(0, "--seed"),
+    verify: str | None = typer.Option(None, "--verify", help="Instead: time whole-model passes against this "
+                                      "profile's per-op composition and print the error."),
+) -> None:
+    """Time the operations of a serving iteration on this machine, or --verify a profile against whole passes."""
+    if verify is not None:
+        from profiler.profile import load_profile
+        from profiler.verify import format_result, verify_profile
+
+        prof = load_profile(verify)
+        typer.echo(format_result(verify_profile(prof, model_name=model)))
+        return
+    if model is None or out is None:
+        fail("pdsim profile needs --model and --out (or --verify DIR)")
+    from profiler.models import resolve_model
+
+    spec = resolve_model(model)
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device {device!r}: use cpu or cuda")
+    import time
+
+    from profiler.measure import profile_model
+
+    started = time.perf_counter()
+    prof = profile_model(spec, device=device, tp=tp, dtype=dtype, quick=quick, threads=threads, seed=seed,
+                         log=lambda s: typer.echo(f"[{time.perf_counter() - started:6.1f}s] {s}", err=True))
+    path = prof.save(out)
+    run = prof.runs[0]
+    typer.echo(f"profiled {spec.name} ({run['dtype']}, tp {tp}) on {run['device']['name']}: {len(prof.table)} "
+               f"measurements in {run['duration_s']:.1f}s; wrote {path} (use with --profile {path})")
+
+
+# ---- pdsim serve (runtime/) ---------------------------------------------------------------------
+@app.command("serve")
+def serve_cmd(
+    deployment: str | None = typer.Option(None, "--deployment", help="Deployment YAML (default: 1 prefill + 1 "
+                                          "decode worker, tiny model)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback unless you say)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="HTTP port (0: any free one)."),
+    api_key: str | None = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' on every "
+                                       "endpoint but /health (or set PDSIM_API_KEY)."),
+    log: str = typer.Option("pdsim-requests.jsonl", "--log", help="JSON-lines request log ('' to turn off)."),
+    step_log_dir: str | None = typer.Option(None, "--step-log-dir", help="Write each worker's steps here."),
+    kv_tokens: int | None = typer.Option(None, "--kv-tokens", min=1, help="KV cache per worker, in tokens."),
+    kv_timeout_s: float = typer.Option(10.0, "--kv-timeout", min=0.01, help="Seconds a decode worker waits "
+                                       "for KV before the request is re-prefilled."),
+    seed: int = typer.Option(0, "--seed", help="Weights seed and default sampling seed."),
+) -> None:
+    """Run the live runtime: OpenAI-compatible HTTP frontend, router, prefill/decode (or agg) worker processes."""
+    from runtime.serve import ServeOptions, serve
+    from simulator.deployment import load_deployment
+
+    dep = load_deployment(deployment) if deployment else None
+    opts = ServeOptions(host=host, port=port, api_key=api_key, log_path=log or None, step_log_dir=step_log_dir,
+                        seed=seed, kv_tokens=kv_tokens, kv_timeout_s=kv_timeout_s)
+    try:
+        serve(dep, opts)
+    except RuntimeError as e:  # a worker that failed to start
+        fail(str(e), code=1)
 
 
 def main() -> None:

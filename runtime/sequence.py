@@ -43,7 +43,7 @@ class Sequence:
         self.num_generated += 1
         if token in self.stop_ids:
             self.finish_reason = "stop"
-        elif self.prefill_only:
-            self.finish_reason = "prefilled"
         elif self.num_generated >= self.max_tokens:
             self.finish_reason = "length"
+        elif self.prefill_only:
+            self.finish_reason = "prefilled"

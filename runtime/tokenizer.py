@@ -58,3 +58,16 @@ class Detokenizer:
         text = self.tokenizer.decode(self.ids)
         new, self.sent = text[self.sent:], len(text)
         return new
+
+
+def load_tokenizer(model: str) -> Tokenizer:
+    """SmolLM2's BPE for ``smollm2-135m``, the byte tokenizer for every random-weight model."""
+    from profiler.models import resolve_model
+
+    if resolve_model(model).name == "smollm2-135m":
+        import gguf
+
+        from runtime.smollm2 import BPETokenizer, gguf_path
+
+        return BPETokenizer(gguf.GGUFReader(gguf_path()))
+    return ByteTokenizer()
