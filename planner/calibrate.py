@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -306,12 +307,15 @@ def cost_models(dep: Deployment, eff: Efficiency | None = None) -> dict[str, Cos
             for name, pool in dep.pools.items()}
 
 
-def predict_points(dep: Deployment, points: pd.DataFrame, eff: Efficiency) -> np.ndarray:
-    """(n, 2) predicted mean TTFT and TPOT of every point."""
+def predict_points(dep: Deployment, points: pd.DataFrame, eff: Efficiency | None = None,
+                   models: Callable[[Deployment], dict[str, CostModel]] | None = None) -> np.ndarray:
+    """(n, 2) predicted mean TTFT and TPOT of every point, with roofline cost models at ``eff`` (or the
+    cost models ``models(deployment)`` builds)."""
     out = np.empty((len(points), 2))
     for i, (_, p) in enumerate(points.iterrows()):
         d = point_deployment(dep, p)
-        out[i] = closed_loop_estimate(d, cost_models(d, eff), int(p.isl), int(p.osl), int(p.concurrency))
+        cms = models(d) if models else cost_models(d, eff)
+        out[i] = closed_loop_estimate(d, cms, int(p.isl), int(p.osl), int(p.concurrency))
     return out
 
 

@@ -1,0 +1,52 @@
+"""How well each cost source predicts the measured serving results of ../shared/calibration.
+
+For every dense model/engine with aggregated silicon rows on H100: mean absolute error of TTFT and TPOT
+(closed-loop steady-state estimate, planner/calibrate.py) with (a) the roofline at the engine's default
+efficiencies, (b) the roofline calibrated on half the rows and scored on the other half, (c) AIConfigurator's
+measured operation tables (--perf-db aiconfigurator, needs pdsim[aic]). Prints a table; asserts nothing.
+
+    .venv/bin/python bench/perfdb_vs_roofline.py [/work/shared/calibration/silicon_h100_sxm.csv]
+"""
+
+import sys
+import time
+
+from planner import calibrate as cb
+from profiler.errors import InputError
+from profiler.gpus import resolve_gpu
+from profiler.models import resolve_model
+from profiler.perfdb import PerfDBCostModel
+from simulator.deployment import parse_deployment
+
+CSV = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/calibration/silicon_h100_sxm.csv"
+CASES = [("llama-3.1-70b", "vllm"), ("qwen3-32b", "trtllm"), ("qwen3-32b", "vllm")]
+
+
+def perfdb_models(d):
+    m, g = resolve_model(d.model), resolve_gpu(d.gpu)
+    return {n: PerfDBCostModel(m, g, p.tp, d.dtype, d.kv_dtype, d.engine) for n, p in d.pools.items()}
+
+
+print(f"{'model':<15}{'engine':<8}{'rows':>5}  {'roofline':>15}  {'calibrated*':>15}  {'aiconfigurator':>15}   "
+      "(mean abs error TTFT / TPOT, %)")
+for model, engine in CASES:
+    dep = parse_deployment({"model": model, "gpu": "h100-sxm", "dtype": "fp8", "engine": engine,
+                            "topology": "agg", "workers": {"tp": 1}})
+    pts, _ = cb.read_measured(CSV, dep)
+    pts = pts[pts.topology == "agg"].reset_index(drop=True)
+    t0 = time.time()
+    base = cb.errors(cb.predict_points(dep, pts), pts)
+    train, test = pts.iloc[::2], pts.iloc[1::2]
+    cal = cb.errors(cb.predict_points(dep, test, cb.fit_efficiency(dep, train)), test) if len(test) else None
+    try:
+        aic = cb.errors(cb.predict_points(dep, pts, models=perfdb_models), pts)
+    except InputError as e:
+        aic = None
+        print(f"  aiconfigurator: {e}")
+
+    def fmt(e):
+        return f"{e['ttft_mape_pct']:6.1f} / {e['tpot_mape_pct']:5.1f}" if e else f"{'n/a':>15}"
+
+    print(f"{model:<15}{engine:<8}{len(pts):>5}  {fmt(base):>15}  {fmt(cal):>15}  {fmt(aic):>15}   "
+          f"({time.time() - t0:.1f} s)")
+print("* fitted on every other row, scored on the rows it did not see")
