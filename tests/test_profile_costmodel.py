@@ -1,0 +1,145 @@
+"""ProfiledCostModel: reproduces the measured points, monotone in tokens and context, flags extrapolation."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiler.costmodel import Batch, CostModel, LinkSpec
+from profiler.errors import InputError
+from profiler.factory import make_cost_model
+from profiler.gpus import local_cpu, resolve_gpu
+from profiler.models import CATALOG
+from profiler.profile import COLUMNS, Profile
+from profiler.profiled import ATTN_LAYER_OPS, DENSE_MLP_OPS, ProfiledCostModel
+
+TINY = CATALOG["tiny"]
+TOKENS = [1, 4, 16, 64, 256]
+PF_BATCH, PF_LEN = [1, 2, 4], [16, 64, 256]
+DEC_BATCH, DEC_CTX = [1, 4, 16], [16, 128, 1024]
+
+
+def op_time(op: str, t: float) -> float:
+    """A made-up but plausible cost: a fixed launch cost plus work linear in tokens."""
+    return 5e-6 * (1 + len(op) % 3) + 1e-7 * t * (1 + len(op) % 5)
+
+
+def synthetic_profile(model=TINY, dtype="fp32", tp=1, noisy_op: str | None = None) -> Profile:
+    rows = []
+    for op in [*ATTN_LAYER_OPS, *DENSE_MLP_OPS, "embed", "lm_head"]:
+        for t in TOKENS:
+            med = op_time(op, t)
+            if op == noisy_op and t == 16:
+                med *= 3  # a noisy measurement: slower than at 64 tokens
+            rows.append({"op": op, "tokens": t, "median_s": med})
+    for b in PF_BATCH:
+        for s in PF_LEN:
+            rows.append({"op": "attn_prefill", "batch": b, "seq_len": s, "median_s": 1e-5 * b + 1e-8 * b * s * s})
+    for b in DEC_BATCH:
+        for c in DEC_CTX:
+            rows.append({"op": "attn_decode", "batch": b, "ctx_len": c, "median_s": 1e-5 + 2e-8 * b * c})
+    t = pd.DataFrame(rows)
+    for c in COLUMNS:
+        if c not in t:
+            t[c] = "" if c == "path" else 0
+    t["model"], t["dtype"], t["tp"], t["p10_s"], t["p90_s"], t["repeats"] = model.name, dtype, tp, 0.0, 0.0, 5
+    t["p10_s"], t["p90_s"] = t.median_s * 0.9, t.median_s * 1.1
+    return Profile(t[COLUMNS].fillna(0), {"runs": [{"model": model.name, "dtype": dtype, "tp": tp}]})
+
+
+@pytest.fixture(scope="module")
+def cm() -> ProfiledCostModel:
+    return ProfiledCostModel(synthetic_profile(), model=TINY, gpu=local_cpu(), tp=1, dtype="fp32")
+
+
+def test_it_is_a_cost_model_made_by_the_factory():
+    cm = make_cost_model(TINY, local_cpu(), 1, "fp32", profile=synthetic_profile())
+    assert isinstance(cm, ProfiledCostModel) and isinstance(cm, CostModel)
+
+
+@pytest.mark.parametrize("op", ["qkv", "down", "lm_head", "rmsnorm"])
+def test_reproduces_each_measured_op_at_the_measured_tokens(cm, op):
+    np.testing.assert_allclose(cm.op_s(op, np.array(TOKENS)), [op_time(op, t) for t in TOKENS], rtol=1e-9)
+
+
+def test_reproduces_measured_attention_grid_points(cm):
+    for b in PF_BATCH:
+        for s in PF_LEN:
+            assert cm.prefill_attn_s(b, s) == pytest.approx(1e-5 * b + 1e-8 * b * s * s, rel=1e-9)
+    for b in DEC_BATCH:
+        for c in DEC_CTX:
+            assert cm.decode_attn_s(b, c) == pytest.approx(1e-5 + 2e-8 * b * c, rel=1e-9)
+    assert cm.extrapolated == 0
+
+
+def test_iteration_is_the_sum_of_its_measured_ops(cm):
+    """A decode step of 4 sequences at context 128 = per-layer ops x layers + embed + head + attention."""
+    per_layer = sum(n * op_time(op, 4) for op, n in ATTN_LAYER_OPS.items()) + sum(
+        n * op_time(op, 4) for op, n in DENSE_MLP_OPS.items())
+    want = (TINY.layers * (per_layer + 1e-5 + 2e-8 * 4 * 128) + op_time("embed", 4)
+            + op_time("rmsnorm", 4) + op_time("lm_head", 4))
+    assert cm.iteration_s(Batch.of(decode_ctx=[128] * 4)) == pytest.approx(want, rel=1e-9)
+
+
+def test_monotone_in_tokens_and_context(cm):
+    tokens = np.unique(np.geomspace(1, 256, 200).astype(int))
+    t_tok = [cm.iteration_s(Batch.of(prefill=[(int(n), 0)])) for n in tokens]
+    assert np.all(np.diff(t_tok) >= 0)
+    ctx = np.unique(np.geomspace(1, 1024, 200).astype(int))
+    for b in (1, 3, 16):
+        t_ctx = [cm.iteration_s(Batch.of(decode_ctx=[int(c)] * b)) for c in ctx]
+        assert np.all(np.diff(t_ctx) >= 0)
+    t_batch = [cm.iteration_s(Batch.of(decode_ctx=[300] * b)) for b in range(1, 17)]
+    assert np.all(np.diff(t_batch) > 0)
+
+
+def test_a_noisy_measurement_never_makes_more_tokens_cheaper():
+    cm = ProfiledCostModel(synthetic_profile(noisy_op="qkv"), model=TINY, gpu=local_cpu(), tp=1, dtype="fp32")
+    t = cm.op_s("qkv", np.geomspace(1, 256, 100))
+    assert np.all(np.diff(t) >= 0)
+    assert cm.op_s("qkv", 64) == pytest.approx(3 * op_time("qkv", 16))  # held at the slow point's level
+
+
+def test_decode_steps_match_iteration_by_iteration(cm):
+    steps = cm.decode_steps_s(n_seqs=4, ctx_sum=400, steps=50)
+    one_by_one = [cm.iteration_s(Batch.of(decode_ctx=[100 + k, 99 + k, 101 + k, 100 + k])) for k in range(50)]
+    np.testing.assert_allclose(steps, one_by_one, rtol=1e-9)
+    assert np.all(np.diff(steps) >= 0)
+
+
+def test_beyond_the_measured_range_scales_by_the_roofline_and_says_so():
+    cm = ProfiledCostModel(synthetic_profile(), model=TINY, gpu=local_cpu(), tp=1, dtype="fp32")
+    at_edge = cm.iteration_s(Batch.of(decode_ctx=[1024] * 16))
+    assert cm.extrapolated == 0
+    beyond = cm.iteration_s(Batch.of(decode_ctx=[4096] * 16))
+    assert cm.extrapolated > 0 and beyond > at_edge
+    n = cm.extrapolated
+    big_prefill = cm.iteration_s(Batch.of(prefill=[(2048, 0)]))
+    assert cm.extrapolated > n and big_prefill > cm.iteration_s(Batch.of(prefill=[(256, 0)]))
+
+
+def test_tensor_parallel_adds_the_all_reduce():
+    gpu = resolve_gpu("h100-sxm")
+    one = ProfiledCostModel(synthetic_profile(tp=2), model=TINY, gpu=gpu, tp=2, dtype="fp32")
+    b = Batch.of(decode_ctx=[128] * 4)
+    assert one.iteration_s(b) > ProfiledCostModel(synthetic_profile(), model=TINY, gpu=gpu, tp=1,
+                                                  dtype="fp32").iteration_s(b)
+
+
+def test_a_config_the_profile_lacks_is_one_clear_error():
+    with pytest.raises(InputError, match=r"no measurements for tiny/bf16/tp1; it has tiny/fp32/tp1"):
+        ProfiledCostModel(synthetic_profile(), model=TINY, gpu=local_cpu(), tp=1, dtype="bf16")
+    with pytest.raises(InputError, match="llama-3.1-8b"):
+        make_cost_model(CATALOG["llama-3.1-8b"], local_cpu(), 1, "fp32", profile=synthetic_profile())
+
+
+def test_transfer_uses_the_link(cm):
+    assert cm.transfer_s(1e9, LinkSpec(50e9, 10e-6)) == pytest.approx(0.02001)
+
+
+def test_the_cost_model_does_not_import_torch():
+    code = ("import sys, profiler.profiled, profiler.profile, profiler.factory, profiler.device; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
