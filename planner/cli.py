@@ -119,6 +119,67 @@ def trace_info_cmd(
         typer.echo(info_table(info))
 
 
+# ---- pdsim simulate (simulator/) ----------------------------------------------------------------
+@app.command("simulate")
+def simulate_cmd(
+    deployment: str = typer.Option(..., "--deployment", help="Deployment YAML (model, gpu, topology, pools)."),
+    trace: str | None = typer.Option(None, "--trace", help="Replay this trace (its own arrivals and lengths)."),
+    trace_format: str | None = typer.Option(None, "--trace-format", help="Trace format (default: detected)."),
+    rate: float | None = typer.Option(None, "--rate", help="Synthetic open loop: Poisson arrivals, req/s."),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="Synthetic closed loop: this many clients."),
+    isl: int | None = typer.Option(None, "--isl", help="Prompt tokens per synthetic request."),
+    osl: int | None = typer.Option(None, "--osl", help="Output tokens per synthetic request."),
+    requests: int | None = typer.Option(None, "--requests", help="Synthetic requests (default 1000); with "
+                                        "--trace, its first N."),
+    warmup: int = typer.Option(0, "--warmup", help="Closed loop: first completions left out of the metrics."),
+    ttft: float | None = typer.Option(None, "--ttft", help="TTFT target, ms (with --tpot)."),
+    tpot: float | None = typer.Option(None, "--tpot", help="TPOT target, ms (with --ttft)."),
+    percentile: float = typer.Option(90, "--percentile", help="Percentile the targets bind."),
+    json_out: str | None = typer.Option(None, "--json", help="Write the summary JSON to this file."),
+    seed: int = typer.Option(0, "--seed"),
+    profile: str | None = typer.Option(None, "--profile", help="Profile directory (measured costs)."),
+) -> None:
+    """Simulate a deployment serving a trace or a synthetic load; print the summary (and write its JSON)."""
+    import json
+    from pathlib import Path
+
+    from simulator import SLO, simulate, summary_table
+    from simulator.deployment import load_deployment
+
+    if sum(x is not None for x in (trace, rate, concurrency)) != 1:
+        fail("give exactly one of --trace FILE, --rate R or --concurrency N")
+    if (ttft is None) != (tpot is None):
+        fail("give both --ttft and --tpot (ms), or neither")
+    dep = load_deployment(deployment)
+    if trace is not None:
+        from traces import load_trace
+        from traces.transforms import head
+
+        workload = load_trace(trace, trace_format, seed=seed)
+        if requests is not None:
+            workload = head(workload, requests)
+    else:
+        from traces.synthetic import synthetic_workload
+
+        if rate is not None and not rate > 0:
+            fail(f"--rate must be > 0 req/s, got {rate:g}")
+        if isl is None or osl is None:
+            fail("--rate/--concurrency need --isl and --osl (tokens per request)")
+        workload = synthetic_workload(requests=requests or 1000, isl=isl, osl=osl, rate=rate,
+                                      concurrency=concurrency, seed=seed, warmup_requests=warmup)
+    prof = None
+    if profile is not None:
+        from profiler.profile import load_profile
+
+        prof = load_profile(profile)
+    slo = SLO(ttft, tpot, percentile) if ttft is not None else None
+    summary = simulate(dep, workload, seed=seed, profile=prof, slo=slo).summary()
+    typer.echo(summary_table(summary))
+    if json_out:
+        Path(json_out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        typer.echo(f"wrote {json_out}")
+
+
 # ---- pdsim emit / calibrate (planner/emit.py, planner/calibrate.py) ----------------------------
 @app.command("emit")
 def emit_cmd(

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 
 def blocks_for(tokens, block_tokens: int):
     """Blocks that hold ``tokens`` tokens (scalar or array)."""
@@ -21,9 +19,6 @@ class BlockManager:
     def used(self) -> int:
         return self.total - self.free
 
-    def can_allocate(self, n: int) -> bool:
-        return n <= self.free
-
     def allocate(self, n: int) -> None:
         assert 0 <= n <= self.free, (n, self.free)
         self.free -= int(n)
@@ -32,6 +27,3 @@ class BlockManager:
         self.free += int(n)
         assert self.free <= self.total, (self.free, self.total)
 
-    def growth(self, computed: np.ndarray, held: np.ndarray, steps: int) -> int:
-        """Blocks a decode batch needs beyond ``held`` to run ``steps`` more steps."""
-        return int(np.maximum(blocks_for(computed + steps, self.block_tokens) - held, 0).sum())

@@ -103,23 +103,29 @@ class Worker:
         S, kv, B = self.S, self.kv, self.B
         while self.ready and len(self.running) < self.max_seqs:
             self.running = np.append(self.running, self.ready.popleft())
-        while True:
+        while True:  # decode sequences first; a running sequence holds exactly blocks_for(computed) blocks
             run = self.running
             comp = S.computed[run]
             is_dec = comp >= S.target[run]
-            dec = run[is_dec]
-            need = blocks_for(comp[is_dec] + 1, B) - S.blocks[dec]
-            total = int(need.sum())
+            n_dec = int(np.count_nonzero(is_dec))
+            if n_dec == len(run):
+                dec, pf_run = run, ()
+            else:
+                dec, comp = run[is_dec], comp[is_dec]
+                pf_run = run[~is_dec].tolist()
+            need = comp % B == 0  # the step's token starts a new block
+            total = int(np.count_nonzero(need))
             if total <= kv.free:
                 break
             self.preempt(int(run[-1]))
         kv.allocate(total)
-        S.blocks[dec] += need
-        budget = self.max_batch_tokens - len(dec)
+        if total:
+            S.blocks[dec] += need
+        budget = self.max_batch_tokens - n_dec
         pf: list[int] = []
         chunks: list[int] = []
-        for r in run[~is_dec].tolist():
-            c = self._chunk(r, budget, empty=not len(dec) and not pf)
+        for r in pf_run:
+            c = self._chunk(r, budget, empty=not n_dec and not pf)
             if c > 0:
                 budget -= c
                 pf.append(r)
@@ -127,7 +133,7 @@ class Worker:
         n_running = len(self.running)
         while self.waiting and n_running < self.max_seqs and budget > 0:
             r = self.waiting[0]
-            c = self._chunk(r, budget, empty=not len(dec) and not pf, shrink=False)
+            c = self._chunk(r, budget, empty=not n_dec and not pf, shrink=False)
             if c <= 0:
                 break
             self.waiting.popleft()
@@ -212,22 +218,27 @@ class Worker:
     def decode_run(self, dec: np.ndarray):
         """Fast-forward: k pure-decode steps in one event, k = steps to the first completion, capped by the
         free KV blocks; an arrival (``notify``) cuts it short after the step in flight."""
-        S, kv, env = self.S, self.kv, self.env
+        S, kv, env, B = self.S, self.kv, self.env, self.B
         n = len(dec)
         comp = S.computed[dec]
-        held = S.blocks[dec]  # already covers step 1
-        k = int((S.osl[dec] - S.generated[dec]).min())
-        grow = kv.growth(comp, held, k)
-        if grow > kv.free:
+        gen = S.generated[dec]
+        k = int((S.osl[dec] - gen).min())
+        held = int(S.blocks[dec].sum())  # blocks_for(comp + 1): schedule() covered step 1
+
+        def growth(steps: int) -> int:
+            return int(blocks_for(comp + steps, B).sum()) - held
+
+        grow = growth(k)
+        if grow > kv.free:  # the most steps the free blocks cover
             lo, hi = 1, k
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if kv.growth(comp, held, mid) <= kv.free:
+                if growth(mid) <= kv.free:
                     lo = mid
                 else:
                     hi = mid - 1
             k = lo
-            grow = kv.growth(comp, held, k)
+            grow = growth(k)
         kv.allocate(grow)
         steps = self.cost.decode_steps_s(n, int(comp.sum()) + n, k)
         cum = np.cumsum(steps)
@@ -236,19 +247,20 @@ class Worker:
         if k == 1:
             yield env.timeout(cum[0])
         else:
-            self.wake = env.event()
-            timeout = env.timeout(cum[-1])
-            yield timeout | self.wake
+            wake = self.wake = env.event()
+            timer = env.timeout(cum[-1])
+            timer.callbacks.append(lambda _ev: wake.triggered or wake.succeed())
+            yield wake
             self.wake = None
-            if not timeout.processed:  # woken: finish the step in flight, then re-form the batch
+            if not timer.processed:  # woken: finish the step in flight, then re-form the batch
                 j = min(int(np.searchsorted(cum, env.now - t0, side="right")) + 1, k)
                 wait = t0 + cum[j - 1] - env.now
                 if wait > 0:
                     yield env.timeout(wait)
-                kv.deallocate(grow - kv.growth(comp, held, j))
-        S.blocks[dec] = np.maximum(held, blocks_for(comp + j, self.B))
-        S.computed[dec] += j
-        S.generated[dec] += j
+                kv.deallocate(grow - growth(j))
+        S.blocks[dec] = blocks_for(comp + j, B)
+        S.computed[dec] = comp + j
+        S.generated[dec] = gen + j
         self.busy_s += float(cum[j - 1])
         self.iterations += j
         if (S.last_token_s[dec] == t0).all():  # every sequence was in the previous step
