@@ -284,6 +284,8 @@ def profile_cmd(
     quick: bool = typer.Option(False, "--quick", help="A coarser grid (tiny model on 2 CPU cores: seconds)."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1, as the runtime's workers)."),
     seed: int = typer.Option(0, "--seed"),
+    clock: str | None = typer.Option(None, "--clock", help="wall (default) | cpu: this thread's CPU time, "
+                                     "immune to other processes on a shared CPU (cpu, one thread)."),
     verify: str | None = typer.Option(None, "--verify", help="Instead: time whole-model passes against this "
                                       "profile's per-op composition and print the error."),
 ) -> None:
@@ -293,7 +295,7 @@ def profile_cmd(
         from profiler.verify import format_result, verify_profile
 
         prof = load_profile(verify)
-        typer.echo(format_result(verify_profile(prof, model_name=model)))
+        typer.echo(format_result(verify_profile(prof, model_name=model, clock=clock)))
         return
     if model is None or out is None:
         fail("pdsim profile needs --model and --out (or --verify DIR)")
@@ -307,8 +309,12 @@ def profile_cmd(
     from profiler.measure import profile_model
 
     started = time.perf_counter()
+
+    def log(s: str) -> None:
+        typer.echo(f"[{time.perf_counter() - started:6.1f}s] {s}", err=True)
+
     prof = profile_model(spec, device=device, tp=tp, dtype=dtype, quick=quick, threads=threads, seed=seed,
-                         log=lambda s: typer.echo(f"[{time.perf_counter() - started:6.1f}s] {s}", err=True))
+                         clock=clock, log=log)
     path = prof.save(out)
     run = prof.runs[0]
     typer.echo(f"profiled {spec.name} ({run['dtype']}, tp {tp}) on {run['device']['name']}: {len(prof.table)} "
