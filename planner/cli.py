@@ -138,6 +138,10 @@ def simulate_cmd(
     json_out: str | None = typer.Option(None, "--json", help="Write the summary JSON to this file."),
     seed: int = typer.Option(0, "--seed"),
     profile: str | None = typer.Option(None, "--profile", help="Profile directory (measured costs)."),
+    calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate) for "
+                                           "this deployment's model and GPU."),
+    perf_db: str | None = typer.Option(None, "--perf-db", help="aiconfigurator[:BACKEND]: costs from "
+                                       "AIConfigurator's measured operation tables (pip install 'pdsim[aic]')."),
 ) -> None:
     """Simulate a deployment serving a trace or a synthetic load; print the summary (and write its JSON)."""
     import json
@@ -173,7 +177,12 @@ def simulate_cmd(
 
         prof = load_profile(profile)
     slo = SLO(ttft, tpot, percentile) if ttft is not None else None
-    summary = simulate(dep, workload, seed=seed, profile=prof, slo=slo).summary()
+    cms = None
+    if calibration is not None or perf_db is not None:
+        from planner.calibrate import efficiency_for
+
+        cms = _pool_cost_models(dep, efficiency_for(dep, calibration), perf_db)
+    summary = simulate(dep, workload, seed=seed, profile=prof, slo=slo, cost_models=cms).summary()
     typer.echo(summary_table(summary))
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -236,11 +245,11 @@ def _pool_cost_models(dep, eff, perf_db: str | None) -> dict:
     if perf_db is None:
         return cb.cost_models(dep, eff)
     if eff is not None:
-        raise InputError("--calibration fits roofline factors; it does not apply to --perf-db tables, give one")
-    from profiler.perfdb import perfdb_cost_model
-
+        raise InputError("--calibration fits roofline factors and does not apply to --perf-db tables; give one "
+                         "or the other")
     from profiler.gpus import resolve_gpu
     from profiler.models import resolve_model
+    from profiler.perfdb import perfdb_cost_model
 
     model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
     return {name: perfdb_cost_model(perf_db, model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine)
