@@ -422,7 +422,9 @@ def simulate_check(spec: CheckSpec) -> dict:
     """Simulate the check's deployment on its workload; the summary dict of DESIGN.md."""
     from simulator import SLO, simulate
 
-    slo = SLO(ttft_ms=spec.slo.targets_ms.get("ttft_ms"), tpot_ms=spec.slo.targets_ms.get("tpot_ms"))
+    t = spec.slo.targets_ms
+    slo = SLO(ttft_ms=t.get("ttft_ms", math.inf), tpot_ms=t.get("tpot_ms", math.inf), percentile=spec.slo.percentile,
+              attainment=spec.slo.attainment or 0.0)
     result = simulate(spec.deployment, build_workload(spec), seed=spec.seed, slo=slo)
     return result.summary(slo)
 
@@ -498,9 +500,10 @@ def update_baseline(path: str | Path, summary: dict) -> None:
     data = _read_yaml(path)
     spec = parse_check(data, path)
     base = data.get("baseline")
-    if not isinstance(base, dict) or not base.get("metrics"):
-        tol = base.get("tolerance", DEFAULT_TOLERANCE) if isinstance(base, dict) else DEFAULT_TOLERANCE
-        data["baseline"] = baseline_section(summary, spec.slo.percentile, tol)
+    if not isinstance(base, dict):
+        data["baseline"] = baseline_section(summary, spec.slo.percentile)
+    elif not base.get("metrics"):  # a baseline with only its tolerance: fill in the metrics
+        base["metrics"] = baseline_section(summary, spec.slo.percentile)["metrics"]
     else:
         metrics = base["metrics"]
         for key, entry in metrics.items():

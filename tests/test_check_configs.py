@@ -1,0 +1,111 @@
+"""`pdsim check` on the repo's own configs/, simulated for real: they pass today, and fail with the missed
+target named when the load doubles or the decode pool halves."""
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from planner import check as chk
+from planner.cli import app, run_app
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+AGG_8B = CONFIGS / "llama-3.1-8b-agg.check.yaml"
+DISAGG_70B = CONFIGS / "llama-3.1-70b-disagg.check.yaml"
+AZURE = CONFIGS / "azure-conv-70b-agg.check.yaml"
+TRACES = REPO.parent / "shared" / "traces"
+needs_traces = pytest.mark.skipif(not (TRACES / "AzureLLMInferenceTrace_conv.csv").exists(),
+                                  reason=f"real traces not present at {TRACES} (CI lays them out there)")
+
+
+def variant(tmp_path, config: Path, change) -> Path:
+    """A copy of ``config`` in tmp_path with ``change(data)`` applied; its relative paths made absolute."""
+    yaml = YAML()
+    data = yaml.load(config.read_text())
+    if isinstance(data["deployment"], str):
+        data["deployment"] = str(config.parent / data["deployment"])
+    if "trace" in data["workload"]:
+        data["workload"]["trace"] = str(chk.load_check(config).workload["trace"])
+    change(data)
+    out = tmp_path / config.name
+    with out.open("w") as f:
+        yaml.dump(data, f)
+    return out
+
+
+def halve_decode(data):
+    dep = YAML().load((CONFIGS / "deployments" / "llama-3.1-70b-disagg.yaml").read_text())
+    dep["decode"]["replicas"] //= 2
+    data["deployment"] = dep
+
+
+def double(key):
+    def change(data):
+        data["workload"][key] = data["workload"].get(key, 1) * 2
+
+    return change
+
+
+def test_the_repo_configs_pass_as_ci_runs_them(capsys):
+    paths = [p for p in chk.find_checks([CONFIGS]) if p != AZURE or TRACES.exists()]
+    assert {AGG_8B, DISAGG_70B} <= set(paths)
+    assert run_app(app, ["check", *map(str, paths)]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.count("PASS  ") == len(paths) and "FAIL" not in out
+
+
+@pytest.mark.parametrize("config, change, missed", [
+    (AGG_8B, double("rate"), r"p90 TPOT \d+\.\d ms > 20 ms target"),
+    (DISAGG_70B, double("rate"), r"p90 TPOT \d+\.\d ms > 20 ms target"),
+    (DISAGG_70B, halve_decode, r"p90 TPOT \d+\.\d ms > 20 ms target"),
+    pytest.param(AZURE, double("speedup"), r"p90 TPOT \d+\.\d ms > 30 ms target", marks=needs_traces),
+], ids=["8b-agg-rate-x2", "70b-disagg-rate-x2", "70b-disagg-decode-halved", "azure-trace-speedup-x2"])
+def test_a_passing_config_fails_when_its_rate_doubles_or_its_decode_pool_halves(tmp_path, config, change, missed):
+    assert chk.run_check(config).status == "pass"
+    r = chk.run_check(variant(tmp_path, config, change))
+    assert r.status == "fail"
+    assert any(re.fullmatch(rf"{missed} \(\+\d+%\)", x) for x in r.reasons), r.reasons
+    assert any(x.startswith("SLO attainment ") and "< 90% required" in x for x in r.reasons), r.reasons
+
+
+def test_a_failing_run_is_a_junit_failure_naming_the_target(tmp_path):
+    slow = variant(tmp_path, DISAGG_70B, halve_decode)
+    junit = tmp_path / "junit.xml"
+    assert run_app(app, ["check", str(AGG_8B), str(slow), "--junit", str(junit)]) == 1
+    suite = ET.parse(junit).getroot().find("testsuite")
+    ok, bad = suite.findall("testcase")
+    assert ok.find("failure") is None and ok.get("file") == str(AGG_8B)
+    assert re.search(r"p90 TPOT \d+\.\d ms > 20 ms target", bad.find("failure").get("message"))
+
+
+def test_runs_are_deterministic_and_jobs_give_the_serial_results(tmp_path):
+    paths = [AGG_8B, DISAGG_70B, variant(tmp_path, DISAGG_70B, halve_decode)]
+    serial = chk.run_checks(paths)
+    again = chk.run_checks(paths)
+    parallel = chk.run_checks(paths, jobs=2)
+    strip = lambda rs: [(r.name, r.status, r.reasons, r.notes, r.summary) for r in rs]  # noqa: E731 (no wall time)
+    assert strip(serial) == strip(again) == strip(parallel)
+    assert [r.status for r in parallel] == ["pass", "pass", "fail"]
+
+
+def test_a_baseline_catches_a_regression_inside_the_slo(tmp_path):
+    # 40 % more load still meets the SLOs, but queueing moves p90 TTFT past the baseline's 10 % tolerance
+    r = chk.run_check(variant(tmp_path, DISAGG_70B, lambda d: d["workload"].update(rate=5.5)))
+    assert r.status == "fail"
+    assert not any("target" in x for x in r.reasons)
+    assert any(re.fullmatch(r"p90 TTFT regressed \d+\.\d% vs baseline \(.*, tolerance 10%\)", x) for x in r.reasons)
+
+
+def test_a_trace_outside_the_repo_that_is_absent_is_a_clear_error(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("")
+    (repo / "configs" / AZURE.name).write_text(AZURE.read_text())
+    assert run_app(app, ["check", str(repo / "configs")]) == 2
+    out = capsys.readouterr().out
+    assert f"{repo / 'configs' / AZURE.name}:12: workload.trace: file not found: " \
+           "../shared/traces/AzureLLMInferenceTrace_conv.csv" in out
+    assert str(tmp_path / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv") in out
