@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from profiler.errors import InputError
 from profiler.gpus import GiB, GPUSpec
-from profiler.models import ModelSpec
+from profiler.models import ModelSpec, dtype_bytes
 
 RESERVE_BYTES = 1.5 * GiB  # CUDA context, graphs, NCCL buffers, allocator slack
 DEFAULT_UTILIZATION = 0.90  # share of HBM an engine claims (vLLM gpu_memory_utilization)
@@ -37,13 +37,26 @@ def activation_bytes(model: ModelSpec, tp: int, max_batch_tokens: int) -> float:
     return max_batch_tokens * per_token + logits
 
 
+def weight_bytes_per_gpu(model: ModelSpec, dtype: str, tp: int, attn_dp: int = 1) -> float:
+    """Weights one GPU holds. With attention data parallelism (``attn_dp`` ranks of ``tp`` GPUs each) the
+    attention, dense and embedding weights are split over ``tp`` and replicated per rank; routed experts
+    are split over all ``tp x attn_dp`` GPUs (expert parallelism)."""
+    total = model.param_bytes(dtype)
+    if attn_dp <= 1 or not model.is_moe:
+        return total / tp
+    experts = model.moe_layers * model.experts * model.expert_params() * dtype_bytes(dtype)
+    return (total - experts) / tp + experts / (tp * attn_dp)
+
+
 def memory_fit(model: ModelSpec, gpu: GPUSpec, tp: int, dtype: str, kv_dtype: str, max_batch_tokens: int,
-               utilization: float = DEFAULT_UTILIZATION) -> MemoryFit:
-    weights = model.param_bytes(dtype) / tp
+               utilization: float = DEFAULT_UTILIZATION, attn_dp: int = 1) -> MemoryFit:
+    """Per-GPU budget of a replica of ``tp`` GPUs (``tp x attn_dp`` with attention data parallelism, where
+    each rank keeps the KV of its own sequences: the replica holds ``attn_dp`` times a rank's tokens)."""
+    weights = weight_bytes_per_gpu(model, dtype, tp, attn_dp)
     act = activation_bytes(model, tp, max_batch_tokens)
     kv = gpu.hbm_bytes * utilization - weights - act - RESERVE_BYTES
     per_token = model.kv_bytes_per_token_per_gpu(kv_dtype, tp)
-    return MemoryFit(weights, act, RESERVE_BYTES, kv, per_token, max(0, int(kv // per_token)))
+    return MemoryFit(weights, act, RESERVE_BYTES, kv, per_token, max(0, int(kv // per_token)) * max(1, attn_dp))
 
 
 def require_fit(model: ModelSpec, gpu: GPUSpec, tp: int, dtype: str, kv_dtype: str, max_batch_tokens: int,

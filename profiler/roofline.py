@@ -31,12 +31,15 @@ class Efficiency:
     comm: float = 0.70  # of NVLink bandwidth in all-reduce
     iteration_overhead_s: float = 2.0e-3  # scheduling, launch, sampling per iteration
     per_seq_overhead_s: float = 0.0  # per-sequence bookkeeping per iteration
+    # Per request, outside any iteration: HTTP, tokenisation, routing, the first token's trip back. Not part
+    # of iteration_s; whoever reports TTFT adds it (planner/replay.py does).
+    ttft_overhead_s: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# Per-engine defaults. Replaced by fitted values where a calibration exists (profiler/calibration.py).
+# Per-engine defaults. Replaced by fitted values where a calibration exists (profiler/calibration/).
 ENGINE_EFFICIENCY: dict[str, Efficiency] = {
     "vllm": Efficiency(),
     "sglang": Efficiency(iteration_overhead_s=1.8e-3),
@@ -46,7 +49,12 @@ ENGINE_EFFICIENCY: dict[str, Efficiency] = {
 
 
 def engine_efficiency(engine: str) -> Efficiency:
-    return ENGINE_EFFICIENCY.get(engine, Efficiency())
+    """The engine's factors as fitted on measured serving results (profiler/calibration/), over its defaults."""
+    from profiler.calibration import fitted_factors  # noqa: PLC0415 (reads a small JSON once)
+
+    base = ENGINE_EFFICIENCY.get(engine, Efficiency())
+    known = {k: v for k, v in fitted_factors(engine).items() if k in Efficiency.__dataclass_fields__}
+    return replace(base, **known)
 
 
 class RooflineCostModel:

@@ -1,0 +1,120 @@
+"""Fit the roofline's per-engine efficiency factors on measured serving results; write them to
+profiler/calibration/h100_fit.json, which `profiler.roofline.engine_efficiency` loads by default.
+
+    .venv/bin/python bench/calibrate.py [--data ../shared/calibration/silicon_h100_sxm.csv] [--dry-run]
+
+Physics, not rows: a few shares of datasheet peaks (GEMM compute and memory, attention compute and
+memory, all-reduce) and fixed costs (per iteration, per sequence per iteration, per request before the
+first token) per engine, fitted on the dense agg rows by least squares on log(predicted / measured) of
+mean TTFT and TPOT with a soft-L1 loss (a few rows are pathological: queues of tens of seconds). The
+prediction is the closed-loop steady state (planner.replay.closed_loop); the simulator replays with the
+same factors (bench/fidelity.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from planner.replay import DENSE_MODELS, ape, closed_loop, load_benchmark, row_case
+from profiler.calibration import FIT_FILE
+from profiler.gpus import resolve_gpu
+from profiler.memory import memory_fit
+from profiler.models import CATALOG
+from profiler.roofline import ENGINE_EFFICIENCY, Efficiency, RooflineCostModel
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon_h100_sxm.csv"
+FACTORS = {  # name: (low, high) bounds
+    "gemm_compute": (0.2, 1.0), "gemm_memory": (0.3, 1.0), "attn_compute": (0.1, 1.0), "attn_memory": (0.2, 1.0),
+    "comm": (0.1, 1.0), "iteration_overhead_s": (1e-4, 0.03), "per_seq_overhead_s": (1e-7, 1e-3),
+    "ttft_overhead_s": (1e-4, 0.3),
+}
+
+
+def dense_agg_cases(df: pd.DataFrame, gpu_name: str) -> list:
+    cases = [row_case(r, i, gpu_name) for i, (_, r) in enumerate(df.iterrows())]
+    return [c for c in cases if not c.skipped and c.mode == "agg" and c.model in DENSE_MODELS]
+
+
+def predict(cases: list, eff: Efficiency, gpu_name: str) -> np.ndarray:
+    """(n, 2) predicted mean TTFT and TPOT in seconds, closed-loop steady state."""
+    gpu = resolve_gpu(gpu_name)
+    out = np.empty((len(cases), 2))
+    cms: dict = {}
+    for i, c in enumerate(cases):
+        d, p = c.deployment, c.deployment.workers
+        key = (c.model, p.tp, d.dtype, d.kv_dtype)
+        if key not in cms:
+            m = CATALOG[c.model]
+            kv = memory_fit(m, gpu, p.tp, d.dtype, d.kv_dtype, p.max_batch_tokens, d.gpu_memory_utilization).kv_tokens
+            cms[key] = (RooflineCostModel(m, gpu, p.tp, d.dtype, d.kv_dtype, eff), kv)
+        cm, kv = cms[key]
+        ttft, tpot = closed_loop(cm, p, c.isl, c.osl, c.concurrency, kv)
+        out[i] = ttft + eff.ttft_overhead_s, tpot
+    return out
+
+
+def fit_engine(cases: list, meas: np.ndarray, start: Efficiency, gpu_name: str) -> Efficiency:
+    names = list(FACTORS)
+    lo, hi = np.log([FACTORS[n][0] for n in names]), np.log([FACTORS[n][1] for n in names])
+    x0 = np.clip(np.log([max(getattr(start, n), FACTORS[n][0]) for n in names]), lo + 1e-6, hi - 1e-6)
+
+    def eff_at(x) -> Efficiency:
+        return replace(start, **{n: float(v) for n, v in zip(names, np.exp(x), strict=True)})
+
+    def residuals(x):
+        return (np.log(predict(cases, eff_at(x), gpu_name)) - np.log(meas)).ravel()
+
+    res = least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.2, diff_step=1e-3, max_nfev=200)
+    return eff_at(res.x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--gpu", default="h100-sxm")
+    ap.add_argument("--out", default=str(FIT_FILE))
+    ap.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
+    args = ap.parse_args()
+    df = load_benchmark(args.data)
+    cases = dense_agg_cases(df, args.gpu)
+    engines: dict[str, dict] = {}
+    report: dict[str, dict] = {}
+    for engine in sorted({c.engine for c in cases}):
+        mine = [c for c in cases if c.engine == engine]
+        meas = np.array([[df.iloc[c.row].silicon_ttft_ms, df.iloc[c.row].silicon_tpot_ms] for c in mine]) * 1e-3
+        start = replace(ENGINE_EFFICIENCY.get(engine, Efficiency()), ttft_overhead_s=0.03, per_seq_overhead_s=1e-5)
+        t0 = time.time()
+        before = predict(mine, start, args.gpu)
+        eff = fit_engine(mine, meas, start, args.gpu)
+        after = predict(mine, eff, args.gpu)
+        e_b, e_a = ape(before, meas), ape(after, meas)
+        report[engine] = {"rows": len(mine), "seconds": round(time.time() - t0, 1),
+                          "ttft_median_ape": round(float(np.median(e_a[:, 0])), 1),
+                          "tpot_median_ape": round(float(np.median(e_a[:, 1])), 1),
+                          "before_ttft_median_ape": round(float(np.median(e_b[:, 0])), 1),
+                          "before_tpot_median_ape": round(float(np.median(e_b[:, 1])), 1)}
+        engines[engine] = {k: float(f"{v:.4g}") for k, v in eff.to_dict().items()}
+        print(f"{engine:7s} {len(mine):4d} rows  TTFT median APE {report[engine]['before_ttft_median_ape']:6.1f}% -> "
+              f"{report[engine]['ttft_median_ape']:5.1f}%   TPOT {report[engine]['before_tpot_median_ape']:6.1f}% -> "
+              f"{report[engine]['tpot_median_ape']:5.1f}%   ({report[engine]['seconds']} s)")
+        print("        " + ", ".join(f"{k}={v:.4g}" for k, v in engines[engine].items()))
+    doc = {"version": 1, "gpu": args.gpu, "data": Path(args.data).name, "rows": "dense agg rows",
+           "created": datetime.now(UTC).strftime("%Y-%m-%d"), "method": "bench/calibrate.py: soft-L1 least squares "
+           "on log(pred/measured) mean TTFT and TPOT, closed-loop steady state", "engines": engines,
+           "fit_error": report}
+    if not args.dry_run:
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""Replay measured serving benchmarks (aiconfigurator's ``silicon_*.csv`` format) and score the prediction.
+
+Each row is one real benchmark: a model served by an engine (trtllm, vllm, sglang) in a precision, agg
+(one replica, ``batch_size`` closed-loop clients) or disagg (prefill and decode workers), with fixed
+ISL/OSL and the measured mean TTFT and TPOT. ``row_case`` turns a row into a Deployment and a closed-loop
+workload, or into a skip reason; ``replay`` simulates every case and ``summarize`` scores it.
+
+Parallelism convention of the file: a worker has ``tp x attention_dp = moe_tp x moe_ep`` GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from profiler.errors import InputError
+from profiler.gpus import GPUSpec, resolve_gpu
+from profiler.memory import RESERVE_BYTES, activation_bytes, memory_fit
+from profiler.models import CATALOG, canonical_model_name
+from simulator.deployment import Deployment, KVLinkSpec, PoolSpec
+
+REQUIRED_COLUMNS = ("model_path", "backend", "mode", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms")
+DENSE_MODELS = ("llama-3.1-8b", "llama-3.1-70b", "qwen3-32b")
+
+
+@dataclass(frozen=True)
+class EngineDefaults:
+    """What an engine runs with when the benchmark does not say: its documented serving defaults."""
+
+    max_batch_tokens: int = 8192  # vLLM max_num_batched_tokens, SGLang chunked_prefill_size, TRT-LLM max_num_tokens
+    chunked_prefill: bool = True  # TRT-LLM's PyTorch backend runs whole prompts unless told otherwise
+    memory_fraction: float = 0.90  # vLLM gpu_memory_utilization, SGLang mem_fraction_static (share of all HBM)
+    of_free_memory: bool = False  # TRT-LLM: free_gpu_memory_fraction of what weights and activations leave
+
+
+ENGINES: dict[str, EngineDefaults] = {
+    "vllm": EngineDefaults(),
+    "sglang": EngineDefaults(memory_fraction=0.88),
+    "trtllm": EngineDefaults(chunked_prefill=False, memory_fraction=0.90, of_free_memory=True),
+}
+
+
+def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: str, max_batch_tokens: int) -> float:
+    """The share of HBM the engine's KV cache and everything else may use, as profiler.memory counts it."""
+    e = ENGINES.get(engine, EngineDefaults())
+    if not e.of_free_memory:
+        return e.memory_fraction
+    used = model.param_bytes(dtype) / tp + activation_bytes(model, tp, max_batch_tokens) + RESERVE_BYTES
+    free = max(gpu.hbm_bytes - used, 0.0)
+    return min((used + e.memory_fraction * free) / gpu.hbm_bytes, 0.98)
+
+
+# ---- rows -> cases ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One benchmark row as pdsim sees it: what to simulate, or why not."""
+
+    row: int  # position in the file
+    model: str = ""  # catalog key
+    engine: str = ""
+    mode: str = ""
+    isl: int = 0
+    osl: int = 0
+    concurrency: int = 0
+    dtype: str = ""
+    deployment: Deployment | None = None
+    skip_reason: str = ""
+
+    @property
+    def skipped(self) -> bool:
+        return bool(self.skip_reason)
+
+
+def weight_dtype(row: pd.Series) -> str:
+    """Weight format from gemm_quant_mode / precision, else from the checkpoint's name (``-FP8``), else bf16."""
+    for col in ("gemm_quant_mode", "precision", "moe_quant_mode"):
+        v = row.get(col)
+        if isinstance(v, str) and v.strip():
+            v = v.strip().lower()
+            if "fp4" in v:
+                return "fp4"
+            if "fp8" in v or v in ("w8a8", "int8"):
+                return "fp8"
+            if v in ("bf16", "fp16", "float16", "bfloat16", "none"):
+                return "bf16"
+            return v
+    name = str(row.get("model_path", "")).lower()
+    if re.search(r"fp4", name):
+        return "fp4"
+    if re.search(r"fp8", name):
+        return "fp8"
+    return "bf16"
+
+
+def _num(row: pd.Series, col: str, default: float = 1.0) -> float:
+    v = row.get(col)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(v) or v <= 0 else v
+
+
+def concurrency_of(row: pd.Series) -> int | None:
+    """Clients of the closed loop: agg ``batch_size``; disagg ``silicon_concurrency=N`` in the source, else
+    the decode pool's seats (decode workers x decode batch size)."""
+    if row["mode"] == "agg":
+        c = _num(row, "batch_size", 0)
+        return int(c) if c else None
+    m = re.search(r"silicon_concurrency=(\d+)", str(row.get("silicon_data_source", "")))
+    if m:
+        return int(m.group(1))
+    seats = _num(row, "decode_num_workers", 0) * _num(row, "decode_batch_size", 0)
+    return int(seats) if seats else None
+
+
+def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int) -> tuple[PoolSpec, int, int, str]:
+    """(pool, GPUs per worker, attention-DP ranks, skip reason)."""
+    tp = int(_num(row, f"{prefix}tp_size"))
+    dp = int(_num(row, f"{prefix}attention_dp_size"))
+    pp = int(_num(row, f"{prefix}pp_size"))
+    workers = int(_num(row, f"{prefix}num_workers")) if prefix else 1
+    e = ENGINES.get(engine, EngineDefaults())
+    why = ""
+    if pp > 1:
+        why = f"pipeline parallelism (pp={pp}) is not modelled"
+    elif dp > 1:
+        why = f"attention data parallelism (dp={dp}) is not modelled"
+    pool = PoolSpec(replicas=workers, tp=tp * dp, max_batch_tokens=e.max_batch_tokens,
+                    max_seqs=max(1, max_seqs), chunked_prefill=e.chunked_prefill)
+    return pool, tp * dp, dp, why
+
+
+def row_case(row: pd.Series, i: int, gpu_name: str = "h100-sxm") -> Case:
+    """The deployment and closed loop a row describes, or the reason pdsim cannot express it."""
+    model = canonical_model_name(str(row["model_path"]))
+    base = Case(row=i, model=model or "", engine=str(row["backend"]).lower(), mode=str(row["mode"]),
+                isl=int(row["isl"]), osl=int(row["osl"]))
+    if model is None:
+        return replace(base, skip_reason=f"unknown model {row['model_path']!r} (not in the catalog)")
+    if base.engine not in ENGINES:
+        return replace(base, skip_reason=f"unknown engine {row['backend']!r}")
+    gpu = resolve_gpu(gpu_name)
+    dtype = weight_dtype(row)
+    base = replace(base, dtype=dtype)
+    if dtype not in ("bf16", "fp16", "fp8", "fp4"):
+        return replace(base, skip_reason=f"unsupported precision {dtype!r}")
+    if not gpu.supports(dtype):
+        return replace(base, skip_reason=f"{dtype} weights need {dtype} tensor cores; {gpu.name} has none")
+    c = concurrency_of(row)
+    if not c:
+        return replace(base, skip_reason="no concurrency: agg batch_size or disagg silicon_concurrency missing")
+    base = replace(base, concurrency=c)
+    spec = CATALOG[model]
+    if base.mode == "agg":
+        pool, gpus, _, why = _pool(row, "", base.engine, c)
+        pools = {"workers": pool}
+    elif base.mode == "disagg":
+        pf, _, _, why_p = _pool(row, "prefill_", base.engine, int(_num(row, "prefill_batch_size")))
+        dec, _, _, why_d = _pool(row, "decode_", base.engine, int(_num(row, "decode_batch_size", c)))
+        pf = replace(pf, chunked_prefill=False)  # a prefill worker runs whole prompts
+        why = why_p or why_d
+        pools = {"prefill": pf, "decode": dec}
+    else:
+        return replace(base, skip_reason=f"unknown mode {row['mode']!r}")
+    if why:
+        return replace(base, skip_reason=why)
+    if max(p.tp for p in pools.values()) > 2 * gpu.max_tp_per_node:
+        return replace(base, skip_reason="a worker spans more than two nodes")
+    kv_dtype = "bf16" if dtype in ("bf16", "fp16") else "fp8"
+    for name, p in pools.items():
+        util = engine_memory_utilization(base.engine, spec, gpu, p.tp, dtype, p.max_batch_tokens)
+        fit = memory_fit(spec, gpu, p.tp, dtype, kv_dtype, p.max_batch_tokens, util)
+        if fit.kv_tokens < base.isl + base.osl:
+            return replace(base, skip_reason=f"{name} pool: model says out of memory ({fit.kv_tokens} KV tokens)")
+    util = engine_memory_utilization(base.engine, spec, gpu, max(p.tp for p in pools.values()), dtype,
+                                     max(p.max_batch_tokens for p in pools.values()))
+    inter = any(p.tp > gpu.max_tp_per_node for p in pools.values())
+    link = KVLinkSpec(bandwidth_gb_s=(gpu.internode_bw_bytes_s if inter else gpu.nvlink_bw_bytes_s) / 1e9,
+                      latency_us=(gpu.internode_latency_s if inter else gpu.nvlink_latency_s) * 1e6,
+                      placement="inter" if inter else "intra")
+    dep = Deployment(model=model, gpu=gpu_name, dtype=dtype, topology=base.mode, kv_link=link, engine=base.engine,
+                     kv_dtype=kv_dtype, gpu_memory_utilization=round(util, 4), router="least_loaded", **pools)
+    return replace(base, deployment=dep)
+
+
+def load_benchmark(path: str | Path) -> pd.DataFrame:
+    """Read a benchmark CSV; every error names the file and what is wrong."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise InputError("file not found", where=str(path)) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(f"not a CSV benchmark file ({e.__class__.__name__})", where=str(path)) from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"missing columns {missing} (expected aiconfigurator's silicon CSV format)", where=str(path))
+    for col in ("isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms"):
+        bad = pd.to_numeric(df[col], errors="coerce").isna()
+        if bad.any():
+            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+            raise InputError(f"line {line}: column {col!r} must be a number, got {df[col][bad].iloc[0]!r}",
+                             where=str(path))
+    return df
+
+
+def select_models(df: pd.DataFrame, models: list[str] | None) -> pd.DataFrame:
+    """Rows of the named models (catalog names, aliases or HF ids); all rows when none are named."""
+    if not models:
+        return df
+    keys = set()
+    for m in models:
+        key = canonical_model_name(m)
+        if key is None:
+            raise InputError(f"--models: unknown model {m!r}; known: {', '.join(CATALOG)}")
+        keys.add(key)
+    return df[df["model_path"].map(lambda p: canonical_model_name(str(p)) in keys)]
+
+
+# ---- scoring ------------------------------------------------------------------------------------
+def ape(pred, meas) -> np.ndarray:
+    """Absolute percentage error."""
+    pred, meas = np.asarray(pred, dtype=float), np.asarray(meas, dtype=float)
+    return np.abs(pred - meas) / meas * 100.0
+
+
+def _err_stats(g: pd.DataFrame) -> dict:
+    out = {"rows": int(len(g))}
+    for m in ("ttft", "tpot"):
+        e = ape(g[f"pred_{m}_ms"], g[f"silicon_{m}_ms"])
+        out[f"{m}_median_ape"] = round(float(np.median(e)), 2) if len(e) else None
+        out[f"{m}_p90_ape"] = round(float(np.percentile(e, 90)), 2) if len(e) else None
+    return out
+
+
+def summarize(rows: pd.DataFrame) -> dict:
+    """Coverage, skip reasons and median/p90 APE of TTFT and TPOT, overall and per model, engine and mode."""
+    done = rows[rows["skip_reason"] == ""]
+    summary: dict = {"rows": int(len(rows)), "predicted": int(len(done)), "skipped": int(len(rows) - len(done)),
+                     "skip_reasons": {k: int(v) for k, v in rows.loc[rows["skip_reason"] != "", "skip_reason"]
+                                      .value_counts().items()},
+                     "overall": _err_stats(done)}
+    for col, key in (("pdsim_model", "per_model"), ("backend", "per_engine"), ("mode", "per_mode")):
+        summary[key] = {str(k): _err_stats(g) for k, g in done.groupby(col)}
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"rows {s['rows']}: predicted {s['predicted']}, skipped {s['skipped']}"]
+    lines += [f"  skipped {n:4d}: {why}" for why, n in s["skip_reasons"].items()]
+    head = f"{'':28s} {'rows':>5s} {'TTFT med':>9s} {'TTFT p90':>9s} {'TPOT med':>9s} {'TPOT p90':>9s}  (APE %)"
+    lines.append(head)
+
+    def line(name: str, e: dict) -> str:
+        f = [e[k] for k in ("ttft_median_ape", "ttft_p90_ape", "tpot_median_ape", "tpot_p90_ape")]
+        return f"{name:28s} {e['rows']:5d} " + " ".join(f"{v:9.1f}" if v is not None else f"{'-':>9s}" for v in f)
+
+    lines.append(line("overall", s["overall"]))
+    for key in ("per_model", "per_engine", "per_mode"):
+        for name, e in s[key].items():
+            lines.append(line(f"  {name}", e))
+    return "\n".join(lines)
+
+
+@dataclass
+class Replay:
+    rows: pd.DataFrame  # every input column, plus pdsim_model, pred_ttft_ms, pred_tpot_ms, skip_reason
+    summary: dict = field(default_factory=dict)
+
+
+# ---- analytic closed loop (fast; what bench/calibrate.py fits with) ------------------------------
+def _step_s(cm, n_dec, ctx: float, chunk, cached):
+    """Seconds of iterations with ``n_dec`` decodes at context ``ctx`` and one prefill chunk, vectorised.
+    Uses the roofline's array form (``_time``): the fit evaluates thousands of these per second."""
+    n_dec = np.asarray(n_dec, dtype=float)
+    chunk = np.asarray(chunk, dtype=float) * np.ones_like(n_dec)
+    cached = np.asarray(cached, dtype=float) * np.ones_like(n_dec)
+    pairs = chunk * cached + chunk * (chunk + 1) / 2
+    return cm._time(n_dec + chunk, pairs, chunk + cached, n_dec, n_dec * ctx, n_dec + (chunk > 0))
+
+
+def closed_loop(cm, pool: PoolSpec, isl: int, osl: int, clients: int, kv_tokens: int,
+                grid: int = 64) -> tuple[float, float]:
+    """Mean (TTFT s, TPOT s) of ``clients`` closed-loop clients in steady state, clients out of step.
+
+    Fluid model of one continuous-batching replica at throughput X req/s: ``X (osl-1) TPOT`` sequences
+    decode; a prompt takes ``k`` iterations of at most ``max_batch_tokens - decodes`` tokens (one whole
+    iteration when prefill is not chunked); those mixed iterations cost ``t_m``, plain ones ``t_d``, so
+    TPOT = t_d / (1 - X k (t_m - t_d)). TTFT = half an iteration + M/D/1 wait for the prefill share + the
+    prompt's own iterations. X is where ``X x E2E`` equals the clients in service (Little's law); clients
+    beyond the seats (max_seqs, KV room) queue for one.
+    """
+    seats = int(max(1, min(clients, pool.max_seqs, kv_tokens // max(1, isl + osl))))
+    ctx = isl + osl / 2
+    budget = pool.max_batch_tokens
+    t_full = float(_step_s(cm, np.array([seats]), ctx, 0, 0)[0])
+    x = seats / (max(osl - 1, 1) * t_full + float(_step_s(cm, np.array([1.0]), 0, isl, 0)[0])) * np.geomspace(
+        1e-3, 1.0, grid)
+    tpot = np.full(grid, t_full)
+    for _ in range(5):
+        n_dec = np.clip(x * (osl - 1) * tpot, 1.0, seats)
+        chunk = np.clip(budget - n_dec, 1.0, isl) if pool.chunked_prefill else np.full(grid, float(isl))
+        k = np.ceil(isl / chunk)
+        t_d = _step_s(cm, n_dec, ctx, 0, 0)
+        t_m = _step_s(cm, n_dec, ctx, chunk, (isl - chunk) / 2)
+        free = 1.0 - x * k * (t_m - t_d)
+        tpot = np.where(free > 0, t_d / np.maximum(free, 1e-9), np.inf)
+    service = k * t_m
+    rho = x * service
+    wait = np.where(rho < 1, rho / (2 * np.maximum(1 - rho, 1e-9)) * service, np.inf)
+    ttft = tpot / 2 + wait + service
+    e2e = ttft + (osl - 1) * tpot
+    in_service = x * e2e
+    i = int(np.searchsorted(in_service, seats))  # in_service rises with x
+    if i == 0:
+        ttft_s, tpot_s, x_s = ttft[0], tpot[0], x[0]
+    else:
+        i = min(i, grid - 1)
+        lo, hi = in_service[i - 1], in_service[i]
+        w = 1.0 if not np.isfinite(hi) else (seats - lo) / (hi - lo)
+        w = float(np.clip(w, 0.0, 1.0))
+        pick = (lambda a: a[i - 1] + w * (a[i] - a[i - 1])) if np.isfinite(hi) else (lambda a: a[i - 1])
+        ttft_s, tpot_s, x_s = pick(ttft), pick(tpot), pick(x)
+    if clients > seats:  # the rest wait for a seat: Little's law on the queue
+        ttft_s += (clients - seats) / x_s
+    return float(ttft_s), float(tpot_s)
+
+
+# ---- simulation -------------------------------------------------------------------------------
+REQUESTS_PER_CLIENT = 4  # the first round is warm-up; three measured rounds reach steady state
+
+
+def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT, stagger: bool = True,
+                  seed: int = 0, efficiency=None) -> tuple[float, float]:
+    """Mean (TTFT s, TPOT s) of the measured requests of a case's closed loop, simulated.
+
+    ``stagger``: clients start one at a time, ``E2E / clients`` apart (E2E from the analytic steady state),
+    so that they are out of step as in a long benchmark; otherwise all start together and stay in
+    lock-step (fixed ISL/OSL). TTFT includes the engine's per-request overhead (Efficiency.ttft_overhead_s).
+    ``efficiency`` replaces the engine's fitted factors (what bench/calibrate.py varies).
+    """
+    from profiler.roofline import RooflineCostModel, engine_efficiency  # noqa: PLC0415
+    from simulator import simulate  # noqa: PLC0415
+    from traces.synthetic import synthetic_workload  # noqa: PLC0415
+
+    dep, c = case.deployment, case.concurrency
+    eff = efficiency or engine_efficiency(dep.engine)
+    spec, gpu = CATALOG[case.model], resolve_gpu(dep.gpu)
+    cms = {name: RooflineCostModel(spec, gpu, p.tp, dep.dtype, dep.resolved_kv_dtype, eff)
+           for name, p in dep.pools.items()}
+    wl = synthetic_workload(requests=c * requests_per_client, isl=case.isl, osl=case.osl, concurrency=c,
+                            warmup_requests=c, seed=seed)
+    gap = 0.0
+    if stagger and c > 1:
+        gap = _cycle_estimate_s(case, cms) / c
+    res = simulate(dep, wl, seed=seed, cost_models=cms, closed_loop_stagger_s=gap)
+    r = res.requests
+    m = r[r["measured"] & (r["outcome"] == "ok")]
+    if m.empty:
+        m = r[r["outcome"] == "ok"]
+    return float(m["ttft_s"].mean()) + eff.ttft_overhead_s, float(m["tpot_s"].mean())
+
+
+def _cycle_estimate_s(case: Case, cms: dict) -> float:
+    """One client's request cycle (E2E) from the analytic steady state of the pool that decodes."""
+    dep = case.deployment
+    gpu = resolve_gpu(dep.gpu)
+    spec = CATALOG[case.model]
+    name = "workers" if dep.topology == "agg" else "decode"
+    pool = dep.pools[name]
+    cm = cms[name]
+    kv = memory_fit(spec, gpu, pool.tp, dep.dtype, dep.resolved_kv_dtype, pool.max_batch_tokens,
+                    dep.gpu_memory_utilization).kv_tokens
+    clients = max(1, case.concurrency // pool.replicas)
+    ttft, tpot = closed_loop(cm, pool, case.isl, case.osl, clients, kv)
+    return ttft + (case.osl - 1) * tpot
+
+
+def _predict_one(args: tuple) -> tuple[int, float, float, str]:
+    case, requests_per_client, stagger, efficiency = args
+    try:
+        eff = efficiency.get(case.engine) if isinstance(efficiency, dict) else efficiency
+        ttft, tpot = simulate_case(case, requests_per_client=requests_per_client, stagger=stagger, efficiency=eff)
+    except InputError as e:  # the simulator refused the deployment: a reason, never a crash
+        return case.row, float("nan"), float("nan"), f"simulator: {e}"
+    if not (np.isfinite(ttft) and np.isfinite(tpot)):
+        return case.row, float("nan"), float("nan"), "simulator: no request finished"
+    return case.row, ttft, tpot, ""
+
+
+def predict_cases(cases: list[Case], *, requests_per_client: int = REQUESTS_PER_CLIENT, stagger: bool = True,
+                  efficiency=None, jobs: int = 1) -> dict[int, tuple[float, float, str]]:
+    """Simulate every case that is not skipped: ``{row: (ttft_s, tpot_s, skip_reason)}``; ``jobs`` processes."""
+    todo = [(c, requests_per_client, stagger, efficiency) for c in cases if not c.skipped]
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp  # noqa: PLC0415
+
+        with mp.get_context("fork").Pool(jobs) as pool:
+            out = pool.map(_predict_one, todo, chunksize=max(1, len(todo) // (4 * jobs)))
+    else:
+        out = [_predict_one(t) for t in todo]
+    return {row: (ttft, tpot, why) for row, ttft, tpot, why in out}
+
+
+def replay(df: pd.DataFrame, *, gpu_name: str = "h100-sxm", requests_per_client: int = REQUESTS_PER_CLIENT,
+           stagger: bool = True, jobs: int = 1) -> Replay:
+    """Predict every row of a benchmark table; rows pdsim cannot express keep their skip reason."""
+    df = df.reset_index(drop=True)
+    cases = [row_case(r, i, gpu_name) for i, (_, r) in enumerate(df.iterrows())]
+    pred = predict_cases(cases, requests_per_client=requests_per_client, stagger=stagger, jobs=jobs)
+    rows = df.copy()
+    rows["pdsim_model"] = [c.model or "unknown" for c in cases]
+    rows["pred_ttft_ms"] = [pred[c.row][0] * 1e3 if c.row in pred else np.nan for c in cases]
+    rows["pred_tpot_ms"] = [pred[c.row][1] * 1e3 if c.row in pred else np.nan for c in cases]
+    rows["skip_reason"] = [c.skip_reason or pred.get(c.row, (0, 0, ""))[2] for c in cases]
+    return Replay(rows, summarize(rows))
