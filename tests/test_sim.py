@@ -1,0 +1,300 @@
+"""The simulator as a specification: physics that must hold, bookkeeping that must add up."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from profiler.costmodel import Batch, LinkSpec
+from profiler.errors import InputError
+from profiler.factory import make_cost_model
+from profiler.gpus import resolve_gpu
+from profiler.memory import RESERVE_BYTES, memory_fit
+from profiler.models import resolve_model
+from simulator import SLO, simulate
+from simulator.deployment import parse_deployment
+from traces.workload import Workload, make_requests
+
+MODEL, GPU = resolve_model("llama-3.1-8b"), resolve_gpu("h200-sxm")
+COLUMNS = ["request_id", "arrival_s", "isl", "osl", "prefill_start_s", "prefill_end_s", "transfer_start_s",
+           "transfer_end_s", "first_token_s", "last_token_s", "preemptions", "prefill_worker", "decode_worker",
+           "outcome", "fail_reason", "ttft_s", "tpot_s", "e2e_s", "measured"]
+
+
+def agg(replicas=1, tp=1, **pool):
+    return parse_deployment({"model": "llama-3.1-8b", "gpu": "h200-sxm", "dtype": "fp8", "topology": "agg",
+                             "workers": {"replicas": replicas, "tp": tp, **pool}})
+
+
+def disagg(prefill=1, decode=1, decode_pool=None, bandwidth_gb_s=50.0, **kw):
+    return parse_deployment({"model": "llama-3.1-8b", "gpu": "h200-sxm", "dtype": "fp8", "topology": "disagg",
+                             "prefill": {"replicas": prefill, "tp": 1},
+                             "decode": {"replicas": decode, "tp": 1, **(decode_pool or {})},
+                             "kv_link": {"bandwidth_gb_s": bandwidth_gb_s, "latency_us": 10}, **kw})
+
+
+def poisson(n, rate, isl, osl, seed=0):
+    """Poisson arrivals; a length given as (lo, hi) is drawn uniformly per request."""
+    rng = np.random.default_rng(seed)
+    isl, osl = (rng.integers(*x, n) if isinstance(x, tuple) else x for x in (isl, osl))
+    return Workload(make_requests(np.cumsum(rng.exponential(1 / rate, n)), isl, osl))
+
+
+def closed(n, concurrency, isl, osl, warmup=0):
+    return Workload(make_requests(np.full(n, np.nan), isl, osl), concurrency=concurrency, warmup_requests=warmup)
+
+
+def cost(tp=1):
+    return make_cost_model(MODEL, GPU, tp, "fp8", "fp8")
+
+
+# ---- bookkeeping -------------------------------------------------------------------------------
+def test_agg_requests_table_is_complete_and_consistent():
+    rng = np.random.default_rng(1)
+    wl = Workload(make_requests(np.cumsum(rng.exponential(0.05, 120)), rng.integers(50, 3000, 120),
+                                rng.integers(1, 400, 120)))
+    res = simulate(agg(), wl)
+    df = res.requests
+    assert list(df.columns) == COLUMNS and len(df) == 120
+    assert (df["outcome"] == "ok").all() and df["measured"].all()
+    assert (df["arrival_s"] <= df["prefill_start_s"]).all()
+    assert (df["prefill_start_s"] < df["prefill_end_s"]).all()
+    assert (df["prefill_end_s"] == df["first_token_s"]).all()  # agg: the prompt's last chunk emits the first token
+    assert (df["first_token_s"] <= df["last_token_s"]).all()
+    np.testing.assert_allclose(df["ttft_s"], df["first_token_s"] - df["arrival_s"])
+    long = df["osl"] > 1
+    np.testing.assert_allclose(df.loc[long, "tpot_s"],
+                               (df["last_token_s"] - df["first_token_s"])[long] / (df["osl"][long] - 1))
+    assert df.loc[~long, "tpot_s"].isna().all()
+    assert df["transfer_start_s"].isna().all()
+    assert (df["prefill_worker"] == df["decode_worker"]).all()
+    ws = res.workers
+    assert list(ws.columns) == ["time_s", "worker", "pool", "batch_size", "queue_len", "kv_blocks_used"]
+    assert (ws["batch_size"] >= 1).all() and ws["time_s"].is_monotonic_increasing
+
+
+def test_summary_keys_and_slo():
+    res = simulate(agg(), poisson(100, 10, 500, 50))
+    s = res.summary(SLO(ttft_ms=1000, tpot_ms=100))
+    for key in ("requests", "completed", "failed", "gpus", "duration_s", "ttft_ms", "tpot_ms", "itl_ms", "e2e_ms",
+                "slo_attainment", "slo_met", "throughput_tok_s", "tok_s_per_gpu", "tok_s_per_user", "utilization"):
+        assert key in s
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+        assert set(s[key]) == {"mean", "p50", "p90", "p99"}
+        assert s[key]["p50"] <= s[key]["p90"] <= s[key]["p99"]
+    assert s["requests"] == s["completed"] == 100 and s["failed"] == 0 and s["gpus"] == 1
+    assert s["slo_attainment"] == 1.0 and s["slo_met"] is True
+    assert s["tok_s_per_user"] == pytest.approx(1000 / s["tpot_ms"]["mean"])
+    assert s["throughput_tok_s"] == pytest.approx(100 * 50 / s["duration_s"])
+    tight = res.summary(SLO(ttft_ms=1e-3, tpot_ms=100))
+    assert tight["slo_attainment"] == 0.0 and tight["slo_met"] is False
+    assert res.summary()["slo_attainment"] is None
+    json.dumps(s)
+
+
+def test_same_seed_same_result_byte_identical():
+    wl = poisson(150, 20, 1500, 100, seed=3)
+    a = simulate(disagg(prefill=2, decode=2, router="least_loaded"), wl, seed=7)
+    b = simulate(disagg(prefill=2, decode=2, router="least_loaded"), wl, seed=7)
+    assert json.dumps(a.summary(), sort_keys=True) == json.dumps(b.summary(), sort_keys=True)
+    assert a.requests.equals(b.requests) and a.workers.equals(b.workers)
+
+
+def test_requests_that_can_never_fit_fail_with_a_reason_and_the_rest_complete():
+    wl = Workload(make_requests([0.0, 0.1, 0.2], [1000, 131000, 500], [100, 1000, 50]))
+    res = simulate(agg(), wl)
+    df = res.requests
+    assert list(df["outcome"]) == ["ok", "failed", "ok"]
+    assert "max context" in df.loc[1, "fail_reason"] and df.loc[0, "fail_reason"] == ""
+    assert res.summary()["failed"] == 1
+
+
+def test_request_beyond_kv_capacity_fails_but_is_not_lost():
+    dep = tiny_kv_deployment(kv_tokens=2048)
+    wl = Workload(make_requests([0.0, 0.0], [1500, 3000], [100, 100]))
+    df = simulate(dep, wl).requests
+    assert list(df["outcome"]) == ["ok", "failed"]
+    assert "KV capacity" in df.loc[1, "fail_reason"]
+
+
+def test_unknown_model_and_deployment_that_does_not_fit_raise_input_error():
+    wl = poisson(5, 1, 100, 10)
+    with pytest.raises(InputError, match="unknown model"):
+        simulate(parse_deployment({"model": "no-such-model", "workers": {}}), wl)
+    big = parse_deployment({"model": "llama-3.1-70b", "gpu": "l40s", "dtype": "bf16", "workers": {"tp": 1}})
+    with pytest.raises(InputError, match="does not fit.*TP="):
+        simulate(big, wl)
+
+
+# ---- physics -----------------------------------------------------------------------------------
+def test_closed_loop_concurrency_one_ttft_is_one_prefill_iteration():
+    isl = 3000
+    res = simulate(agg(), closed(5, 1, isl, 20))
+    prefill_s = cost().iteration_s(Batch.of(prefill=[(isl, 0)]))
+    np.testing.assert_allclose(res.requests["ttft_s"], prefill_s, rtol=1e-12)
+    # one client: each request is sent when the previous one has finished
+    df = res.requests
+    np.testing.assert_allclose(df["arrival_s"].to_numpy()[1:], df["last_token_s"].to_numpy()[:-1])
+
+
+def test_disagg_ttft_is_prefill_plus_transfer():
+    isl = 2000
+    dep = disagg()
+    res = simulate(dep, closed(3, 1, isl, 20))
+    kv_bytes = MODEL.kv_bytes_per_token("fp8") * isl
+    expected = cost().iteration_s(Batch.of(prefill=[(isl, 0)])) + cost().transfer_s(
+        kv_bytes, LinkSpec(dep.kv_link.bandwidth_bytes_s, dep.kv_link.latency_s))
+    np.testing.assert_allclose(res.requests["ttft_s"], expected, rtol=1e-9)
+    df = res.requests
+    assert (df["transfer_end_s"] == df["first_token_s"]).all()
+    assert (df["prefill_end_s"] <= df["transfer_start_s"]).all()
+
+
+def test_slower_kv_link_raises_ttft_by_bytes_over_bandwidth():
+    isl = 4000
+    wl = poisson(40, 2, isl, 30, seed=5)  # light load: transfers rarely overlap
+    fast = simulate(disagg(bandwidth_gb_s=100), wl).requests["ttft_s"]
+    slow = simulate(disagg(bandwidth_gb_s=5), wl).requests["ttft_s"]
+    kv_bytes = MODEL.kv_bytes_per_token("fp8") * isl
+    expected = kv_bytes / 5e9 - kv_bytes / 100e9
+    assert (slow - fast).mean() == pytest.approx(expected, rel=0.05)
+
+
+def test_ttft_grows_with_load():
+    p90 = [simulate(agg(), poisson(300, rate, 2000, 100, seed=1)).summary()["ttft_ms"]["p90"]
+           for rate in (2, 15, 30)]
+    assert p90[0] < p90[1] < p90[2]
+    assert p90[2] > 3 * p90[0]  # queueing shows, not just batching
+
+
+def test_doubling_decode_replicas_at_saturation_doubles_decode_throughput():
+    wl = Workload(make_requests(np.zeros(64), 200, 400))  # all at once: decode is the bottleneck
+    pool = {"max_seqs": 8}
+    one = simulate(disagg(prefill=2, decode=1, decode_pool=pool), wl).summary()
+    two = simulate(disagg(prefill=2, decode=2, decode_pool=pool), wl).summary()
+    assert two["throughput_tok_s"] / one["throughput_tok_s"] == pytest.approx(2.0, rel=0.12)
+
+
+def test_chunked_prefill_splits_a_long_prompt_into_chunks():
+    isl, chunk = 3000, 512
+    res = simulate(agg(chunk_size=chunk), closed(1, 1, isl, 2))
+    c = cost()
+    sizes = [chunk] * (isl // chunk) + [isl % chunk]
+    done = np.cumsum([0, *sizes[:-1]])
+    batches = [Batch.of(prefill=[(n, cached)]) for n, cached in zip(sizes, done, strict=True)]
+    for b in batches[:-1]:
+        b.prefill_last_chunks = 0  # only the prompt's last chunk runs the LM head
+    expected = sum(c.iteration_s(b) for b in batches)
+    assert res.requests["ttft_s"][0] == pytest.approx(expected, rel=1e-12)
+    assert res.iterations == len(sizes) + 1  # the chunks, then one decode step
+
+
+def test_chunked_prefill_mixes_with_running_decodes():
+    wl = Workload(make_requests([0.0, 0.05], [200, 6000], [400, 10]))
+    res = simulate(agg(chunk_size=1024, max_batch_tokens=2048), wl)
+    df = res.requests
+    assert (df["outcome"] == "ok").all()
+    # the long prompt is prefilled in chunks while the first request keeps decoding: its TPOT stays bounded
+    assert df["tpot_s"][0] < 3 * cost().iteration_s(Batch.of(decode_ctx=[400]))
+    assert df["prefill_end_s"][1] - df["prefill_start_s"][1] > 5 * cost().iteration_s(Batch.of(decode_ctx=[400]))
+
+
+def test_without_chunked_prefill_an_oversized_prompt_runs_alone():
+    res = simulate(agg(max_batch_tokens=1024, chunked_prefill=False), closed(2, 1, 3000, 3))
+    c = cost()
+    np.testing.assert_allclose(res.requests["ttft_s"], c.iteration_s(Batch.of(prefill=[(3000, 0)])))
+
+
+def tiny_kv_deployment(kv_tokens: int, **pool):
+    """An agg deployment whose KV cache holds about ``kv_tokens`` tokens."""
+    fit = memory_fit(MODEL, GPU, 1, "fp8", "fp8", 8192)
+    u = (fit.weights_bytes + fit.activation_bytes + RESERVE_BYTES + kv_tokens * fit.kv_bytes_per_token) / GPU.hbm_bytes
+    dep = agg(**pool)
+    from dataclasses import replace
+
+    return replace(dep, gpu_memory_utilization=u)
+
+
+def test_tiny_kv_preempts_and_every_request_still_completes():
+    dep = tiny_kv_deployment(kv_tokens=2048)
+    wl = Workload(make_requests(np.linspace(0, 0.5, 30), 400, 600))  # 1000 tokens each, 2 fit at once
+    res = simulate(dep, wl)
+    df = res.requests
+    assert (df["outcome"] == "ok").all()
+    assert df["preemptions"].sum() > 0
+    assert res.workers["kv_blocks_used"].max() <= 2048 // dep.kv_block_tokens
+    assert res.summary()["preemptions"] == df["preemptions"].sum()
+
+
+def test_tiny_kv_in_disagg_decode_preempts_and_completes():
+    d = tiny_kv_deployment(kv_tokens=4096)
+    dep = disagg(prefill=1, decode=1, gpu_memory_utilization=d.gpu_memory_utilization)
+    wl = Workload(make_requests(np.linspace(0, 0.2, 20), 800, 1200))
+    df = simulate(dep, wl).requests
+    assert (df["outcome"] == "ok").all()
+    assert df["preemptions"].sum() > 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (agg(replicas=2, chunk_size=256), poisson(80, 40, (100, 1500), (1, 300))),
+    lambda: (disagg(prefill=2, decode=2, router="least_loaded"), poisson(80, 40, (100, 1500), (1, 300))),
+    lambda: (tiny_kv_deployment(kv_tokens=3000), poisson(40, 20, 500, (600, 800))),
+    lambda: (agg(), closed(40, 6, 700, 90, warmup=6)),
+])
+def test_fast_forward_gives_the_same_token_times_as_stepping(make):
+    dep, wl = make()
+    ff = simulate(dep, wl)
+    step = simulate(dep, wl, fast_forward=False)
+    assert ff.iterations == step.iterations
+    cols = ["arrival_s", "prefill_end_s", "first_token_s", "last_token_s", "transfer_end_s"]
+    np.testing.assert_allclose(ff.requests[cols].to_numpy(), step.requests[cols].to_numpy(), rtol=1e-9, atol=1e-9)
+    assert (ff.requests["preemptions"] == step.requests["preemptions"]).all()
+    a, b = ff.summary()["itl_ms"], step.summary()["itl_ms"]
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-6)
+
+
+def test_closed_loop_keeps_n_in_flight_and_leaves_warmup_out():
+    n, conc, warm = 30, 4, 4
+    res = simulate(agg(), closed(n, conc, 1000, 50, warmup=warm))
+    df = res.requests
+    assert (~df["measured"]).sum() == warm and (df["outcome"] == "ok").all()
+    # the first N start together (lock-step)
+    assert (df["arrival_s"][:conc] == 0).all() and (df["arrival_s"][conc:] > 0).all()
+    t = np.sort(np.concatenate([df["arrival_s"], df["last_token_s"]]))
+    in_flight = [((df["arrival_s"] <= x) & (df["last_token_s"] > x)).sum() for x in t]
+    assert max(in_flight) == conc
+    assert res.summary()["measured"] == n - warm
+
+
+def test_closed_loop_stagger_spreads_client_starts():
+    df = simulate(agg(), closed(8, 4, 1000, 1000), closed_loop_stagger_s=0.5).requests  # none ends before 1.5 s
+    np.testing.assert_allclose(df["arrival_s"][:4], [0, 0.5, 1.0, 1.5])
+
+
+def test_round_robin_and_least_loaded_routing():
+    wl = Workload(make_requests(np.arange(12) * 10.0, 500, 20))
+    rr = simulate(agg(replicas=3), wl).requests["prefill_worker"]
+    assert list(rr) == [0, 1, 2] * 4
+    # a long request keeps worker 0 busy: least_loaded sends the next ones elsewhere
+    wl2 = Workload(make_requests([0.0, 0.1, 0.2, 0.3], 500, [2000, 10, 10, 10]))
+    ll = simulate(parse_deployment({**agg(replicas=2).to_dict(), "router": "least_loaded"}), wl2).requests
+    assert list(ll["prefill_worker"]) == [0, 1, 1, 1]
+
+
+def test_kv_link_shares_bandwidth_among_concurrent_transfers():
+    import simpy
+
+    from simulator.link import KVLink
+
+    env = simpy.Environment()
+    link = KVLink(env, bandwidth_bytes_s=1e9, latency_s=1e-3)
+    done = {}
+    link.send(1e9, lambda: done.setdefault("a", env.now))
+    env.timeout(0.5).callbacks.append(lambda _e: link.send(0.25e9, lambda: done.setdefault("b", env.now)))
+    env.run()
+    # a alone for 0.5 s (0.5 GB), then both at 0.5 GB/s: b's 0.25 GB takes 0.5 s, then a finishes its last 0.25 GB
+    assert done["b"] == pytest.approx(1.0 + 1e-3)
+    assert done["a"] == pytest.approx(1.25 + 1e-3)
