@@ -301,9 +301,10 @@ def profile_cmd(
     """Time the operations of a serving iteration on this machine, or --verify a profile against whole passes."""
     if verify is not None:
         from profiler.profile import load_profile
+
+        prof = load_profile(verify)  # bad input fails before torch loads
         from profiler.verify import format_result, verify_profile
 
-        prof = load_profile(verify)
         typer.echo(format_result(verify_profile(prof, model_name=model, clock=clock)))
         return
     if model is None or out is None:
