@@ -7,6 +7,8 @@ baseline; `pdsim check` simulates it and says PASS or FAIL with the reason.
 name: llama-3.1-8b agg, chat            # optional; default: the file name
 seed: 0                                 # workload sampling and simulation
 deployment: deployments/llama8b.yaml    # a deployment file (relative to this file or the repo), or inline
+profile: profiles/h200                  # optional: measured costs (a `pdsim profile` folder or a bundled name)
+calibration: calib/h200-8b.yaml         # optional: fitted roofline factors (`pdsim calibrate`)
 workload: {requests: 300, isl: 1000, osl: 200, rate: 8}   # synthetic (isl/osl: tokens, "normal:1000,200"
                                         # or a length file); or {trace: PATH, max_requests: 300, speedup: 2}
 slo:
@@ -41,7 +43,7 @@ from profiler.errors import InputError
 from simulator.deployment import Deployment, load_deployment, parse_deployment
 
 CHECK_SUFFIXES = (".check.yaml", ".check.yml")
-TOP_KEYS = {"name", "seed", "deployment", "workload", "slo", "baseline"}
+TOP_KEYS = {"name", "seed", "deployment", "workload", "slo", "baseline", "profile", "calibration"}
 LATENCIES = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E"}
 STATS = ("mean", "p50", "p90", "p99")
 PERCENTILES = (50, 90, 99)
@@ -90,6 +92,8 @@ class CheckSpec:
     slo: SLOSpec
     baseline: dict[str, Expected] = field(default_factory=dict)
     seed: int = 0
+    profile: str | None = None  # a profile folder (resolved) or the name of a bundled profile
+    calibration: Path | None = None
 
 
 @dataclass
@@ -308,8 +312,22 @@ def parse_check(data: Any, path: Path) -> CheckSpec:
         deployment = parse_deployment(dep, where=w(data, "deployment", "deployment"))
     seed = _number(data.get("seed", 0), w(data, "seed", "seed"), kind=int, positive=False)
     name = str(data.get("name") or check_name(path))
+    extra: dict[str, Any] = {}
+    for key in ("profile", "calibration"):
+        if data.get(key) is not None:
+            if not isinstance(data[key], str):
+                raise InputError(f"must be a path, got {data[key]!r}", where=w(data, key, key))
+            if key == "calibration" or "/" in data[key]:  # a bare profile name may be a bundled profile
+                extra[key] = resolve_path(data[key], path, w(data, key, key))
+            else:
+                extra[key] = data[key]
+    if "profile" in extra:
+        if "calibration" in extra:
+            raise InputError("give a profile (measured costs) or a calibration (fitted roofline), not both",
+                             where=w(data, "calibration", "calibration"))
+        extra["profile"] = str(extra["profile"])
     return CheckSpec(path, name, deployment, _parse_workload(data["workload"], path, w, data),
-                     _parse_slo(data["slo"], w, data), _parse_baseline(data.get("baseline"), w, data), seed)
+                     _parse_slo(data["slo"], w, data), _parse_baseline(data.get("baseline"), w, data), seed, **extra)
 
 
 def load_check(path: str | Path) -> CheckSpec:
@@ -395,27 +413,35 @@ def evaluate(spec: CheckSpec, summary: dict) -> tuple[list[str], list[str]]:
 
 
 # ---- running -----------------------------------------------------------------------------------
+def _at(where: str, fn, *args):
+    """``fn(*args)``, its InputError prefixed with the check file's field."""
+    try:
+        return fn(*args)
+    except InputError as e:
+        raise InputError(str(e), where=where) from None
+
+
+def _workload(w: dict, seed: int):
+    if "trace" not in w:
+        from traces.synthetic import synthetic_workload
+
+        return synthetic_workload(**w, seed=seed)
+    from traces import load_trace, transforms
+
+    workload = load_trace(w["trace"], w.get("format"), rate=w.get("rate"), arrival=w.get("arrival", "poisson"),
+                          cv=w.get("cv", 1.0), seed=seed, spread_ticks=w.get("spread_ticks", False))
+    if "start_s" in w or "end_s" in w:
+        workload = transforms.time_window(workload, w.get("start_s", 0.0), w.get("end_s", math.inf))
+    if "max_requests" in w:
+        workload = transforms.head(workload, w["max_requests"])
+    if "speedup" in w:
+        workload = transforms.rescale(workload, speedup=w["speedup"])
+    return workload
+
+
 def build_workload(spec: CheckSpec):
     """The check's Workload: a trace (rescaled, windowed, cut and sped up as asked) or a seeded synthetic one."""
-    w = dict(spec.workload)
-    try:
-        if "trace" not in w:
-            from traces.synthetic import synthetic_workload
-
-            return synthetic_workload(**w, seed=spec.seed)
-        from traces import load_trace, transforms
-
-        workload = load_trace(w["trace"], w.get("format"), rate=w.get("rate"), arrival=w.get("arrival", "poisson"),
-                              cv=w.get("cv", 1.0), seed=spec.seed, spread_ticks=w.get("spread_ticks", False))
-        if "start_s" in w or "end_s" in w:
-            workload = transforms.time_window(workload, w.get("start_s", 0.0), w.get("end_s", math.inf))
-        if "max_requests" in w:
-            workload = transforms.head(workload, w["max_requests"])
-        if "speedup" in w:
-            workload = transforms.rescale(workload, speedup=w["speedup"])
-        return workload
-    except InputError as e:
-        raise InputError(str(e), where=f"{spec.path}: workload") from None
+    return _at(f"{spec.path}: workload", _workload, dict(spec.workload), spec.seed)
 
 
 def simulate_check(spec: CheckSpec) -> dict:
@@ -425,7 +451,18 @@ def simulate_check(spec: CheckSpec) -> dict:
     t = spec.slo.targets_ms
     slo = SLO(ttft_ms=t.get("ttft_ms", math.inf), tpot_ms=t.get("tpot_ms", math.inf), percentile=spec.slo.percentile,
               attainment=spec.slo.attainment or 0.0)
-    result = simulate(spec.deployment, build_workload(spec), seed=spec.seed, slo=slo)
+    profile = cost_models = None
+    if spec.profile is not None:
+        from profiler.profile import load_profile
+
+        profile = _at(f"{spec.path}: profile", load_profile, spec.profile)
+    if spec.calibration is not None:
+        from planner import calibrate
+
+        eff = _at(f"{spec.path}: calibration", calibrate.efficiency_for, spec.deployment, spec.calibration)
+        cost_models = calibrate.cost_models(spec.deployment, eff)
+    result = simulate(spec.deployment, build_workload(spec), seed=spec.seed, slo=slo, profile=profile,
+                      cost_models=cost_models)
     return result.summary(slo)
 
 
@@ -518,13 +555,17 @@ def update_baseline(path: str | Path, summary: dict) -> None:
 
 
 def check_document(deployment: Deployment, workload: dict, slo: dict, *, summary: dict | None = None,
-                   seed: int = 0, name: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> CommentedMap:
+                   seed: int = 0, name: str | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                   profile: str | Path | None = None, calibration: str | Path | None = None) -> CommentedMap:
     """A check file's content: ``workload`` and ``slo`` in the check-file schema, the baseline from ``summary``."""
     doc = CommentedMap()
     if name:
         doc["name"] = name
     doc["seed"] = seed
     doc["deployment"] = deployment.to_dict()
+    for key, value in (("profile", profile), ("calibration", calibration)):
+        if value is not None:
+            doc[key] = str(value)
     doc["workload"] = {k: str(v) if isinstance(v, Path) else v for k, v in workload.items()}
     doc["slo"] = dict(slo)
     if summary is not None:
@@ -534,15 +575,19 @@ def check_document(deployment: Deployment, workload: dict, slo: dict, *, summary
 
 def write_check_file(path: str | Path, deployment: Deployment, workload: dict, slo: dict, *,
                      summary: dict | None = None, seed: int = 0, name: str | None = None,
-                     tolerance: float = DEFAULT_TOLERANCE, comment: str | None = None) -> Path:
+                     tolerance: float = DEFAULT_TOLERANCE, profile: str | Path | None = None,
+                     calibration: str | Path | None = None, comment: str | None = None) -> Path:
     """Write a check file that guards ``deployment`` (e.g. `plan --emit-check`); validated before it is written.
 
     ``workload``: ``{requests, isl, osl, rate | concurrency[, arrival, cv]}`` or ``{trace[, format, max_requests,
     speedup]}`` (a trace path relative to the check file or the repo, or absolute). ``slo``: ``{ttft_ms, tpot_ms,
-    percentile, attainment}``. ``summary``: the simulated summary whose metrics become the baseline.
+    percentile, attainment}``. ``summary``: the simulated summary whose metrics become the baseline (simulate it
+    with `simulate_check(load_check(path))` after a first write without one, so that it is the check's own run).
+    ``profile``/``calibration``: what the simulation used, so that `pdsim check` simulates the same way.
     """
     path = Path(path)
-    doc = check_document(deployment, workload, slo, summary=summary, seed=seed, name=name, tolerance=tolerance)
+    doc = check_document(deployment, workload, slo, summary=summary, seed=seed, name=name, tolerance=tolerance,
+                         profile=profile, calibration=calibration)
     if comment:
         doc.yaml_set_start_comment(comment)
     path.parent.mkdir(parents=True, exist_ok=True)

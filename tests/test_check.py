@@ -122,6 +122,12 @@ def test_a_missing_trace_names_the_field_and_every_place_looked(tmp_path):
     ("deployment: deployments/absent.yaml\nworkload: {requests: 10, isl: 5, osl: 5, rate: 1}\nslo: {ttft_ms: 9}\n",
      ":1: deployment", "file not found: deployments/absent.yaml"),
     ("deployment: {model: llama-3.1-8b\nworkload: {}\n", ":", "line 2: not valid YAML"),
+    ("deployment: {model: llama-3.1-8b}\nworkload: {requests: 10, isl: 5, osl: 5, rate: 1}\nslo: {ttft_ms: 9}\n"
+     "calibration: 3\n", ":4: calibration", "must be a path"),
+    ("deployment: {model: llama-3.1-8b}\nworkload: {requests: 10, isl: 5, osl: 5, rate: 1}\nslo: {ttft_ms: 9}\n"
+     "calibration: c.yaml\n", ":4: calibration", "file not found: c.yaml"),
+    ("deployment: {model: llama-3.1-8b}\nworkload: {requests: 10, isl: 5, osl: 5, rate: 1}\nslo: {ttft_ms: 9}\n"
+     "profile: h200-sxm\ncalibration: chat.check.yaml\n", ":5: calibration", "not both"),
 ])
 def test_malformed_check_files_name_the_file_line_and_field(tmp_path, text, field, what):
     p = write(tmp_path, text)

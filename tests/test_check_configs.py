@@ -109,3 +109,22 @@ def test_a_trace_outside_the_repo_that_is_absent_is_a_clear_error(tmp_path, caps
     assert f"{repo / 'configs' / AZURE.name}:12: workload.trace: file not found: " \
            "../shared/traces/AzureLLMInferenceTrace_conv.csv" in out
     assert str(tmp_path / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv") in out
+
+
+def test_a_calibration_file_sets_the_costs_and_one_fitted_on_another_gpu_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from planner import calibrate as cb
+    from profiler.roofline import engine_efficiency
+
+    default = engine_efficiency("vllm")
+    slower = replace(default, iteration_overhead_s=2 * default.iteration_overhead_s)  # twice the per-step cost
+    cb.save_calibration(cb.Calibration("llama-3.1-8b", "h200-sxm", "vllm", "fp8", slower), tmp_path / "ok.yaml")
+    cb.save_calibration(cb.Calibration("llama-3.1-8b", "h100-sxm", "vllm", "fp8", slower), tmp_path / "h100.yaml")
+    p = variant(tmp_path, AGG_8B, lambda d: d.update(calibration="ok.yaml"))  # relative to the check file
+    base, calibrated = chk.run_check(AGG_8B), chk.run_check(p)
+    assert calibrated.summary["tpot_ms"]["p90"] > base.summary["tpot_ms"]["p90"] + 1.0
+    p.write_text(p.read_text().replace("calibration: ok.yaml", "calibration: h100.yaml"))
+    r = chk.run_check(p)
+    assert r.status == "error" and r.reasons[0].startswith(f"{p}: calibration: ")
+    assert "fitted for llama-3.1-8b on h100-sxm" in r.reasons[0]
