@@ -33,8 +33,10 @@ from profiler.models import canonical_model_name, resolve_model
 from profiler.roofline import Efficiency, engine_efficiency
 from simulator.deployment import Deployment, PoolSpec
 
-FIT_DEFAULT = ("gemm_compute", "gemm_memory", "attn_compute", "attn_memory", "iteration_overhead_s")
-BOUNDS = {"iteration_overhead_s": (1e-5, 0.05), "per_seq_overhead_s": (1e-7, 1e-3)}  # others: (0.02, 1.0)
+FIT_DEFAULT = tuple(n for n in ("gemm_compute", "gemm_memory", "attn_compute", "attn_memory", "iteration_overhead_s",
+                                 "ttft_overhead_s") if n in Efficiency.__dataclass_fields__)
+BOUNDS = {"iteration_overhead_s": (1e-5, 0.05), "per_seq_overhead_s": (1e-7, 1e-3),
+          "ttft_overhead_s": (1e-4, 1.0)}  # others: (0.02, 1.0)
 PRIOR_WEIGHT = 0.01  # pulls factors the data cannot see back to their defaults, barely moves the rest
 POINT_COLUMNS = ("source", "topology", "tp", "replicas", "prefill_tp", "prefill_replicas", "decode_tp",
                  "decode_replicas", "isl", "osl", "concurrency", "ttft_s", "tpot_s", "requests")
@@ -247,6 +249,12 @@ def _decode_s(cm: CostModel, n: int, ctx: int) -> float:
     return cm.iteration_s(Batch.of(decode_ctx=[ctx] * n)) if n > 0 else 0.0
 
 
+def ttft_overhead_s(cms: dict[str, CostModel]) -> float:
+    """Per-request time outside any iteration (HTTP, tokenisation, the first token's trip back) that the
+    cost models' efficiency carries, if any."""
+    return max(float(getattr(getattr(cm, "eff", None), "ttft_overhead_s", 0.0)) for cm in cms.values())
+
+
 def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl: int,
                          concurrency: int) -> tuple[float, float]:
     """Mean (TTFT, TPOT) in seconds of ``concurrency`` clients, each sending its next request (fixed
@@ -264,7 +272,7 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
         own = [cm.iteration_s(Batch.of(prefill=[c], decode_ctx=[ctx] * (b - 1))) for c in _chunks(isl, pool)]
         stall = sum(own) - len(own) * others  # what one prefill adds to the iterations it rides in
         tpot = _decode_s(cm, b, ctx) + (b - 1) * stall / max(osl, 1)
-        ttft = sum(own)
+        ttft = sum(own) + ttft_overhead_s(cms)
         if n > b:  # clients beyond the batch wait for a finishing request
             ttft += (n - b) * (ttft + steps * tpot) / b
         return ttft, tpot
@@ -278,7 +286,8 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
     b = max(1, min(round(n), dc.max_seqs, kv_slots(dep, dc, isl + osl)))
     tpot = _decode_s(dcm, b, ctx)
     decode_wait = (n - b) * steps * tpot / b if n > b else 0.0
-    ttft = service + transfer + tpot
+    fixed = transfer + tpot + decode_wait + ttft_overhead_s(cms)
+    ttft = service + fixed
     for _ in range(30):  # fixed point: the arrival rate of a closed loop depends on its own latency
         cycle = ttft + steps * tpot
         rho = concurrency / cycle * service / pf.replicas
@@ -286,7 +295,7 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
             cycle = max(cycle, concurrency * service / pf.replicas)
             ttft = cycle - steps * tpot
             break
-        ttft = 0.5 * ttft + 0.5 * (service + rho * service / (2 * (1 - rho)) + transfer + tpot + decode_wait)
+        ttft = 0.5 * ttft + 0.5 * (service + rho * service / (2 * (1 - rho)) + fixed)
     return ttft, tpot
 
 
@@ -329,8 +338,8 @@ def errors(pred: np.ndarray, points: pd.DataFrame) -> dict[str, float]:
 
 def fit_efficiency(dep: Deployment, points: pd.DataFrame, start: Efficiency | None = None,
                    names: tuple[str, ...] = FIT_DEFAULT) -> Efficiency:
-    """Least squares on log(predicted / measured) of TTFT and TPOT over the named factors (log-space,
-    bounded), with a weak pull toward ``start`` for factors the data cannot constrain."""
+    """Robust (soft L1) least squares on log(predicted / measured) of TTFT and TPOT over the named factors
+    (log-space, bounded), with a weak pull toward ``start`` for factors the data cannot constrain."""
     from scipy.optimize import least_squares  # noqa: PLC0415
 
     start = start or engine_efficiency(dep.engine)
@@ -339,7 +348,7 @@ def fit_efficiency(dep: Deployment, points: pd.DataFrame, start: Efficiency | No
         raise InputError(f"unknown efficiency factor {bad[0]!r}; known: {', '.join(sorted(known))}")
     lo = np.log([BOUNDS.get(n, (0.02, 1.0))[0] for n in names])
     hi = np.log([BOUNDS.get(n, (0.02, 1.0))[1] for n in names])
-    x0 = np.clip(np.log([getattr(start, n) for n in names]), lo + 1e-9, hi - 1e-9)
+    x0 = np.clip(np.log([max(getattr(start, n), BOUNDS.get(n, (0.02, 1.0))[0]) for n in names]), lo + 1e-9, hi - 1e-9)
     meas = np.log(points[["ttft_s", "tpot_s"]].to_numpy(float))
 
     def eff_at(x) -> Efficiency:
@@ -349,7 +358,9 @@ def fit_efficiency(dep: Deployment, points: pd.DataFrame, start: Efficiency | No
         return np.concatenate([(np.log(predict_points(dep, points, eff_at(x))) - meas).ravel(),
                                PRIOR_WEIGHT * (x - x0)])
 
-    return eff_at(least_squares(residuals, x0, bounds=(lo, hi), x_scale=1.0, xtol=1e-10, ftol=1e-10).x)
+    # soft L1: a few points the steady-state model cannot explain (overload, lock-step) do not drag the rest
+    return eff_at(least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.2, xtol=1e-10,
+                                ftol=1e-10).x)
 
 
 # ---- calibration file ------------------------------------------------------------------------
@@ -414,10 +425,11 @@ def calibrated_efficiency(cal: Calibration, dep: Deployment, where: str = "calib
     mine = {"model": cal.model, "gpu": cal.gpu, "engine": cal.engine, "dtype": cal.dtype}
     theirs = identity(dep)
     if diff := [k for k in mine if mine[k] != theirs[k]]:
+        verb = "differ" if len(diff) > 1 else "differs"
         raise InputError(
             f"fitted for {cal.model} on {cal.gpu} ({cal.engine}, {cal.dtype}) but the deployment is "
             f"{theirs['model']} on {theirs['gpu']} ({theirs['engine']}, {theirs['dtype']}): {' and '.join(diff)} "
-            "differ. A calibration never carries over to another GPU or model; measure this one and run "
+            f"{verb}. A calibration never carries over to another GPU or model; measure this one and run "
             "`pdsim calibrate`, or drop --calibration", where=where)
     return cal.efficiency
 

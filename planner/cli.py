@@ -262,15 +262,16 @@ def calibrate_cmd(
                                  "profile_export_aiperf.json) and/or silicon CSVs, or one such file."),
     deployment: str = typer.Option(..., "--deployment", help="The deployment the measurements ran on."),
     out: str = typer.Option("calib.yaml", "--out", help="Calibration file to write."),
-    fit: str = typer.Option(",".join(("gemm_compute", "gemm_memory", "attn_compute", "attn_memory",
-                                      "iteration_overhead_s")), "--fit", help="Efficiency factors to fit."),
+    fit: str | None = typer.Option(None, "--fit", help="Comma list of Efficiency factors to fit (default: "
+                                   "compute, memory and overhead factors)."),
 ) -> None:
     """Fit the roofline's efficiency factors to measured TTFT/TPOT; write a --calibration file."""
     from planner import calibrate as cb
     from simulator.deployment import load_deployment
 
     dep = load_deployment(deployment)
-    cal, table, skipped = cb.calibrate(measured, dep, tuple(f.strip() for f in fit.split(",") if f.strip()))
+    names = tuple(f.strip() for f in fit.split(",") if f.strip()) if fit else cb.FIT_DEFAULT
+    cal, table, skipped = cb.calibrate(measured, dep, names)
     path = cb.save_calibration(cal, out)
     skip = "".join(f"; skipped {v} rows: {k}" for k, v in skipped.items())
     typer.echo(f"{cal.points} measured points of {cal.model} on {cal.gpu} ({cal.engine}, {cal.dtype}){skip}")

@@ -1,0 +1,83 @@
+"""AIConfigurator's database as a cost source: its measured tables drive the CostModel when the extra is
+installed; without it the flag says how to install it."""
+
+import builtins
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from planner.cli import app, run_app
+from profiler import perfdb
+from profiler.costmodel import Batch
+from profiler.errors import InputError
+from profiler.gpus import resolve_gpu
+from profiler.models import resolve_model
+
+HAVE_AIC = importlib.util.find_spec("aiconfigurator_core") is not None
+needs_aic = pytest.mark.skipif(not HAVE_AIC, reason="optional extra pdsim[aic] (aiconfigurator-core) not installed")
+M8, H100 = resolve_model("llama-3.1-8b"), resolve_gpu("h100-sxm")
+
+
+def test_without_the_extra_the_flag_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    real_import = builtins.__import__
+
+    def no_aic(name, *a, **k):
+        if name.startswith("aiconfigurator_core"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_aic)
+    with pytest.raises(InputError, match=r"pip install 'pdsim\[aic\]'"):
+        perfdb.PerfDBCostModel(M8, H100)
+    dep = tmp_path / "d.yaml"
+    dep.write_text("model: llama-3.1-8b\ngpu: h100-sxm\nworkers: {tp: 1}\n")
+    code = run_app(app, ["simulate", "--deployment", str(dep), "--concurrency", "2", "--isl", "64", "--osl", "8",
+                         "--requests", "4", "--perf-db", "aiconfigurator"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pdsim[aic]" in err[0]
+
+
+def test_unknown_perf_db_source_is_an_input_error():
+    with pytest.raises(InputError, match="unknown source 'vidur'"):
+        perfdb.parse_perf_db("vidur", "vllm")
+    assert perfdb.parse_perf_db("aiconfigurator", "vllm") == "vllm"
+    assert perfdb.parse_perf_db("aiconfigurator:sglang", "vllm") == "sglang"
+
+
+@needs_aic
+def test_a_measured_gemm_is_returned_as_measured():
+    cm = perfdb.PerfDBCostModel(M8, H100, tp=1, dtype="bf16", backend="vllm")
+    table = pd.read_parquet(cm.sources[0])
+    n, k = 6144, 4096  # Llama-3.1-8B QKV at TP1: (32 + 2 x 8) heads x 128, hidden 4096
+    rows = table[(table.gemm_dtype == "bfloat16") & (table.n == n) & (table.k == k)]
+    assert not rows.empty
+    best = rows.groupby("m").latency.min()
+    for m in best.index[::7]:
+        assert cm._gemm_s(m, n, k) == pytest.approx(best[m] * 1e-3, rel=1e-9)
+
+
+@needs_aic
+def test_tables_give_the_physics_of_an_iteration():
+    cm = perfdb.PerfDBCostModel(M8, H100, tp=1, dtype="fp8", backend="vllm")
+    dec = [cm.iteration_s(Batch.of(decode_ctx=[2048] * b)) for b in (1, 16, 128)]
+    assert dec[0] < dec[1] < dec[2] and dec[2] < 20 * dec[0]  # decode: weight-bound, batches amortise
+    assert cm.iteration_s(Batch.of(decode_ctx=[16384] * 64)) > cm.iteration_s(Batch.of(decode_ctx=[1024] * 64))
+    pf = [cm.iteration_s(Batch.of(prefill=[(n, 0)])) for n in (1024, 8192)]
+    assert pf[1] > 6 * pf[0]  # prefill: compute-bound and attention grows with the square
+    tp2 = perfdb.PerfDBCostModel(M8, H100, tp=2, dtype="fp8", backend="vllm")
+    assert tp2.iteration_s(Batch.of(prefill=[(8192, 0)])) < pf[1]
+    steps = cm.decode_steps_s(8, 8 * 1000, 50)
+    assert steps.shape == (50,) and np.all(np.diff(steps) >= 0)
+    assert steps[0] == pytest.approx(cm.iteration_s(Batch.of(decode_ctx=[1000] * 8)), rel=1e-6)
+
+
+@needs_aic
+def test_models_and_gpus_without_tables_are_refused_clearly():
+    with pytest.raises(InputError, match="only dense attention models"):
+        perfdb.PerfDBCostModel(resolve_model("deepseek-v3"), H100)
+    with pytest.raises(InputError, match="no tables for GPU 'cpu'"):
+        perfdb.PerfDBCostModel(M8, resolve_gpu("cpu"))
+    with pytest.raises(InputError, match="no gemm table .* for nosuch"):
+        perfdb.PerfDBCostModel(M8, H100, backend="nosuch")
