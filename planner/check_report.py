@@ -50,14 +50,14 @@ def junit_xml(results: list[CheckResult], suite: str = "pdsim check") -> ET.Elem
                        errors=str(sum(r.status == "error" for r in results)), skipped="0",
                        time=f"{sum(r.wall_s for r in results):.3f}")
     for r in results:
-        tc = ET.SubElement(ts, "testcase", classname="pdsim.check", name=r.name, file=r.path, time=f"{r.wall_s:.3f}")
+        # no `file` attribute: the xunit2 schema (Jenkins junit-10.xsd) has none; the path leads system-out
+        tc = ET.SubElement(ts, "testcase", classname="pdsim.check", name=r.name, time=f"{r.wall_s:.3f}")
         if r.status != "pass":
             tag, kind = ("failure", "CheckFailure") if r.status == "fail" else ("error", "InputError")
             el = ET.SubElement(tc, tag, message="; ".join(r.reasons), type=kind)
             el.text = "\n".join(r.reasons)
-        out = "\n".join(filter(None, [r.deployment, headline(r), *(f"note: {x}" for x in r.notes)]))
-        if out:
-            ET.SubElement(tc, "system-out").text = out
+        out = [r.path, r.deployment, headline(r), *(f"note: {x}" for x in r.notes)]
+        ET.SubElement(tc, "system-out").text = "\n".join(filter(None, out))
     root.set("tests", ts.get("tests"))
     root.set("failures", ts.get("failures"))
     root.set("errors", ts.get("errors"))
