@@ -461,8 +461,9 @@ def simulate_check(spec: CheckSpec) -> dict:
 
         eff = _at(f"{spec.path}: calibration", calibrate.efficiency_for, spec.deployment, spec.calibration)
         cost_models = calibrate.cost_models(spec.deployment, eff)
-    result = simulate(spec.deployment, build_workload(spec), seed=spec.seed, slo=slo, profile=profile,
-                      cost_models=cost_models)
+    workload = build_workload(spec)
+    result = _at(str(spec.path), lambda: simulate(spec.deployment, workload, seed=spec.seed, slo=slo, profile=profile,
+                                                  cost_models=cost_models))
     return result.summary(slo)
 
 
