@@ -343,3 +343,13 @@ def test_a_trace_workload_is_windowed_cut_and_sped_up(tmp_path):
     p.write_text(p.read_text().replace("start_s: 60", "start_s: 99999"))
     with pytest.raises(InputError, match=rf"^{p}: workload: .*no requests in \[99999, inf\)"):
         chk.build_workload(load_check(p))
+
+
+def test_a_profile_is_a_folder_beside_the_check_or_a_bundled_name_and_a_missing_one_names_the_field(tmp_path):
+    (tmp_path / "profiles" / "h200").mkdir(parents=True)
+    spec = load_check(write(tmp_path, CHECK + "profile: profiles/h200\n"))
+    assert spec.profile == str(tmp_path / "profiles" / "h200") and spec.calibration is None
+    spec = load_check(write(tmp_path, CHECK + "profile: no-such-gpu\n"))
+    assert spec.profile == "no-such-gpu"
+    r = chk.run_check(spec.path)
+    assert r.status == "error" and r.reasons[0].startswith(f"{spec.path}: profile: no profile directory 'no-such-gpu'")
