@@ -31,7 +31,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +49,10 @@ TOP_KEYS = {"name", "seed", "deployment", "workload", "slo", "baseline", "profil
 LATENCIES = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E"}
 STATS = ("mean", "p50", "p90", "p99")
 PERCENTILES = (50, 90, 99)
-# Scalar summary metrics a baseline may pin, and whether more is better.
-HIGHER_IS_BETTER = {"throughput_tok_s": True, "tok_s_per_gpu": True, "tok_s_per_user": True, "slo_attainment": True,
+# Scalar summary metrics a baseline may pin -> whether more is better (latencies: less is).
+SCALAR_METRICS = {"throughput_tok_s": True, "tok_s_per_gpu": True, "tok_s_per_user": True, "slo_attainment": True,
                     "completed": True, "failed": False}
-SYNTHETIC_KEYS = {"requests", "isl", "osl", "rate", "concurrency", "arrival", "cv"}
+SYNTHETIC_KEYS = {"requests", "isl", "osl", "rate", "concurrency", "warmup_requests", "arrival", "cv"}
 # A trace: `rate` rescales it (or gives a lengths-only file its arrivals), then the window, max_requests, speedup.
 TRACE_KEYS = {"trace", "format", "rate", "arrival", "cv", "spread_ticks", "start_s", "end_s", "max_requests", "speedup"}
 ARRIVALS = ("poisson", "gamma", "constant")
@@ -59,11 +61,11 @@ DEFAULT_TOLERANCE = 0.05
 
 def baseline_metrics() -> list[str]:
     """Every metric name a baseline may hold: ``ttft_ms.p90`` style latencies and the scalar metrics."""
-    return [f"{m}.{s}" for m in LATENCIES for s in STATS] + list(HIGHER_IS_BETTER)
+    return [f"{m}.{s}" for m in LATENCIES for s in STATS] + list(SCALAR_METRICS)
 
 
 def higher_is_better(metric: str) -> bool:
-    return HIGHER_IS_BETTER.get(metric, False)
+    return SCALAR_METRICS.get(metric, False)
 
 
 @dataclass(frozen=True)
@@ -131,17 +133,12 @@ def _read_yaml(path: Path) -> Any:
         raise InputError(f"{place}not valid YAML ({getattr(e, 'problem', None) or e})", where=str(path)) from None
 
 
-class _Where:
-    """Names a field of a check file, with its line when the YAML parser kept it."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, node: Any, key: str, dotted: str) -> str:
-        try:
-            return f"{self.path}:{node.lc.key(key)[0] + 1}: {dotted}"
-        except (AttributeError, KeyError, TypeError):
-            return f"{self.path}: {dotted}"
+def _field(path: Path, node: Any, key: str, dotted: str) -> str:
+    """``file:line: field`` for ``node[key]``; without the line where the YAML parser kept none."""
+    try:
+        return f"{path}:{node.lc.key(key)[0] + 1}: {dotted}"
+    except (AttributeError, KeyError, TypeError):
+        return f"{path}: {dotted}"
 
 
 def _number(value: Any, where: str, *, kind: type = float, positive: bool = True, upto: float | None = None) -> Any:
@@ -209,7 +206,7 @@ def _lengths(value: Any, path: Path, where: str) -> Any:
     return _number(value, where, kind=int)
 
 
-def _parse_workload(node: Any, path: Path, w: _Where, parent: Any) -> dict:
+def _parse_workload(node: Any, path: Path, w: Callable[..., str], parent: Any) -> dict:
     where = w(parent, "workload", "workload")
     node = _mapping(node, where, "{requests: 300, isl: 1000, osl: 200, rate: 8} or {trace: PATH}")
     sub = lambda key: w(node, key, f"workload.{key}")  # noqa: E731
@@ -239,6 +236,8 @@ def _parse_workload(node: Any, path: Path, w: _Where, parent: Any) -> dict:
                       ("speedup", float)):
         if key in node:
             spec[key] = _number(node[key], sub(key), kind=kind)
+    if "warmup_requests" in node:  # closed loop: completions left out of the metrics
+        spec["warmup_requests"] = _number(node["warmup_requests"], sub("warmup_requests"), kind=int, positive=False)
     for key in ("format", "arrival"):
         if key in node:
             spec[key] = str(node[key])
@@ -251,7 +250,7 @@ def _parse_workload(node: Any, path: Path, w: _Where, parent: Any) -> dict:
     return spec
 
 
-def _parse_slo(node: Any, w: _Where, parent: Any) -> SLOSpec:
+def _parse_slo(node: Any, w: Callable[..., str], parent: Any) -> SLOSpec:
     where = w(parent, "slo", "slo")
     node = _mapping(node, where, "{ttft_ms: 300, tpot_ms: 20, percentile: 90, attainment: 0.9}")
     _unknown(node, set(LATENCIES) | {"percentile", "attainment"}, where)
@@ -268,7 +267,7 @@ def _parse_slo(node: Any, w: _Where, parent: Any) -> SLOSpec:
     return SLOSpec(targets, int(pct), att)
 
 
-def _parse_baseline(node: Any, w: _Where, parent: Any) -> dict[str, Expected]:
+def _parse_baseline(node: Any, w: Callable[..., str], parent: Any) -> dict[str, Expected]:
     if node is None:
         return {}
     where = w(parent, "baseline", "baseline")
@@ -298,7 +297,7 @@ def _parse_baseline(node: Any, w: _Where, parent: Any) -> dict[str, Expected]:
 
 def parse_check(data: Any, path: Path) -> CheckSpec:
     """Validate a loaded check file; every error names the file, the line where known, and the field."""
-    w = _Where(path)
+    w = partial(_field, path)
     if not isinstance(data, dict):
         raise InputError("a check file must be a YAML mapping with deployment:, workload: and slo:", where=str(path))
     _unknown(data, TOP_KEYS, str(path))
@@ -317,10 +316,12 @@ def parse_check(data: Any, path: Path) -> CheckSpec:
         if data.get(key) is not None:
             if not isinstance(data[key], str):
                 raise InputError(f"must be a path, got {data[key]!r}", where=w(data, key, key))
-            if key == "calibration" or "/" in data[key]:  # a bare profile name may be a bundled profile
+            try:
                 extra[key] = resolve_path(data[key], path, w(data, key, key))
-            else:
-                extra[key] = data[key]
+            except InputError:
+                if key == "calibration" or "/" in data[key]:
+                    raise
+                extra[key] = data[key]  # the name of a bundled profile; load_profile says if there is none
     if "profile" in extra:
         if "calibration" in extra:
             raise InputError("give a profile (measured costs) or a calibration (fitted roofline), not both",

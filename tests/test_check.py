@@ -314,6 +314,12 @@ def test_cli_exit_codes_junit_markdown_and_update_baseline(tmp_path, monkeypatch
 
 
 # ---- workloads ---------------------------------------------------------------------------------
+def test_a_closed_loop_workload_runs_its_clients_and_leaves_out_the_warmup(tmp_path):
+    text = CHECK.replace("rate: 8}", "concurrency: 4, warmup_requests: 20}")
+    w = chk.build_workload(load_check(write(tmp_path, text)))
+    assert (w.concurrency, w.warmup_requests, len(w)) == (4, 20, 200) and w.closed_loop
+
+
 def test_synthetic_workloads_are_seeded_and_take_length_distributions(tmp_path):
     p = write(tmp_path, CHECK.replace("isl: 1000", "isl: 'normal:1000,100'"))
     spec = load_check(p)
@@ -349,6 +355,8 @@ def test_a_profile_is_a_folder_beside_the_check_or_a_bundled_name_and_a_missing_
     (tmp_path / "profiles" / "h200").mkdir(parents=True)
     spec = load_check(write(tmp_path, CHECK + "profile: profiles/h200\n"))
     assert spec.profile == str(tmp_path / "profiles" / "h200") and spec.calibration is None
+    (tmp_path / "mine").mkdir()
+    assert load_check(write(tmp_path, CHECK + "profile: mine\n")).profile == str(tmp_path / "mine")
     spec = load_check(write(tmp_path, CHECK + "profile: no-such-gpu\n"))
     assert spec.profile == "no-such-gpu"
     r = chk.run_check(spec.path)
