@@ -41,19 +41,19 @@ def run_app(application: typer.Typer, args: list[str] | None = None) -> int:
     except InputError as e:
         typer.echo(f"pdsim: error: {e}", err=True)
         return EXIT_INPUT_ERROR
-    except (typer.BadParameter, typer.Abort) as e:  # pragma: no cover - click handles most
-        typer.echo(f"pdsim: error: {e}", err=True)
-        return EXIT_INPUT_ERROR
+    except typer.Abort:
+        typer.echo("pdsim: aborted", err=True)
+        return 1
     except KeyboardInterrupt:
         typer.echo("pdsim: interrupted", err=True)
         return 130
-    except Exception as e:  # noqa: BLE001 - click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except Exception as e:  # noqa: BLE001
+        # usage errors (bad flag value, unknown option or command) come from click or, in typer >= 0.2x, from
+        # its vendored copy of click, whose classes are not click's: recognise both by their interface
+        if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+            raise
+        typer.echo(f"pdsim: error: {e.format_message()} (see --help)", err=True)
+        return e.exit_code
     return code if isinstance(code, int) else 0
 
 

@@ -16,6 +16,7 @@ An aggregated deployment has one ``workers:`` pool instead of ``prefill`` and ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,13 @@ from typing import Any
 import yaml
 
 from profiler.errors import InputError
+from profiler.gpus import resolve_gpu
+from profiler.models import resolve_model
 
 TOPOLOGIES = ("agg", "disagg")
 ROUTERS = ("round_robin", "least_loaded", "kv_aware")
 DTYPES = ("bf16", "fp16", "fp8", "fp4", "fp32")
+MAX_COUNT = 10**7  # replicas, TP, batch tokens, seqs: above this is a typo that would exhaust memory, not a pool
 
 
 @dataclass(frozen=True)
@@ -151,10 +155,12 @@ def _positive(value: Any, where: str, kind: type = int, allow_none: bool = False
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"must be a number, got {value!r}", where=where)
-    if kind is int and float(value) != int(value):
-        raise InputError(f"must be a whole number, got {value!r}", where=where)
-    if not value > 0 or value != value:
+    if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):  # NaN fails `> 0`
         raise InputError(f"must be positive, got {value!r}", where=where)
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise InputError(f"must be a whole number, got {value!r}", where=where)
+    if kind is int and value > MAX_COUNT:
+        raise InputError(f"must be at most {MAX_COUNT:,}, got {value!r}", where=where)
     return kind(value)
 
 
@@ -184,10 +190,12 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
     _check_keys(data, top | EXTRA_SECTIONS, where)
     if "model" not in data:
         raise InputError("missing field 'model'", where=where)
-    kw: dict[str, Any] = {"model": str(data["model"])}
-    for key in ("gpu", "engine"):
+    kw: dict[str, Any] = {}
+    for key in ("model", "gpu", "engine"):
         if key in data:
-            kw[key] = str(data[key])
+            if not isinstance(data[key], str) or not data[key].strip():
+                raise InputError(f"must be a name, got {data[key]!r}", where=f"{where}.{key}")
+            kw[key] = data[key]
     for key in ("dtype", "kv_dtype"):
         if key in data and data[key] is not None:
             if data[key] not in DTYPES:
@@ -243,6 +251,11 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
             raise InputError(f"must be a number >= 0, got {v!r}", where=f"{where}.kv_event_delay_s")
         kw["kv_event_delay_s"] = float(v)
     kw["extra"] = {k: data[k] for k in EXTRA_SECTIONS if k in data}
+    for key, resolve in (("model", resolve_model), ("gpu", resolve_gpu)):  # an unknown name fails here, named
+        try:
+            resolve(kw[key]) if key in kw else None
+        except InputError as e:
+            raise InputError(str(e), where=f"{where}.{key}") from None
     return Deployment(**kw)
 
 

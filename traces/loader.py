@@ -24,6 +24,7 @@ from traces.workload import Workload, make_requests
 
 FORMATS = ("azure", "mooncake", "burstgpt", "vidur", "lengths")
 HEAD_BYTES = 1 << 16
+MAX_TOKENS = 10**9  # 100x the longest context served today; beyond it is a unit mistake (and int64 sums overflow)
 
 # CSV formats: role -> header name (matched case-insensitively). Detection tries them in this order.
 CSV_COLUMNS = {
@@ -62,7 +63,10 @@ def load_trace(path, format: str | None = None, *, rate: float | None = None, ar
     df = table.df
     if "arrival_s" in df:
         arrival_s = df["arrival_s"].to_numpy(dtype=np.float64)
-        arrival_s = arrival_s - arrival_s.min()
+        with np.errstate(over="ignore"):
+            arrival_s = arrival_s - arrival_s.min()
+        if not np.isfinite(arrival_s).all():
+            raise InputError("the arrival times span more than a float can hold", where=str(path))
     else:
         if rate is None:
             raise InputError("a lengths-only trace has no arrival times: pass a rate (--rate REQ_PER_S)",
@@ -86,15 +90,18 @@ def read_table(path, format: str | None = None) -> Table:
         raise InputError("no such file" if not path.exists() else "not a file", where=str(path))
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown trace format {format!r}; use one of {', '.join(FORMATS)}", where=str(path))
-    first = _first_line(path)
-    if first.lstrip().startswith("{"):
-        if format not in (None, "mooncake"):
-            raise InputError(f"this is a JSON-lines file, not a {format} CSV", where=str(path))
-        table = _read_mooncake(path)
-    else:
-        header = [h.strip().strip('"').lower() for h in first.split(",")]
-        fmt = format or _detect_csv(header, path)
-        table = _read_csv(path, fmt, header)
+    try:
+        first = _first_line(path)
+        if first.lstrip().startswith("{"):
+            if format not in (None, "mooncake"):
+                raise InputError(f"this is a JSON-lines file, not a {format} CSV", where=str(path))
+            table = _read_mooncake(path)
+        else:
+            header = [h.strip().strip('"').lower() for h in first.split(",")]
+            fmt = format or _detect_csv(header, path)
+            table = _read_csv(path, fmt, header)
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz, an unreadable file
+        raise InputError(f"cannot read the file: {e}", where=str(path)) from None
     return _drop_empty(table, path)
 
 
@@ -216,7 +223,7 @@ def _read_mooncake(path: Path) -> Table:
     records = None
     try:  # one C-speed parse of the whole file; per-line only to find a fault
         records = json.loads("[" + ",".join(lines[i] for i in keep) + "]")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         pass
     if records is None or len(records) != len(keep) or not all(isinstance(r, dict) for r in records):
         records = [_json_line(lines[i], i + 1, path) for i in keep]
@@ -245,6 +252,8 @@ def _json_line(line: str, number: int, path: Path) -> dict:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON ({e.msg} at column {e.colno})", where=_where(path, number)) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply", where=_where(path, number)) from None
     if not isinstance(record, dict):
         raise InputError("expected a JSON object {...} per line", where=_where(path, number))
     return record
@@ -264,6 +273,9 @@ def _fail_first(bad: pd.Series, path: Path, message: str) -> None:
 
 
 def _numbers(col: pd.Series, name: str, path: Path) -> pd.Series:
+    if pd.api.types.is_bool_dtype(col) or col.dtype == object:  # JSON true / a CSV column of True: not numbers
+        _fail_first(col.map(lambda v: isinstance(v, (bool, np.bool_))).astype(bool), path,
+                    f"{name} is true/false, not a number")
     values = (col if pd.api.types.is_numeric_dtype(col) else pd.to_numeric(col, errors="coerce")).astype(np.float64)
     if (line := _first_line_where(values.isna() & col.notna())) is not None:
         raise InputError(f"{name} {col.loc[line - 2]!r} is not a number", where=_where(path, line))
@@ -276,6 +288,9 @@ def _tokens(col: pd.Series, name: str, path: Path) -> pd.Series:
     values = _numbers(col, name, path)
     if (line := _first_line_where(values < 0)) is not None:
         raise InputError(f"{name} is negative ({values.loc[line - 2]:g}): token counts must be >= 0",
+                         where=_where(path, line))
+    if (line := _first_line_where(values > MAX_TOKENS)) is not None:
+        raise InputError(f"{name} is {values.loc[line - 2]:g} tokens, more than {MAX_TOKENS:,}: not a real request",
                          where=_where(path, line))
     _fail_first(values != np.floor(values), path, f"{name} is not a whole number of tokens")
     return values.astype(np.int64)
