@@ -306,7 +306,7 @@ def profile_cmd(
         prof = load_profile(verify)  # bad input fails before torch loads
         from profiler.verify import format_result, verify_profile
 
-        typer.echo(format_result(verify_profile(prof, model_name=model, clock=clock)))
+        typer.echo(format_result(verify_profile(prof, model_name=model, dtype=dtype, clock=clock)))
         return
     if model is None or out is None:
         fail("pdsim profile needs --model and --out (or --verify DIR)")

@@ -72,7 +72,7 @@ def log2_grid(lo: int, hi: int, step: int = 2) -> tuple[int, ...]:
 def grid_for(model: ModelSpec, device: str, quick: bool) -> Grid:
     """The default grid: sized so that ``--quick`` on a 2-core CPU with the tiny model takes well under a
     minute, and the full grid of an 8B model on one H200 under ten minutes."""
-    ctx_max = min(model.max_context, 4096 if device == "cpu" else 32768)
+    ctx_max = min(model.max_context, 4096 if device == "cpu" else 16384)
     if device == "cpu":
         if quick:
             return Grid(tokens=log2_grid(1, 1024), prefill_batch=(1, 2, 4), prefill_len=log2_grid(16, 1024, 4),
@@ -81,12 +81,14 @@ def grid_for(model: ModelSpec, device: str, quick: bool) -> Grid:
         return Grid(tokens=log2_grid(1, 4096), prefill_batch=(1, 2, 4, 8), prefill_len=log2_grid(16, ctx_max, 2),
                     decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=log2_grid(16, ctx_max, 2),
                     kv_bytes=log2_grid(64 * KiB, 1 * GiB, 4))
+    # The runtime's decode attention gathers each context into a padded tensor: 256 sequences x 16k tokens
+    # of an 8-KV-head model gather 17 GB per K and V, the most that fits beside the cache on one H200.
     if quick:
         return Grid(tokens=log2_grid(1, 8192, 4), prefill_batch=(1, 4, 16), prefill_len=log2_grid(64, 8192, 4),
-                    decode_batch=(1, 8, 64, 256), decode_ctx=log2_grid(64, ctx_max, 8),
+                    decode_batch=(1, 8, 64, 256), decode_ctx=log2_grid(64, ctx_max, 4),
                     kv_bytes=log2_grid(64 * KiB, 256 * MiB, 16), repeats=10)
     return Grid(tokens=log2_grid(1, 16384), prefill_batch=(1, 2, 4, 8, 16), prefill_len=log2_grid(32, 16384, 2),
-                decode_batch=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), decode_ctx=log2_grid(32, ctx_max, 2),
+                decode_batch=(1, 2, 4, 8, 16, 32, 64, 128, 256), decode_ctx=log2_grid(32, ctx_max, 2),
                 kv_bytes=log2_grid(64 * KiB, 1 * GiB, 4), repeats=20, budget_s=0.2)
 
 

@@ -56,11 +56,15 @@ def gpu_for(ident: dict) -> GPUSpec:
     return GPU_CATALOG["h100-sxm"]
 
 
-def pick_run(profile: Profile, model: str | None) -> dict:
-    runs = [r for r in profile.runs if model is None or r["model"] == model]
+def pick_run(profile: Profile, model: str | None, dtype: str | None = None) -> dict:
+    """The latest tp-1 run of ``model`` (any) in ``dtype`` (any the runtime's model runs: not fp8)."""
+    runs = [r for r in profile.runs if (model is None or r["model"] == model) and int(r["tp"]) == 1
+            and (r["dtype"] == dtype if dtype else r["dtype"] != "fp8")]
     if not runs:
-        have = ", ".join(sorted({r["model"] for r in profile.runs})) or "none"
-        raise InputError(f"profile has no run for model {model!r} (runs: {have})", where=profile.name)
+        have = ", ".join(f"{r['model']}/{r['dtype']}/tp{r['tp']}" for r in profile.runs) or "none"
+        raise InputError(f"no run to verify for model {model or 'any'} dtype {dtype or 'fp32/bf16/fp16'} tp 1 "
+                         f"(runs: {have}); --verify times the runtime's whole model on one device, which has no fp8",
+                         where=profile.name)
     return runs[-1]
 
 
@@ -75,17 +79,16 @@ def prefill_batch_step(batch: int, seq_len: int, device: str) -> StepInput:
                      logits_rows=torch.arange(seq_len - 1, n, seq_len, device=device))
 
 
-def verify_profile(profile: Profile, model_name: str | None = None, device: str | None = None,
+def verify_profile(profile: Profile, model_name: str | None = None, dtype: str | None = None, device: str | None = None,
                    threads: int | None = None, prefill_cases=PREFILL_CASES, decode_cases=DECODE_CASES,
                    grid: Grid = VERIFY_GRID, seed: int = 0, clock: str | None = None) -> VerifyResult:
     """Time whole prefill and decode steps and compare them with the profile's composition (on the profile's
     clock unless ``clock`` says otherwise)."""
-    run = pick_run(profile, model_name)
+    if dtype == "fp8":
+        raise InputError("--verify runs the runtime's model, which has no fp8 path: verify a bf16 or fp32 run")
+    run = pick_run(profile, model_name, dtype)
     grid = replace(grid, clock=clock or run.get("grid", {}).get("clock", "wall"))
     spec = ModelSpec(**run["model_spec"])
-    if int(run["tp"]) != 1:
-        raise InputError("--verify times whole-model passes on one device: give a profile run with tp 1",
-                         where=profile.name)
     device = device or ("cuda" if run["device"].get("kind") == "cuda" else "cpu")
     threads = int(threads or run.get("torch_threads") or 1)
     check_clock(grid.clock, device, threads)
