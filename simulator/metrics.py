@@ -26,21 +26,19 @@ class ITLSamples:
     """Inter-token gaps as (time, gap, weight): a k-step decode run of batch B adds k gaps of weight B."""
 
     def __init__(self):
-        self._t: list[np.ndarray] = []
-        self._gap: list[np.ndarray] = []
-        self._w: list[float] = []
+        self._samples: list[tuple] = []
 
     def add(self, t, gap_s, weight: float) -> None:
-        gap_s = np.asarray(gap_s, dtype=np.float64)
-        self._t.append(np.full(len(gap_s), t) if np.ndim(t) == 0 else t)
-        self._gap.append(gap_s)
-        self._w.append(weight)
+        """``t``: one time or one per gap; ``gap_s``: an array of gaps; ``weight``: tokens each gap stands for."""
+        self._samples.append((t, gap_s, weight))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not self._gap:
+        if not self._samples:
             return np.zeros(0), np.zeros(0), np.zeros(0)
-        lens = np.fromiter((len(g) for g in self._gap), np.int64, len(self._gap))
-        return np.concatenate(self._t), np.concatenate(self._gap), np.repeat(np.asarray(self._w), lens)
+        ts, gaps, ws = zip(*self._samples, strict=True)
+        lens = np.fromiter((len(g) for g in gaps), np.int64, len(gaps))
+        t = np.concatenate([np.full(n, x) if np.ndim(x) == 0 else x for x, n in zip(ts, lens, strict=True)])
+        return t, np.concatenate(gaps).astype(np.float64), np.repeat(np.asarray(ws, np.float64), lens)
 
 
 def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:

@@ -93,16 +93,19 @@ class Worker:
                 continue
             self.series.append((env.now, len(dec) + len(pf), len(self.waiting) + len(self.ready), self.kv.used))
             if not pf and self.fast_forward:
-                yield from self.decode_run(dec)
+                if (yield from self.decode_run(dec)):
+                    self.retire()
             else:
                 yield from self.step(dec, pf, chunks)
-            self.retire()
+                self.retire()
 
     def schedule(self) -> tuple[np.ndarray, list[int], list[int]]:
         """This iteration's batch: decode sequences, prefill sequences and their chunk sizes."""
         S, kv, B = self.S, self.kv, self.B
-        while self.ready and len(self.running) < self.max_seqs:
-            self.running = np.append(self.running, self.ready.popleft())
+        room = min(len(self.ready), self.max_seqs - len(self.running))
+        if room > 0:
+            joining = [self.ready.popleft() for _ in range(room)]
+            self.running = np.concatenate([self.running, np.asarray(joining, np.int64)])
         while True:  # decode sequences first; a running sequence holds exactly blocks_for(computed) blocks
             run = self.running
             comp = S.computed[run]
@@ -217,29 +220,34 @@ class Worker:
 
     def decode_run(self, dec: np.ndarray):
         """Fast-forward: k pure-decode steps in one event, k = steps to the first completion, capped by the
-        free KV blocks; an arrival (``notify``) cuts it short after the step in flight."""
+        free KV blocks; an arrival (``notify``) cuts it short after the step in flight. Returns whether a
+        sequence finished."""
         S, kv, env, B = self.S, self.kv, self.env, self.B
         n = len(dec)
         comp = S.computed[dec]
         gen = S.generated[dec]
-        k = int((S.osl[dec] - gen).min())
-        held = int(S.blocks[dec].sum())  # blocks_for(comp + 1): schedule() covered step 1
+        k = k_done = int((S.osl[dec] - gen).min())
+        held = S.blocks[dec]  # blocks_for(comp + 1): schedule() covered step 1
+        # Hold an upper bound on the blocks k steps need (each sequence at most ceil((k-1)/B) more) and settle
+        # the exact count when the run ends; where the bound does not fit, find the most steps that do.
+        hold = n * -(-(k - 1) // B)
+        if hold > kv.free:
+            held_sum = int(held.sum())
 
-        def growth(steps: int) -> int:
-            return int(blocks_for(comp + steps, B).sum()) - held
+            def growth(steps: int) -> int:
+                return int(blocks_for(comp + steps, B).sum()) - held_sum
 
-        grow = growth(k)
-        if grow > kv.free:  # the most steps the free blocks cover
-            lo, hi = 1, k
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if growth(mid) <= kv.free:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            k = lo
-            grow = growth(k)
-        kv.allocate(grow)
+            if growth(k) > kv.free:
+                lo, hi = 1, k
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if growth(mid) <= kv.free:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                k = lo
+            hold = growth(k)
+        kv.allocate(hold)
         steps = self.cost.decode_steps_s(n, int(comp.sum()) + n, k)
         cum = np.cumsum(steps)
         t0 = env.now
@@ -257,8 +265,9 @@ class Worker:
                 wait = t0 + cum[j - 1] - env.now
                 if wait > 0:
                     yield env.timeout(wait)
-                kv.deallocate(grow - growth(j))
-        S.blocks[dec] = blocks_for(comp + j, B)
+        blocks = blocks_for(comp + j, B)
+        kv.deallocate(hold - int((blocks - held).sum()))
+        S.blocks[dec] = blocks
         S.computed[dec] = comp + j
         S.generated[dec] = gen + j
         self.busy_s += float(cum[j - 1])
@@ -272,6 +281,7 @@ class Worker:
         S.last_token_s[dec] = t0 + cum[j - 1]
         if j < k and self.reserving:
             self.try_reserve()
+        return j == k_done  # a sequence has finished
 
     def retire(self) -> None:
         """Finished sequences leave (and free their KV); a prefill worker hands finished prompts on."""
