@@ -52,7 +52,8 @@ def double(key):
 def test_the_repo_configs_pass_as_ci_runs_them(capsys):
     paths = [p for p in chk.find_checks([CONFIGS]) if p != AZURE or TRACES.exists()]
     assert {AGG_8B, DISAGG_70B} <= set(paths)
-    assert run_app(app, ["check", *map(str, paths)]) == 0, capsys.readouterr().out
+    hint = "\nIf your change is meant to move these numbers: .venv/bin/pdsim check configs/ --update-baseline"
+    assert run_app(app, ["check", *map(str, paths)]) == 0, capsys.readouterr().out + hint
     out = capsys.readouterr().out
     assert out.count("PASS  ") == len(paths) and "FAIL" not in out
 
