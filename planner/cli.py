@@ -189,6 +189,34 @@ def simulate_cmd(
         typer.echo(f"wrote {json_out}")
 
 
+# ---- pdsim replay-benchmark (planner/replay.py) -------------------------------------------------
+@app.command("replay-benchmark")
+def replay_benchmark_cmd(
+    file: str = typer.Argument(..., help="Measured results in aiconfigurator's silicon CSV format."),
+    system: str = typer.Option("h100-sxm", "--system", help="GPU the rows ran on."),
+    models: list[str] = typer.Option(None, "--models", help="Only rows of these models (repeatable)."),
+    out: str = typer.Option("replay", "--out", help="Folder for rows.csv, summary.json and report.html."),
+    requests_per_client: int = typer.Option(4, "--requests-per-client", min=2,
+                                            help="Requests each client sends; the first round is warm-up."),
+    lockstep: bool = typer.Option(False, "--lockstep", help="Start all clients together (default: out of step)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Simulate rows in this many processes."),
+) -> None:
+    """Simulate every row of a measured benchmark file and report the error of TTFT and TPOT."""
+    from planner.replay import format_summary, load_benchmark, replay, select_models, write_replay
+    from profiler.gpus import canonical_gpu_name
+
+    gpu = canonical_gpu_name(system.replace("_", "-"))
+    if gpu is None:
+        fail(f"--system: unknown GPU {system!r}")
+    df = select_models(load_benchmark(file), models)
+    if df.empty:
+        fail(f"no rows of {', '.join(models)} in {file}")
+    result = replay(df, gpu_name=gpu, requests_per_client=requests_per_client, stagger=not lockstep, jobs=jobs)
+    paths = write_replay(result, out, source=f"{file} on {gpu}")
+    typer.echo(format_summary(result.summary))
+    typer.echo(f"wrote {paths['rows']}, {paths['summary']}, {paths['report']}")
+
+
 # ---- pdsim emit / calibrate (planner/emit.py, planner/calibrate.py) ----------------------------
 @app.command("emit")
 def emit_cmd(

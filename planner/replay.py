@@ -420,3 +420,18 @@ def replay(df: pd.DataFrame, *, gpu_name: str = "h100-sxm", requests_per_client:
     rows["pred_tpot_ms"] = [pred[c.row][1] * 1e3 if c.row in pred else np.nan for c in cases]
     rows["skip_reason"] = [c.skip_reason or pred.get(c.row, (0, 0, ""))[2] for c in cases]
     return Replay(rows, summarize(rows))
+
+
+def write_replay(result: Replay, out: str | Path, source: str = "") -> dict[str, Path]:
+    """rows.csv (every input column plus predictions and skip_reason), summary.json and report.html in ``out``."""
+    import json  # noqa: PLC0415
+
+    from reports.replay import write_replay_report  # noqa: PLC0415
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"rows": out / "rows.csv", "summary": out / "summary.json", "report": out / "report.html"}
+    result.rows.drop(columns=["pdsim_model"]).to_csv(paths["rows"], index=False)
+    paths["summary"].write_text(json.dumps(result.summary, indent=2) + "\n")
+    write_replay_report(result.rows, result.summary, paths["report"], source)
+    return paths

@@ -193,25 +193,30 @@ ALIASES: dict[str, str] = {
     "mixtral-8x7b-instruct": "mixtral-8x7b",
     "mixtral-8x7b-instruct-v0.1": "mixtral-8x7b",
     "minimax-m2": "minimax-m2.5",
+    "minimax-m2.1": "minimax-m2.5",  # same architecture as M2 and M2.5
     "smollm2-135m-instruct": "smollm2-135m",
 }
 
-# Suffixes that name a quantised or tuned variant of the same architecture.
+# A suffix that names a quantised, tuned or dated variant of the same architecture (stripped one at a
+# time, so that ``DeepSeek-V3-0324`` stops at ``deepseek-v3``).
 _VARIANT_SUFFIX = re.compile(
-    r"(-(instruct|chat|base|hf|fp8|fp4|nvfp4|mxfp4|awq|gptq|int4|int8|w4a16|w8a8|dynamic|v\d+(\.\d+)?))+$"
+    r"-(instruct|chat|base|hf|fp8|fp4|nvfp4|mxfp4|awq|gptq|int4|int8|w4a16|w8a8|dynamic|kv|v\d+(\.\d+)?|\d{4})$"
 )
 
 
 def canonical_model_name(name: str) -> str | None:
     """Map a user or Hugging Face name (``nvidia/Llama-3.1-8B-Instruct-FP8``) to a catalog key."""
-    key = name.strip().split("/")[-1].lower().replace("_", "-")
-    key = key.replace("meta-llama-3", "llama-3")
-    for candidate in (key, _VARIANT_SUFFIX.sub("", key)):
+    candidate = name.strip().split("/")[-1].lower().replace("_", "-")
+    candidate = candidate.replace("meta-llama-3", "llama-3")
+    while True:
         if candidate in CATALOG:
             return candidate
         if candidate in ALIASES:
             return ALIASES[candidate]
-    return None
+        stripped = _VARIANT_SUFFIX.sub("", candidate)
+        if stripped == candidate:
+            return None
+        candidate = stripped
 
 
 def from_hf_config(path: str | Path) -> ModelSpec:

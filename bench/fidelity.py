@@ -1,0 +1,80 @@
+"""Fidelity against measured GPU serving results: replay the dense-model rows and print the error.
+
+    .venv/bin/python bench/fidelity.py [--data ../shared/calibration/silicon_h100_sxm.csv] [--all] [--out DIR]
+
+Prints coverage, median and p90 absolute percentage error of mean TTFT and TPOT overall and per model,
+engine and mode, the targets (dense rows: median TTFT <= 15 %, TPOT <= 10 %; p90 <= 35 % / 25 %; every
+row predicted), and the load effect: at fixed ISL/OSL, TTFT rises with concurrency, and at fixed
+concurrency TPOT falls as OSL grows, in the prediction wherever it does in the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from planner.replay import DENSE_MODELS, format_summary, load_benchmark, replay, write_replay
+from profiler.models import canonical_model_name
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon_h100_sxm.csv"
+TARGETS = {"ttft_median_ape": 15.0, "tpot_median_ape": 10.0, "ttft_p90_ape": 35.0, "tpot_p90_ape": 25.0}
+
+
+def trend_agreement(rows: pd.DataFrame, x: str, y: str, keys: list[str]) -> tuple[int, int]:
+    """(groups where predicted and measured ``y`` move the same way from the smallest to the largest ``x``,
+    groups) over groups of ``keys``; groups where the measurement moves by less than 5 % are left out."""
+    agree = total = 0
+    for _, g in rows.groupby(keys):
+        if g[x].nunique() < 2:
+            continue
+        g = g.sort_values(x)
+        m0, m1 = g[f"silicon_{y}_ms"].iloc[[0, -1]]
+        p0, p1 = g[f"pred_{y}_ms"].iloc[[0, -1]]
+        if abs(m1 - m0) < 0.05 * m0:
+            continue
+        total += 1
+        agree += int(np.sign(m1 - m0) == np.sign(p1 - p0))
+    return agree, total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--all", action="store_true", help="every row, not only the dense models")
+    ap.add_argument("--out", default=None, help="also write rows.csv, summary.json, report.html here")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    args = ap.parse_args()
+    df = load_benchmark(args.data)
+    if not args.all:
+        df = df[df["model_path"].map(lambda p: canonical_model_name(str(p)) in DENSE_MODELS)]
+    t0 = time.time()
+    result = replay(df, jobs=args.jobs)
+    wall = time.time() - t0
+    s = result.summary
+    print(format_summary(s))
+    print(f"\nreplayed {s['rows']} rows in {wall:.0f} s ({args.jobs} processes)")
+    rows = result.rows[result.rows["skip_reason"] == ""]
+    a, n = trend_agreement(rows[rows["mode"] == "agg"], "batch_size", "ttft",
+                           ["pdsim_model", "backend", "tp_size", "isl", "osl"])
+    print(f"load effect: TTFT vs concurrency (fixed ISL/OSL/TP) moves as measured in {a}/{n} groups")
+    a, n = trend_agreement(rows[rows["mode"] == "agg"], "osl", "tpot",
+                           ["pdsim_model", "backend", "tp_size", "isl", "batch_size"])
+    print(f"load effect: TPOT vs OSL (fixed ISL/concurrency/TP) moves as measured in {a}/{n} groups")
+    if not args.all:
+        o = s["overall"]
+        print(f"\ntargets (dense rows): coverage {s['predicted']}/{s['rows']} "
+              f"{'met' if s['predicted'] == s['rows'] else 'MISSED'}")
+        for k, limit in TARGETS.items():
+            print(f"  {k:16s} {o[k]:6.1f} %  (target <= {limit:.0f} %)  {'met' if o[k] <= limit else 'MISSED'}")
+    if args.out:
+        write_replay(result, args.out, source=str(args.data))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Fidelity against measured serving results: benchmark rows -> deployments, memory fit of what ran,
+the load effects, and the replay end to end (planner/replay.py, profiler/calibration/)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from planner.cli import app, run_app
+from planner.replay import (
+    concurrency_of,
+    engine_memory_utilization,
+    load_benchmark,
+    replay,
+    row_case,
+    simulate_case,
+    weight_dtype,
+)
+from profiler.calibration import FIT_FILE, fitted_factors
+from profiler.errors import InputError
+from profiler.gpus import resolve_gpu
+from profiler.memory import memory_fit
+from profiler.models import CATALOG, canonical_model_name
+from profiler.roofline import engine_efficiency
+
+SILICON = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon_h100_sxm.csv"
+needs_data = pytest.mark.skipif(not SILICON.exists(), reason=f"measured results not here ({SILICON})")
+
+
+def agg_row(model="meta-llama/Llama-3.1-70B", backend="vllm", tp=4, isl=1024, osl=1024, c=16, **kw) -> pd.Series:
+    row = {"id": "t", "silicon_data_source": "", "backend": backend, "model_path": model, "system": "h100_sxm",
+           "precision": "fp8", "mode": "agg", "isl": isl, "osl": osl, "gemm_quant_mode": "fp8",
+           "moe_quant_mode": "fp8", "batch_size": c, "tp_size": tp, "pp_size": 1, "attention_dp_size": np.nan,
+           "moe_tp_size": np.nan, "moe_ep_size": np.nan, "silicon_ttft_ms": 100.0, "silicon_tpot_ms": 10.0}
+    row.update(kw)
+    return pd.Series(row)
+
+
+@pytest.mark.parametrize("hf_id, key", [
+    ("meta-llama/Llama-3.1-8B-Instruct", "llama-3.1-8b"), ("nvidia/Llama-3.1-8B-Instruct-FP8", "llama-3.1-8b"),
+    ("meta-llama/Meta-Llama-3.1-70B-Instruct", "llama-3.1-70b"), ("meta-llama/Llama-3.1-70B", "llama-3.1-70b"),
+    ("Qwen/Qwen3-32B", "qwen3-32b"), ("qwen/qwen3-32b-fp8", "qwen3-32b"),
+    ("Qwen/Qwen3-235B-A22B-FP8", "qwen3-235b-a22b"), ("Qwen/Qwen3-235B-A22B-Instruct-2507-FP8", "qwen3-235b-a22b"),
+    ("deepseek-ai/DeepSeek-R1", "deepseek-v3"), ("deepseek-ai/DeepSeek-V3-0324", "deepseek-v3"),
+    ("nvidia/DeepSeek-R1-FP4", "deepseek-v3"), ("openai/gpt-oss-120b", "gpt-oss-120b"),
+    ("MiniMaxAI/MiniMax-M2.5", "minimax-m2.5"), ("MiniMaxAI/MiniMax-M2", "minimax-m2.5"),
+])
+def test_benchmark_model_ids_map_to_the_catalog(hf_id, key):
+    assert canonical_model_name(hf_id) == key
+
+
+@needs_data
+def test_every_model_in_the_measured_file_is_known():
+    ids = pd.read_csv(SILICON)["model_path"].unique()
+    assert {i: canonical_model_name(i) for i in ids if canonical_model_name(i) is None} == {}
+
+
+@pytest.mark.parametrize("cols, dtype", [
+    ({"precision": np.nan, "gemm_quant_mode": np.nan, "moe_quant_mode": np.nan}, "bf16"),
+    ({"precision": "fp8", "gemm_quant_mode": "fp8_block"}, "fp8"),
+    ({"precision": "fp4", "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"}, "fp4"),
+    ({"precision": np.nan, "gemm_quant_mode": np.nan, "model_path": "nvidia/Llama-3.1-8B-Instruct-FP8"}, "fp8"),
+])
+def test_weight_format_comes_from_quant_columns_then_the_checkpoint_name(cols, dtype):
+    assert weight_dtype(agg_row(**cols)) == dtype
+
+
+def test_rows_that_cannot_be_expressed_are_skipped_with_a_reason():
+    fp4 = row_case(agg_row(model="openai/gpt-oss-120b", precision="fp4", gemm_quant_mode="nvfp4"), 0)
+    assert fp4.skipped and "fp4" in fp4.skip_reason and "h100-sxm" in fp4.skip_reason
+    dp = row_case(agg_row(model="MiniMaxAI/MiniMax-M2.5", attention_dp_size=4, moe_ep_size=16), 1)
+    assert "attention data parallelism" in dp.skip_reason
+    assert "unknown model" in row_case(agg_row(model="acme/Frob-7B"), 2).skip_reason
+    assert "unknown engine" in row_case(agg_row(backend="tgi"), 3).skip_reason
+    ok = row_case(agg_row(), 4)
+    assert not ok.skipped and ok.deployment.workers.tp == 4 and ok.concurrency == 16
+
+
+def test_agg_and_disagg_rows_become_their_deployments():
+    agg = row_case(agg_row(backend="trtllm", tp=2, c=64), 0)
+    assert agg.deployment.topology == "agg" and agg.deployment.workers.max_seqs == 64
+    assert not agg.deployment.workers.chunked_prefill  # TRT-LLM runs whole prompts by default
+    dis = agg_row(model="Qwen/Qwen3-32B", backend="vllm", mode="disagg", isl=4000, osl=1000, batch_size=np.nan,
+                  tp_size=np.nan, prefill_batch_size=1, prefill_num_workers=8, prefill_tp_size=1,
+                  decode_batch_size=224, decode_num_workers=2, decode_tp_size=4)
+    case = row_case(dis, 0)
+    d = case.deployment
+    assert (d.prefill.replicas, d.prefill.tp, d.decode.replicas, d.decode.tp, d.decode.max_seqs) == (8, 1, 2, 4, 224)
+    assert case.concurrency == 448  # no silicon_concurrency: the decode pool's seats
+    dis["silicon_data_source"] = "db; silicon_concurrency=60; measured=x"
+    assert concurrency_of(dis) == 60
+
+
+def test_memory_fit_expresses_attention_dp_and_expert_parallelism():
+    ds, h100 = CATALOG["deepseek-v3"], resolve_gpu("h100-sxm")
+    # TRT-LLM prefill worker of the file: 16 GPUs, attention DP 16, experts spread over all 16
+    dp = memory_fit(ds, h100, 1, "fp8", "fp8", 8192, attn_dp=16)
+    assert dp.fits and dp.weights_bytes < h100.hbm_bytes * 0.75  # 17 GB replicated + 1/16 of experts
+    assert not memory_fit(ds, h100, 1, "fp8", "fp8", 8192).fits  # the whole model on one GPU
+
+
+def test_trtllm_kv_share_is_of_the_memory_weights_leave():
+    m, g = CATALOG["qwen3-32b"], resolve_gpu("h100-sxm")
+    u = engine_memory_utilization("trtllm", m, g, 1, "fp8", 8192)
+    assert engine_memory_utilization("vllm", m, g, 1, "fp8", 8192) == 0.90 < u < 0.98
+
+
+@needs_data
+def test_no_configuration_that_ran_is_refused_as_out_of_memory():
+    df = load_benchmark(SILICON)
+    refused = []
+    for i, (_, r) in enumerate(df.iterrows()):
+        case = row_case(r, i)
+        assert "out of memory" not in case.skip_reason, (i, case.skip_reason)
+        m, g, dt = CATALOG[canonical_model_name(r.model_path)], resolve_gpu("h100-sxm"), weight_dtype(r)
+        for pre in ([""] if r["mode"] == "agg" else ["prefill_", "decode_"]):
+            tp = int(r[f"{pre}tp_size"])
+            dp = int(r[f"{pre}attention_dp_size"]) if r[f"{pre}attention_dp_size"] > 1 else 1
+            u = engine_memory_utilization(r.backend, m, g, tp, dt, 8192)
+            fit = memory_fit(m, g, tp, dt, "bf16" if dt == "bf16" else "fp8", 8192, u, attn_dp=dp)
+            if fit.kv_tokens < r.isl + r.osl:
+                refused.append((i, r.model_path, pre, tp, dp, fit.kv_tokens))
+    assert refused == []
+
+
+def test_predicted_ttft_rises_with_concurrency_at_fixed_lengths():
+    ttft = [simulate_case(row_case(agg_row(c=c), 0))[0] for c in (4, 16, 64)]
+    assert ttft[0] < ttft[1] < ttft[2]
+
+
+def test_predicted_tpot_falls_as_osl_grows_prefill_interference_amortised():
+    tpot = [simulate_case(row_case(agg_row(model="Qwen/Qwen3-32B", tp=2, c=32, osl=osl), 0))[1]
+            for osl in (128, 512, 1024)]
+    assert tpot[0] > tpot[1] > tpot[2]
+
+
+def test_fitted_factors_are_the_roofline_default():
+    fit = json.loads(FIT_FILE.read_text())
+    for engine, factors in fit["engines"].items():
+        assert fitted_factors(engine) == factors
+        eff = engine_efficiency(engine)
+        assert all(getattr(eff, k) == pytest.approx(v) for k, v in factors.items())
+        assert 0 < eff.gemm_compute <= 1 and 0 < eff.gemm_memory <= 1
+
+
+def test_bad_benchmark_files_name_the_problem(tmp_path):
+    bad = tmp_path / "b.csv"
+    bad.write_text("model_path,backend\nx,vllm\n")
+    with pytest.raises(InputError, match="missing columns"):
+        load_benchmark(bad)
+    rows = pd.DataFrame([agg_row(), agg_row()]).astype({"isl": object})
+    rows.loc[1, "isl"] = "lots"
+    rows.to_csv(bad, index=False)
+    with pytest.raises(InputError, match="line 3: column 'isl'"):
+        load_benchmark(bad)
+    assert run_app(app, ["replay-benchmark", str(tmp_path / "none.csv")]) == 2
+
+
+def test_replay_of_a_few_rows_end_to_end(tmp_path, capsys):
+    rows = pd.DataFrame([agg_row(c=4), agg_row(c=32, isl=2048, osl=256),
+                         agg_row(model="meta-llama/Llama-3.1-8B-Instruct", backend="trtllm", tp=1, c=8,
+                                 precision=np.nan, gemm_quant_mode=np.nan, moe_quant_mode=np.nan),
+                         agg_row(model="openai/gpt-oss-120b", precision="fp4", gemm_quant_mode="nvfp4")])
+    src = tmp_path / "rows.csv"
+    rows.to_csv(src, index=False)
+    assert run_app(app, ["replay-benchmark", str(src), "--out", str(tmp_path / "out")]) == 0
+    out = pd.read_csv(tmp_path / "out" / "rows.csv", keep_default_na=False)
+    assert list(out.columns[: len(rows.columns)]) == list(rows.columns)
+    assert (out["skip_reason"][:3] == "").all() and "fp4" in out["skip_reason"][3]
+    pred = pd.to_numeric(out["pred_ttft_ms"][:3])
+    assert (pred > 0).all() and (pd.to_numeric(out["pred_tpot_ms"][:3]) > 0).all()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["predicted"] == 3 and summary["skipped"] == 1
+    assert set(summary["per_engine"]) == {"vllm", "trtllm"} and "ttft_median_ape" in summary["overall"]
+    assert "plotly" in (tmp_path / "out" / "report.html").read_text()[:10_000_000]
+    assert "TTFT med" in capsys.readouterr().out
+
+
+@needs_data
+def test_replay_of_measured_rows_lands_near_the_measurement():
+    df = load_benchmark(SILICON)
+    sample = df[(df["model_path"] == "meta-llama/Llama-3.1-70B") & (df["osl"] == 1024) & (df["isl"] == 1024)]
+    result = replay(sample)
+    o = result.summary["overall"]
+    assert result.summary["predicted"] == len(sample) == 15
+    assert o["tpot_median_ape"] < 25 and o["ttft_median_ape"] < 60
