@@ -316,6 +316,23 @@ def cost_models(dep: Deployment, eff: Efficiency | None = None) -> dict[str, Cos
             for name, pool in dep.pools.items()}
 
 
+def pool_cost_models(dep: Deployment, calibration: str | Path | None = None,
+                     perf_db: str | None = None) -> dict[str, CostModel]:
+    """Each pool's cost model as a command's ``--calibration FILE`` / ``--perf-db SOURCE`` ask (neither: the
+    roofline at the engine's efficiencies)."""
+    eff = efficiency_for(dep, calibration)
+    if perf_db is None:
+        return cost_models(dep, eff)
+    if eff is not None:
+        raise InputError("--calibration fits roofline factors and does not apply to --perf-db tables; give one "
+                         "or the other")
+    from profiler.perfdb import perfdb_cost_model  # noqa: PLC0415 (optional extra)
+
+    model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
+    return {name: perfdb_cost_model(perf_db, model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine)
+            for name, pool in dep.pools.items()}
+
+
 def predict_points(dep: Deployment, points: pd.DataFrame, eff: Efficiency | None = None,
                    models: Callable[[Deployment], dict[str, CostModel]] | None = None) -> np.ndarray:
     """(n, 2) predicted mean TTFT and TPOT of every point, with roofline cost models at ``eff`` (or the

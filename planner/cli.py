@@ -179,9 +179,9 @@ def simulate_cmd(
     slo = SLO(ttft, tpot, percentile) if ttft is not None else None
     cms = None
     if calibration is not None or perf_db is not None:
-        from planner.calibrate import efficiency_for
+        from planner.calibrate import pool_cost_models
 
-        cms = _pool_cost_models(dep, efficiency_for(dep, calibration), perf_db)
+        cms = pool_cost_models(dep, calibration, perf_db)
     summary = simulate(dep, workload, seed=seed, profile=prof, slo=slo, cost_models=cms).summary()
     typer.echo(summary_table(summary))
     if json_out:
@@ -238,7 +238,7 @@ def emit_cmd(
 
     dep = load_deployment(deployment)
     targets = [t.strip() for t in target.split(",") if t.strip()]
-    predict, by = _point_predictor(dep, calibration, perf_db)  # checks the flags whatever the targets
+    predict, by = em.estimate_predictor(dep, calibration, perf_db)  # checks the flags whatever the targets
     points = None
     if "aiperf" in targets:
         if not isl or not osl:
@@ -248,40 +248,6 @@ def emit_cmd(
     typer.echo(f"plan {em.plan_id(dep)}: {dep.describe()} -> {', '.join(str(p) for p in paths)}")
     if points:
         typer.echo(f"predicted by {by}:\n{em.predictions_table(points)}")
-
-
-def _point_predictor(dep, calibration: str | None, perf_db: str | None):
-    """(BenchPoint -> (ttft_s, tpot_s), what predicts) for a deployment, honouring --calibration/--perf-db."""
-    from planner import calibrate as cb
-
-    eff = cb.efficiency_for(dep, calibration)
-    cms = _pool_cost_models(dep, eff, perf_db)
-    by = "pdsim closed-loop steady-state estimate" + (f", calibration {calibration}" if calibration else "") + (
-        f", {perf_db} tables" if perf_db else "")
-
-    def predict(p):
-        if p.concurrency:
-            return cb.closed_loop_estimate(dep, cms, p.isl, p.osl, p.concurrency)
-        return cb.open_loop_estimate(dep, cms, p.isl, p.osl, p.request_rate)
-
-    return predict, by
-
-
-def _pool_cost_models(dep, eff, perf_db: str | None) -> dict:
-    from planner import calibrate as cb
-
-    if perf_db is None:
-        return cb.cost_models(dep, eff)
-    if eff is not None:
-        raise InputError("--calibration fits roofline factors and does not apply to --perf-db tables; give one "
-                         "or the other")
-    from profiler.gpus import resolve_gpu
-    from profiler.models import resolve_model
-    from profiler.perfdb import perfdb_cost_model
-
-    model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
-    return {name: perfdb_cost_model(perf_db, model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine)
-            for name, pool in dep.pools.items()}
 
 
 @app.command("calibrate")

@@ -324,6 +324,24 @@ def bench_points(dep: Deployment, isl: int, osl: int, rate: float | None = None,
     return pts
 
 
+def estimate_predictor(dep: Deployment, calibration: str | Path | None = None, perf_db: str | None = None
+                       ) -> tuple[Callable[[BenchPoint], tuple[float, float]], str]:
+    """(point -> predicted mean (TTFT s, TPOT s), a description of what predicts) from pdsim's closed-loop
+    steady-state estimate over the deployment's cost models (``--calibration`` / ``--perf-db`` honoured)."""
+    from planner import calibrate as cb  # noqa: PLC0415
+
+    cms = cb.pool_cost_models(dep, calibration, perf_db)
+    by = "pdsim closed-loop steady-state estimate" + (f", calibration {calibration}" if calibration else "") + (
+        f", {perf_db} tables" if perf_db else "")
+
+    def predict(p: BenchPoint) -> tuple[float, float]:
+        if p.concurrency:
+            return cb.closed_loop_estimate(dep, cms, p.isl, p.osl, p.concurrency)
+        return cb.open_loop_estimate(dep, cms, p.isl, p.osl, p.request_rate)
+
+    return predict, by
+
+
 def aiperf_command(dep: Deployment, p: BenchPoint, model: str | None = None) -> list[str]:
     mid = model_id(dep, model)
     load = ["--concurrency", str(p.concurrency)] if p.concurrency else ["--request-rate", f"{p.request_rate:g}"]
