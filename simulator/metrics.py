@@ -72,7 +72,9 @@ def stats_ms(values_s: np.ndarray, weights: np.ndarray | None = None) -> dict:
 @dataclass
 class SimResult:
     requests: pd.DataFrame  # one row per request
-    workers: pd.DataFrame  # time series: time_s, worker, pool, batch_size, queue_len, kv_blocks_used
+    # per-worker time series, a row where a batch forms: time_s, worker, pool, batch_size, queue_len,
+    # kv_blocks_used, iterations (how many iterations that batch ran: weight batch_size by it for a mean)
+    workers: pd.DataFrame
     itl: tuple[np.ndarray, np.ndarray, np.ndarray]  # (time_s, gap_s, weight)
     gpus: int
     utilization: dict[str, float]  # pool -> busy share of its replicas over the run

@@ -205,8 +205,9 @@ class Simulation:
             "e2e_s": S.last_token_s - S.arrival_s,
             "measured": S.measured,
         })
-        rows = [(t, w.wid, w.pool_name, b, q, kv) for w in self.workers for (t, b, q, kv) in w.series]
-        workers = pd.DataFrame(rows, columns=["time_s", "worker", "pool", "batch_size", "queue_len", "kv_blocks_used"])
+        rows = [(t, w.wid, w.pool_name, b, q, kv, it) for w in self.workers for (t, b, q, kv, it) in w.series]
+        workers = pd.DataFrame(rows, columns=["time_s", "worker", "pool", "batch_size", "queue_len", "kv_blocks_used",
+                                              "iterations"])
         end = self.env.now
         util = {name: (sum(w.busy_s for w in ws) / (len(ws) * end) if end > 0 else 0.0)
                 for name, ws in self.pools.items()}

@@ -43,7 +43,7 @@ class Worker:
         self.wake = None  # the event the worker waits on while idle or fast-forwarding
         self.busy_s = 0.0
         self.iterations = 0
-        self.series: list[tuple] = []  # (time_s, batch_size, queue_len, kv_blocks_used)
+        self.series: list[tuple] = []  # (time_s, batch_size, queue_len, kv_blocks_used, iterations)
         self.proc = self.env.process(self.loop())
 
     # ---- inputs ------------------------------------------------------------------------------
@@ -91,13 +91,14 @@ class Worker:
                 yield self.wake
                 self.wake = None
                 continue
-            self.series.append((env.now, len(dec) + len(pf), len(self.waiting) + len(self.ready), self.kv.used))
+            row = (env.now, len(dec) + len(pf), len(self.waiting) + len(self.ready), self.kv.used, self.iterations)
             if not pf and self.fast_forward:
                 if (yield from self.decode_run(dec)):
                     self.retire()
             else:
                 yield from self.step(dec, pf, chunks)
                 self.retire()
+            self.series.append((*row[:4], self.iterations - row[4]))
 
     def schedule(self) -> tuple[np.ndarray, list[int], list[int]]:
         """This iteration's batch: decode sequences, prefill sequences and their chunk sizes."""

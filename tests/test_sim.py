@@ -71,8 +71,10 @@ def test_agg_requests_table_is_complete_and_consistent():
     assert df["transfer_start_s"].isna().all()
     assert (df["prefill_worker"] == df["decode_worker"]).all()
     ws = res.workers
-    assert list(ws.columns) == ["time_s", "worker", "pool", "batch_size", "queue_len", "kv_blocks_used"]
+    assert list(ws.columns) == ["time_s", "worker", "pool", "batch_size", "queue_len", "kv_blocks_used",
+                                "iterations"]
     assert (ws["batch_size"] >= 1).all() and ws["time_s"].is_monotonic_increasing
+    assert ws["iterations"].sum() == res.iterations and (ws["iterations"] >= 1).all()
 
 
 def test_summary_keys_and_slo():
