@@ -30,7 +30,7 @@ class Router:
 
     def __init__(self, policy: str = "round_robin"):
         self.policy = policy
-        self.turn = itertools.count()
+        self.turns: dict[str, itertools.count] = {}  # one round-robin position per pool
 
     def pick(self, workers: list[WorkerHandle], avoid: set[str] = frozenset()) -> WorkerHandle:
         live = [w for w in workers if w.alive]
@@ -38,5 +38,6 @@ class Router:
             raise NoWorker(f"no live {workers[0].role if workers else ''} worker")
         preferred = [w for w in live if w.id not in avoid] or live
         if self.policy == "round_robin":
-            return preferred[next(self.turn) % len(preferred)]
+            turn = self.turns.setdefault(workers[0].role, itertools.count())
+            return preferred[next(turn) % len(preferred)]
         return min(preferred, key=lambda w: len(w.inflight))

@@ -20,7 +20,9 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """Ids 0-255 are bytes; 256+ are special. Random-weight models never stop on EOS (fixed output lengths)."""
+    """Ids 0-255 are bytes; 256+ are special. Random-weight models never stop on EOS (fixed output lengths).
+    Output bytes decode one character each (latin-1): random weights write no meaningful UTF-8, and this
+    way every streamed token is visible and the text maps back to the exact token ids."""
 
     BOS, IM_START, IM_END = 256, 257, 258
     stop_ids: frozenset[int] = frozenset()
@@ -29,7 +31,7 @@ class ByteTokenizer:
         return [self.BOS, *text.encode()]
 
     def decode(self, ids: list[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+        return bytes(i for i in ids if i < 256).decode("latin-1")
 
     def chat(self, messages: list[dict]) -> list[int]:
         ids = [self.BOS]
