@@ -12,6 +12,9 @@ No torch here: the simulator imports this.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
+
 import numpy as np
 from scipy.interpolate import PchipInterpolator, RectBivariateSpline
 
@@ -34,13 +37,25 @@ class Curve:
         order = np.argsort(x)
         self.x = np.asarray(x, dtype=np.float64)[order]
         self.t = np.maximum.accumulate(np.asarray(t, dtype=np.float64)[order])  # noise never makes it cheaper
-        self.lo, self.hi = self.x[0], self.x[-1]
-        self._f = PchipInterpolator(np.log(self.x), np.log(self.t)) if len(self.x) > 1 else None
+        self.lo, self.hi = float(self.x[0]), float(self.x[-1])
+        lx, lt = np.log(self.x), np.log(self.t)
+        if len(lx) == 1:  # one point: flat
+            lx, lt = np.array([lx[0], lx[0] + 1.0]), np.array([lt[0], lt[0]])
+        self._f = PchipInterpolator(lx, lt)
+        # The same cubic pieces as plain floats, for the simulator's one-shape-at-a-time calls.
+        self._knots, self._coef = self._f.x.tolist(), self._f.c.T.tolist()
 
     def __call__(self, x):
-        """Interpolated time at ``x`` clipped into the measured range."""
-        xc = np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi)
-        return np.exp(self._f(np.log(xc))) if self._f is not None else self.t[0] * np.ones_like(xc)
+        """Interpolated time at ``x`` (array), clipped into the measured range."""
+        return np.exp(self._f(np.log(np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi))))
+
+    def at(self, x: float) -> float:
+        """``self(x)`` for one number, without numpy's per-call overhead."""
+        lx = math.log(min(max(x, self.lo), self.hi))
+        i = min(max(bisect_right(self._knots, lx) - 1, 0), len(self._coef) - 1)
+        d = lx - self._knots[i]
+        c3, c2, c1, c0 = self._coef[i]
+        return math.exp(((c3 * d + c2) * d + c1) * d + c0)
 
 
 class Surface:
@@ -54,27 +69,33 @@ class Surface:
             raise InputError(f"{what}: the measured shapes do not form a full grid")
         grid = np.maximum.accumulate(np.maximum.accumulate(grid, axis=0), axis=1)
         self.grid = grid
-        ka, kb = min(1, len(self.a) - 1), min(1, len(self.b) - 1)
-        la, lb = np.log(self.a), np.log(self.b)
-        if ka == 0 or kb == 0:  # one row or column: interpolate the other axis alone
-            self._f = None
-            self._line = PchipInterpolator(lb if ka == 0 else la, np.log(grid[0] if ka == 0 else grid[:, 0])) \
-                if max(len(la), len(lb)) > 1 else None
-        else:
-            self._f = RectBivariateSpline(la, lb, np.log(grid), kx=1, ky=1, s=0)
+        la, lb, lz = np.log(self.a), np.log(self.b), np.log(grid)
+        if len(la) == 1:  # one row or column: a flat second one that clipping never leaves
+            la, lz = np.array([la[0], la[0] + 1.0]), np.vstack([lz, lz])
+        if len(lb) == 1:
+            lb, lz = np.array([lb[0], lb[0] + 1.0]), np.hstack([lz, lz])
+        self._f = RectBivariateSpline(la, lb, lz, kx=1, ky=1, s=0)
+        self._la, self._lb, self._lz = la.tolist(), lb.tolist(), lz.tolist()
+        self.a0, self.a1, self.b0, self.b1 = float(self.a[0]), float(self.a[-1]), float(self.b[0]), float(self.b[-1])
 
     def __call__(self, a, b):
         a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
-        ac, bc = np.clip(a, self.a[0], self.a[-1]), np.clip(b, self.b[0], self.b[-1])
-        if self._f is not None:
-            return np.exp(self._f.ev(np.log(ac), np.log(bc)))
-        if self._line is None:
-            return self.grid[0, 0] * np.ones(np.broadcast(ac, bc).shape)
-        return np.exp(self._line(np.log(bc) if len(self.a) == 1 else np.log(ac))) * np.ones(np.broadcast(ac, bc).shape)
+        ac, bc = np.clip(a, self.a0, self.a1), np.clip(b, self.b0, self.b1)
+        return np.exp(self._f.ev(np.log(ac), np.log(bc)))
+
+    def at(self, a: float, b: float) -> float:
+        """``self(a, b)`` for one pair: the same bilinear interpolation in plain floats."""
+        la, lb = math.log(min(max(a, self.a0), self.a1)), math.log(min(max(b, self.b0), self.b1))
+        i = min(max(bisect_right(self._la, la) - 1, 0), len(self._la) - 2)
+        j = min(max(bisect_right(self._lb, lb) - 1, 0), len(self._lb) - 2)
+        fa = (la - self._la[i]) / (self._la[i + 1] - self._la[i])
+        fb = (lb - self._lb[j]) / (self._lb[j + 1] - self._lb[j])
+        z0, z1 = self._lz[i], self._lz[i + 1]
+        return math.exp((1 - fa) * ((1 - fb) * z0[j] + fb * z0[j + 1]) + fa * ((1 - fb) * z1[j] + fb * z1[j + 1]))
 
     def outside(self, a, b):
-        return (np.asarray(a) < self.a[0]) | (np.asarray(a) > self.a[-1]) | (np.asarray(b) < self.b[0]) | (
-            np.asarray(b) > self.b[-1])
+        return (np.asarray(a) < self.a0) | (np.asarray(a) > self.a1) | (np.asarray(b) < self.b0) | (
+            np.asarray(b) > self.b1)
 
 
 class ProfiledCostModel:
@@ -110,8 +131,8 @@ class ProfiledCostModel:
                                    "attn_decode")
         over = rows[rows.op == "iteration_overhead"]
         self.overhead_s = float(over.median_s.median()) if len(over) else 0.0
-        self._tok_hi = self.roof_tokens_s(self.token_curve.hi)
-        self._lm_hi = self.roof_logits_s(self.logits_curve.hi)
+        self._tok_hi = float(self.roof_tokens_s(self.token_curve.hi))
+        self._lm_hi = float(self.roof_logits_s(self.logits_curve.hi))
 
     def _sum_curve(self, counts: dict[str, int]) -> Curve:
         xs = np.unique(np.concatenate([self.curves[op].x for op in counts]))
@@ -136,70 +157,77 @@ class ProfiledCostModel:
         """One measured per-token op (or ``lm_head``) at ``tokens``, within the measured range."""
         return self.curves[op](tokens)
 
-    def tokens_s(self, tokens):
+    def tokens_s(self, tokens: int) -> float:
         """All per-token work of all layers plus the embedding, at ``tokens`` tokens."""
-        t = self.token_curve(tokens)
-        over = np.asarray(tokens) > self.token_curve.hi
-        if over.any():
-            self.extrapolated += int(over.sum())
-            t = np.where(over, t * self.roof_tokens_s(tokens) / self._tok_hi, t)
+        t = self.token_curve.at(tokens)
+        if tokens > self.token_curve.hi:
+            self.extrapolated += 1
+            t *= float(self.roof_tokens_s(tokens)) / self._tok_hi
         return t
 
-    def logits_s(self, rows):
+    def logits_s(self, rows: int) -> float:
         """Final norm and LM head over ``rows`` rows."""
-        t = self.logits_curve(np.maximum(rows, 1)) * (np.asarray(rows) > 0)
-        over = np.asarray(rows) > self.logits_curve.hi
-        if over.any():
-            self.extrapolated += int(over.sum())
-            t = np.where(over, t * self.roof_logits_s(rows) / self._lm_hi, t)
-        return t
-
-    def _surface_s(self, surf: Surface, roof, a, b):
-        t = surf(a, b)
-        out = surf.outside(a, b)
-        if np.any(out):
-            self.extrapolated += int(np.sum(out))
-            ac, bc = np.clip(a, surf.a[0], surf.a[-1]), np.clip(b, surf.b[0], surf.b[-1])
-            t = np.where(out, t * roof(a, b) / roof(ac, bc), t)
-        return t
-
-    def prefill_attn_s(self, chunks: int, seq_len):
-        """One layer's prefill attention over ``chunks`` prompts of ``seq_len`` tokens (0 chunks: 0)."""
-        if chunks == 0:
+        if rows <= 0:
             return 0.0
-        return self._surface_s(self.prefill_attn, self.roof_prefill_attn_s, chunks, seq_len)
+        t = self.logits_curve.at(rows)
+        if rows > self.logits_curve.hi:
+            self.extrapolated += 1
+            t *= float(self.roof_logits_s(rows)) / self._lm_hi
+        return t
+
+    def _surface_at(self, surf: Surface, roof, a: float, b: float) -> float:
+        t = surf.at(a, b)
+        if a < surf.a0 or a > surf.a1 or b < surf.b0 or b > surf.b1:
+            self.extrapolated += 1
+            ac, bc = min(max(a, surf.a0), surf.a1), min(max(b, surf.b0), surf.b1)
+            t *= float(roof(a, b) / roof(ac, bc))
+        return t
+
+    def prefill_attn_s(self, chunks: int, seq_len: float) -> float:
+        """One layer's prefill attention over ``chunks`` prompts of ``seq_len`` tokens (0 chunks: 0)."""
+        return self._surface_at(self.prefill_attn, self.roof_prefill_attn_s, chunks, seq_len) if chunks else 0.0
 
     def decode_attn_s(self, seqs: int, ctx_len):
-        """One layer's decode attention of ``seqs`` sequences over ``ctx_len`` tokens each."""
+        """One layer's decode attention of ``seqs`` sequences over ``ctx_len`` tokens each (a number or an array)."""
+        if np.ndim(ctx_len) == 0:
+            return self._surface_at(self.decode_attn, self.roof_decode_attn_s, seqs, float(ctx_len)) if seqs else 0.0
         if seqs == 0:
-            return 0.0 * np.asarray(ctx_len, dtype=np.float64)
-        return self._surface_s(self.decode_attn, self.roof_decode_attn_s, seqs, ctx_len)
+            return np.zeros(np.shape(ctx_len))
+        surf = self.decode_attn
+        t = surf(seqs, ctx_len)
+        out = surf.outside(seqs, ctx_len)
+        if out.any():
+            self.extrapolated += int(out.sum())
+            ac, bc = np.clip(seqs, surf.a0, surf.a1), np.clip(ctx_len, surf.b0, surf.b1)
+            t = np.where(out, t * self.roof_decode_attn_s(seqs, ctx_len) / self.roof_decode_attn_s(ac, bc), t)
+        return t
 
     # ---- CostModel -------------------------------------------------------------------------------
     def iteration_s(self, batch: Batch) -> float:
         if batch.empty:
             return 0.0
-        c = batch.prefill_tokens.astype(np.float64)
-        p = batch.prefill_cached.astype(np.float64)
-        n_chunks, n_dec = len(c), len(batch.decode_ctx)
+        n_chunks, n_dec = len(batch.prefill_tokens), len(batch.decode_ctx)
         attn = 0.0
         if n_chunks:
             # Chunks as uncached prompts with the same causal (query, key) pairs, on average.
-            pairs = float((c * p + c * (c + 1) / 2).mean())
-            attn += self.prefill_attn_s(n_chunks, (np.sqrt(1 + 8 * pairs) - 1) / 2)
+            c, p = batch.prefill_tokens.astype(np.float64), batch.prefill_cached.astype(np.float64)
+            pairs = float((c * p + c * (c + 1) / 2).sum()) / n_chunks
+            attn += self.prefill_attn_s(n_chunks, (math.sqrt(1 + 8 * pairs) - 1) / 2)
         if n_dec:
-            attn += self.decode_attn_s(n_dec, float(batch.decode_ctx.mean()))
+            attn += self.decode_attn_s(n_dec, float(batch.decode_ctx.sum()) / n_dec)
         n_last = n_chunks if batch.prefill_last_chunks is None else batch.prefill_last_chunks
         tokens = batch.tokens
-        t = (self.tokens_s(tokens) + self.model.layers * attn + self.logits_s(n_dec + n_last)
-             + self.roof._allreduce_s(tokens) + self.overhead_s)
-        return float(t)
+        return (self.tokens_s(tokens) + self.model.layers * attn + self.logits_s(n_dec + n_last)
+                + self._allreduce_s(tokens) + self.overhead_s)
+
+    def _allreduce_s(self, tokens: int) -> float:
+        return float(self.roof._allreduce_s(tokens)) if self.tp > 1 else 0.0
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
         if n_seqs == 0 or steps == 0:
             return np.zeros(steps)
         mean_ctx = (ctx_sum + n_seqs * np.arange(steps, dtype=np.float64)) / n_seqs
-        fixed = float(self.tokens_s(n_seqs) + self.logits_s(n_seqs) + self.roof._allreduce_s(n_seqs)) + self.overhead_s
+        fixed = self.tokens_s(n_seqs) + self.logits_s(n_seqs) + self._allreduce_s(n_seqs) + self.overhead_s
         return fixed + self.model.layers * self.decode_attn_s(n_seqs, mean_ctx)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:

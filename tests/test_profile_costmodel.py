@@ -143,3 +143,12 @@ def test_the_cost_model_does_not_import_torch():
     code = ("import sys, profiler.profiled, profiler.profile, profiler.factory, profiler.device; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_shape_and_many_shapes_give_the_same_times(cm):
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(1, 256, 50)
+    np.testing.assert_allclose([cm.token_curve.at(x) for x in xs], cm.token_curve(xs), rtol=1e-12)
+    a, b = rng.uniform(1, 16, 50), rng.uniform(16, 1024, 50)
+    np.testing.assert_allclose([cm.decode_attn.at(x, y) for x, y in zip(a, b, strict=True)], cm.decode_attn(a, b),
+                               rtol=1e-12)
