@@ -231,6 +231,8 @@ def emit_cmd(
     calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate)."),
     perf_db: str | None = typer.Option(None, "--perf-db", help="aiconfigurator[:BACKEND]: predict with "
                                        "AIConfigurator's measured operation tables (pip install 'pdsim[aic]')."),
+    predict_with: str = typer.Option("sim", "--predict", help="sim: simulate each aiperf run | estimate: "
+                                     "closed-form steady state (faster)."),
 ) -> None:
     """Deploy artefacts for a deployment: Dynamo YAML, vLLM/SGLang launch scripts, aiperf benchmark."""
     from planner import emit as em
@@ -238,7 +240,10 @@ def emit_cmd(
 
     dep = load_deployment(deployment)
     targets = [t.strip() for t in target.split(",") if t.strip()]
-    predict, by = em.estimate_predictor(dep, calibration, perf_db)  # checks the flags whatever the targets
+    if predict_with not in ("sim", "estimate"):
+        fail(f"--predict must be sim or estimate, got {predict_with!r}")
+    make = em.simulation_predictor if predict_with == "sim" else em.estimate_predictor
+    predict, by = make(dep, calibration, perf_db)  # checks the flags whatever the targets
     points = None
     if "aiperf" in targets:
         if not isl or not osl:
