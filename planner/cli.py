@@ -47,6 +47,11 @@ def run_app(application: typer.Typer, args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("pdsim: interrupted", err=True)
         return 130
+    except OSError as e:  # an output path in a missing folder, a read-only file: the user's path, named
+        if e.filename is None:
+            raise
+        typer.echo(f"pdsim: error: {e.filename}: {e.strerror}", err=True)
+        return EXIT_INPUT_ERROR
     except Exception as e:  # noqa: BLE001
         # usage errors (bad flag value, unknown option or command) come from click or, in typer >= 0.2x, from
         # its vendored copy of click, whose classes are not click's: recognise both by their interface
@@ -136,7 +141,7 @@ def simulate_cmd(
     tpot: float | None = typer.Option(None, "--tpot", help="TPOT target, ms (with --ttft)."),
     percentile: float = typer.Option(90, "--percentile", help="Percentile the targets bind."),
     json_out: str | None = typer.Option(None, "--json", help="Write the summary JSON to this file."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     profile: str | None = typer.Option(None, "--profile", help="Profile directory (measured costs)."),
     calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate) for "
                                            "this deployment's model and GPU."),
@@ -154,6 +159,8 @@ def simulate_cmd(
         fail("give exactly one of --trace FILE, --rate R or --concurrency N")
     if (ttft is None) != (tpot is None):
         fail("give both --ttft and --tpot (ms), or neither")
+    if ttft is not None and not (ttft > 0 and tpot > 0 and 0 < percentile <= 100):
+        fail(f"--ttft/--tpot must be > 0 ms and --percentile in (0, 100]; got {ttft:g}, {tpot:g}, {percentile:g}")
     dep = load_deployment(deployment)
     if trace is not None:
         from traces import load_trace
@@ -169,7 +176,7 @@ def simulate_cmd(
             fail(f"--rate must be > 0 req/s, got {rate:g}")
         if isl is None or osl is None:
             fail("--rate/--concurrency need --isl and --osl (tokens per request)")
-        workload = synthetic_workload(requests=requests or 1000, isl=isl, osl=osl, rate=rate,
+        workload = synthetic_workload(requests=1000 if requests is None else requests, isl=isl, osl=osl, rate=rate,
                                       concurrency=concurrency, seed=seed, warmup_requests=warmup)
     prof = None
     if profile is not None:
