@@ -294,7 +294,8 @@ class BenchPoint:
     osl: int
     concurrency: int | None = None
     request_rate: float | None = None
-    requests: int = 0
+    requests: int = 0  # measured requests, after ``warmup`` more
+    warmup: int = 0
     ttft_s: float | None = None  # predicted mean
     tpot_s: float | None = None  # predicted mean
 
@@ -315,10 +316,10 @@ def bench_points(dep: Deployment, isl: int, osl: int, rate: float | None = None,
                  predict: Callable[[BenchPoint], tuple[float, float]] | None = None,
                  concurrencies: list[int] | None = None, requests_per_client: int = 4) -> list[BenchPoint]:
     """The sweep (and the planned rate), each with ``predict(point) -> (ttft_s, tpot_s)`` filled in."""
-    pts = [BenchPoint(isl, osl, concurrency=c, requests=max(32, c * requests_per_client))
+    pts = [BenchPoint(isl, osl, concurrency=c, requests=max(32, c * requests_per_client), warmup=c)
            for c in (concurrencies or concurrency_sweep(dep))]
     if rate:
-        pts.append(BenchPoint(isl, osl, request_rate=rate, requests=max(64, int(rate * 120))))
+        pts.append(BenchPoint(isl, osl, request_rate=rate, requests=max(64, int(rate * 120)), warmup=8))
     if predict:
         pts = [replace(p, ttft_s=t, tpot_s=o) for p in pts for t, o in [predict(p)]]
     return pts
@@ -342,13 +343,35 @@ def estimate_predictor(dep: Deployment, calibration: str | Path | None = None, p
     return predict, by
 
 
+def simulation_predictor(dep: Deployment, calibration: str | Path | None = None, perf_db: str | None = None,
+                         seed: int = 0) -> tuple[Callable[[BenchPoint], tuple[float, float]], str]:
+    """(point -> mean (TTFT s, TPOT s) the simulator gives for exactly that aiperf run, a description): the
+    same clients, warm-up and request count (closed loop), or Poisson arrivals at the rate (open loop)."""
+    from planner import calibrate as cb  # noqa: PLC0415
+    from simulator import simulate  # noqa: PLC0415
+    from traces.synthetic import synthetic_workload  # noqa: PLC0415
+
+    cms = cb.pool_cost_models(dep, calibration, perf_db)
+    extra_s = cb.ttft_overhead_s(cms)  # per request outside the engine; the simulator's TTFT leaves it out
+    by = "pdsim simulate" + (f", calibration {calibration}" if calibration else "") + (
+        f", {perf_db} tables" if perf_db else "")
+
+    def predict(p: BenchPoint) -> tuple[float, float]:
+        w = synthetic_workload(requests=p.requests + p.warmup, isl=p.isl, osl=p.osl, rate=p.request_rate,
+                               concurrency=p.concurrency, seed=seed, warmup_requests=p.warmup)
+        s = simulate(dep, w, seed=seed, cost_models=cms).summary()
+        return s["ttft_ms"]["mean"] * 1e-3 + extra_s, s["tpot_ms"]["mean"] * 1e-3
+
+    return predict, by
+
+
 def aiperf_command(dep: Deployment, p: BenchPoint, model: str | None = None) -> list[str]:
     mid = model_id(dep, model)
     load = ["--concurrency", str(p.concurrency)] if p.concurrency else ["--request-rate", f"{p.request_rate:g}"]
     return ["aiperf", "profile", "--model", mid, "--tokenizer", mid, "--url", "$URL", "--endpoint-type", "chat",
             "--streaming", "--synthetic-input-tokens-mean", str(p.isl), "--synthetic-input-tokens-stddev", "0",
             "--output-tokens-mean", str(p.osl), "--output-tokens-stddev", "0", "--extra-inputs", "ignore_eos:true",
-            *load, "--request-count", str(p.requests), "--warmup-request-count", str(p.concurrency or 8),
+            *load, "--request-count", str(p.requests), "--warmup-request-count", str(p.warmup),
             "--random-seed", "0", "--artifact-dir", f"$OUT/{p.label}"]
 
 

@@ -6,8 +6,12 @@ import pytest
 import yaml
 
 from planner import emit
+from planner.calibrate import cost_models, ttft_overhead_s
+from planner.cli import app, run_app
 from profiler.errors import InputError
+from simulator import simulate
 from simulator.deployment import parse_deployment
+from traces.synthetic import synthetic_workload
 
 DISAGG = parse_deployment({
     "model": "llama-3.1-70b", "gpu": "h200-sxm", "dtype": "fp8", "topology": "disagg", "router": "kv_aware",
@@ -139,6 +143,25 @@ def test_aiperf_commands_measure_what_was_predicted(tmp_path):
         if ln.startswith("aiperf profile --") and "--concurrency 8 " in ln:
             assert lines[i - 1] == "# c8: predicted TTFT 800.0 ms, TPOT 12.0 ms"
     assert "pdsim calibrate --measured" in script
+
+
+def test_cli_writes_the_simulators_forecast_of_each_aiperf_run(tmp_path, capsys):
+    dep = parse_deployment({"model": "llama-3.1-8b", "gpu": "h100-sxm", "topology": "disagg",
+                            "prefill": {"replicas": 1, "tp": 1}, "decode": {"replicas": 1, "tp": 1, "max_seqs": 8}})
+    path = tmp_path / "dep.yaml"
+    path.write_text(dep.to_yaml())
+    assert run_app(app, ["emit", "--deployment", str(path), "--target", "aiperf,dynamo", "--isl", "512",
+                         "--osl", "64", "--out", str(tmp_path / "out")]) == 0
+    script = (tmp_path / "out" / "bench-aiperf.sh").read_text()
+    assert "Predictions (mean TTFT / TPOT) by pdsim simulate" in script
+    # c4 = 4 warm-up + 32 measured requests of 4 clients, exactly what its aiperf command sends
+    assert "--concurrency 4 --request-count 32 --warmup-request-count 4 " in script
+    w = synthetic_workload(requests=36, isl=512, osl=64, concurrency=4, seed=0, warmup_requests=4)
+    s = simulate(dep, w, seed=0).summary()
+    ttft = s["ttft_ms"]["mean"] + 1e3 * ttft_overhead_s(cost_models(dep))
+    assert f"# c4: predicted TTFT {ttft:.1f} ms, TPOT {s['tpot_ms']['mean']:.1f} ms" in script
+    assert run_app(app, ["emit", "--deployment", str(path), "--target", "aiperf", "--out", str(tmp_path)]) == 2
+    assert "needs --isl and --osl" in capsys.readouterr().err
 
 
 def test_unknown_target_and_engine_are_input_errors(tmp_path):
