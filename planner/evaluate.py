@@ -106,11 +106,12 @@ class Evaluator:
     load: Load = field(default_factory=Load)
     seed: int = 0
     profile: object | None = None
-    min_requests: int = 120
-    max_requests: int = 600
-    horizon_e2e: float = 6.0  # simulated time per probe, in units of one request's end-to-end latency
-    tolerance: float = 0.06  # bisection stops when hi / lo < 1 + tolerance
-    max_probes: int = 7
+    min_requests: int = 150
+    max_requests: int = 1000
+    horizon_e2e: float = 5.0  # simulated time per probe, in units of one request's end-to-end latency
+    tolerance: float = 0.10  # bisection stops when hi / lo < 1 + tolerance
+    max_probes: int = 6
+    calibration: dict[str, list[float]] = field(default_factory=dict)  # topology -> simulated / screened goodput
 
     # ---- one simulation --------------------------------------------------------------------------
     def run(self, dep: Deployment, workload: Workload) -> tuple[Probe, object]:
@@ -145,9 +146,16 @@ class Evaluator:
 
     # ---- goodput ---------------------------------------------------------------------------------
     def goodput(self, unit: Deployment, est: Estimate) -> Evaluation:
-        """Highest simulated rate at which the unit meets both targets (bisection), as tokens/s/GPU."""
+        """Highest simulated rate at which the unit meets both targets (bisection), as tokens/s/GPU.
+
+        The first probe is the screen's estimate corrected by what earlier units of the same topology
+        measured against theirs, so that after a few units the bracket starts tight."""
         probes: list[Probe] = []
-        r = est.goodput_rps if est.goodput_rps > 0 else 0.5 / max(self.screen.osl * self.slo.tpot_ms * 1e-3, 1e-3)
+        seen = self.calibration.get(unit.topology, [])
+        ratio = float(np.median(seen)) if seen else 1.0
+        step = 1.25 if len(seen) >= 2 else 1.6
+        r = est.goodput_rps * ratio if est.goodput_rps > 0 else 0.5 / max(
+            self.screen.osl * self.slo.tpot_ms * 1e-3, 1e-3)
         lo: Probe | None = None
         hi: Probe | None = None
         while len(probes) < self.max_probes:
@@ -158,13 +166,15 @@ class Evaluator:
             else:
                 hi = p if hi is None or p.rate_rps < hi.rate_rps else hi
             if lo is None:
-                r = hi.rate_rps / 2.0
+                r = hi.rate_rps / step
             elif hi is None:
-                r = lo.rate_rps * 1.5
+                r = lo.rate_rps * step
             elif hi.rate_rps / lo.rate_rps < 1 + self.tolerance:
                 break
             else:
                 r = math.sqrt(lo.rate_rps * hi.rate_rps)
+        if lo is not None and est.goodput_rps > 0:
+            self.calibration.setdefault(unit.topology, []).append(lo.rate_rps / est.goodput_rps)
         osl = float(self.screen.osl)
         if lo is None:
             lowest = min(probes, key=lambda q: q.rate_rps)

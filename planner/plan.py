@@ -112,10 +112,18 @@ class Confirmed:
     def summary(self) -> dict:
         return self.probe.summary
 
+    @property
+    def tok_s_per_gpu(self) -> float:
+        """Output tokens/s per GPU of the offered load (the simulator's own figure includes ramp and drain)."""
+        r = self.result.requests if self.result is not None else None
+        if r is None or not len(r) or r["arrival_s"].isna().all():
+            return float(self.summary.get("tok_s_per_gpu") or 0.0)
+        return self.rate_rps * float(r["osl"].mean()) / self.deployment.gpus
+
     def to_dict(self) -> dict:
         return {"deployment": self.deployment.to_dict(), "description": self.deployment.describe(),
-                "gpus": self.deployment.gpus, "rate_rps": self.rate_rps, "met": self.probe.met,
-                "requests": self.probe.requests, "summary": self.summary}
+                "gpus": self.deployment.gpus, "rate_rps": self.rate_rps, "tok_s_per_gpu": self.tok_s_per_gpu,
+                "met": self.probe.met, "requests": self.probe.requests, "summary": self.summary}
 
 
 @dataclass
@@ -198,12 +206,22 @@ def load_profile(path: str | None):
 
 
 # ---- choosing and confirming ----------------------------------------------------------------------
-def ranked(rows: list[dict], objective: str) -> list[dict]:
-    """Feasible units best first: by score; min-gpus by fewest GPUs, then score."""
+def ranked(rows: list[dict], objective: str, space: Space, load: Load, tie: float = 0.05) -> list[dict]:
+    """Feasible units best first. min-gpus: fewest GPUs, then score. Otherwise by score, where scores within
+    ``tie`` of the best (the bisection's resolution) count as equal and the one whose deployment serves the
+    most in total (fills more of the budget) goes first."""
     feasible = [r for r in rows if r["feasible"]]
     if objective == "min-gpus":
         return sorted(feasible, key=lambda r: (r["copies"] * _unit(r).gpus, -r["score"], r["key"]))
-    return sorted(feasible, key=lambda r: (-r["score"], r["key"]))
+    if not feasible:
+        return []
+    top = max(r["score"] for r in feasible)
+
+    def total(r: dict) -> float:
+        return deployment_of(r, space, load)[0].gpus * r["score"]
+
+    return sorted(feasible, key=lambda r: (r["score"] < (1 - tie) * top, -total(r) if r["score"] >= (1 - tie) * top
+                                           else -r["score"], r["key"]))
 
 
 def _unit(row: dict) -> Deployment:
@@ -217,31 +235,41 @@ def deployment_of(row: dict, space: Space, load: Load) -> tuple[Deployment, floa
     return scale(unit, copies), row["rate_rps"] * copies
 
 
-def confirm(ev: Evaluator, dep: Deployment, rate: float, tries: int = 3) -> Confirmed:
-    """Simulate the whole deployment under the load; with no fixed load, back the rate off until it meets."""
+BACKOFF = (1.0, 0.93, 0.86, 0.78, 0.7)  # confirmation rates, as shares of the unit-scaled goodput
+
+
+def confirm(ev: Evaluator, dep: Deployment, rate: float, e2e_s: float) -> tuple[Confirmed, int]:
+    """Simulate the whole deployment under the load (a longer run than the search's probes); with no fixed
+    load, back the rate off until it meets. Returns the confirmation and the simulations it took."""
     if ev.load.fixed:
-        copies = 1
-        probe, result = _run_whole(ev, dep, rate, copies)
-        return Confirmed(dep, probe.rate_rps, probe, result)
-    probe = result = None
-    for _ in range(tries):
-        probe, result = _run_whole(ev, dep, rate, 1)
+        probe, result = _run_whole(ev, dep, rate, e2e_s)
+        return Confirmed(dep, probe.rate_rps, probe, result), 1
+    tries = 0
+    for share in BACKOFF:
+        probe, result = _run_whole(ev, dep, rate * share, e2e_s)
+        tries += 1
         if probe.met:
             break
-        rate *= 0.92
-    return Confirmed(dep, probe.rate_rps, probe, result)
+    return Confirmed(dep, probe.rate_rps, probe, result), tries
 
 
-def _run_whole(ev: Evaluator, dep: Deployment, rate: float, copies: int) -> tuple[Probe, object]:
+CONFIRM_E2E = 10.0  # a confirmation run lasts this many end-to-end latencies (the search's probes: 6)
+
+
+def _run_whole(ev: Evaluator, dep: Deployment, rate: float, e2e_s: float) -> tuple[Probe, object]:
     load = ev.load
     if load.trace is not None:
         return ev.run(dep, load.trace)
     if load.concurrency is not None:
         return ev.run(dep, ev.workload(concurrency=load.concurrency, requests=max(ev.min_requests,
-                                                                                  4 * load.concurrency)))
+                                                                                  8 * load.concurrency)))
     r = load.rate if load.rate is not None else rate
-    n = int(np.clip(ev.requests_for(r, None) * 2, 2 * ev.min_requests, 4 * ev.max_requests))
+    n = int(np.clip(r * CONFIRM_E2E * e2e_s, 3 * ev.min_requests, 8 * ev.max_requests))
     return ev.run(dep, ev.workload(rate=r, requests=n))
+
+
+def _e2e_s(row: dict) -> float:
+    return ((row["summary"].get("e2e_ms") or {}).get("mean") or 1000.0) * 1e-3
 
 
 def closeness(row: dict, slo: SLO) -> float:
@@ -266,14 +294,20 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 
 # ---- the whole job --------------------------------------------------------------------------------
+def open_study(req: PlanRequest, storage: str | None = None, study_name: str | None = None):
+    """The search and its study (created, or loaded to resume); a stored study carries the request so that
+    `pdsim plan-worker` processes can join it."""
+    search = make_search(req, load_profile(req.profile))
+    study = search.study(storage, study_name or req.study_name())
+    if storage is not None and "request" not in study.user_attrs:
+        study.set_user_attr("request", req.to_dict())
+    return search, study
+
+
 def plan(req: PlanRequest, storage: str | None = None, study_name: str | None = None, progress=None) -> Plan:
     """Search, choose, confirm, explain. ``progress(done, total)`` is called after each simulated unit."""
     t0 = time.perf_counter()
-    search = make_search(req, load_profile(req.profile))
-    name = study_name or req.study_name()
-    study = search.study(storage, name)
-    if storage is not None and "request" not in study.user_attrs:
-        study.set_user_attr("request", req.to_dict())
+    search, study = open_study(req, storage, study_name)
     if progress is not None:
         search.on_evaluation = lambda _ev: progress(min(search.simulated(study), req.trials), req.trials)
     search.run(study)
@@ -289,7 +323,7 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
                   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
                   if "constraint" in t.user_attrs]
     sims = sum(r["sims"] for r in rows)
-    best = ranked(rows, req.objective)
+    best = ranked(rows, req.objective, space, ev.load, ev.tolerance)
     plan_ = Plan(req, rows, _dedupe(infeasible), None, None, [], study=study.study_name)
     if not best:
         plan_.closest = [{"key": r["key"], "description": _unit(r).describe(), "misses": r["constraint"],
@@ -300,14 +334,14 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
         return plan_
     winner_row = best[0]
     dep, rate = deployment_of(winner_row, space, ev.load)
-    rec = confirm(ev, dep, rate)
-    sims += 3 if not rec.probe.met else 1
+    rec, n = confirm(ev, dep, rate, _e2e_s(winner_row))
+    sims += n
     other = [r for r in best if r["unit"]["topology"] != winner_row["unit"]["topology"]]
     other_rows = [r for r in rows if r["unit"]["topology"] != winner_row["unit"]["topology"]]
     runner = None
     if other:
         odep, _ = deployment_of(other[0], space, ev.load)
-        probe, result = _run_whole(ev, odep, rec.rate_rps, 1)
+        probe, result = _run_whole(ev, odep, rec.rate_rps, _e2e_s(other[0]))
         runner = Confirmed(odep, probe.rate_rps, probe, result)
         sims += 1
     plan_.recommendation, plan_.runner_up = rec, runner
@@ -345,6 +379,30 @@ def write_outputs(p: Plan, out_dir: str | Path) -> list[Path]:
 
     paths.append(write_plan_report(p, out / "report.html"))
     return paths
+
+
+def write_check(p: Plan, path: str | Path) -> Path:
+    """A `pdsim check` file that guards the recommendation at its load, baseline from the same simulation
+    the check will run."""
+    from planner.check import build_workload, load_check, write_check_file  # noqa: PLC0415
+    from simulator import simulate  # noqa: PLC0415
+
+    req, rec = p.request, p.recommendation
+    if req.trace is not None:
+        workload = {"trace": str(Path(req.trace).resolve())}
+        if req.trace_format:
+            workload["format"] = req.trace_format
+    elif req.concurrency is not None:
+        workload = {"requests": rec.probe.requests, "isl": req.isl, "osl": req.osl, "concurrency": req.concurrency}
+    else:
+        workload = {"requests": rec.probe.requests, "isl": req.isl, "osl": req.osl, "rate": round(rec.rate_rps, 4)}
+    slo = {"ttft_ms": req.ttft_ms, "tpot_ms": req.tpot_ms, "percentile": req.percentile, "attainment": req.attainment}
+    name, comment = f"plan {p.study}", f"guards the recommendation of pdsim plan (study {p.study})"
+    path = write_check_file(path, rec.deployment, workload, slo, seed=req.seed, name=name, comment=comment)
+    summary = simulate(rec.deployment, build_workload(load_check(path)), seed=req.seed, profile=load_profile(
+        req.profile), slo=slo_of(req)).summary(slo_of(req))
+    return write_check_file(path, rec.deployment, workload, slo, summary=summary, seed=req.seed, name=name,
+                            comment=comment)
 
 
 def _jsonable(x):

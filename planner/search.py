@@ -34,6 +34,20 @@ SEEDED_PER_TOPOLOGY = 3  # the screen's best units of each topology, tried first
 MAX_IDLE_TRIALS = 150  # consecutive trials that simulate nothing new end the search (space exhausted)
 
 
+def storage_url(url: str | None) -> str | None:
+    """Optuna's RDB URL. ``postgresql://`` means whichever PostgreSQL driver is installed (SQLAlchemy 2.1
+    would insist on psycopg 3; the dev extra ships psycopg2)."""
+    if url is None or not url.startswith(("postgresql://", "postgres://")):
+        return url
+    import importlib.util  # noqa: PLC0415
+
+    rest = url.split("://", 1)[1]
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    raise InputError("PostgreSQL storage needs a driver: pip install psycopg2-binary", where=f"--storage {url}")
+
+
 def suggest(trial: optuna.Trial, space: Space) -> Deployment:
     """A unit from Optuna's parameters (conditional on the topology)."""
     tps = space.tps()
@@ -108,21 +122,27 @@ class Search:
         return out
 
     # ---- the study --------------------------------------------------------------------------------
-    def study(self, storage: str | None, name: str) -> optuna.Study:
+    def study(self, storage: str | None, name: str, sampler_seed: int | None = None) -> optuna.Study:
+        """Create or load the study. Workers that join pass their own ``sampler_seed`` so that they do not
+        all propose the same units."""
+        seed = self.seed if sampler_seed is None else sampler_seed
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("optuna").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         if self.objective == "pareto":
-            sampler = optuna.samplers.NSGAIISampler(seed=self.seed, population_size=8)
+            sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
             directions = ["maximize", "maximize"]
         else:
-            sampler = optuna.samplers.TPESampler(seed=self.seed, multivariate=True, group=True, n_startup_trials=6)
+            sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=6)
             directions = ["maximize"]
         try:
-            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
-                                        load_if_exists=True)
-        except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as e:
-            raise InputError(f"cannot open study storage: {e}", where=f"--storage {storage}") from None
+            study = optuna.create_study(storage=storage_url(storage), study_name=name, directions=directions,
+                                        sampler=sampler, load_if_exists=True)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds; all mean a bad URL/server
+            raise InputError(f"cannot open study storage ({e.__class__.__name__}: {str(e).splitlines()[0]})",
+                             where=f"--storage {storage}") from None
         if not study.trials:
             for unit in self.seeds():
                 study.enqueue_trial(params(unit), skip_if_exists=True)

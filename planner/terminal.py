@@ -1,0 +1,66 @@
+"""What `plan` prints: the question, the recommendation with its latencies, the other topology, the reasons."""
+
+from __future__ import annotations
+
+from planner.plan import Confirmed, Plan, PlanRequest
+
+
+def _f(x, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def header(req: PlanRequest) -> str:
+    load = (f"trace {req.trace}" if req.trace else f"{req.rate:g} req/s Poisson" if req.rate
+            else f"{req.concurrency} clients" if req.concurrency else "highest rate that meets the targets")
+    shape = f"isl {req.isl} / osl {req.osl}, " if req.trace is None else ""
+    return (f"plan: {req.model} ({req.dtype}) on up to {req.gpus} x {req.gpu}; {shape}load: {load}\n"
+            f"targets: p{req.percentile} TTFT <= {req.ttft_ms:g} ms, p{req.percentile} TPOT <= {req.tpot_ms:g} ms, "
+            f"{req.attainment:.0%} of requests; objective {req.objective}")
+
+
+def pools(c: Confirmed) -> list[str]:
+    out = []
+    for name, p in c.deployment.pools.items():
+        out.append(f"  {name:<8} {p.replicas} x TP{p.tp}  max_batch_tokens {p.max_batch_tokens}  "
+                   f"max_seqs {p.max_seqs}  chunked prefill {'on' if p.chunked_prefill else 'off'} "
+                   f"(chunk {p.prefill_chunk_tokens})")
+    if c.deployment.topology == "disagg":
+        k = c.deployment.kv_link
+        out.append(f"  kv link  {k.bandwidth_gb_s:g} GB/s, {k.latency_us:g} us ({k.placement})")
+    return out
+
+
+def latencies(c: Confirmed) -> list[str]:
+    s = c.summary
+    lines = [f"  {'ms':<6}{'p50':>9}{'p90':>9}{'p99':>9}"]
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        m = s.get(key) or {}
+        lines.append(f"  {key[:-3].upper():<6}" + "".join(f"{_f(m.get(p)):>9}" for p in ("p50", "p90", "p99")))
+    att = s.get("slo_attainment")
+    lines.append(f"  SLO attainment {_f(None if att is None else att * 100, '.1f')} %   "
+                 f"tokens/s/GPU {_f(c.tok_s_per_gpu, ',.0f')}   tokens/s/user {_f(s.get('tok_s_per_user'), '.1f')}"
+                 f"   at {c.rate_rps:.3g} req/s ({c.probe.requests} simulated requests)")
+    return lines
+
+
+def render(p: Plan) -> str:
+    lines = []
+    if p.recommendation is None:
+        lines.append("NO DEPLOYMENT MEETS THE TARGETS within the budget. Closest:")
+        for c in p.closest:
+            lines.append(f"  {c['description']}: {c['misses']}")
+    else:
+        rec = p.recommendation
+        verdict = "" if rec.probe.met else "  (NOT confirmed: the whole deployment misses the targets)"
+        lines.append(f"Recommendation: {rec.deployment.describe()}, {rec.deployment.gpus} GPUs{verdict}")
+        lines += pools(rec) + latencies(rec)
+        if p.runner_up is not None:
+            r = p.runner_up
+            lines.append(f"Best {r.deployment.topology}: {r.deployment.describe()}, {r.deployment.gpus} GPUs, "
+                         f"same load")
+            lines += latencies(r)
+    lines.append("Why:")
+    lines += [f"  - {why}" for why in p.reasons]
+    lines.append(f"searched {len(p.rows)} simulated units ({p.sims} simulations), {len(p.infeasible)} rejected "
+                 f"without simulating, in {p.wall_s:.1f} s; study {p.study}")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Shared studies: several processes fill one Optuna study (SQLite file, PostgreSQL server) and `plan`
+resumes from it without simulating those units again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from planner.cli import app, run_app
+from planner.plan import PlanRequest, open_study
+
+ARGS = dict(model="llama-3.1-8b", isl=1000, osl=100, ttft_ms=400, tpot_ms=25, gpus=2, trials=4)
+CLI = ["--model", "llama-3.1-8b", "--isl", "1000", "--osl", "100", "--ttft", "400", "--tpot", "25", "--gpus", "2",
+       "--trials", "4", "--quiet"]
+
+
+def postgres_url() -> str | None:
+    url = os.environ.get("PDSIM_TEST_POSTGRES")
+    if url is None and os.environ.get("CI") == "true":
+        pytest.fail("CI must provide a PostgreSQL server: .ci/run starts one and sets PDSIM_TEST_POSTGRES")
+    return url
+
+
+def workers(storage: str, study: str, n: int = 2) -> list[str]:
+    pdsim = str(Path(sys.executable).parent / "pdsim")
+    procs = [subprocess.Popen([pdsim, "plan-worker", "--storage", storage, "--study",
+                               study, "--wait", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+        outs.append(out)
+    return outs
+
+
+def shared_study_fills_and_resumes(storage: str, study: str, tmp_path) -> None:
+    search, st = open_study(PlanRequest(**ARGS), storage, study)
+    assert st.user_attrs["request"]["isl"] == 1000
+    outs = workers(storage, study)
+    known = search.known(st)
+    assert len(known) >= 4
+    pids = {row["worker_pid"] for row in known.values()}
+    assert len(pids) == 2, f"both workers should have simulated units, got {outs}"
+    assert all("simulated" in o and "simulated 0 units" not in o for o in outs)
+    # plan resumes the filled study: every unit it reports was simulated by the workers
+    code = run_app(app, ["plan", *CLI, "--storage", storage, "--study", study, "--out", str(tmp_path)])
+    assert code == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert {r["key"] for r in plan["evaluated"]} == set(known)
+    assert {r["worker_pid"] for r in plan["evaluated"]} == pids
+    assert plan["recommendation"]["met"]
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    shared_study_fills_and_resumes(f"sqlite:///{tmp_path / 'study.db'}", "shared", tmp_path)
+
+
+@pytest.mark.slow
+def test_same_study_on_postgresql(tmp_path):
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server: set PDSIM_TEST_POSTGRES=postgresql://user:pw@host/db (.ci/run does)")
+    import optuna
+
+    from planner.search import storage_url
+
+    name = f"pdsim-test-{uuid.uuid4().hex[:8]}"
+    try:
+        shared_study_fills_and_resumes(url, name, tmp_path)
+    finally:
+        optuna.delete_study(study_name=name, storage=storage_url(url))
+
+
+def test_sqlite_study_resumes_where_it_stopped(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    first = tmp_path / "first"
+    assert run_app(app, ["plan", *CLI[:-3], "--trials", "2", "--quiet", "--storage", storage, "--out", str(first)]) == 0
+    a = json.loads((first / "plan.json").read_text())
+    second = tmp_path / "second"
+    assert run_app(app, ["plan", *CLI[:-3], "--trials", "4", "--quiet", "--storage", storage, "--out",
+                         str(second)]) == 0
+    b = json.loads((second / "plan.json").read_text())
+    assert a["study"] == b["study"]  # same question, same study
+    assert len(a["evaluated"]) == 2 and len(b["evaluated"]) == 4
+    assert {r["key"] for r in a["evaluated"]} <= {r["key"] for r in b["evaluated"]}
+
+
+def test_worker_without_study_says_so(tmp_path, capsys):
+    code = run_app(app, ["plan-worker", "--storage", f"sqlite:///{tmp_path / 'none.db'}", "--study", "absent",
+                         "--wait", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no study 'absent'" in err
