@@ -367,6 +367,98 @@ def serve_cmd(
         fail(str(e), code=1)
 
 
+# ---- pdsim plan / plan-worker (planner/plan.py, planner/search.py) ------------------------------
+EXIT_NO_DEPLOYMENT = 3
+
+
+@app.command("plan")
+def plan_cmd(
+    model: str = typer.Option(..., "--model", help="Catalog name, Hugging Face id or config.json."),
+    ttft: float = typer.Option(..., "--ttft", help="TTFT target, ms, at --percentile."),
+    tpot: float = typer.Option(..., "--tpot", help="TPOT target, ms, at --percentile."),
+    isl: int | None = typer.Option(None, "--isl", help="Prompt tokens per request (not with --trace)."),
+    osl: int | None = typer.Option(None, "--osl", help="Output tokens per request (not with --trace)."),
+    gpu: str = typer.Option("h200-sxm", "--gpu", help="GPU type."),
+    gpus: int = typer.Option(8, "--gpus", help="GPU budget."),
+    dtype: str = typer.Option("bf16", "--dtype", help="Weights: bf16 | fp8 | fp4."),
+    rate: float | None = typer.Option(None, "--rate", help="Fixed load: Poisson req/s the deployment must carry."),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="Fixed load: closed-loop clients."),
+    trace: str | None = typer.Option(None, "--trace", help="Fixed load: a trace file (ISL/OSL come from it)."),
+    trace_format: str | None = typer.Option(None, "--trace-format", help="Trace format (default: detected)."),
+    percentile: int = typer.Option(90, "--percentile", help="50 | 90 | 99: the percentile the targets bind."),
+    attainment: float = typer.Option(0.9, "--attainment", help="Share of requests that must meet both targets."),
+    profile: str | None = typer.Option(None, "--profile", help="Profile directory (measured costs)."),
+    trials: int = typer.Option(24, "--trials", help="Units to simulate (each a goodput search)."),
+    seed: int = typer.Option(0, "--seed"),
+    out: str | None = typer.Option(None, "--out", help="Output folder (default ./pdsim-plan-<timestamp>/)."),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna storage: sqlite:///study.db (resume) or "
+                                       "postgresql://... (share with `pdsim plan-worker`)."),
+    study: str | None = typer.Option(None, "--study", help="Study name (default: a hash of the question)."),
+    objective: str = typer.Option("throughput-per-gpu", "--objective",
+                                  help="throughput-per-gpu | min-gpus | pareto (NSGA-II: tok/s/GPU and tok/s/user)."),
+    topology: str = typer.Option("both", "--topology", help="agg | disagg | both: which topologies to search."),
+    emit_check: str | None = typer.Option(None, "--emit-check", help="Also write a `pdsim check` file guarding "
+                                          "the recommendation."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Recommend agg or disagg, pool sizes and settings that meet the TTFT/TPOT targets. Exit 3 if none does."""
+    import time
+    from pathlib import Path
+
+    from planner.plan import PlanRequest, plan, write_outputs
+    from planner.terminal import header, render
+
+    if topology not in ("agg", "disagg", "both"):
+        fail(f"--topology must be agg, disagg or both, got {topology!r}")
+    req = PlanRequest(model=model, ttft_ms=ttft, tpot_ms=tpot, isl=isl, osl=osl, gpu=gpu, gpus=gpus, dtype=dtype,
+                      rate=rate, concurrency=concurrency, trace=trace, trace_format=trace_format,
+                      percentile=percentile, attainment=attainment, profile=profile, trials=trials, seed=seed,
+                      objective=objective,
+                      topologies=("agg", "disagg") if topology == "both" else (topology,))
+    req.validate()
+    folder = Path(out or f"pdsim-plan-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"{folder}: cannot create the output folder ({e.strerror})")
+    typer.echo(header(req))
+    bar = None if quiet else typer.progressbar(length=trials, label="searching", file=sys.stderr, show_pos=True)
+    done = [0]
+
+    def progress(n: int, _total: int) -> None:
+        if bar is not None and n > done[0]:
+            bar.update(n - done[0])
+            done[0] = n
+
+    if bar is not None:
+        with bar:
+            result = plan(req, storage=storage, study_name=study, progress=progress)
+    else:
+        result = plan(req, storage=storage, study_name=study)
+    typer.echo(render(result))
+    paths = write_outputs(result, folder)
+    if emit_check and result.recommendation is not None:
+        from planner.plan import write_check
+
+        paths.append(write_check(result, emit_check))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+    if not result.met:
+        raise typer.Exit(EXIT_NO_DEPLOYMENT)
+
+
+@app.command("plan-worker")
+def plan_worker_cmd(
+    storage: str = typer.Option(..., "--storage", help="The study's storage URL (sqlite:///... or postgresql://...)."),
+    study: str = typer.Option(..., "--study", help="Study name, as `plan` printed it."),
+    wait: float = typer.Option(60.0, "--wait", help="Seconds to wait for the study to appear."),
+) -> None:
+    """Join a shared plan study and simulate trials until its budget is spent."""
+    from planner.worker import join_study
+
+    n = join_study(storage, study, wait_s=wait)
+    typer.echo(f"plan-worker {study}: simulated {n} units")
+
+
 def main() -> None:
     sys.exit(run_app(app))
 
