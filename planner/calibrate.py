@@ -33,8 +33,7 @@ from profiler.models import canonical_model_name, resolve_model
 from profiler.roofline import Efficiency, engine_efficiency
 from simulator.deployment import Deployment, PoolSpec
 
-FIT_DEFAULT = tuple(n for n in ("gemm_compute", "gemm_memory", "attn_compute", "attn_memory", "iteration_overhead_s",
-                                 "ttft_overhead_s") if n in Efficiency.__dataclass_fields__)
+FIT_DEFAULT = ("gemm_compute", "gemm_memory", "attn_compute", "attn_memory", "iteration_overhead_s", "ttft_overhead_s")
 BOUNDS = {"iteration_overhead_s": (1e-5, 0.05), "per_seq_overhead_s": (1e-7, 1e-3),
           "ttft_overhead_s": (1e-4, 1.0)}  # others: (0.02, 1.0)
 PRIOR_WEIGHT = 0.01  # pulls factors the data cannot see back to their defaults, barely moves the rest
@@ -250,8 +249,8 @@ def _decode_s(cm: CostModel, n: int, ctx: int) -> float:
 
 
 def ttft_overhead_s(cms: dict[str, CostModel]) -> float:
-    """Per-request time outside any iteration (HTTP, tokenisation, the first token's trip back) that the
-    cost models' efficiency carries, if any."""
+    """Per-request time outside any iteration (HTTP, tokenisation, the first token's trip back): the
+    ``Efficiency.ttft_overhead_s`` of the cost models (0 for one without an Efficiency)."""
     return max(float(getattr(getattr(cm, "eff", None), "ttft_overhead_s", 0.0)) for cm in cms.values())
 
 
@@ -460,6 +459,10 @@ def calibrate(measured: str | Path, dep: Deployment, names: tuple[str, ...] = FI
               start: Efficiency | None = None) -> tuple[Calibration, pd.DataFrame, dict[str, int]]:
     """Read, fit, and report: the calibration, the points with predictions before/after, skipped rows."""
     points, skipped = read_measured(measured, dep)
+    if len(points) < len(names):
+        raise InputError(f"{len(points)} measured points cannot pin {len(names)} factors ({', '.join(names)}); "
+                         "measure more points (e.g. the emitted aiperf sweep) or fit fewer with --fit",
+                         where=str(measured))
     start = start or engine_efficiency(dep.engine)
     before = predict_points(dep, points, start)
     eff = fit_efficiency(dep, points, start, names)

@@ -15,9 +15,8 @@ from simulator.deployment import parse_deployment
 
 DEP = parse_deployment({"model": "llama-3.1-8b", "gpu": "h100-sxm", "dtype": "bf16", "engine": "vllm",
                         "topology": "agg", "workers": {"replicas": 1, "tp": 1, "max_seqs": 128}})
-TRUE = replace(Efficiency(gemm_compute=0.55, gemm_memory=0.70, attn_compute=0.40, attn_memory=0.60,
-                          iteration_overhead_s=3.5e-3),
-               **({"ttft_overhead_s": 0.04} if "ttft_overhead_s" in Efficiency.__dataclass_fields__ else {}))
+TRUE = Efficiency(gemm_compute=0.55, gemm_memory=0.70, attn_compute=0.40, attn_memory=0.60,
+                  iteration_overhead_s=3.5e-3, ttft_overhead_s=0.04)
 SILICON = Path("/work/shared/calibration/silicon_h100_sxm.csv")
 
 
@@ -119,6 +118,14 @@ def test_cli_calibrate_writes_the_file_and_refuses_a_foreign_calibration(measure
                          "--calibration", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gpu differs" in err[0] and err[0].startswith("pdsim: error:")
+
+
+def test_too_few_points_for_the_factors_is_refused(measured):
+    runs = sorted(measured.rglob("profile_export_aiperf.json"))[:3]
+    with pytest.raises(InputError, match="3 measured points cannot pin 6 factors"):
+        cb.calibrate(runs[0].parent.parent, DEP)
+    cal, _, _ = cb.calibrate(runs[0].parent.parent, DEP, names=("gemm_memory", "iteration_overhead_s"))
+    assert cal.fitted == ("gemm_memory", "iteration_overhead_s") and cal.points == 3
 
 
 def test_bad_measurement_folders_are_input_errors(tmp_path):
