@@ -399,6 +399,8 @@ def plan_cmd(
     topology: str = typer.Option("both", "--topology", help="agg | disagg | both: which topologies to search."),
     emit_check: str | None = typer.Option(None, "--emit-check", help="Also write a `pdsim check` file guarding "
                                           "the recommendation."),
+    emit: str | None = typer.Option(None, "--emit", help="Also write the recommendation's deploy artefacts into "
+                                    "<out>/deploy/: comma list of dynamo, vllm, sglang, aiperf."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Recommend agg or disagg, pool sizes and settings that meet the TTFT/TPOT targets. Exit 3 if none does."""
@@ -416,6 +418,11 @@ def plan_cmd(
                       objective=objective,
                       topologies=("agg", "disagg") if topology == "both" else (topology,))
     req.validate()
+    if emit:
+        from planner.emit import TARGETS
+
+        if bad := [t.strip() for t in emit.split(",") if t.strip() not in TARGETS]:
+            fail(f"--emit: unknown target {bad[0]!r}; known: {', '.join(TARGETS)}")
     folder = Path(out or f"pdsim-plan-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -441,9 +448,33 @@ def plan_cmd(
         from planner.plan import write_check
 
         paths.append(write_check(result, emit_check))
+    if emit and result.recommendation is not None:
+        paths += _emit_recommendation(result, emit, folder)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
     if not result.met:
         raise typer.Exit(EXIT_NO_DEPLOYMENT)
+
+
+def _emit_recommendation(result, targets: str, folder) -> list:
+    """`plan --emit`: the recommendation's artefacts (planner/emit.py), aiperf forecasts from the simulator."""
+    from planner import emit as em
+
+    rec, req = result.recommendation, result.request
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    points = None
+    if "aiperf" in names:
+        r = rec.result.requests if rec.result is not None else None
+        isl = req.isl or (round(float(r["isl"].mean())) if r is not None else None)
+        osl = req.osl or (round(float(r["osl"].mean())) if r is not None else None)
+        prof = None
+        if req.profile:
+            from profiler.profile import load_profile
+
+            prof = load_profile(req.profile)
+        predict, by = em.simulation_predictor(rec.deployment, seed=req.seed, profile=prof)
+        points = em.bench_points(rec.deployment, isl, osl, rec.rate_rps or None, predict)
+    return em.emit(rec.deployment, names, folder / "deploy", f"pdsim plan, study {result.study}, {folder}",
+                   points=points, predicted_by=by if points else "pdsim")
 
 
 @app.command("plan-worker")

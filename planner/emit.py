@@ -344,22 +344,23 @@ def estimate_predictor(dep: Deployment, calibration: str | Path | None = None, p
 
 
 def simulation_predictor(dep: Deployment, calibration: str | Path | None = None, perf_db: str | None = None,
-                         seed: int = 0) -> tuple[Callable[[BenchPoint], tuple[float, float]], str]:
+                         seed: int = 0, profile=None) -> tuple[Callable[[BenchPoint], tuple[float, float]], str]:
     """(point -> mean (TTFT s, TPOT s) the simulator gives for exactly that aiperf run, a description): the
-    same clients, warm-up and request count (closed loop), or Poisson arrivals at the rate (open loop)."""
+    same clients, warm-up and request count (closed loop), or Poisson arrivals at the rate (open loop).
+    ``profile``: a loaded Profile whose measured costs replace the roofline (as `plan --profile` used)."""
     from planner import calibrate as cb  # noqa: PLC0415
     from simulator import simulate  # noqa: PLC0415
     from traces.synthetic import synthetic_workload  # noqa: PLC0415
 
-    cms = cb.pool_cost_models(dep, calibration, perf_db)
-    extra_s = cb.ttft_overhead_s(cms)  # per request outside the engine; the simulator's TTFT leaves it out
+    cms = None if profile is not None else cb.pool_cost_models(dep, calibration, perf_db)
+    extra_s = cb.ttft_overhead_s(cms) if cms else 0.0  # per request outside the engine; not in the simulator's TTFT
     by = "pdsim simulate" + (f", calibration {calibration}" if calibration else "") + (
-        f", {perf_db} tables" if perf_db else "")
+        f", {perf_db} tables" if perf_db else "") + (", measured profile" if profile is not None else "")
 
     def predict(p: BenchPoint) -> tuple[float, float]:
         w = synthetic_workload(requests=p.requests + p.warmup, isl=p.isl, osl=p.osl, rate=p.request_rate,
                                concurrency=p.concurrency, seed=seed, warmup_requests=p.warmup)
-        s = simulate(dep, w, seed=seed, cost_models=cms).summary()
+        s = simulate(dep, w, seed=seed, cost_models=cms, profile=profile).summary()
         return s["ttft_ms"]["mean"] * 1e-3 + extra_s, s["tpot_ms"]["mean"] * 1e-3
 
     return predict, by

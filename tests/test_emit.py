@@ -1,5 +1,6 @@
 """Emitted deploy artefacts describe exactly the plan's deployment: replicas, GPUs per replica, roles."""
 
+import json
 import re
 
 import pytest
@@ -169,3 +170,21 @@ def test_unknown_target_and_engine_are_input_errors(tmp_path):
         emit.emit(AGG, ["k8s"], tmp_path, "p")
     with pytest.raises(InputError, match="no launch arguments for engine 'trtllm'"):
         emit.dynamo_yaml(AGG, "p", engine="trtllm")
+
+
+@pytest.mark.slow
+def test_plan_emit_writes_the_recommendations_artefacts(tmp_path):
+    out = tmp_path / "plan"
+    code = run_app(app, ["plan", "--model", "llama-3.1-8b", "--isl", "1000", "--osl", "100", "--ttft", "800",
+                         "--tpot", "40", "--gpus", "2", "--trials", "3", "--quiet", "--out", str(out),
+                         "--emit", "dynamo,aiperf"])
+    assert code == 0
+    rec = parse_deployment(yaml.safe_load((out / "deployment.yaml").read_text()))
+    rate = json.loads((out / "plan.json").read_text())["recommendation"]["rate_rps"]
+    manifest = (out / "deploy" / "dynamo-vllm.yaml").read_text()
+    assert emit.plan_of(manifest) == rec and "pdsim plan, study pdsim-" in manifest
+    workers = _workers(yaml.safe_load(manifest))
+    assert sum(w["replicas"] * int(w["resources"]["limits"]["gpu"]) for w in workers.values()) == rec.gpus
+    bench = (out / "deploy" / "bench-aiperf.sh").read_text()
+    assert f"--request-rate {rate:g} " in bench and "--synthetic-input-tokens-mean 1000 " in bench
+    assert "by pdsim simulate" in bench
