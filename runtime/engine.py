@@ -25,8 +25,9 @@ class StepResult:
     tokens: list[tuple[Sequence, int]]  # (sequence, new token) for every sequence that sampled
     batch: Batch  # the step in the simulator's terms
     start_s: float  # time.time() when the step began
-    compute_s: float  # model time (perf_counter)
+    compute_s: float  # the step's own work: prepare, model, sample, postprocess (perf_counter)
     duration_s: float  # whole step, including pacing
+    model_s: float = 0.0  # the model forward alone; compute_s - model_s is the engine's own overhead
     kv: dict[str, torch.Tensor] = field(default_factory=dict)  # rid -> KV of finished prefill-only sequences
 
 
@@ -98,9 +99,13 @@ class Engine:
             return None
         start, t0 = time.time(), time.perf_counter()
         step, batch, sampling = self.prepare(chunks)
+        t1 = time.perf_counter()
         logits = self.model(step, self.cache)
-        tokens = [(seq, self.sample(seq, logits[row])) for row, seq in enumerate(sampling)]
-        result = StepResult(tokens, batch, start, 0.0, 0.0)
+        model_s = time.perf_counter() - t1
+        greedy = logits.argmax(dim=-1).tolist()
+        tokens = [(seq, greedy[row] if seq.temperature <= 0 else self.sample(seq, logits[row]))
+                  for row, seq in enumerate(sampling)]
+        result = StepResult(tokens, batch, start, 0.0, 0.0, model_s)
         for seq, token in tokens:
             seq.times.setdefault("first_token", time.time())
             seq.append(token)
@@ -120,19 +125,19 @@ class Engine:
 
     def prepare(self, chunks: list[tuple[Sequence, int]]) -> tuple[StepInput, Batch, list[Sequence]]:
         """The flat model input of ``chunks`` (decode first), its Batch, and the sequences that sample, in row order."""
-        decode = [(s, n) for s, n in chunks if not s.prefilling]
+        decode = [s for s, _ in chunks if not s.prefilling]
         prefill = [(s, n) for s, n in chunks if s.prefilling]
-        ids, pos, slots, rows, sampling, pre = [], [], [], [], [], []
-        ctx_slots = []
-        for seq, _ in decode:
-            p = seq.num_cached
-            ids.append(seq.token_ids[p])
-            pos.append(torch.tensor([p]))
-            s = self.blocks.slots(seq, 0, p + 1)
-            ctx_slots.append(s)
-            slots.append(s[-1:])
-            rows.append(len(rows))
-            sampling.append(seq)
+        bt, dev = self.blocks.block_tokens, self.device
+        ids = [s.token_ids[s.num_cached] for s in decode]
+        pos, slots, pre, rows, sampling = [], [], [], list(range(len(decode))), list(decode)
+        if decode:  # every decode sequence's context slots at once, from a padded block-table matrix
+            lens = torch.tensor([s.num_cached + 1 for s in decode])
+            width = max(len(s.block_table) for s in decode)
+            table = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in decode])
+            ctx = torch.arange(int(lens.max()))
+            ctx_slots = table[:, ctx // bt] * bt + ctx % bt
+            pos.append(lens - 1)
+            slots.append(ctx_slots[torch.arange(len(decode)), lens - 1])
         t = len(decode)
         for seq, n in prefill:
             c = seq.num_cached
@@ -140,25 +145,20 @@ class Engine:
             ids += seq.token_ids[c:c + n]
             pos.append(torch.arange(c, c + n))
             slots.append(s[c:])
-            pre.append((t, n, c, s.to(self.device)))
+            pre.append((t, n, c, s.to(dev)))
             t += n
             if c + n == seq.num_tokens:  # the prompt is done: this chunk samples the next token
                 rows.append(t - 1)
                 sampling.append(seq)
-        dev = self.device
         step = StepInput(token_ids=torch.tensor(ids, device=dev), positions=torch.cat(pos).to(dev),
                          slots=torch.cat(slots).to(dev), n_decode=len(decode), prefill=pre,
                          logits_rows=torch.tensor(rows, dtype=torch.long, device=dev))
         if decode:
-            lens = torch.tensor([len(s) for s in ctx_slots])
-            pad = torch.zeros(len(decode), int(lens.max()), dtype=torch.long)
-            for i, s in enumerate(ctx_slots):
-                pad[i, : len(s)] = s
-            step.decode_ctx_slots = pad.to(dev)
-            step.decode_mask = (torch.arange(pad.shape[1])[None, :] < lens[:, None]).to(dev)
+            step.decode_ctx_slots = ctx_slots.to(dev)
+            step.decode_mask = (ctx[None, :] < lens[:, None]).to(dev)
         batch = Batch.of(prefill=[(n, s.num_cached) for s, n in prefill],
-                         decode_ctx=[s.num_cached + 1 for s, _ in decode])
-        batch.prefill_last_chunks = sum(1 for s, n in prefill if s.num_cached + n == s.num_tokens)
+                         decode_ctx=[s.num_cached + 1 for s in decode])
+        batch.prefill_last_chunks = len(sampling) - len(decode)
         return step, batch, sampling
 
     def sample(self, seq: Sequence, logits: torch.Tensor) -> int:
