@@ -388,6 +388,8 @@ def plan_cmd(
     percentile: int = typer.Option(90, "--percentile", help="50 | 90 | 99: the percentile the targets bind."),
     attainment: float = typer.Option(0.9, "--attainment", help="Share of requests that must meet both targets."),
     profile: str | None = typer.Option(None, "--profile", help="Profile directory (measured costs)."),
+    calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate) for "
+                                           "this model, GPU and dtype: fitted roofline factors."),
     trials: int = typer.Option(24, "--trials", help="Units to simulate (each a goodput search)."),
     seed: int = typer.Option(0, "--seed"),
     out: str | None = typer.Option(None, "--out", help="Output folder (default ./pdsim-plan-<timestamp>/)."),
@@ -414,7 +416,8 @@ def plan_cmd(
         fail(f"--topology must be agg, disagg or both, got {topology!r}")
     req = PlanRequest(model=model, ttft_ms=ttft, tpot_ms=tpot, isl=isl, osl=osl, gpu=gpu, gpus=gpus, dtype=dtype,
                       rate=rate, concurrency=concurrency, trace=trace, trace_format=trace_format,
-                      percentile=percentile, attainment=attainment, profile=profile, trials=trials, seed=seed,
+                      percentile=percentile, attainment=attainment, profile=profile, calibration=calibration,
+                      trials=trials, seed=seed,
                       objective=objective,
                       topologies=("agg", "disagg") if topology == "both" else (topology,))
     req.validate()
@@ -471,7 +474,7 @@ def _emit_recommendation(result, targets: str, folder) -> list:
             from profiler.profile import load_profile
 
             prof = load_profile(req.profile)
-        predict, by = em.simulation_predictor(rec.deployment, seed=req.seed, profile=prof)
+        predict, by = em.simulation_predictor(rec.deployment, req.calibration, seed=req.seed, profile=prof)
         points = em.bench_points(rec.deployment, isl, osl, rec.rate_rps or None, predict)
     return em.emit(rec.deployment, names, folder / "deploy", f"pdsim plan, study {result.study}, {folder}",
                    points=points, predicted_by=by if points else "pdsim")

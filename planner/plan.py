@@ -49,6 +49,7 @@ class PlanRequest:
     percentile: int = 90
     attainment: float = 0.9
     profile: str | None = None
+    calibration: str | None = None  # `pdsim calibrate` file: fitted roofline factors (not with profile)
     trials: int = 24
     seed: int = 0
     objective: str = "throughput-per-gpu"
@@ -94,6 +95,8 @@ class PlanRequest:
             raise InputError(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile}")
         if not 0 < self.attainment <= 1:
             raise InputError(f"--attainment must be in (0, 1], got {self.attainment}")
+        if self.profile is not None and self.calibration is not None:
+            raise InputError("give --profile (measured costs) or --calibration (fitted roofline), not both")
         if self.objective == "min-gpus" and not loads:
             raise InputError("--objective min-gpus needs a load to carry: --rate, --concurrency or --trace")
         dtype_bytes(self.dtype)
@@ -184,8 +187,10 @@ def build(req: PlanRequest, profile=None) -> tuple[Space, Screen, Evaluator]:
     if need > model.max_context:
         raise InputError(f"isl + osl = {need} tokens exceeds {model.name}'s context of {model.max_context}")
     space = Space(model, gpu, req.model, req.gpu, req.gpus, req.dtype, min_kv_tokens=need)
-    screen = Screen(space, isl_mean, osl_mean, req.ttft_ms * 1e-3, req.tpot_ms * 1e-3, req.percentile, profile)
-    evaluator = Evaluator(space, screen, slo_of(req), isl, osl, load, req.seed, profile)
+    eff = calibrated_efficiency(req, space)
+    screen = Screen(space, isl_mean, osl_mean, req.ttft_ms * 1e-3, req.tpot_ms * 1e-3, req.percentile, profile,
+                    efficiency=eff)
+    evaluator = Evaluator(space, screen, slo_of(req), isl, osl, load, req.seed, profile, efficiency=eff)
     return space, screen, evaluator
 
 
@@ -195,6 +200,16 @@ def make_search(req: PlanRequest, profile=None) -> Search:
     screen.space = space
     evaluator.space = space
     return Search(space, screen, evaluator, req.objective, req.trials, req.seed)
+
+
+def calibrated_efficiency(req: PlanRequest, space: Space):
+    """The Efficiency of ``--calibration FILE``, refused unless fitted on this model, GPU, engine and dtype."""
+    if req.calibration is None:
+        return None
+    from planner.calibrate import efficiency_for  # noqa: PLC0415
+
+    return efficiency_for(Deployment(model=req.model, gpu=req.gpu, dtype=req.dtype, engine=space.engine),
+                          req.calibration)
 
 
 def load_profile(path: str | None):
@@ -384,8 +399,7 @@ def write_outputs(p: Plan, out_dir: str | Path) -> list[Path]:
 def write_check(p: Plan, path: str | Path) -> Path:
     """A `pdsim check` file that guards the recommendation at its load, baseline from the same simulation
     the check will run."""
-    from planner.check import build_workload, load_check, write_check_file  # noqa: PLC0415
-    from simulator import simulate  # noqa: PLC0415
+    from planner.check import load_check, simulate_check, write_check_file  # noqa: PLC0415
 
     req, rec = p.request, p.recommendation
     if req.trace is not None:
@@ -398,11 +412,12 @@ def write_check(p: Plan, path: str | Path) -> Path:
         workload = {"requests": rec.probe.requests, "isl": req.isl, "osl": req.osl, "rate": round(rec.rate_rps, 4)}
     slo = {"ttft_ms": req.ttft_ms, "tpot_ms": req.tpot_ms, "percentile": req.percentile, "attainment": req.attainment}
     name, comment = f"plan {p.study}", f"guards the recommendation of pdsim plan (study {p.study})"
-    path = write_check_file(path, rec.deployment, workload, slo, seed=req.seed, name=name, comment=comment)
-    summary = simulate(rec.deployment, build_workload(load_check(path)), seed=req.seed, profile=load_profile(
-        req.profile), slo=slo_of(req)).summary(slo_of(req))
+    costs = {k: str(Path(v).resolve()) if Path(v).exists() else v  # a bare name may be a bundled profile
+             for k, v in (("profile", req.profile), ("calibration", req.calibration)) if v}
+    path = write_check_file(path, rec.deployment, workload, slo, seed=req.seed, name=name, comment=comment, **costs)
+    summary = simulate_check(load_check(path))  # the check's own run: same workload, profile or calibration
     return write_check_file(path, rec.deployment, workload, slo, summary=summary, seed=req.seed, name=name,
-                            comment=comment)
+                            comment=comment, **costs)
 
 
 def _jsonable(x):

@@ -43,13 +43,15 @@ class Screen:
     tpot_s: float
     percentile: float = 90.0
     profile: object | None = None
+    efficiency: object | None = None  # a calibration's Efficiency (None: the engine's)
     _cms: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict)
 
     def cost_model(self, tp: int) -> CostModel:
         if tp not in self._cms:
             s = self.space
-            self._cms[tp] = make_cost_model(s.model, s.gpu, tp, s.dtype, s.resolved_kv_dtype, s.engine, self.profile)
+            self._cms[tp] = make_cost_model(s.model, s.gpu, tp, s.dtype, s.resolved_kv_dtype, s.engine, self.profile,
+                                            efficiency=self.efficiency)
         return self._cms[tp]
 
     @property

@@ -151,3 +151,18 @@ def test_silicon_rows_of_the_deployment_are_used_and_the_fit_reduces_error():
     assert set(table.tp) == {2, 4, 8}  # each row keeps its own parallelism
     before, after = (sum(e.values()) for e in (cal.error_before, cal.error_after))
     assert after < before
+
+
+def test_plan_searches_with_the_calibration_and_refuses_a_foreign_one(fitted, tmp_path, capsys):
+    from planner.plan import PlanRequest, build
+
+    path = cb.save_calibration(fitted, tmp_path / "calib.yaml")
+    req = PlanRequest(model="llama-3.1-8b", ttft_ms=500, tpot_ms=30, isl=1000, osl=100, gpu="h100-sxm", gpus=2,
+                      calibration=str(path))
+    _, screen, evaluator = build(req)
+    assert screen.cost_model(1).eff == fitted.efficiency and evaluator.efficiency == fitted.efficiency
+    code = run_app(app, ["plan", "--model", "llama-3.1-8b", "--isl", "1000", "--osl", "100", "--ttft", "500",
+                         "--tpot", "30", "--gpu", "h200-sxm", "--calibration", str(path), "--quiet",
+                         "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "gpu differs" in err[0]
