@@ -1,0 +1,96 @@
+"""Simulator accounting as a property: whatever the workload and deployment, every request ends exactly once,
+tokens add up, timestamps are ordered and every KV block comes back.
+
+Small random workloads on a KV cache squeezed (L40S at 42 % memory: ~13k tokens per 8B replica) so that
+preemption, KV-boundary stalls and never-fitting requests all happen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator.deployment import parse_deployment
+from simulator.metrics import SLO
+from simulator.sim import Simulation
+from traces.workload import Workload, make_requests
+
+POOL = st.fixed_dictionaries({"replicas": st.integers(1, 3), "max_batch_tokens": st.sampled_from([512, 2048, 8192]),
+                              "max_seqs": st.integers(1, 48), "chunked_prefill": st.booleans()})
+
+
+@st.composite
+def deployments(draw):
+    d = {"model": "llama-3.1-8b", "gpu": "l40s", "gpu_memory_utilization": 0.42,
+         "router": draw(st.sampled_from(["round_robin", "least_loaded"])),
+         "kv_block_tokens": draw(st.sampled_from([16, 32]))}
+    if draw(st.booleans()):
+        d["workers"] = draw(POOL)
+    else:
+        d["prefill"], d["decode"] = draw(POOL), draw(POOL)
+        d["kv_link"] = {"bandwidth_gb_s": draw(st.sampled_from([1.0, 50.0])), "latency_us": 10}
+    return parse_deployment(d)
+
+
+@st.composite
+def workloads(draw):
+    n = draw(st.integers(1, 40))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    isl = rng.integers(1, 3000, n)
+    isl[rng.random(n) < 0.1] = 20_000  # some prompts never fit a replica's KV: they must fail, not vanish
+    osl = rng.integers(1, 300, n)
+    if draw(st.booleans()):  # closed loop
+        c = draw(st.integers(1, 8))
+        return Workload(make_requests(np.full(n, np.nan), isl, osl), concurrency=c,
+                        warmup_requests=draw(st.integers(0, n - 1)))
+    arrival = rng.uniform(0, draw(st.sampled_from([0.0, 1.0, 30.0])), n)  # 0: everything at once
+    return Workload(make_requests(arrival, isl, osl))
+
+
+def run(dep, workload):
+    sim = Simulation(dep, workload)
+    sim.env.run()
+    return sim, sim.result(SLO(ttft_ms=500, tpot_ms=50))
+
+
+@settings(max_examples=40, deadline=None)
+@given(dep=deployments(), workload=workloads())
+def test_every_request_ends_once_and_tokens_add_up(dep, workload):
+    sim, result = run(dep, workload)
+    df, n = result.requests, len(workload)
+    ok, failed = df["outcome"] == "ok", df["outcome"] == "failed"
+    assert len(df) == n and (ok | failed).all()  # nothing pending, nothing lost
+    assert sorted(df["request_id"]) == list(range(n))
+    s = result.summary()
+    assert s["completed"] + s["failed"] == s["requests"] == n
+    assert s["measured"] == n - workload.warmup_requests
+    # a request fails only for a reason, and only if it can never fit
+    assert (df.loc[failed, "fail_reason"] != "").all() and (df.loc[ok, "fail_reason"] == "").all()
+    assert df.loc[failed, "isl"].min() > 3000 if failed.any() else True
+    # tokens: every completed request emitted osl tokens: its first, then osl - 1 inter-token gaps
+    _, _, weight = result.itl
+    assert weight.sum() == (df.loc[ok, "osl"] - 1).sum()
+    measured_ok = df[ok & df["measured"]]
+    if s["throughput_tok_s"]:
+        assert np.isclose(s["throughput_tok_s"] * s["duration_s"], measured_ok["osl"].sum())
+    # time runs forward for each request
+    o = df[ok]
+    assert (o["prefill_start_s"] >= o["arrival_s"]).all()
+    assert (o["first_token_s"] >= o["prefill_end_s"]).all() and (o["last_token_s"] >= o["first_token_s"]).all()
+    assert ((o["osl"] > 1) | (o["last_token_s"] == o["first_token_s"])).all()
+    if dep.topology == "disagg":
+        assert (o["transfer_end_s"] >= o["transfer_start_s"]).all()
+        assert (o["transfer_start_s"] >= o["prefill_end_s"]).all()
+    # every KV block comes back and no worker holds a request when the run is over
+    for w in sim.workers:
+        assert (w.kv.free, len(w.running), w.load) == (w.kv.total, 0, 0), (w.wid, w.pool_name)
+    assert (sim.seqs.blocks == 0).all() and (sim.seqs.xfer_blocks == 0).all()
+
+
+def test_one_request_on_a_single_worker_is_served_and_counted():
+    dep = parse_deployment({"model": "llama-3.1-8b", "gpu": "h200-sxm", "workers": {"replicas": 1}})
+    _, result = run(dep, Workload(make_requests([0.0], [100], [1])))
+    s = result.summary()
+    assert (s["requests"], s["completed"], s["failed"]) == (1, 1, 0)
+    assert s["tpot_ms"]["p50"] is None and s["ttft_ms"]["p50"] > 0  # one output token: a TTFT, no TPOT
