@@ -94,7 +94,7 @@ class Worker:
                 if peer is None:
                     peer = self.peers[port] = connect(port)
                     peer.send({"type": "hello", "role": "prefill", "worker": self.cfg.worker_id})
-                data = kv.contiguous().cpu().numpy()
+                data = kv.contiguous().cpu().view(torch.uint8).numpy()  # raw bytes (numpy has no bf16)
                 header["send_start"] = time.time()
                 peer.send(header, memoryview(data))
                 self.to_frontend({"type": "kv_sent", "rid": rid, "bytes": data.nbytes,
@@ -231,7 +231,8 @@ class Worker:
 
 
 def make_engine(cfg: WorkerConfig, pace_s: Callable[[Batch], float] | None = None) -> Engine:
-    model = load_model(cfg.model, cfg.seed, device=cfg.device)
+    dtype = torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
+    model = load_model(cfg.model, cfg.seed, dtype=dtype, device=cfg.device)
     sched = SchedulerConfig(cfg.max_batch_tokens, cfg.max_seqs, cfg.chunk_tokens, cfg.chunked_prefill)
     return Engine(model, sched, -(-cfg.kv_tokens // cfg.block_tokens), cfg.block_tokens, pace_s=pace_s)
 
