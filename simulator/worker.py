@@ -12,6 +12,7 @@ hands each prompt's KV to a decode worker; ``decode`` receives KV (``ready``) an
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,27 @@ from simulator.block_manager import BlockManager, blocks_for
 if TYPE_CHECKING:
     from simulator.deployment import PoolSpec
     from simulator.sim import Simulation
+
+
+@dataclass
+class DecodeRun:
+    """A fast-forwarded pure-decode batch: when its steps end, and the KV blocks it holds for them."""
+
+    t0: float
+    comp: np.ndarray  # KV tokens of each sequence at the start
+    held: np.ndarray  # blocks each sequence holds at the start (step 1 included)
+    block_tokens: int
+    k: int  # steps it runs
+    hold: int = 0  # blocks held beyond ``held`` for steps 2..k
+    cum: np.ndarray | None = None  # end of each step, seconds after t0
+
+    def growth(self, steps: int) -> int:
+        """Blocks beyond ``held`` that ``steps`` steps use."""
+        return int((blocks_for(self.comp + steps, self.block_tokens) - self.held).sum())
+
+    def steps_by(self, now: float) -> int:
+        """Steps done once the one in flight at ``now`` has ended."""
+        return min(int(np.searchsorted(self.cum, now - self.t0, side="right")) + 1, self.k)
 
 
 class Worker:
@@ -41,6 +63,7 @@ class Worker:
         self.running = np.empty(0, np.int64)  # admission order
         self.load = 0  # outstanding requests routed here
         self.wake = None  # the event the worker waits on while idle or fast-forwarding
+        self.run: DecodeRun | None = None  # the fast-forwarded decode run in flight
         self.busy_s = 0.0
         self.iterations = 0
         self.series: list[tuple] = []  # (time_s, batch_size, queue_len, kv_blocks_used, iterations)
@@ -63,16 +86,29 @@ class Worker:
         self.try_reserve()
 
     def try_reserve(self) -> None:
-        S = self.S
+        S, kv, run = self.S, self.kv, self.run
+        settled = False
         while self.reserving:
             r = self.reserving[0]
             need = int(blocks_for(S.isl[r], self.B))
-            if need > self.kv.free:
-                return
+            if need > kv.free and run is not None and not settled:
+                # a decode run holds blocks for steps still to come: stepping would not have taken them yet
+                used = run.growth(run.steps_by(self.env.now))
+                kv.deallocate(run.hold - used)
+                run.hold, settled = used, True
+            if need > kv.free:
+                break
             self.reserving.popleft()
-            self.kv.allocate(need)
+            kv.allocate(need)
             S.blocks[r] = need
             self.sim.start_transfer(r)
+        if settled:  # hold the rest of the run again, or end it after the step in flight
+            rest = run.growth(run.k) - run.hold
+            if rest <= kv.free:
+                kv.allocate(rest)
+                run.hold += rest
+            else:
+                self.notify()
 
     def notify(self) -> None:
         if self.wake is not None and not self.wake.triggered:
@@ -92,7 +128,8 @@ class Worker:
                 self.wake = None
                 continue
             row = (env.now, len(dec) + len(pf), len(self.waiting) + len(self.ready), self.kv.used, self.iterations)
-            if not pf and self.fast_forward:
+            # a batch that the next schedule() would change (a preemption left room for a ready sequence) steps once
+            if not pf and self.fast_forward and not (self.ready and len(self.running) < self.max_seqs):
                 if (yield from self.decode_run(dec)):
                     self.retire()
             else:
@@ -228,46 +265,44 @@ class Worker:
         comp = S.computed[dec]
         gen = S.generated[dec]
         k = k_done = int((S.osl[dec] - gen).min())
-        held = S.blocks[dec]  # blocks_for(comp + 1): schedule() covered step 1
-        # Hold an upper bound on the blocks k steps need (each sequence at most ceil((k-1)/B) more) and settle
+        run = DecodeRun(env.now, comp, S.blocks[dec], B, k)
+        # Hold an upper bound on the blocks steps 2..k need (each sequence at most ceil((k-1)/B) more) and settle
         # the exact count when the run ends; where the bound does not fit, find the most steps that do.
         hold = n * -(-(k - 1) // B)
         if hold > kv.free:
-            held_sum = int(held.sum())
-
-            def growth(steps: int) -> int:
-                return int(blocks_for(comp + steps, B).sum()) - held_sum
-
-            if growth(k) > kv.free:
+            if run.growth(k) > kv.free:
                 lo, hi = 1, k
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
-                    if growth(mid) <= kv.free:
+                    if run.growth(mid) <= kv.free:
                         lo = mid
                     else:
                         hi = mid - 1
-                k = lo
-            hold = growth(k)
+                run.k = k = lo
+            hold = run.growth(k)
         kv.allocate(hold)
+        run.hold = hold
         steps = self.cost.decode_steps_s(n, int(comp.sum()) + n, k)
-        cum = np.cumsum(steps)
-        t0 = env.now
-        j = k
+        run.cum = cum = np.cumsum(steps)
+        t0 = run.t0
         if k == 1:
             yield env.timeout(cum[0])
         else:
+            self.run = run
             wake = self.wake = env.event()
             timer = env.timeout(cum[-1])
             timer.callbacks.append(lambda _ev: wake.triggered or wake.succeed())
             yield wake
             self.wake = None
             if not timer.processed:  # woken: finish the step in flight, then re-form the batch
-                j = min(int(np.searchsorted(cum, env.now - t0, side="right")) + 1, k)
-                wait = t0 + cum[j - 1] - env.now
+                run.k = run.steps_by(env.now)
+                wait = t0 + cum[run.k - 1] - env.now
                 if wait > 0:
                     yield env.timeout(wait)
+            self.run = None
+        j = run.k
         blocks = blocks_for(comp + j, B)
-        kv.deallocate(hold - int((blocks - held).sum()))
+        kv.deallocate(run.hold - int((blocks - run.held).sum()))
         S.blocks[dec] = blocks
         S.computed[dec] = comp + j
         S.generated[dec] = gen + j
@@ -280,8 +315,6 @@ class Worker:
             if j > 1:
                 self.sim.itl.add(t0 + cum[1:j], steps[1:j], n)
         S.last_token_s[dec] = t0 + cum[j - 1]
-        if j < k and self.reserving:
-            self.try_reserve()
         return j == k_done  # a sequence has finished
 
     def retire(self) -> None:

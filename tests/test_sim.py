@@ -300,3 +300,36 @@ def test_kv_link_shares_bandwidth_among_concurrent_transfers():
     # a alone for 0.5 s (0.5 GB), then both at 0.5 GB/s: b's 0.25 GB takes 0.5 s, then a finishes its last 0.25 GB
     assert done["b"] == pytest.approx(1.0 + 1e-3)
     assert done["a"] == pytest.approx(1.25 + 1e-3)
+
+
+def random_case(seed: int):
+    """A random small deployment (agg or disagg, tight or ample KV, chunked or whole prompts) and workload."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(seed)
+    base = tiny_kv_deployment(int(rng.choice([1500, 3000, 8000, 100000])))
+    chunked = bool(rng.integers(2))
+    pool = {"max_batch_tokens": int(rng.choice([512, 2048, 8192])), "max_seqs": int(rng.choice([2, 8, 64])),
+            "chunked_prefill": chunked, "chunk_size": int(rng.choice([128, 1024])) if chunked else None}
+    if rng.integers(2):
+        dep = replace(base, workers=replace(base.workers, replicas=int(rng.integers(1, 3)), **pool))
+    else:
+        dep = disagg(prefill=int(rng.integers(1, 3)), decode=int(rng.integers(1, 3)),
+                     decode_pool={"max_seqs": pool["max_seqs"]}, gpu_memory_utilization=base.gpu_memory_utilization,
+                     router=str(rng.choice(["round_robin", "least_loaded"])), bandwidth_gb_s=float(rng.choice([1, 50])))
+    n = int(rng.integers(5, 50))
+    isl, osl = rng.integers(50, 1200, n), rng.integers(1, 500, n)
+    if rng.integers(3) == 0:
+        return dep, Workload(make_requests(np.full(n, np.nan), isl, osl), concurrency=int(rng.integers(1, 8)))
+    return dep, Workload(make_requests(np.cumsum(rng.exponential(1 / rng.choice([1, 20, 200]), n)), isl, osl))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fast_forward_equals_stepping_on_random_deployments(seed):
+    dep, wl = random_case(seed)
+    ff, step = simulate(dep, wl), simulate(dep, wl, fast_forward=False)
+    assert (ff.requests["outcome"] != "pending").all()
+    cols = ["prefill_start_s", "transfer_start_s", "first_token_s", "last_token_s", "preemptions"]
+    np.testing.assert_allclose(ff.requests[cols].fillna(-1).to_numpy(float),
+                               step.requests[cols].fillna(-1).to_numpy(float), rtol=1e-9, atol=1e-9)
+    assert ff.iterations == step.iterations
