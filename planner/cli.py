@@ -353,14 +353,23 @@ def serve_cmd(
     kv_timeout_s: float = typer.Option(10.0, "--kv-timeout", min=0.01, help="Seconds a decode worker waits "
                                        "for KV before the request is re-prefilled."),
     seed: int = typer.Option(0, "--seed", help="Weights seed and default sampling seed."),
+    pace_profile: str | None = typer.Option(None, "--pace-profile", help="Paced replay: every worker step lasts "
+                                            "(at least) what this profile predicts for its batch."),
+    pace_scale: float = typer.Option(1.0, "--pace-scale", min=0.01, help="With --pace-profile: times this."),
 ) -> None:
     """Run the live runtime: OpenAI-compatible HTTP frontend, router, prefill/decode (or agg) worker processes."""
-    from runtime.serve import ServeOptions, serve
+    from runtime.serve import ServeOptions, default_deployment, serve
     from simulator.deployment import load_deployment
 
     dep = load_deployment(deployment) if deployment else None
     opts = ServeOptions(host=host, port=port, api_key=api_key, log_path=log or None, step_log_dir=step_log_dir,
-                        seed=seed, kv_tokens=kv_tokens, kv_timeout_s=kv_timeout_s)
+                        seed=seed, kv_tokens=kv_tokens, kv_timeout_s=kv_timeout_s, pace_profile=pace_profile,
+                        pace_scale=pace_scale)
+    if pace_profile is not None:  # a profile that lacks the model fails here, in one line, not in every worker
+        from profiler.paced import paced_cost_model
+
+        paced = dep or default_deployment()
+        paced_cost_model(pace_profile, paced.model, paced.dtype)
     try:
         serve(dep, opts)
     except RuntimeError as e:  # a worker that failed to start

@@ -41,6 +41,7 @@ class Engine:
         self.scheduler = Scheduler(cfg, self.blocks)
         self.arrived: deque[tuple[Sequence, torch.Tensor]] = deque()  # transferred KV waiting for blocks
         self.pace_s = pace_s
+        self.pace_end: float | None = None  # perf_counter() at which the last paced step was due to end
         self.last_batch_tokens = 0
 
     # ---- requests ------------------------------------------------------------------------------
@@ -116,9 +117,17 @@ class Engine:
             self.scheduler.postprocess(seq, n)
         result.compute_s = time.perf_counter() - t0
         if self.pace_s is not None:  # paced replay: the step lasts as long as the cost model says
-            wait_s = self.pace_s(batch) - (time.perf_counter() - t0)
+            # Back to back with the previous step, it starts where the cost model's timeline says that one
+            # ended, so a late wake-up from sleep is made up by this step instead of adding up over a run;
+            # by at most a quarter of its own duration, so that compute slower than the pace is not hidden.
+            pace_s = self.pace_s(batch)
+            begin = t0 if self.pace_end is None else max(min(t0, self.pace_end), t0 - pace_s / 4)
+            self.pace_end = begin + pace_s
+            wait_s = self.pace_end - time.perf_counter()
             if wait_s > 0:
                 time.sleep(wait_s)
+            if not self.has_work:  # idle next: the next step starts when its work arrives
+                self.pace_end = None
         result.duration_s = time.perf_counter() - t0
         self.last_batch_tokens = batch.tokens
         return result

@@ -38,6 +38,8 @@ class ServeOptions:
     kv_timeout_s: float = 10.0
     max_tokens_limit: int = 4096
     ready_timeout_s: float = 180.0
+    pace_profile: str | None = None  # paced replay: every step lasts pace_scale x this profile's prediction
+    pace_scale: float = 1.0
 
 
 def default_deployment() -> Deployment:
@@ -65,7 +67,8 @@ def _config(dep: Deployment, pool: PoolSpec, role: str, i: int, opts: ServeOptio
                         max_batch_tokens=pool.max_batch_tokens, max_seqs=pool.max_seqs,
                         chunk_tokens=pool.prefill_chunk_tokens, chunked_prefill=pool.chunked_prefill,
                         block_tokens=dep.kv_block_tokens, kv_tokens=kv_tokens, kv_timeout_s=opts.kv_timeout_s,
-                        step_log=step_log, device="cuda" if dep.gpu != "cpu" and _has_cuda() else "cpu")
+                        step_log=step_log, device="cuda" if dep.gpu != "cpu" and _has_cuda() else "cpu",
+                        pace_profile=opts.pace_profile or "", pace_dtype=dep.dtype, pace_scale=opts.pace_scale)
 
 
 def _has_cuda() -> bool:

@@ -51,6 +51,10 @@ class WorkerConfig:
     kv_timeout_s: float = 10.0
     step_log: str = ""  # a JSON-lines file of every step (start, duration, batch), if set
     device: str = "cpu"
+    # paced replay (pdsim validate --paced): each step lasts pace_scale x what this profile predicts for its batch
+    pace_profile: str = ""
+    pace_dtype: str = "fp32"
+    pace_scale: float = 1.0
 
 
 class Worker:
@@ -242,6 +246,10 @@ def main(argv: list[str] | None = None, pace_s: Callable[[Batch], float] | None 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops workers; Ctrl-C reaches it alone
     cfg = WorkerConfig(**json.loads((argv or sys.argv[1:])[0]))
     torch.set_num_threads(1)
+    if pace_s is None and cfg.pace_profile:
+        from profiler.paced import paced_cost_model
+
+        pace_s = paced_cost_model(cfg.pace_profile, cfg.model, cfg.pace_dtype, scale=cfg.pace_scale).iteration_s
     worker = Worker(cfg, make_engine(cfg, pace_s))
     listener = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=worker.accept, args=(listener,), daemon=True).start()
