@@ -89,6 +89,8 @@ class Simulation:
         self.done = 0
         self.next_row = 0
         if workload.closed_loop:
+            if workload.concurrency < 1:
+                raise InputError(f"concurrency must be >= 1 client, got {workload.concurrency}", where=workload.source)
             clients = min(int(workload.concurrency), n)
             if closed_loop_stagger_s > 0:
                 for i in range(clients):
