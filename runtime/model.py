@@ -10,6 +10,8 @@ pieces the profiler times on their own are ``Attention.qkv``, ``attend_prefill``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -242,3 +244,14 @@ def load_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
 
         return load_smollm2(spec, dtype, device)[0]
     return build_model(spec, seed, dtype, device)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads, as a worker does (one), then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

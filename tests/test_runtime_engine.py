@@ -5,11 +5,17 @@ import pytest
 
 from profiler.models import CATALOG
 from runtime.engine import Engine
-from runtime.model import build_model
+from runtime.model import build_model, torch_threads
 from runtime.scheduler import SchedulerConfig
 from runtime.sequence import Sequence
 
 SPEC = CATALOG["tiny"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):  # as the workers run; on a busy 2-core box more threads are slower
+        yield
 MODEL = build_model(SPEC, seed=0)
 PROMPTS = [list(range(1, 30)), list(range(50, 61)), list(range(100, 141)), [7]]
 

@@ -1,11 +1,18 @@
 """The runtime's model: paged prefill, chunked prefill and decode compute the same function."""
 
+import pytest
 import torch
 
 from profiler.models import CATALOG
-from runtime.model import KVCache, StepInput, build_model, decode_step, prefill_step
+from runtime.model import KVCache, StepInput, build_model, decode_step, prefill_step, torch_threads
 
 SPEC = CATALOG["tiny"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):  # as the workers run; on a busy 2-core box more threads are slower
+        yield
 
 
 def _model_and_cache(blocks: int = 16, block_tokens: int = 4):

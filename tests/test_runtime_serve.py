@@ -18,12 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 import yaml
 
 from profiler.models import CATALOG
 from runtime.engine import Engine
-from runtime.model import build_model
+from runtime.model import build_model, torch_threads
 from runtime.scheduler import SchedulerConfig
 from runtime.sequence import Sequence
 from runtime.tokenizer import ByteTokenizer
@@ -98,14 +97,10 @@ def expected_texts(prompts: list[str], max_tokens: int) -> dict[str, str]:
     seqs = {p: Sequence(p, tok.encode(p), len(tok.encode(p)), max_tokens) for p in prompts}
     for seq in seqs.values():
         engine.add(seq)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the workers; many threads on a busy 2-core box are slower, not faster
-    try:
+    with torch_threads(1):  # as the workers; many threads on a busy 2-core box are slower, not faster
         for _ in range(max_tokens + 2):
             if engine.has_work:
                 engine.step()
-    finally:
-        torch.set_num_threads(threads)
     return {p: tok.decode(s.token_ids[s.num_prompt:]) for p, s in seqs.items()}
 
 

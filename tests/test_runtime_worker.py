@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from profiler.errors import InputError
+from runtime.model import torch_threads
 from runtime.worker import Worker, WorkerConfig, make_engine
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):  # as the workers run; on a busy 2-core box more threads are slower
+        yield
 
 
 class FakeConn:
