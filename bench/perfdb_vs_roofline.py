@@ -10,6 +10,7 @@ measured operation tables (--perf-db aiconfigurator, needs pdsim[aic]). Prints a
 
 import sys
 import time
+from functools import cache
 
 from planner import calibrate as cb
 from profiler.errors import InputError
@@ -22,9 +23,13 @@ CSV = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/calibration/silicon_h1
 CASES = [("llama-3.1-70b", "vllm"), ("qwen3-32b", "trtllm"), ("qwen3-32b", "vllm")]
 
 
+@cache
+def perfdb_model(model: str, gpu: str, tp: int, dtype: str, kv_dtype, engine: str) -> PerfDBCostModel:
+    return PerfDBCostModel(resolve_model(model), resolve_gpu(gpu), tp, dtype, kv_dtype, engine)
+
+
 def perfdb_models(d):
-    m, g = resolve_model(d.model), resolve_gpu(d.gpu)
-    return {n: PerfDBCostModel(m, g, p.tp, d.dtype, d.kv_dtype, d.engine) for n, p in d.pools.items()}
+    return {n: perfdb_model(d.model, d.gpu, p.tp, d.dtype, d.kv_dtype, d.engine) for n, p in d.pools.items()}
 
 
 print(f"{'model':<15}{'engine':<8}{'rows':>5}  {'roofline':>15}  {'calibrated*':>15}  {'aiconfigurator':>15}   "
@@ -37,7 +42,8 @@ for model, engine in CASES:
     t0 = time.time()
     base = cb.errors(cb.predict_points(dep, pts), pts)
     train, test = pts.iloc[::2], pts.iloc[1::2]
-    cal = cb.errors(cb.predict_points(dep, test, cb.fit_efficiency(dep, train)), test) if len(test) else None
+    enough = len(train) >= 2 * len(cb.FIT_DEFAULT)  # fewer rows cannot pin the factors
+    cal = cb.errors(cb.predict_points(dep, test, cb.fit_efficiency(dep, train)), test) if enough else None
     try:
         aic = cb.errors(cb.predict_points(dep, pts, models=perfdb_models), pts)
     except InputError as e:
@@ -49,4 +55,5 @@ for model, engine in CASES:
 
     print(f"{model:<15}{engine:<8}{len(pts):>5}  {fmt(base):>15}  {fmt(cal):>15}  {fmt(aic):>15}   "
           f"({time.time() - t0:.1f} s)")
-print("* fitted on every other row, scored on the rows it did not see")
+print(f"* fitted on every other row, scored on the rows it did not see (n/a: under {2 * len(cb.FIT_DEFAULT)} rows "
+      "to fit on)")
