@@ -29,13 +29,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_server(deployment: str | None, log: str) -> tuple[subprocess.Popen, str]:
+def start_server(deployment: str | None, log: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """`pdsim serve` on a free loopback port (extra ``args`` passed on); returns once it says ready."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-c", "from planner.cli import main; main()", "serve", "--port", str(port), "--log", log]
     if deployment:
         cmd += ["--deployment", deployment]
+    cmd += args
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     for line in proc.stdout:
