@@ -309,27 +309,20 @@ def open_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl
     return ttft, tpot
 
 
-def cost_models(dep: Deployment, eff: Efficiency | None = None) -> dict[str, CostModel]:
+def cost_models(dep: Deployment, eff: Efficiency | None = None, perf_db: str | None = None) -> dict[str, CostModel]:
     model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
-    return {name: make_cost_model(model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine, efficiency=eff)
-            for name, pool in dep.pools.items()}
+    return {name: make_cost_model(model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine, efficiency=eff,
+                                  perf_db=perf_db) for name, pool in dep.pools.items()}
 
 
 def pool_cost_models(dep: Deployment, calibration: str | Path | None = None,
                      perf_db: str | None = None) -> dict[str, CostModel]:
     """Each pool's cost model as a command's ``--calibration FILE`` / ``--perf-db SOURCE`` ask (neither: the
     roofline at the engine's efficiencies)."""
-    eff = efficiency_for(dep, calibration)
-    if perf_db is None:
-        return cost_models(dep, eff)
-    if eff is not None:
+    if calibration is not None and perf_db is not None:
         raise InputError("--calibration fits roofline factors and does not apply to --perf-db tables; give one "
                          "or the other")
-    from profiler.perfdb import perfdb_cost_model  # noqa: PLC0415 (optional extra)
-
-    model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
-    return {name: perfdb_cost_model(perf_db, model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine)
-            for name, pool in dep.pools.items()}
+    return cost_models(dep, efficiency_for(dep, calibration), perf_db)
 
 
 def predict_points(dep: Deployment, points: pd.DataFrame, eff: Efficiency | None = None,

@@ -399,6 +399,8 @@ def plan_cmd(
     profile: str | None = typer.Option(None, "--profile", help="Profile directory (measured costs)."),
     calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate) for "
                                            "this model, GPU and dtype: fitted roofline factors."),
+    perf_db: str | None = typer.Option(None, "--perf-db", help="aiconfigurator[:BACKEND]: costs from "
+                                       "AIConfigurator's measured operation tables (pip install 'pdsim[aic]')."),
     trials: int = typer.Option(24, "--trials", help="Units to simulate (each a goodput search)."),
     seed: int = typer.Option(0, "--seed"),
     out: str | None = typer.Option(None, "--out", help="Output folder (default ./pdsim-plan-<timestamp>/)."),
@@ -426,7 +428,7 @@ def plan_cmd(
     req = PlanRequest(model=model, ttft_ms=ttft, tpot_ms=tpot, isl=isl, osl=osl, gpu=gpu, gpus=gpus, dtype=dtype,
                       rate=rate, concurrency=concurrency, trace=trace, trace_format=trace_format,
                       percentile=percentile, attainment=attainment, profile=profile, calibration=calibration,
-                      trials=trials, seed=seed,
+                      perf_db=perf_db, trials=trials, seed=seed,
                       objective=objective,
                       topologies=("agg", "disagg") if topology == "both" else (topology,))
     req.validate()
@@ -483,7 +485,8 @@ def _emit_recommendation(result, targets: str, folder) -> list:
             from profiler.profile import load_profile
 
             prof = load_profile(req.profile)
-        predict, by = em.simulation_predictor(rec.deployment, req.calibration, seed=req.seed, profile=prof)
+        predict, by = em.simulation_predictor(rec.deployment, req.calibration, req.perf_db, seed=req.seed,
+                                              profile=prof)
         points = em.bench_points(rec.deployment, isl, osl, rec.rate_rps or None, predict)
     return em.emit(rec.deployment, names, folder / "deploy", f"pdsim plan, study {result.study}, {folder}",
                    points=points, predicted_by=by if points else "pdsim")

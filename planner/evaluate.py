@@ -113,15 +113,16 @@ class Evaluator:
     max_probes: int = 6
     calibration: dict[str, list[float]] = field(default_factory=dict)  # topology -> simulated / screened goodput
     efficiency: object | None = None  # `--calibration`: fitted roofline factors for every simulation
+    perf_db: str | None = None  # `--perf-db`: AIConfigurator's tables for every simulation
 
     # ---- one simulation --------------------------------------------------------------------------
     def run(self, dep: Deployment, workload: Workload) -> tuple[Probe, object]:
         t0 = time.perf_counter()
         cms = None
-        if self.efficiency is not None:
+        if self.efficiency is not None or self.perf_db is not None:
             from planner.calibrate import cost_models  # noqa: PLC0415
 
-            cms = cost_models(dep, self.efficiency)
+            cms = cost_models(dep, self.efficiency, self.perf_db)
         result = simulate(dep, workload, seed=self.seed, profile=self.profile, slo=self.slo, cost_models=cms)
         summary = result.summary(self.slo)
         rate = workload.rate if not workload.closed_loop else summary.get("throughput_tok_s", 0.0) / max(

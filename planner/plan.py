@@ -50,6 +50,7 @@ class PlanRequest:
     attainment: float = 0.9
     profile: str | None = None
     calibration: str | None = None  # `pdsim calibrate` file: fitted roofline factors (not with profile)
+    perf_db: str | None = None  # aiconfigurator[:BACKEND]: AIConfigurator's tables (not with profile/calibration)
     trials: int = 24
     seed: int = 0
     objective: str = "throughput-per-gpu"
@@ -95,8 +96,9 @@ class PlanRequest:
             raise InputError(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile}")
         if not 0 < self.attainment <= 1:
             raise InputError(f"--attainment must be in (0, 1], got {self.attainment}")
-        if self.profile is not None and self.calibration is not None:
-            raise InputError("give --profile (measured costs) or --calibration (fitted roofline), not both")
+        if sum(x is not None for x in (self.profile, self.calibration, self.perf_db)) > 1:
+            raise InputError("give one cost source: --profile (measured costs), --calibration (fitted roofline) "
+                             "or --perf-db (AIConfigurator's tables)")
         if self.objective == "min-gpus" and not loads:
             raise InputError("--objective min-gpus needs a load to carry: --rate, --concurrency or --trace")
         dtype_bytes(self.dtype)
@@ -189,8 +191,9 @@ def build(req: PlanRequest, profile=None) -> tuple[Space, Screen, Evaluator]:
     space = Space(model, gpu, req.model, req.gpu, req.gpus, req.dtype, min_kv_tokens=need)
     eff = calibrated_efficiency(req, space)
     screen = Screen(space, isl_mean, osl_mean, req.ttft_ms * 1e-3, req.tpot_ms * 1e-3, req.percentile, profile,
-                    efficiency=eff)
-    evaluator = Evaluator(space, screen, slo_of(req), isl, osl, load, req.seed, profile, efficiency=eff)
+                    efficiency=eff, perf_db=req.perf_db)
+    evaluator = Evaluator(space, screen, slo_of(req), isl, osl, load, req.seed, profile, efficiency=eff,
+                          perf_db=req.perf_db)
     return space, screen, evaluator
 
 

@@ -44,6 +44,7 @@ class Screen:
     percentile: float = 90.0
     profile: object | None = None
     efficiency: object | None = None  # a calibration's Efficiency (None: the engine's)
+    perf_db: str | None = None  # aiconfigurator[:BACKEND]: AIConfigurator's tables instead of the roofline
     _cms: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict)
 
@@ -51,7 +52,7 @@ class Screen:
         if tp not in self._cms:
             s = self.space
             self._cms[tp] = make_cost_model(s.model, s.gpu, tp, s.dtype, s.resolved_kv_dtype, s.engine, self.profile,
-                                            efficiency=self.efficiency)
+                                            efficiency=self.efficiency, perf_db=self.perf_db)
         return self._cms[tp]
 
     @property

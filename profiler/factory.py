@@ -1,4 +1,4 @@
-"""The one place that turns (model, GPU, TP, dtype, engine[, profile]) into a CostModel."""
+"""The one place that turns (model, GPU, TP, dtype, engine[, profile | perf_db]) into a CostModel."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ from profiler.roofline import Efficiency, RooflineCostModel, engine_efficiency
 
 
 def make_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int, dtype: str, kv_dtype: str | None = None,
-                    engine: str = "vllm", profile=None, efficiency: Efficiency | None = None) -> CostModel:
+                    engine: str = "vllm", profile=None, efficiency: Efficiency | None = None,
+                    perf_db: str | None = None) -> CostModel:
     """Roofline with the engine's fitted efficiencies (or ``efficiency``, e.g. from a calibration file),
-    or a ProfiledCostModel when a profile is given."""
+    a ProfiledCostModel when a profile is given, or AIConfigurator's tables with ``perf_db``
+    (``aiconfigurator[:BACKEND]``, the optional extra pdsim[aic])."""
+    if perf_db is not None:
+        from profiler.perfdb import perfdb_cost_model  # noqa: PLC0415 (optional extra)
+
+        return perfdb_cost_model(perf_db, model, gpu, tp, dtype, kv_dtype, engine)
     if profile is not None:
         from profiler.profiled import ProfiledCostModel  # noqa: PLC0415 (only with --profile)
 

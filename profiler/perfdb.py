@@ -214,7 +214,9 @@ class PerfDBCostModel:
         return transfer_s(kv_bytes, link)
 
 
+@lru_cache(maxsize=64)
 def perfdb_cost_model(spec: str, model: ModelSpec, gpu: GPUSpec, tp: int, dtype: str, kv_dtype: str | None,
                       engine: str) -> PerfDBCostModel:
-    """The CostModel ``--perf-db aiconfigurator[:BACKEND]`` names for one pool."""
+    """The CostModel ``--perf-db aiconfigurator[:BACKEND]`` names for one pool (built once per shape: reading
+    the tables takes about a second)."""
     return PerfDBCostModel(model, gpu, tp, dtype, kv_dtype, parse_perf_db(spec, engine))

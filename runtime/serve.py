@@ -135,6 +135,9 @@ def serve(dep: Deployment | None, opts: ServeOptions) -> None:
     tokenizer = load_tokenizer(dep.model)  # fails fast (one line) when the real-model extra is missing
     configs = worker_configs(dep, opts)
     api_key = opts.api_key or os.environ.get(API_KEY_ENV) or None
+    if not api_key and opts.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"pdsim serve: warning: listening on {opts.host} without --api-key: anyone who can reach it may "
+              "use it", file=sys.stderr)
     sock = socket.socket(socket.AF_INET6 if ":" in opts.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -117,6 +117,7 @@ class Worker:
 
     # ---- engine thread -------------------------------------------------------------------------
     def run(self) -> None:
+        parent = os.getppid()
         while True:
             self.drain(block=not self.engine.has_work)
             self.expire()
@@ -127,6 +128,8 @@ class Worker:
             if now - self.last_stats > STATS_EVERY_S:
                 self.last_stats = now
                 self.to_frontend({"type": "stats", "worker": self.cfg.worker_id, **self.engine.stats()})
+                if os.getppid() != parent:  # the supervisor died before its frontend connected
+                    os._exit(0)
 
     def drain(self, block: bool) -> None:
         try:
@@ -255,6 +258,7 @@ def main(argv: list[str] | None = None, pace_s: Callable[[Batch], float] | None 
     threading.Thread(target=worker.accept, args=(listener,), daemon=True).start()
     threading.Thread(target=worker.send_kv, daemon=True).start()
     print(f"READY {listener.getsockname()[1]}", flush=True)
+    os.dup2(2, 1)  # nobody reads our stdout after READY: a full pipe must never block the worker
     worker.run()
 
 
