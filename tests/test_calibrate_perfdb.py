@@ -81,3 +81,16 @@ def test_models_and_gpus_without_tables_are_refused_clearly():
         perfdb.PerfDBCostModel(M8, resolve_gpu("cpu"))
     with pytest.raises(InputError, match="no gemm table .* for nosuch"):
         perfdb.PerfDBCostModel(M8, H100, backend="nosuch")
+
+
+@needs_aic
+def test_plan_screens_and_simulates_on_the_tables():
+    from planner.plan import PlanRequest, build
+
+    req = PlanRequest(model="llama-3.1-8b", ttft_ms=500, tpot_ms=30, isl=1000, osl=100, gpu="h100-sxm", gpus=2,
+                      perf_db="aiconfigurator")
+    _, screen, evaluator = build(req)
+    assert isinstance(screen.cost_model(1), perfdb.PerfDBCostModel) and evaluator.perf_db == "aiconfigurator"
+    with pytest.raises(InputError, match="give one cost source"):
+        PlanRequest(model="llama-3.1-8b", ttft_ms=500, tpot_ms=30, isl=1000, osl=100, perf_db="aiconfigurator",
+                    calibration="c.yaml").validate()
