@@ -36,7 +36,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon
 FACTORS = {  # name: (low, high) bounds
     "gemm_compute": (0.2, 1.0), "gemm_memory": (0.3, 1.0), "attn_compute": (0.1, 1.0), "attn_memory": (0.2, 1.0),
     "comm": (0.1, 1.0), "iteration_overhead_s": (1e-4, 0.03), "per_seq_overhead_s": (1e-7, 1e-3),
-    "ttft_overhead_s": (1e-4, 0.3),
+    "ttft_overhead_s": (1e-4, 0.3), "ttft_wait_iterations": (1e-2, 40.0),
 }
 
 
@@ -59,7 +59,7 @@ def predict(cases: list, eff: Efficiency, gpu_name: str) -> np.ndarray:
             cms[key] = (RooflineCostModel(m, gpu, p.tp, d.dtype, d.kv_dtype, eff), kv)
         cm, kv = cms[key]
         ttft, tpot = closed_loop(cm, p, c.isl, c.osl, c.concurrency, kv)
-        out[i] = ttft + eff.ttft_overhead_s, tpot
+        out[i] = ttft + eff.ttft_overhead_s + eff.ttft_wait_iterations * tpot, tpot
     return out
 
 
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--gpu", default="h100-sxm")
     ap.add_argument("--out", default=str(FIT_FILE))
     ap.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
-    ap.add_argument("--sim-rows", type=int, default=70, help="rows per engine in the simulator stage (0: skip it)")
+    ap.add_argument("--sim-rows", type=int, default=0, help="rows per engine in a simulator stage (default 0: none)")
     ap.add_argument("--sim-steps", type=int, default=8, help="least-squares steps of the simulator stage")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
@@ -106,7 +106,8 @@ def main() -> None:
     for engine in sorted({c.engine for c in cases}):
         mine = [c for c in cases if c.engine == engine]
         meas = np.array([[df.iloc[c.row].silicon_ttft_ms, df.iloc[c.row].silicon_tpot_ms] for c in mine]) * 1e-3
-        start = replace(ENGINE_EFFICIENCY.get(engine, Efficiency()), ttft_overhead_s=0.03, per_seq_overhead_s=1e-5)
+        start = replace(ENGINE_EFFICIENCY.get(engine, Efficiency()), ttft_overhead_s=0.03, per_seq_overhead_s=1e-5,
+                        ttft_wait_iterations=2.0)
         t0 = time.time()
         before = predict(mine, start, args.gpu)
         eff = fit_engine(mine, meas, start, args.gpu)

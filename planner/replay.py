@@ -364,7 +364,8 @@ def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT,
     m = r[r["measured"] & (r["outcome"] == "ok")]
     if m.empty:
         m = r[r["outcome"] == "ok"]
-    return float(m["ttft_s"].mean()) + eff.ttft_overhead_s, float(m["tpot_s"].mean())
+    tpot = float(m["tpot_s"].mean())
+    return float(m["ttft_s"].mean()) + eff.ttft_overhead_s + eff.ttft_wait_iterations * tpot, tpot
 
 
 def _cycle_estimate_s(case: Case, cms: dict) -> float:

@@ -34,6 +34,9 @@ class Efficiency:
     # Per request, outside any iteration: HTTP, tokenisation, routing, the first token's trip back. Not part
     # of iteration_s; whoever reports TTFT adds it (planner/replay.py does).
     ttft_overhead_s: float = 0.0
+    # Decode iterations a new request waits before its prefill is scheduled (input handling under load:
+    # the engine takes new requests between steps while streaming every running sequence's output).
+    ttft_wait_iterations: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
