@@ -105,6 +105,28 @@ def _agg_avg(agg: dict, name: str) -> float:
     return float(m["avg"]) * {"ms": 1e-3, "us": 1e-6, "ns": 1e-9}.get(m.get("unit", ""), 1.0)
 
 
+GPU_FAMILIES = ("a100", "h100", "h200", "b200", "b300", "gb200", "l40s")
+
+
+def _gpu_family(name: str) -> str | None:
+    low = name.lower()
+    return next((f for f in GPU_FAMILIES if f in low), None)
+
+
+def _check_measured_identity(agg: dict, dep: Deployment, where: Path) -> None:
+    """Refuse a run that says it measured another model (``model_names``) or GPU (GPU telemetry)."""
+    names = _find_key(agg.get("input_config", {}), "model_names") or []
+    measured = canonical_model_name(str(names[0])) if names else None
+    if measured is not None and measured != identity(dep)["model"]:
+        raise InputError(f"the run measured {names[0]} ({measured}) but the deployment is {dep.model}; calibrate "
+                         "each model with its own runs", where=str(where))
+    gpu_name = _find_key(agg.get("telemetry_data", {}), "gpu_name")
+    mine = _gpu_family(dep.gpu)
+    if gpu_name and _gpu_family(str(gpu_name)) and mine and _gpu_family(str(gpu_name)) != mine:
+        raise InputError(f"the run's GPU telemetry says {gpu_name} but the deployment is on {dep.gpu}; calibrate "
+                         "each GPU with its own runs", where=str(where))
+
+
 def read_aiperf_run(folder: Path, dep: Deployment) -> dict:
     """One measured point from an aiperf artifact folder (records preferred, aggregate as fallback)."""
     jsonl, agg_path = folder / "profile_export.jsonl", folder / "profile_export_aiperf.json"
@@ -114,6 +136,7 @@ def read_aiperf_run(folder: Path, dep: Deployment) -> dict:
             agg = json.loads(agg_path.read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"not JSON ({e.msg})", where=str(agg_path)) from None
+    _check_measured_identity(agg, dep, agg_path)
     conc = _find_key(agg.get("input_config", {}), "concurrency")
     cli = _find_key(agg.get("run_info", {}), "cli_command") or ""
     if conc is None and (m := re.search(r"--concurrency[ =](\d+)", cli)):

@@ -128,6 +128,20 @@ def test_too_few_points_for_the_factors_is_refused(measured):
     assert cal.fitted == ("gemm_memory", "iteration_overhead_s") and cal.points == 3
 
 
+@pytest.mark.parametrize("field, value, says", [
+    ("input_config", {"endpoint": {"model_names": ["meta-llama/Llama-3.1-70B-Instruct"]}}, "measured meta-llama"),
+    ("telemetry_data", {"endpoints": {"x": {"gpus": {"gpu_0": {"gpu_name": "NVIDIA H200"}}}}}, "says NVIDIA H200"),
+])
+def test_runs_that_measured_another_model_or_gpu_are_refused(tmp_path, field, value, says):
+    write_aiperf_run(tmp_path / "run", 512, 64, 4, 0.1, 0.01)
+    agg_path = tmp_path / "run" / "profile_export_aiperf.json"
+    agg = json.loads(agg_path.read_text())
+    agg[field] = value | ({"loadgen": {"concurrency": 4}} if field == "input_config" else {})
+    agg_path.write_text(json.dumps(agg))
+    with pytest.raises(InputError, match=says):
+        cb.read_measured(tmp_path, DEP)
+
+
 def test_bad_measurement_folders_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="folder not found"):
         cb.read_measured(tmp_path / "nope", DEP)
