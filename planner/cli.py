@@ -146,7 +146,7 @@ def simulate_cmd(
     calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate) for "
                                            "this deployment's model and GPU."),
     perf_db: str | None = typer.Option(None, "--perf-db", help="aiconfigurator[:BACKEND]: costs from "
-                                       "AIConfigurator's measured operation tables (pip install 'pdsim[aic]')."),
+                                       "AIConfigurator's measured operation tables (pip install 'pdsim\\[aic]')."),
 ) -> None:
     """Simulate a deployment serving a trace or a synthetic load; print the summary (and write its JSON)."""
     import json
@@ -237,7 +237,7 @@ def emit_cmd(
                                         "model's Hugging Face id)."),
     calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate)."),
     perf_db: str | None = typer.Option(None, "--perf-db", help="aiconfigurator[:BACKEND]: predict with "
-                                       "AIConfigurator's measured operation tables (pip install 'pdsim[aic]')."),
+                                       "AIConfigurator's measured operation tables (pip install 'pdsim\\[aic]')."),
     predict_with: str = typer.Option("sim", "--predict", help="sim: simulate each aiperf run | estimate: "
                                      "closed-form steady state (faster)."),
 ) -> None:
@@ -400,7 +400,7 @@ def plan_cmd(
     calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate) for "
                                            "this model, GPU and dtype: fitted roofline factors."),
     perf_db: str | None = typer.Option(None, "--perf-db", help="aiconfigurator[:BACKEND]: costs from "
-                                       "AIConfigurator's measured operation tables (pip install 'pdsim[aic]')."),
+                                       "AIConfigurator's measured operation tables (pip install 'pdsim\\[aic]')."),
     trials: int = typer.Option(24, "--trials", help="Units to simulate (each a goodput search)."),
     seed: int = typer.Option(0, "--seed"),
     out: str | None = typer.Option(None, "--out", help="Output folder (default ./pdsim-plan-<timestamp>/)."),
