@@ -76,7 +76,7 @@ def grid_for(model: ModelSpec, device: str, quick: bool) -> Grid:
     if device == "cpu":
         if quick:
             return Grid(tokens=log2_grid(1, 1024), prefill_batch=(1, 2, 4), prefill_len=log2_grid(16, 1024, 4),
-                        decode_batch=(1, 4, 16, 64), decode_ctx=log2_grid(16, ctx_max, 2),
+                        decode_batch=(1, 2, 4, 8, 16, 32, 64), decode_ctx=log2_grid(16, ctx_max, 2),
                         kv_bytes=log2_grid(64 * KiB, 64 * MiB, 4), repeats=9, budget_s=0.1)
         return Grid(tokens=log2_grid(1, 4096), prefill_batch=(1, 2, 4, 8), prefill_len=log2_grid(16, ctx_max, 2),
                     decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=log2_grid(16, ctx_max, 2),
@@ -145,20 +145,6 @@ def check_profilable(model: ModelSpec, device: str, dtype: str) -> None:
         raise InputError("fp8 GEMMs need a CUDA GPU with fp8 tensor cores (compute capability 8.9+)")
 
 
-def rotate_bytes(device: str) -> int:
-    """Bytes of weight copies to cycle through so that each timed GEMM reads its weights from memory, not
-    from a cache they would never stay in during a whole forward pass: 4x the last-level cache."""
-    if device.startswith("cuda"):
-        return 256 * MiB  # H100/H200 L2 is 50-60 MB
-    try:
-        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
-            size = f.read().strip()
-        llc = int(size[:-1]) * {"K": KiB, "M": MiB}[size[-1]] if size[-1] in "KM" else int(size)
-    except (OSError, ValueError):
-        llc = 32 * MiB
-    return 4 * llc
-
-
 def check_clock(clock: str, device: str, threads: int | None) -> None:
     if clock not in ("wall", "cpu"):
         raise InputError(f"clock {clock!r}: use wall or cpu")
@@ -166,21 +152,50 @@ def check_clock(clock: str, device: str, threads: int | None) -> None:
         raise InputError("--clock cpu times this thread's CPU time: only with --device cpu and --threads 1")
 
 
-class Linear:
-    """``x @ w.T`` as the runtime's ``nn.Linear``, cycling through enough weight copies to miss the cache;
-    fp8 quantises the activations per call (dynamic scaling) and multiplies on fp8 tensor cores."""
+def rotate_bytes(device: str, reuse_bytes: float) -> int:
+    """Bytes of weight copies to cycle through so that each timed GEMM finds its weights where a whole forward
+    pass leaves them: a weight is used again only after ``reuse_bytes`` of other data went through the caches.
+    Past 4x the last-level cache that is plain memory, so no more copies are needed."""
+    if device.startswith("cuda"):
+        return int(min(reuse_bytes, 256 * MiB))  # H100/H200 L2 is 50-60 MB
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            size = f.read().strip()
+        llc = int(size[:-1]) * {"K": KiB, "M": MiB}[size[-1]] if size[-1] in "KM" else int(size)
+    except (OSError, ValueError):
+        llc = 32 * MiB
+    return int(min(reuse_bytes, 4 * llc))
 
-    def __init__(self, in_dim: int, out_dim: int, dtype: str, device: str, gen: torch.Generator):
-        self.fp8 = dtype == "fp8"
+
+def forward_bytes(m: ModelSpec, dtype: str, tokens: int) -> float:
+    """Bytes one forward pass of ``tokens`` tokens moves between two uses of the same weight: every weight,
+    plus each layer's activations (inputs and outputs of its norms, projections, RoPE, MLP and adds)."""
+    q_dim, kv_dim = m.heads * m.head_dim, m.kv_heads * m.head_dim
+    width = max(m.intermediate, m.moe_intermediate * max(m.active_experts, 1))
+    act_elems = 7 * m.hidden + 2 * q_dim + 3 * kv_dim + 3 * width
+    return m.param_bytes(dtype) + tokens * m.layers * act_elems * TORCH_DTYPES[dtype].itemsize
+
+
+class Linear:
+    """``x @ w.T`` as the runtime's ``nn.Linear``, cycling through weight copies so that the weights are as
+    cold as in a whole pass (see ``rotate_bytes``); fp8 quantises the activations per call (dynamic scaling)
+    and multiplies on fp8 tensor cores."""
+
+    def __init__(self, in_dim: int, out_dim: int, dtype: str, device: str, gen: torch.Generator,
+                 max_reuse_bytes: float):
+        self.fp8, self.device = dtype == "fp8", device
         w = torch.randn(out_dim, in_dim, generator=gen) * 0.02
         w = w.to(device=device, dtype=torch.float8_e4m3fn if self.fp8 else TORCH_DTYPES[dtype])
-        copies = max(1, min(256, rotate_bytes(device) // max(1, w.numel() * w.element_size())))
-        self.ws = [w] + [w.clone() for _ in range(copies - 1)]
+        self.w_bytes = w.numel() * w.element_size()
+        self.ws = [w] + [w.clone() for _ in range(self.copies_for(max_reuse_bytes) - 1)]
         self.i = 0
         self.scale = torch.ones((), device=device)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.i = (self.i + 1) % len(self.ws)
+    def copies_for(self, reuse_bytes: float) -> int:
+        return max(1, min(256, rotate_bytes(self.device, reuse_bytes) // max(1, self.w_bytes)))
+
+    def __call__(self, x: torch.Tensor, copies: int | None = None) -> torch.Tensor:
+        self.i = (self.i + 1) % min(copies or len(self.ws), len(self.ws))
         w = self.ws[self.i]
         if not self.fp8:
             return F.linear(x, w)
@@ -190,19 +205,27 @@ class Linear:
 
 
 # ---- op builders: each returns a no-argument closure over preallocated tensors ----------------------
-def token_ops(m: ModelSpec, dtype: str, device: str, gen: torch.Generator) -> dict[str, tuple[int, int, Callable]]:
+def token_ops(m: ModelSpec, dtype: str, device: str, gen: torch.Generator,
+              max_tokens: int) -> dict[str, tuple[int, int, Callable]]:
     """Per-layer ops over T tokens: name -> (in_dim, out_dim, make(T) -> closure)."""
     act = TORCH_DTYPES[dtype]
     q_dim, kv_dim = m.heads * m.head_dim, m.kv_heads * m.head_dim
-    qkv_w = Linear(m.hidden, q_dim + 2 * kv_dim, dtype, device, gen)
-    o_w = Linear(q_dim, m.hidden, dtype, device, gen)
+    reuse = forward_bytes(m, dtype, max_tokens)
+    qkv_w = Linear(m.hidden, q_dim + 2 * kv_dim, dtype, device, gen, reuse)
+    o_w = Linear(q_dim, m.hidden, dtype, device, gen, reuse)
     norm_w = torch.ones(m.hidden, device=device, dtype=act)
     cos_t, sin_t = (t.to(device) for t in rope_tables(4 * BLOCK_TOKENS, m.head_dim, 10000.0))
     embed_w = torch.randn(m.vocab, m.hidden, generator=gen).to(device=device, dtype=act)
     rand = lambda *s: torch.randn(*s, generator=gen).to(device=device, dtype=act)  # noqa: E731
 
+    def qkv_views(t):
+        """q, k, v as the runtime has them: views into one fused projection's output."""
+        qkv = rand(t, q_dim + 2 * kv_dim)
+        q, k, v = qkv.split((q_dim, kv_dim, kv_dim), dim=-1)
+        return q.view(-1, m.heads, m.head_dim), k.view(-1, m.kv_heads, m.head_dim), v.view(-1, m.kv_heads, m.head_dim)
+
     def rope(t):
-        q, k = rand(t, m.heads, m.head_dim), rand(t, m.kv_heads, m.head_dim)
+        q, k, _ = qkv_views(t)
         pos = torch.arange(t, device=device) % cos_t.shape[0]
         cos, sin = cos_t[pos], sin_t[pos]
         return lambda: (apply_rope(q, cos, sin), apply_rope(k, cos, sin))
@@ -210,7 +233,8 @@ def token_ops(m: ModelSpec, dtype: str, device: str, gen: torch.Generator) -> di
     def kv_write(t):
         slots_n = max(t, BLOCK_TOKENS)
         kc, vc = (torch.zeros(slots_n, m.kv_heads, m.head_dim, device=device, dtype=act) for _ in range(2))
-        k, v = rand(t, m.kv_heads, m.head_dim), rand(t, m.kv_heads, m.head_dim)
+        _, k, v = qkv_views(t)
+        k = k.contiguous()  # RoPE's output
         slots = torch.randperm(slots_n, generator=gen)[:t].to(device)
 
         def run():
@@ -232,8 +256,8 @@ def token_ops(m: ModelSpec, dtype: str, device: str, gen: torch.Generator) -> di
 
     def gemm(w: Linear, in_dim: int):
         def make(t):
-            x = rand(t, in_dim)
-            return lambda: w(x)
+            x, copies = rand(t, in_dim), w.copies_for(forward_bytes(m, dtype, t))
+            return lambda: w(x, copies)
         return make
 
     ops = {"qkv": (m.hidden, q_dim + 2 * kv_dim, gemm(qkv_w, m.hidden)), "rope": (q_dim, q_dim, rope),
@@ -241,8 +265,8 @@ def token_ops(m: ModelSpec, dtype: str, device: str, gen: torch.Generator) -> di
            "add": (m.hidden, m.hidden, add), "rmsnorm": (m.hidden, m.hidden, rmsnorm),
            "embed": (m.vocab, m.hidden, embed)}
     if m.dense_layers:
-        gu_w, down_w = Linear(m.hidden, 2 * m.intermediate, dtype, device, gen), Linear(m.intermediate, m.hidden,
-                                                                                        dtype, device, gen)
+        gu_w = Linear(m.hidden, 2 * m.intermediate, dtype, device, gen, reuse)
+        down_w = Linear(m.intermediate, m.hidden, dtype, device, gen, reuse)
 
         def swiglu(t):
             gu = rand(t, 2 * m.intermediate)
@@ -263,10 +287,12 @@ def token_ops(m: ModelSpec, dtype: str, device: str, gen: torch.Generator) -> di
 def moe_op(m: ModelSpec, dtype: str, device: str, gen: torch.Generator) -> Callable:
     """A MoE layer over T tokens: router, top-k, then each touched expert's SwiGLU over its tokens."""
     act = TORCH_DTYPES[dtype]
-    router = Linear(m.hidden, m.experts, "bf16" if dtype == "fp8" else dtype, device, gen)
+    reuse = m.param_bytes(dtype)
+    router = Linear(m.hidden, m.experts, "bf16" if dtype == "fp8" else dtype, device, gen, reuse)
     n_exp = m.experts + m.shared_experts
-    w13 = [Linear(m.hidden, 2 * m.moe_intermediate, dtype, device, gen) for _ in range(n_exp)]
-    w2 = [Linear(m.moe_intermediate, m.hidden, dtype, device, gen) for _ in range(n_exp)]
+    # All experts of a layer are weights enough: one copy each, reused only after the other layers' turn.
+    w13 = [Linear(m.hidden, 2 * m.moe_intermediate, dtype, device, gen, 0) for _ in range(n_exp)]
+    w2 = [Linear(m.moe_intermediate, m.hidden, dtype, device, gen, 0) for _ in range(n_exp)]
 
     def make(t):
         x = (torch.randn(t, m.hidden, generator=gen) * 0.02).to(device=device, dtype=act)
@@ -408,6 +434,51 @@ def row(op: str, t: Timing, **shape) -> dict:
     return {"op": op, **shape, **asdict(t)}
 
 
+def to_table(rows: list[dict], model: ModelSpec, dtype: str, tp: int) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    for c in COLUMNS:
+        if c not in table:
+            table[c] = "" if c == "path" else 0
+    table = table.fillna({"path": ""}).fillna(0)
+    table[SHAPE_COLUMNS] = table[SHAPE_COLUMNS].astype(np.int64)
+    table["model"], table["dtype"], table["tp"] = model.name, dtype, tp
+    return table[COLUMNS]
+
+
+def iteration_overhead(ops: Profile, model: ModelSpec, rank: ModelSpec, tp: int, dtype: str, device: str,
+                       grid: Grid, seed: int) -> dict:
+    """The per-iteration cost no op carries (Python dispatch, module calls, views, index arithmetic): a whole
+    decode step of one sequence through the runtime's model with 1 and with up to 4 layers, minus the
+    composition of the measured ops, extended to the model's layers as ``fixed + per_layer x layers``. Only
+    that many layers of one rank's shapes are ever built."""
+    from profiler.gpus import local_cpu  # noqa: PLC0415
+    from profiler.profiled import ProfiledCostModel  # noqa: PLC0415
+    from runtime.model import KVCache, build_model, decode_step  # noqa: PLC0415
+
+    ctx = ops.table[ops.table.op == "attn_decode"].ctx_len.min()
+    deep = min(rank.layers, 4)  # 4 layers: small enough to build for any model, far enough apart to fit a line
+    steps = {}
+    for layers in sorted({1, deep}):
+        spec = replace(rank, layers=layers, max_context=max(ctx, BLOCK_TOKENS))
+        net = build_model(spec, seed=seed, dtype=TORCH_DTYPES[dtype], device=device)
+        cache = KVCache(spec, math.ceil(ctx / BLOCK_TOKENS) + 1, BLOCK_TOKENS, TORCH_DTYPES[dtype], device)
+        step = decode_step([1], [torch.arange(ctx, device=device)], device)
+        with torch.inference_mode():
+            whole = time_op(lambda net=net, step=step, cache=cache: net(step, cache), device,
+                            replace(grid, warmup=5, repeats=max(grid.repeats, 60), budget_s=max(grid.budget_s, 0.5)))
+        cm = ProfiledCostModel(ops, model=replace(model, layers=layers), gpu=local_cpu(), tp=tp, dtype=dtype)
+        composed = cm.tokens_s(1) + layers * cm.decode_attn_s(1, ctx) + cm.logits_s(1)
+        steps[layers] = {q: getattr(whole, q) - composed for q in ("median_s", "p10_s", "p90_s")}
+        steps[layers]["repeats"] = whole.repeats
+        del net, cache
+    per_layer = {q: (steps[deep][q] - steps[1][q]) / max(1, deep - 1) for q in ("median_s", "p10_s", "p90_s")}
+    # fixed + per_layer x layers; never below zero (one nanosecond keeps the row a positive time).
+    over = {q: max(1e-9, steps[1][q] + per_layer[q] * (rank.layers - 1)) for q in per_layer}
+    lo, hi = min(over.values()), max(over.values())
+    return {"op": "iteration_overhead", "batch": 1, "ctx_len": int(ctx), "median_s": over["median_s"], "p10_s": lo,
+            "p90_s": hi, "repeats": min(steps[1]["repeats"], steps[deep]["repeats"])}
+
+
 def profile_model(model: ModelSpec, device: str = "cpu", tp: int = 1, dtype: str | None = None, quick: bool = False,
                   grid: Grid | None = None, threads: int | None = 1, seed: int = 0, clock: str | None = None,
                   log: Callable[[str], None] = lambda s: None) -> Profile:
@@ -427,16 +498,18 @@ def profile_model(model: ModelSpec, device: str = "cpu", tp: int = 1, dtype: str
     started = time.perf_counter()
     rows: list[dict] = []
     with torch.inference_mode():
-        for name, (in_dim, out_dim, make) in token_ops(m, dtype, device, gen).items():
+        for name, (in_dim, out_dim, make) in token_ops(m, dtype, device, gen, max(grid.tokens)).items():
             for t in grid.tokens:
                 rows.append(row(name, time_op(make(t), device, grid), tokens=t, in_dim=in_dim, out_dim=out_dim))
             log(f"{name}: {len(grid.tokens)} token counts")
-        lm = Linear(m.hidden, m.vocab, "bf16" if dtype == "fp8" else dtype, device, gen)
+        lm = Linear(m.hidden, m.vocab, "bf16" if dtype == "fp8" else dtype, device, gen,
+                    forward_bytes(m, dtype, max(grid.tokens)))
         act = TORCH_DTYPES[dtype]
         for t in grid.tokens:
-            x = torch.randn(t, m.hidden, generator=gen).to(device=device, dtype=act)
-            rows.append(row("lm_head", time_op(lambda x=x: lm(x).float(), device, grid), tokens=t, in_dim=m.hidden,
-                            out_dim=m.vocab))
+            x, n = torch.randn(t, m.hidden, generator=gen).to(device=device, dtype=act), lm.copies_for(
+                forward_bytes(m, dtype, t))
+            rows.append(row("lm_head", time_op(lambda x=x, n=n: lm(x, n).float(), device, grid), tokens=t,
+                            in_dim=m.hidden, out_dim=m.vocab))
         log("lm_head")
         make = attn_prefill_op(m, dtype, device, gen)
         for b in grid.prefill_batch:
@@ -451,14 +524,11 @@ def profile_model(model: ModelSpec, device: str = "cpu", tp: int = 1, dtype: str
     ident = device_identity(device)
     rows += kv_copy_rows(device, grid, int(ident.get("free_bytes") or ident.get("memory_bytes") or 4 * GiB))
     log("kv_copy")
-    table = pd.DataFrame(rows)
-    for c in COLUMNS:
-        if c not in table:
-            table[c] = "" if c == "path" else 0
-    table = table.fillna({"path": ""}).fillna(0)
-    table[SHAPE_COLUMNS] = table[SHAPE_COLUMNS].astype(np.int64)
-    table["model"], table["dtype"], table["tp"] = model.name, dtype, tp
-    table = table[COLUMNS]
+    table = to_table(rows, model, dtype, tp)
+    if dtype != "fp8":  # the runtime's model has no fp8 path to time whole
+        over = iteration_overhead(Profile(table), model, m, tp, dtype, device, grid, seed)
+        table = pd.concat([table, to_table([over], model, dtype, tp)], ignore_index=True)
+        log(f"iteration_overhead: {over['median_s'] * 1e3:.3f} ms")
     run = {"model": model.name, "model_spec": model.to_dict(), "dtype": dtype, "tp": tp, "device": ident,
            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "seed": seed,
            "date": datetime.now(UTC).isoformat(timespec="seconds"), "grid": asdict(grid), "quick": quick,

@@ -3,10 +3,11 @@
 An iteration is the sum over layers of its per-token ops (norms, QKV, RoPE, KV write, output, MLP or
 MoE, residual adds) at the batch's token count, prefill attention (chunks x equivalent causal length),
 decode attention (sequences x mean context), the final norm and LM head over the rows that sample,
-the TP all-reduce (the roofline's formula: one GPU cannot measure it) and a measured per-iteration
-overhead where the profile has one. Each op is interpolated in log-log shape space with scipy
-(monotone PCHIP in tokens, bilinear in batch x length); outside the measured range the nearest measured
-value is scaled by the roofline's ratio, and ``extrapolated`` counts the evaluations that needed it.
+the TP all-reduce (the roofline's formula: one GPU cannot measure it) and a per-iteration overhead: the
+one measured with the runtime's model for engine ``pdsim-runtime``, the engine's named fixed cost otherwise.
+Each op is interpolated in log-log shape space with scipy (monotone PCHIP in tokens, bilinear in batch x
+length); outside the measured range the nearest measured value is scaled by the roofline's ratio, and
+``extrapolated`` counts the evaluations that needed it.
 No torch here: the simulator imports this.
 """
 
@@ -23,8 +24,9 @@ from profiler.errors import InputError
 from profiler.gpus import GPUSpec
 from profiler.models import ModelSpec
 from profiler.profile import Profile
-from profiler.roofline import RooflineCostModel
+from profiler.roofline import RooflineCostModel, engine_efficiency
 
+RUNTIME_ENGINE = "pdsim-runtime"  # the engine whose model the profiler times (runtime/model.py)
 # How many times each per-token op runs per layer of each kind.
 ATTN_LAYER_OPS = {"rmsnorm": 2, "qkv": 1, "rope": 1, "kv_write": 1, "o": 1, "add": 2}
 DENSE_MLP_OPS = {"gate_up": 1, "swiglu": 1, "down": 1}
@@ -129,8 +131,12 @@ class ProfiledCostModel:
         self.prefill_attn = Surface(pf.batch.to_numpy(), pf.seq_len.to_numpy(), pf.median_s.to_numpy(), "attn_prefill")
         self.decode_attn = Surface(dec.batch.to_numpy(), dec.ctx_len.to_numpy(), dec.median_s.to_numpy(),
                                    "attn_decode")
+        # The runtime's own per-iteration cost where the profile measured it and the runtime is the engine;
+        # any other engine's scheduler is not what was timed, so it keeps its named (fitted) fixed cost.
         over = rows[rows.op == "iteration_overhead"]
-        self.overhead_s = float(over.median_s.median()) if len(over) else 0.0
+        self.measured_overhead_s = float(over.median_s.median()) if len(over) else 0.0
+        self.overhead_s = (self.measured_overhead_s if engine == RUNTIME_ENGINE
+                           else engine_efficiency(engine).iteration_overhead_s)
         self._tok_hi = float(self.roof_tokens_s(self.token_curve.hi))
         self._lm_hi = float(self.roof_logits_s(self.logits_curve.hi))
 

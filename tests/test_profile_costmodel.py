@@ -14,6 +14,7 @@ from profiler.gpus import local_cpu, resolve_gpu
 from profiler.models import CATALOG
 from profiler.profile import COLUMNS, Profile
 from profiler.profiled import ATTN_LAYER_OPS, DENSE_MLP_OPS, ProfiledCostModel
+from profiler.roofline import engine_efficiency
 
 TINY = CATALOG["tiny"]
 TOKENS = [1, 4, 16, 64, 256]
@@ -51,7 +52,9 @@ def synthetic_profile(model=TINY, dtype="fp32", tp=1, noisy_op: str | None = Non
 
 @pytest.fixture(scope="module")
 def cm() -> ProfiledCostModel:
-    return ProfiledCostModel(synthetic_profile(), model=TINY, gpu=local_cpu(), tp=1, dtype="fp32")
+    """As the runtime's engine sees it: no overhead beyond the profile's ops (none measured here)."""
+    return ProfiledCostModel(synthetic_profile(), model=TINY, gpu=local_cpu(), tp=1, dtype="fp32",
+                             engine="pdsim-runtime")
 
 
 def test_it_is_a_cost_model_made_by_the_factory():
@@ -81,6 +84,19 @@ def test_iteration_is_the_sum_of_its_measured_ops(cm):
     want = (TINY.layers * (per_layer + 1e-5 + 2e-8 * 4 * 128) + op_time("embed", 4)
             + op_time("rmsnorm", 4) + op_time("lm_head", 4))
     assert cm.iteration_s(Batch.of(decode_ctx=[128] * 4)) == pytest.approx(want, rel=1e-9)
+
+
+def test_the_measured_overhead_is_the_runtimes_and_other_engines_keep_their_own():
+    prof = synthetic_profile()
+    prof.table.loc[len(prof.table)] = {**prof.table.iloc[0].to_dict(), "op": "iteration_overhead", "tokens": 0,
+                                       "batch": 1, "ctx_len": 16, "median_s": 7e-4}
+    b = Batch.of(decode_ctx=[128] * 4)
+    ops_only = ProfiledCostModel(synthetic_profile(), model=TINY, gpu=local_cpu(), tp=1, dtype="fp32",
+                                 engine="pdsim-runtime").iteration_s(b)
+    runtime = ProfiledCostModel(prof, model=TINY, gpu=local_cpu(), tp=1, dtype="fp32", engine="pdsim-runtime")
+    vllm = ProfiledCostModel(prof, model=TINY, gpu=local_cpu(), tp=1, dtype="fp32", engine="vllm")
+    assert runtime.iteration_s(b) == pytest.approx(ops_only + 7e-4, rel=1e-12)
+    assert vllm.iteration_s(b) == pytest.approx(ops_only + engine_efficiency("vllm").iteration_overhead_s, rel=1e-12)
 
 
 def test_monotone_in_tokens_and_context(cm):

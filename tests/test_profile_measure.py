@@ -6,7 +6,7 @@ import torch
 
 from profiler.costmodel import Batch
 from profiler.gpus import local_cpu
-from profiler.measure import Grid, KiB, Linear, log2_grid, profile_model, shard, time_op
+from profiler.measure import Grid, KiB, Linear, forward_bytes, log2_grid, profile_model, shard, time_op
 from profiler.models import CATALOG, ModelSpec
 from profiler.profile import OPS, load_profile
 from profiler.profiled import ProfiledCostModel
@@ -14,7 +14,8 @@ from profiler.verify import format_result, verify_profile
 
 TINY = CATALOG["tiny"]
 GRID = Grid(tokens=(1, 8, 64), prefill_batch=(1, 2), prefill_len=(16, 64), decode_batch=(1, 4),
-            decode_ctx=(16, 128), kv_bytes=(64 * KiB, 256 * KiB), warmup=1, repeats=5, budget_s=0.02)
+            decode_ctx=(16, 128), kv_bytes=(64 * KiB, 256 * KiB), warmup=1, repeats=5, budget_s=0.02,
+            clock="cpu")  # this thread's CPU time: other engineers' tests share these 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,18 @@ def test_gemm_rows_carry_the_models_shapes(prof):
 
 
 def test_timings_are_ordered_repeated_and_physical(prof):
-    t = prof.table
+    t = prof.table[prof.table.op != "iteration_overhead"]
     assert (t.p10_s <= t.median_s).all() and (t.median_s <= t.p90_s).all()
     assert (t.repeats >= GRID.min_repeats).all() and (t.repeats <= GRID.repeats).all()
     assert (t.median_s > 0).all() and (t.median_s < 1).all()
     gu = t[t.op == "gate_up"].set_index("tokens").median_s
     assert gu[64] > gu[1]  # 64x the FLOPs of one token take longer
+
+
+def test_the_per_iteration_overhead_is_measured_with_the_runtimes_model(prof):
+    over = prof.table[prof.table.op == "iteration_overhead"]
+    assert len(over) == 1 and over.batch.iloc[0] == 1 and over.ctx_len.iloc[0] == min(GRID.decode_ctx)
+    assert 0 < over.median_s.iloc[0] < 0.05 and over.repeats.iloc[0] >= 30
 
 
 def test_metadata_names_device_torch_threads_and_grid(prof):
@@ -74,12 +81,14 @@ def test_the_measured_profile_drives_a_cost_model(prof):
 
 def test_verify_compares_whole_model_passes_with_the_composition(prof):
     r = verify_profile(prof, prefill_cases=((1, 40), (2, 20)), decode_cases=((2, 50), (3, 100)),
-                       grid=Grid((), (), (), (), (), (), warmup=1, repeats=5, budget_s=0.05))
+                       grid=Grid((), (), (), (), (), (), warmup=1, repeats=5, budget_s=0.05, clock="cpu"))
     t = r.table
     assert list(t.kind) == ["prefill", "prefill", "decode", "decode"]
     assert (t.measured_s > 0).all() and (t.composed_s > 0).all()
-    # Loose on purpose (a shared 2-core CPU drifts); bench/profile_verify.py prints the real figures.
-    assert r.worst_abs_err < 2.0
+    # Loose on purpose (a shared 2-core CPU drifts); bench/profile_verify.py prints the real figures. A lost
+    # factor (a layer count, a unit) would still be far outside.
+    ratio = t.composed_s / t.measured_s
+    assert ratio.between(1 / 2.5, 2.5).all(), t
     assert "median |error|" in format_result(r) and r.extrapolated == 0
 
 
@@ -106,10 +115,15 @@ def test_timing_takes_the_median_of_the_repeats():
     assert len(calls) == 9 and t.repeats == 7 and t.p10_s <= t.median_s <= t.p90_s
 
 
-def test_gemms_cycle_through_weight_copies_that_outgrow_the_cache():
-    w = Linear(256, 512, "fp32", "cpu", torch.Generator().manual_seed(0))
-    assert len(w.ws) > 1 and sum(x.numel() * 4 for x in w.ws) >= 64 << 20
+def test_gemms_cycle_through_as_many_weights_as_a_whole_pass_moves_between_two_uses():
+    gen = torch.Generator().manual_seed(0)
+    w = Linear(256, 512, "fp32", "cpu", gen, max_reuse_bytes=forward_bytes(TINY, "fp32", 1))
+    assert len(w.ws) == int(forward_bytes(TINY, "fp32", 1)) // (256 * 512 * 4) > 1
     assert w.ws[0].data_ptr() != w.ws[1].data_ptr()
+    assert forward_bytes(TINY, "fp32", 1000) > forward_bytes(TINY, "fp32", 1) > TINY.param_bytes("fp32")
+    huge = Linear(256, 512, "fp32", "cpu", gen, max_reuse_bytes=CATALOG["llama-3.1-8b"].param_bytes("fp32"))
+    assert len(huge.ws) == 256  # past a few times the last-level cache: as cold as it gets
+    assert huge.copies_for(forward_bytes(TINY, "fp32", 1)) == len(w.ws)
 
 
 def test_log_grid_ends_at_its_top():
