@@ -7,6 +7,7 @@ Each command is a thin shell: parse flags, call the package function, print, exi
 
 from __future__ import annotations
 
+import math
 import sys
 
 import typer
@@ -374,6 +375,69 @@ def serve_cmd(
         serve(dep, opts)
     except RuntimeError as e:  # a worker that failed to start
         fail(str(e), code=1)
+
+
+# ---- pdsim validate (planner/validate.py) --------------------------------------------------------
+@app.command("validate")
+def validate_cmd(
+    deployment: str = typer.Option(..., "--deployment", help="Deployment YAML the runtime can run here "
+                                   "(tp 1; gpu: cpu with dtype: fp32 on a CPU)."),
+    trace: str | None = typer.Option(None, "--trace", help="Trace file to replay (any format pdsim reads)."),
+    rate: float | None = typer.Option(None, "--rate", help="Arrival rate, req/s (default: the rate rule, "
+                                      "--target-util)."),
+    isl: int | None = typer.Option(None, "--isl", min=1, help="Without --trace: prompt tokens of every request."),
+    osl: int | None = typer.Option(None, "--osl", min=1, help="Without --trace: output tokens of every request."),
+    duration: float = typer.Option(120.0, "--duration", min=1.0, help="Seconds of the (rescaled) workload to "
+                                   "replay."),
+    start: float = typer.Option(0.0, "--start", min=0.0, help="Seconds into the trace where the slice begins."),
+    out: str = typer.Option("pdsim-validate", "--out", help="Output folder (validate.json, validate.html)."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Live replays (their spread is the machine's noise)."),
+    paced: bool = typer.Option(False, "--paced", help="Each worker step lasts --pace-scale x the profile's "
+                               "prediction; the simulator uses the same costs."),
+    pace_scale: float | None = typer.Option(None, "--pace-scale", min=1.0, help="With --paced: times the "
+                                            "profile (default: 1.25 x the p95 slowdown measured here now)."),
+    target_util: float = typer.Option(0.5, "--target-util", min=0.01, max=0.95, help="Rate rule: the busiest "
+                                      "simulated pool's busy share."),
+    profile: str | None = typer.Option(None, "--profile", help="Profile directory to use (default: cached or "
+                                       "measured now)."),
+    profile_cache: str | None = typer.Option(None, "--profile-cache", help="Where profiles are cached "
+                                             "(default ~/.cache/pdsim/profiles)."),
+    full_profile: bool = typer.Option(False, "--full-profile", help="Profile the full grid, not --quick."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Replay a workload on the live runtime and in the simulator, and report the error per metric."""
+    from pathlib import Path
+
+    from planner.validate import DEFAULT_CACHE, ValidateOptions, error_table, validate
+    from simulator.deployment import load_deployment
+    from traces.transforms import time_window
+
+    dep = load_deployment(deployment)
+    if trace is not None:
+        if isl is not None or osl is not None:
+            fail("--isl/--osl describe a synthetic workload; a --trace has its own lengths")
+        from traces.loader import load_trace
+
+        workload = load_trace(trace)
+        if start > 0:
+            workload = time_window(workload, start, start + workload.duration_s + 1.0)
+    else:
+        if isl is None or osl is None:
+            fail("pdsim validate needs --trace FILE, or --isl N and --osl N (with --rate R or the rate rule)")
+        from traces.synthetic import synthetic_workload
+
+        n = max(2, math.ceil((rate or 50.0) * duration * 4))  # enough for the rate rule to cut from
+        workload = synthetic_workload(requests=n, isl=isl, osl=osl, rate=rate or 1.0, seed=seed)
+    opts = ValidateOptions(out_dir=Path(out), duration_s=duration, repeats=repeats, paced=paced,
+                           pace_scale=pace_scale, target_util=target_util, rate=rate, profile=profile,
+                           profile_cache=Path(profile_cache) if profile_cache else DEFAULT_CACHE,
+                           full_profile=full_profile, seed=seed)
+    try:
+        doc = validate(dep, workload, opts, log=lambda s: typer.echo(s, err=True))
+    except RuntimeError as e:  # the runtime or the profiler failed to start
+        fail(str(e), code=1)
+    typer.echo(error_table(doc))
+    typer.echo(f"wrote {Path(out) / 'validate.json'} and {Path(out) / 'validate.html'}")
 
 
 # ---- pdsim plan / plan-worker (planner/plan.py, planner/search.py) ------------------------------

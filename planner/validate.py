@@ -1,0 +1,454 @@
+"""`pdsim validate`: the simulator checked against the live runtime on the same requests, on this machine.
+
+1. Profile the deployment's model here, or reuse the cached profile of the same model, dtype, device
+   and torch version (``~/.cache/pdsim/profiles`` or ``--profile-cache``).
+2. Start the live runtime (``pdsim serve``) with the deployment and replay the workload with the open-loop
+   HTTP streaming client (``runtime/replay_client.py``) at its arrival times, ``repeats`` times.
+3. Simulate the same requests on the same deployment with the profile's cost model.
+4. Compare TTFT, TPOT, ITL and E2E at p50/p90/p99: ``validate.json``, ``validate.html``, ``requests.csv``.
+
+Rate rule: a trace is rescaled to the rate at which the simulated busiest pool is busy ``target_util``
+(default 50 %) of the time, so that the machine carries it below saturation; then the first
+``duration_s`` seconds of it are replayed. The live busy share of every worker (from its step log) is
+reported beside the simulated one, so a run that saturated the machine anyway shows it.
+
+Modes. Raw: the workers compute as fast as the CPU lets them, so the error mixes cost-model error with
+system dynamics and machine noise (``--repeats`` measures the noise). Paced: every worker step lasts
+``pace_scale`` x the profile's prediction for its batch (``profiler/paced.py``) and the simulator uses the
+same scaled cost model, so only the dynamics (batching, queueing, transfer, routing, HTTP) can differ;
+``pace_scale`` must exceed the real compute's slowdown on this machine, and the share of steps whose
+compute overran their pace is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from profiler.errors import InputError
+from profiler.models import resolve_model
+from simulator.deployment import Deployment, KVLinkSpec
+from simulator.metrics import PERCENTILES, stats_ms
+from traces.transforms import rescale, time_window
+from traces.workload import Workload
+
+METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+# Issue 6's targets: |relative error| per percentile of TTFT and TPOT (raw: or within the repeat spread).
+TARGETS = {"paced": {"p50": 0.05, "p90": 0.05, "p99": 0.10}, "raw": {"p50": 0.15, "p90": 0.15}}
+RUNTIME_KV_TOKENS = 32768  # the runtime's default KV cache per worker (runtime/serve.py)
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pdsim" / "profiles"
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    out_dir: Path
+    duration_s: float = 120.0  # live replay length: the first this many seconds of the rescaled workload
+    repeats: int = 1
+    paced: bool = False
+    pace_scale: float | None = None  # None: measured (see pace_scale_now)
+    target_util: float = 0.5  # rate rule: the simulated busiest pool's busy share
+    rate: float | None = None  # a fixed arrival rate (req/s) instead of the rate rule
+    profile: str | None = None  # a profile directory to use as it is
+    profile_cache: Path = DEFAULT_CACHE
+    full_profile: bool = False  # the profiler's full grid rather than --quick
+    seed: int = 0
+    ready_timeout_s: float = 180.0
+
+
+Log = Callable[[str], None]
+
+
+# ---- 1. the profile ------------------------------------------------------------------------------
+def runtime_device(dep: Deployment) -> str:
+    return "cpu" if dep.gpu == "cpu" else "cuda"
+
+
+def check_runnable(dep: Deployment) -> None:
+    """What the bundled runtime can run here: one device per replica; fp32 on a CPU."""
+    for name, pool in dep.pools.items():
+        if pool.tp > 1:
+            raise InputError(f"tp={pool.tp}: the bundled runtime runs each replica on one device (tp: 1)",
+                             where=f"deployment.{name}.tp")
+    if dep.router == "kv_aware":
+        raise InputError("the bundled runtime routes round_robin or least_loaded, not kv_aware",
+                         where="deployment.router")
+    if dep.gpu == "cpu" and dep.dtype != "fp32":
+        raise InputError(f"the runtime computes in fp32 on a CPU; got dtype {dep.dtype!r} (use dtype: fp32)",
+                         where="deployment.dtype")
+
+
+def profile_key(dep: Deployment, full: bool) -> str:
+    """Cache key: model, dtype, device and torch version (the profile holds for exactly these)."""
+    from profiler.device import device_identity  # noqa: PLC0415
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:  # pragma: no cover - torch is a dependency
+        torch_version = "unknown"
+    device = re.sub(r"[^a-z0-9]+", "-", str(device_identity(runtime_device(dep))["name"]).lower()).strip("-")
+    return f"{dep.model}-{dep.dtype}-{device}-torch{torch_version}-{'full' if full else 'quick'}"
+
+
+def profile_for(dep: Deployment, opts: ValidateOptions, log: Log) -> Path:
+    """The profile to use: ``opts.profile``, the cached one, or a new one made now (``pdsim profile``)."""
+    if opts.profile:
+        return Path(opts.profile)
+    path = Path(opts.profile_cache) / profile_key(dep, opts.full_profile)
+    if (path / "profile.json").exists():
+        log(f"profile: cached {path}")
+        return path
+    log(f"profile: timing {dep.model} on this machine into {path} ...")
+    cmd = [*pdsim_cmd(), "profile", "--model", dep.model, "--dtype", dep.dtype, "--device", runtime_device(dep),
+           "--out", str(path), *([] if opts.full_profile else ["--quick"])]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pdsim profile failed: {(done.stderr or done.stdout).strip()[-500:]}")
+    return path
+
+
+def pdsim_cmd() -> list[str]:
+    return [sys.executable, "-c", "from planner.cli import main; main()"]
+
+
+def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> dict:
+    """The cost model of every pool: the profile's, scaled by ``pace_scale`` when paced."""
+    from profiler.paced import paced_cost_model  # noqa: PLC0415
+
+    cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu, opts.pace_scale if opts.paced else 1.0)
+    return {name: cm for name in dep.pools}
+
+
+def sim_deployment(dep: Deployment, profile_dir: Path) -> Deployment:
+    """The deployment as the simulator should see it here: a disagg KV link with the bandwidth and latency
+    the profile measured for a copy between two processes (the runtime's workers share one machine)."""
+    if dep.topology != "disagg":
+        return dep
+    from profiler.profile import load_profile  # noqa: PLC0415
+
+    t = load_profile(profile_dir).table
+    ipc = t[(t.op == "kv_copy") & (t.path == "ipc") & (t.model == dep.model)].sort_values("bytes")
+    if ipc.empty:
+        return dep
+    big = ipc.iloc[-1]
+    link = KVLinkSpec(bandwidth_gb_s=float(big.bytes / big.median_s / 1e9),
+                      latency_us=float(ipc.iloc[0].median_s * 1e6), placement="intra")
+    return replace(dep, kv_link=link)
+
+
+# ---- 2. the workload -----------------------------------------------------------------------------
+def servable(w: Workload, dep: Deployment) -> tuple[Workload, int]:
+    """The requests the runtime can hold (prompt plus output within the model's context and a worker's KV
+    cache), and how many were dropped."""
+    limit = min(resolve_model(dep.model).max_context, RUNTIME_KV_TOKENS)
+    req = w.requests
+    keep = (req["isl"] + req["osl"]).to_numpy() <= limit
+    if not keep.any():
+        raise InputError(f"no request fits the runtime (isl + osl <= {limit} tokens)", where=w.source)
+    if keep.all():
+        return w, 0
+    kept = req[keep].reset_index(drop=True).copy()
+    kept["request_id"] = np.arange(len(kept))
+    return w.with_requests(kept, source=f"{w.source} [isl + osl <= {limit}]"), int((~keep).sum())
+
+
+def _slice(w: Workload, rate: float, duration_s: float) -> Workload:
+    return time_window(rescale(w, rate=rate), 0.0, duration_s)
+
+
+def carryable_rate(w: Workload, dep: Deployment, cms: dict, target_util: float, duration_s: float,
+                   log: Log) -> tuple[float, float]:
+    """The rate rule: the arrival rate (req/s) at which the simulated busiest pool is busy ``target_util``
+    of the time over the first ``duration_s`` seconds, by fixed-point iteration on the rate."""
+    from simulator import simulate  # noqa: PLC0415
+
+    rate, util = 1.0, float("nan")
+    for _ in range(6):
+        cut = _slice(w, rate, duration_s)
+        util = max(simulate(dep, cut, cost_models=cms).utilization.values())
+        if util <= 0:
+            break
+        if abs(util / target_util - 1) < 0.03:
+            break
+        rate *= min(4.0, max(0.25, target_util / util))
+    log(f"rate rule: {rate:.3g} req/s keeps the busiest simulated pool {util:.0%} busy (target {target_util:.0%})")
+    return rate, util
+
+
+# ---- 3. the live runtime -------------------------------------------------------------------------
+@dataclass
+class Runtime:
+    proc: subprocess.Popen
+    url: str
+    run_dir: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_runtime(dep: Deployment, run_dir: Path, profile_dir: Path, opts: ValidateOptions) -> Runtime:
+    """``pdsim serve`` on a free loopback port, step logs on; returns once it says it is ready."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dep_path = run_dir / "deployment.yaml"
+    dep_path.write_text(dep.to_yaml())
+    cmd = [*pdsim_cmd(), "serve", "--deployment", str(dep_path), "--port", "0", "--seed", str(opts.seed),
+           "--log", str(run_dir / "requests.jsonl"), "--step-log-dir", str(run_dir)]
+    if opts.paced:
+        cmd += ["--pace-profile", str(profile_dir), "--pace-scale", str(opts.pace_scale)]
+    err = open(run_dir / "serve.stderr", "w")  # noqa: SIM115 - the server's, closed when it exits
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    err.close()
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + opts.ready_timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=1.0):
+                continue
+            line = proc.stdout.readline()
+            m = re.search(r"ready on (http://\S+)", line)
+            if m:
+                return Runtime(proc, m.group(1), run_dir)
+            if not line:
+                break
+    finally:
+        sel.close()
+    Runtime(proc, "", run_dir).stop()
+    why = (run_dir / "serve.stderr").read_text().strip().splitlines()
+    raise RuntimeError(f"the runtime did not start: {why[-1] if why else 'no output'}")
+
+
+def warm_up(rt: Runtime, dep: Deployment, model: str, rounds: int = 2) -> None:
+    """A few concurrent requests on every worker: first calls pay one-off costs."""
+    from runtime.replay_client import replay  # noqa: PLC0415
+    from traces.workload import make_requests  # noqa: PLC0415
+
+    n = 4 * max(p.replicas for p in dep.pools.values())
+    isl = np.array([64, 512, 200, 1024])[np.arange(n) % 4]
+    w = Workload(make_requests(np.arange(n) * 0.05, isl, 16), source="warm-up")
+    for _ in range(rounds):
+        replay(rt.url, w, model=model, id_prefix="warmup")
+
+
+def read_steps(run_dir: Path, start_wall: float, end_wall: float) -> dict[str, list[dict]]:
+    """Each worker's step log rows that started in [start_wall, end_wall)."""
+    out = {}
+    for path in sorted(run_dir.glob("steps-*.jsonl")):
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        out[path.stem.removeprefix("steps-")] = [r for r in rows if start_wall <= r["start"] < end_wall]
+    return out
+
+
+def slowdown(rows: list[dict], cm) -> np.ndarray:
+    """Each step's real compute over what ``cm`` predicts for its batch."""
+    from profiler.costmodel import Batch  # noqa: PLC0415
+
+    pred = [cm.iteration_s(Batch(np.asarray(r["prefill_tokens"], np.int64), np.asarray(r["prefill_cached"], np.int64),
+                                 np.asarray(r["decode_ctx"], np.int64))) for r in rows]
+    return np.asarray([r["compute_s"] for r in rows]) / np.asarray(pred)
+
+
+POOL_OF_ROLE = {"agg": "workers", "prefill": "prefill", "decode": "decode"}
+
+
+def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict | None) -> dict:
+    """Per worker over [start, end): busy share (sum of step durations / window) and, when paced, the share of
+    steps whose compute alone took longer than their pace."""
+    out = {}
+    for wid, rows in read_steps(run_dir, start_wall, end_wall).items():
+        stats = {"steps": len(rows), "busy_share": sum(r["duration_s"] for r in rows) / max(end_wall - start_wall,
+                                                                                            1e-9)}
+        if cms is not None and rows:
+            stats["overrun_share"] = float((slowdown(rows, cms[POOL_OF_ROLE[wid.rsplit("-", 1)[0]]]) > 1).mean())
+        out[wid] = stats
+    return out
+
+
+def pace_scale_now(dep: Deployment, profile_dir: Path, opts: ValidateOptions, log: Log) -> float:
+    """The pace scale for this machine now: 1.25 x the 95th percentile of real step compute over the profile's
+    prediction, measured on the unpaced runtime under a short burst after its warm-up (at least 1.5)."""
+    from profiler.paced import paced_cost_model  # noqa: PLC0415
+
+    cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
+    rt = start_runtime(dep, opts.out_dir / "pace-calibration", profile_dir, replace(opts, paced=False))
+    try:
+        warm_up(rt, dep, dep.model, rounds=1)
+        start = time.time()
+        warm_up(rt, dep, dep.model, rounds=3)
+        end = time.time()
+    finally:
+        rt.stop()
+    ratios = np.concatenate([slowdown(rows, cm) for rows in read_steps(rt.run_dir, start, end).values() if rows])
+    p95 = float(np.percentile(ratios, 95))
+    scale = max(1.5, math.ceil(1.25 * p95 * 4) / 4)
+    log(f"pace: real step compute is {np.median(ratios):.2f}x the profile's prediction (p95 {p95:.2f}x) here now; "
+        f"pace scale {scale:g}")
+    return scale
+
+
+def run_live(dep: Deployment, w: Workload, profile_dir: Path, cms: dict, opts: ValidateOptions, log: Log):
+    """Replay ``w`` on the live runtime ``opts.repeats`` times (one server, warmed up); replays and worker stats."""
+    from runtime.replay_client import replay  # noqa: PLC0415
+
+    rt = start_runtime(dep, opts.out_dir / "live", profile_dir, opts)
+    replays, workers = [], []
+    try:
+        log(f"live: runtime ready at {rt.url}; warming up")
+        warm_up(rt, dep, dep.model)
+        for i in range(opts.repeats):
+            log(f"live: replay {i + 1}/{opts.repeats}: {len(w)} requests over {w.duration_s:.0f} s")
+            r = replay(rt.url, w, model=dep.model, seed=opts.seed, id_prefix=f"r{i}")
+            end = r.start_wall + float(np.nanmax(r.requests["last_token_s"].to_numpy(), initial=0.0))
+            workers.append(step_stats(rt.run_dir, r.start_wall, end, cms if opts.paced else None))
+            replays.append(r)
+            bad = int((r.requests["outcome"] != "ok").sum())
+            if bad:
+                log(f"live: {bad} requests failed, e.g. {r.requests.loc[r.requests.outcome != 'ok', 'error'].iloc[0]}")
+    finally:
+        rt.stop()
+    return replays, workers
+
+
+# ---- 4. comparison -------------------------------------------------------------------------------
+def live_stats(r) -> dict:
+    ok = r.requests[r.requests["outcome"] == "ok"]
+    return {"ttft_ms": stats_ms(ok["ttft_s"].to_numpy()), "tpot_ms": stats_ms(ok["tpot_s"].to_numpy()),
+            "itl_ms": stats_ms(np.concatenate([np.diff(r.token_s[i]) for i in ok["request_id"]] or [np.zeros(0)])),
+            "e2e_ms": stats_ms(ok["e2e_s"].to_numpy())}
+
+
+def rel_error(sim: float | None, live: float | None) -> float | None:
+    if sim is None or live is None or not live > 0:
+        return None
+    return (sim - live) / live
+
+
+def compare(live: list[dict], sim: dict, paced: bool) -> dict:
+    """``{metric: {pN: {live, sim, rel_error, live_repeats, repeat_spread, target, within_target}}}``.
+
+    ``live`` is the median over repeats; ``repeat_spread`` is (max - min) / median of the repeats."""
+    targets = TARGETS["paced" if paced else "raw"]
+    out: dict = {}
+    for metric in METRICS:
+        out[metric] = {}
+        for q in PERCENTILES:
+            p = f"p{q}"
+            reps = [s[metric][p] for s in live if s[metric][p] is not None]
+            lv = float(np.median(reps)) if reps else None
+            sv = sim[metric][p]
+            err = rel_error(sv, lv)
+            spread = (max(reps) - min(reps)) / lv if len(reps) > 1 and lv else None
+            cell = {"live": lv, "sim": sv, "rel_error": err, "live_repeats": reps, "repeat_spread": spread}
+            target = targets.get(p) if metric in ("ttft_ms", "tpot_ms") else None
+            if target is not None:
+                bound = target if paced else max(target, spread or 0.0)
+                cell["target"] = bound
+                cell["within_target"] = err is not None and abs(err) <= bound
+            out[metric][p] = cell
+    return out
+
+
+def per_request(replays: list, sim_requests: pd.DataFrame) -> pd.DataFrame:
+    """One row per (repeat, request): live and simulated TTFT, TPOT, E2E in seconds."""
+    cols = ["request_id", "ttft_s", "tpot_s", "e2e_s"]
+    sim = sim_requests[[*cols, "isl", "osl"]].rename(columns={c: f"sim_{c}" for c in cols[1:]})
+    frames = []
+    for i, r in enumerate(replays):
+        live = r.requests[[*cols, "outcome", "lag_s"]].rename(columns={c: f"live_{c}" for c in cols[1:]})
+        frames.append(live.merge(sim, on="request_id").assign(repeat=i))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _clean(x):
+    """JSON-safe: NaN and infinity become null."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# ---- the whole run -------------------------------------------------------------------------------
+def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Log = lambda s: None) -> dict:
+    """Profile, replay live, simulate, compare; writes validate.json, validate.html and requests.csv to
+    ``opts.out_dir`` and returns the JSON document."""
+    from simulator import simulate  # noqa: PLC0415
+
+    check_runnable(dep)
+    if workload.closed_loop:
+        raise InputError("validate replays an open-loop workload (arrival times); this one is closed-loop",
+                         where=workload.source)
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    profile_dir = profile_for(dep, opts, log)
+    if opts.paced and opts.pace_scale is None:
+        opts = replace(opts, pace_scale=pace_scale_now(dep, profile_dir, opts, log))
+    cms = cost_models(dep, profile_dir, opts)
+    sim_dep = sim_deployment(dep, profile_dir)
+    w, dropped = servable(workload, dep)
+    rate = opts.rate or carryable_rate(w, sim_dep, cms, opts.target_util, opts.duration_s, log)[0]
+    w = _slice(w, rate, opts.duration_s)
+    log(f"workload: {len(w)} requests at {rate:.3g} req/s over {w.duration_s:.0f} s ({dropped} too long dropped)")
+    sim = simulate(sim_dep, w, seed=opts.seed, cost_models=cms)
+    replays, workers = run_live(dep, w, profile_dir, cms, opts, log)
+    metrics = compare([live_stats(r) for r in replays], sim.summary(), opts.paced)
+    rows = per_request(replays, sim.requests)
+    rows.to_csv(opts.out_dir / "requests.csv", index=False, float_format="%.6g")
+    doc = _clean({
+        "metrics": metrics,
+        "mode": "paced" if opts.paced else "raw",
+        "pace_scale": opts.pace_scale if opts.paced else None,
+        "repeats": opts.repeats,
+        "deployment": dep.to_dict(),
+        "simulated_kv_link": sim_dep.to_dict().get("kv_link"),
+        "profile": str(profile_dir),
+        "workload": {"source": w.source, "requests": len(w), "rate_rps": rate, "duration_s": opts.duration_s,
+                     "dropped_too_long": dropped, "rate_rule": None if opts.rate is not None
+                     else f"busiest simulated pool {opts.target_util:.0%} busy"},
+        "utilization": {"sim": sim.utilization, "live": workers},
+        "live_failed": [int((r.requests["outcome"] != "ok").sum()) for r in replays],
+        "client_lag_ms_p99": [float(np.percentile(r.requests["lag_s"], 99) * 1e3) for r in replays],
+        "sim_preemptions": int(sim.requests["preemptions"].sum()),
+    })
+    (opts.out_dir / "validate.json").write_text(json.dumps(doc, indent=1) + "\n")
+    from reports.validate import write_validate_report  # noqa: PLC0415
+
+    write_validate_report(doc, rows, replays, sim, opts.out_dir / "validate.html")
+    return doc
+
+
+def error_table(doc: dict) -> str:
+    """The metrics as aligned lines: live, sim and error per metric and percentile."""
+
+    def f(x, spec: str, width: int = 9) -> str:
+        return f"{'-' if x is None else format(x, spec):>{width}}"
+
+    lines = [f"{'':<6}{'':>4}{'live ms':>11}{'sim ms':>11}{'error':>9}{'spread':>9}{'target':>9}"]
+    for metric, cells in doc["metrics"].items():
+        for p, c in cells.items():
+            mark = {True: "  ok", False: "  MISS"}.get(c.get("within_target"), "")
+            lines.append(f"{metric[:-3].upper():<6}{p:>4}{f(c['live'], '.1f', 11)}{f(c['sim'], '.1f', 11)}"
+                         f"{f(c['rel_error'], '+.1%')}{f(c['repeat_spread'], '.1%')}{f(c.get('target'), '.0%')}{mark}")
+    return "\n".join(lines)
