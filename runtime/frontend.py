@@ -143,15 +143,17 @@ class Frontend:
                 req = self.sids.get(sid)
                 if req is None:
                     continue
-                info = h["done"].get(sid)
+                info, attempt = h["done"].get(sid), attempt_of(req, sid)
                 if info is not None:
-                    stage = req.attempts[-1].setdefault(w.role, {})
-                    stage.update(worker=info["worker"], preemptions=info["preemptions"], **info["times"])
+                    attempt.setdefault(w.role, {}).update(worker=info["worker"], preemptions=info["preemptions"],
+                                                          **info["times"])
                     if info["transfer"]:
-                        req.attempts[-1].setdefault("transfer", {}).update(info["transfer"])
+                        attempt.setdefault("transfer", {}).update(info["transfer"])
                         self.transfer_s.observe(info["transfer"]["duration_s"])
                 if finish is not None:
                     w.inflight.discard(sid)
+                if sid != req.sid:  # an attempt given up on
+                    continue
                 if finish == "prefilled" and req.decode is not None:
                     self.send(req.decode, {"type": "decode", "rid": sid, "tokens": [*req.sent_tokens, token],
                                            "num_generated": len(req.sent_tokens) - len(req.prompt) + 1,
@@ -161,8 +163,8 @@ class Frontend:
         elif kind == "kv_sent":
             req = self.sids.get(h["rid"])
             if req is not None:
-                req.attempts[-1].setdefault("transfer", {}).update(bytes=h["bytes"], send_start=h["send_start"],
-                                                                   send_end=h["send_end"])
+                attempt_of(req, h["rid"]).setdefault("transfer", {}).update(
+                    bytes=h["bytes"], send_start=h["send_start"], send_end=h["send_end"])
                 self.transfer_bytes += h["bytes"]
         elif kind == "error":
             req = self.sids.get(h["rid"])
@@ -246,7 +248,7 @@ class Frontend:
         finally:
             if req.outcome is None:  # the client went away
                 req.outcome = "cancelled"
-                self.release(req)
+            self.release(req)  # frees whatever still holds it (a decode worker reserved for a 1-token answer)
             self.finish(req)
 
     def finish(self, req: GenRequest) -> None:
@@ -281,6 +283,11 @@ class Frontend:
         lines += self.ttft.lines("pdsim_ttft_seconds") + self.itl.lines("pdsim_itl_seconds")
         lines += self.transfer_s.lines("pdsim_kv_transfer_seconds")
         return "\n".join(lines) + "\n"
+
+
+def attempt_of(req: GenRequest, sid: str) -> dict:
+    """The log entry of the attempt ``<request id>.<n>``."""
+    return req.attempts[int(sid.rpartition(".")[2]) - 1]
 
 
 def log_record(req: GenRequest) -> dict:

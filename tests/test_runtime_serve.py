@@ -182,6 +182,16 @@ def test_same_seed_and_prompt_give_the_same_output(client):
     assert ask(0.9, 7) != ask(0.9, 8)
 
 
+def test_one_token_answer_ends_on_the_prefill_worker(server):
+    url, log = server
+    r = httpx.post(url + "/v1/completions", json={"prompt": "one", "max_tokens": 1, "temperature": 0},
+                   headers=auth())
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 1
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    (a,) = read_log(log, r.json()["id"])["attempts"]
+    assert "prefill" in a and "decode" not in a and "transfer" not in a
+
+
 @pytest.mark.parametrize("body, status, param", [
     (b"{not json", 400, None),
     (json.dumps({"model": "llama-9000", "prompt": "hi"}).encode(), 400, "model"),
