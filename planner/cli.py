@@ -561,11 +561,12 @@ def plan_worker_cmd(
     storage: str = typer.Option(..., "--storage", help="The study's storage URL (sqlite:///... or postgresql://...)."),
     study: str = typer.Option(..., "--study", help="Study name, as `plan` printed it."),
     wait: float = typer.Option(60.0, "--wait", help="Seconds to wait for the study to appear."),
+    units: int | None = typer.Option(None, "--units", min=1, help="Simulate at most this many units, then exit."),
 ) -> None:
     """Join a shared plan study and simulate trials until its budget is spent."""
     from planner.worker import join_study
 
-    n = join_study(storage, study, wait_s=wait)
+    n = join_study(storage, study, wait_s=wait, max_units=units)
     typer.echo(f"plan-worker {study}: simulated {n} units")
 
 

@@ -107,7 +107,7 @@ class Evaluator:
     seed: int = 0
     profile: object | None = None
     min_requests: int = 150
-    max_requests: int = 1000
+    max_requests: int = 800
     horizon_e2e: float = 5.0  # simulated time per probe, in units of one request's end-to-end latency
     tolerance: float = 0.10  # bisection stops when hi / lo < 1 + tolerance
     max_probes: int = 6

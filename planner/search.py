@@ -153,6 +153,11 @@ class Search:
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         return {t.user_attrs["key"]: t.user_attrs for t in done if t.user_attrs.get("simulated")}
 
+    def claimed_elsewhere(self, study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
+        """Another running trial (another worker) is simulating the same unit right now."""
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return any(t.number < trial.number and t.user_attrs.get("key") == key for t in running)
+
     def simulated(self, study: optuna.Study) -> int:
         return len(self.known(study))
 
@@ -176,6 +181,9 @@ class Search:
                 if self.objective != "pareto":
                     trial.report(self.screen_score(est, unit), 0)
                 raise optuna.TrialPruned("screened out")
+            if self.claimed_elsewhere(study, trial, key):
+                trial.set_user_attr("constraint", "being simulated by another worker")
+                raise optuna.TrialPruned("duplicate")
             stored = self.known(study).get(key)
             if stored is not None:  # another trial (or worker) simulated this unit already
                 trial.set_user_attr("duplicate_of", key)
@@ -195,9 +203,9 @@ class Search:
 
         return run_trial
 
-    def run(self, study: optuna.Study) -> None:
-        """Run trials until the study holds ``trials`` simulated units (counting every worker's) or the
-        space the screen admits is exhausted."""
+    def run(self, study: optuna.Study, max_units: int | None = None) -> None:
+        """Run trials until the study holds ``trials`` simulated units (counting every worker's), this process
+        has simulated ``max_units``, or the space the screen admits is exhausted."""
         idle = [0]
         seen = [self.simulated(study)]
 
@@ -205,7 +213,8 @@ class Search:
             n = self.simulated(st)
             idle[0] = 0 if n > seen[0] else idle[0] + 1
             seen[0] = n
-            if n >= self.trials or idle[0] >= MAX_IDLE_TRIALS:
+            mine = len(self.evaluations)
+            if n >= self.trials or idle[0] >= MAX_IDLE_TRIALS or (max_units is not None and mine >= max_units):
                 st.stop()
 
         if seen[0] >= self.trials:

@@ -10,9 +10,10 @@ from planner.search import storage_url
 from profiler.errors import InputError
 
 
-def join_study(storage: str, name: str, wait_s: float = 60.0) -> int:
+def join_study(storage: str, name: str, wait_s: float = 60.0, max_units: int | None = None) -> int:
     """Run trials of study ``name`` until it holds its budget of simulated units; returns how many this
-    process simulated. Waits up to ``wait_s`` for `plan` to create the study and store its question."""
+    process simulated (at most ``max_units``). Waits up to ``wait_s`` for `plan` to create the study and
+    store its question."""
     import optuna  # noqa: PLC0415
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -33,5 +34,5 @@ def join_study(storage: str, name: str, wait_s: float = 60.0) -> int:
     req = PlanRequest.from_dict(study.user_attrs["request"])
     search = make_search(req, load_profile(req.profile))
     study = search.study(storage, name, sampler_seed=req.seed + os.getpid())
-    search.run(study)
+    search.run(study, max_units)
     return len(search.evaluations)

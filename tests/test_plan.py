@@ -132,9 +132,10 @@ def test_deployment_yaml_resimulates_to_the_same_verdict(small_plan):
     assert s["ttft_ms"]["p90"] <= 400 * 1.1 and s["tpot_ms"]["p90"] <= 25 * 1.1
 
 
-def test_emitted_check_passes(small_plan):
+def test_emitted_check_passes(small_plan, capsys):
     _, _, check = small_plan
-    assert run_app(app, ["check", str(check)]) == 0
+    code = run_app(app, ["check", str(check)])
+    assert code == 0, capsys.readouterr().out + check.read_text()
 
 
 def test_unwritable_out_fails_before_searching(capsys):
