@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -143,6 +144,14 @@ def check_profilable(model: ModelSpec, device: str, dtype: str) -> None:
     if dtype == "fp8" and not (device.startswith("cuda") and torch.cuda.get_device_capability() >= (8, 9)
                                and hasattr(torch, "_scaled_mm")):
         raise InputError("fp8 GEMMs need a CUDA GPU with fp8 tensor cores (compute capability 8.9+)")
+    if dtype == "fp8":  # a one-row and a 16-row product: what this torch's fp8 GEMM accepts
+        try:
+            w = Linear(64, 64, "fp8", device, torch.Generator(device=device).manual_seed(0), 0)
+            for rows in (1, 16):
+                w(torch.randn(rows, 64, device=device, dtype=torch.bfloat16))
+        except (RuntimeError, TypeError, ValueError) as e:
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise InputError(f"torch {torch.__version__} cannot run fp8 GEMMs on this GPU ({first})") from None
 
 
 def check_clock(clock: str, device: str, threads: int | None) -> None:
@@ -184,7 +193,7 @@ class Linear:
     def __init__(self, in_dim: int, out_dim: int, dtype: str, device: str, gen: torch.Generator,
                  max_reuse_bytes: float):
         self.fp8, self.device = dtype == "fp8", device
-        w = torch.randn(out_dim, in_dim, generator=gen) * 0.02
+        w = torch.randn(out_dim, in_dim, generator=gen, device=device) * 0.02
         w = w.to(device=device, dtype=torch.float8_e4m3fn if self.fp8 else TORCH_DTYPES[dtype])
         self.w_bytes = w.numel() * w.element_size()
         self.ws = [w] + [w.clone() for _ in range(self.copies_for(max_reuse_bytes) - 1)]
@@ -215,8 +224,8 @@ def token_ops(m: ModelSpec, dtype: str, device: str, gen: torch.Generator,
     o_w = Linear(q_dim, m.hidden, dtype, device, gen, reuse)
     norm_w = torch.ones(m.hidden, device=device, dtype=act)
     cos_t, sin_t = (t.to(device) for t in rope_tables(4 * BLOCK_TOKENS, m.head_dim, 10000.0))
-    embed_w = torch.randn(m.vocab, m.hidden, generator=gen).to(device=device, dtype=act)
-    rand = lambda *s: torch.randn(*s, generator=gen).to(device=device, dtype=act)  # noqa: E731
+    embed_w = torch.randn(m.vocab, m.hidden, generator=gen, device=device, dtype=act)
+    rand = lambda *s: torch.randn(*s, generator=gen, device=device, dtype=act)  # noqa: E731
 
     def qkv_views(t):
         """q, k, v as the runtime has them: views into one fused projection's output."""
@@ -235,7 +244,7 @@ def token_ops(m: ModelSpec, dtype: str, device: str, gen: torch.Generator,
         kc, vc = (torch.zeros(slots_n, m.kv_heads, m.head_dim, device=device, dtype=act) for _ in range(2))
         _, k, v = qkv_views(t)
         k = k.contiguous()  # RoPE's output
-        slots = torch.randperm(slots_n, generator=gen)[:t].to(device)
+        slots = torch.randperm(slots_n, generator=gen, device=device)[:t]
 
         def run():
             kc[slots] = k
@@ -251,7 +260,7 @@ def token_ops(m: ModelSpec, dtype: str, device: str, gen: torch.Generator,
         return lambda: F.rms_norm(x, (m.hidden,), norm_w, 1e-5)
 
     def embed(t):
-        ids = torch.randint(0, m.vocab, (t,), generator=gen).to(device)
+        ids = torch.randint(0, m.vocab, (t,), generator=gen, device=device)
         return lambda: F.embedding(ids, embed_w)
 
     def gemm(w: Linear, in_dim: int):
@@ -295,7 +304,7 @@ def moe_op(m: ModelSpec, dtype: str, device: str, gen: torch.Generator) -> Calla
     w2 = [Linear(m.moe_intermediate, m.hidden, dtype, device, gen, 0) for _ in range(n_exp)]
 
     def make(t):
-        x = (torch.randn(t, m.hidden, generator=gen) * 0.02).to(device=device, dtype=act)
+        x = (torch.randn(t, m.hidden, generator=gen, device=device) * 0.02).to(act)
 
         def run():
             probs = router(x).float().softmax(-1)
@@ -326,8 +335,8 @@ def attn_prefill_op(m: ModelSpec, dtype: str, device: str, gen: torch.Generator)
     act = TORCH_DTYPES[dtype]
 
     def make(batch: int, seq_len: int):
-        q = torch.randn(batch * seq_len, m.heads, m.head_dim, generator=gen).to(device=device, dtype=act)
-        k, v = (torch.randn(batch * seq_len, m.kv_heads, m.head_dim, generator=gen).to(device=device, dtype=act)
+        q = torch.randn(batch * seq_len, m.heads, m.head_dim, generator=gen, device=device, dtype=act)
+        k, v = (torch.randn(batch * seq_len, m.kv_heads, m.head_dim, generator=gen, device=device, dtype=act)
                 for _ in range(2))
         out = torch.empty_like(q)
 
@@ -347,13 +356,13 @@ def attn_decode_op(m: ModelSpec, dtype: str, device: str, gen: torch.Generator) 
     def make(batch: int, ctx_len: int):
         blocks = math.ceil(ctx_len / BLOCK_TOKENS)
         slots_n = batch * blocks * BLOCK_TOKENS
-        kc, vc = (torch.randn(slots_n, m.kv_heads, m.head_dim, generator=gen).to(device=device, dtype=act)
+        kc, vc = (torch.randn(slots_n, m.kv_heads, m.head_dim, generator=gen, device=device, dtype=act)
                   for _ in range(2))
         # Each sequence's blocks scattered over the cache, as after a while of serving.
-        perm = torch.randperm(batch * blocks, generator=gen).view(batch, blocks)
-        ctx = (perm[:, :, None] * BLOCK_TOKENS + torch.arange(BLOCK_TOKENS)).view(batch, -1)[:, :ctx_len].to(device)
+        perm = torch.randperm(batch * blocks, generator=gen, device=device).view(batch, blocks)
+        ctx = (perm[:, :, None] * BLOCK_TOKENS + torch.arange(BLOCK_TOKENS, device=device)).view(batch, -1)[:, :ctx_len]
         mask = torch.ones(batch, ctx_len, dtype=torch.bool, device=device)
-        q = torch.randn(batch, m.heads, m.head_dim, generator=gen).to(device=device, dtype=act)
+        q = torch.randn(batch, m.heads, m.head_dim, generator=gen, device=device, dtype=act)
         out = torch.empty_like(q)
 
         def run():
@@ -380,8 +389,6 @@ while inp.read(1) == b"g":
 def ipc_copy(n_bytes: int, grid: Grid) -> Timing:
     """Move ``n_bytes`` from this process to another through shared memory (a file in /dev/shm, mapped by
     both): copy in, signal, the other process copies out and answers. Pipes carry the signals."""
-    import tempfile  # noqa: PLC0415
-
     shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.NamedTemporaryFile(dir=shm_dir, prefix="pdsim-kv-") as f:
         f.truncate(n_bytes)
@@ -410,11 +417,15 @@ def kv_copy_rows(device: str, grid: Grid, free_bytes: int) -> list[dict]:
     rows = []
     host_free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) if hasattr(os, "sysconf") else 0
     cap = min(free_bytes // 4, host_free // 4) if host_free else free_bytes // 4
+    # A tmpfs smaller than the copy would fault when the mapping is touched: stay well inside it.
+    shm = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else os.statvfs(tempfile.gettempdir())
+    shm_cap = shm.f_bavail * shm.f_frsize // 2
     for n in grid.kv_bytes:
         if n > cap:
             break
         rows += [row("kv_copy", t, bytes=n, path=path) for path, t in device_copies(n, device, grid).items()]
-        rows.append(row("kv_copy", ipc_copy(n, grid), bytes=n, path="ipc"))
+        if n <= shm_cap:
+            rows.append(row("kv_copy", ipc_copy(n, grid), bytes=n, path="ipc"))
     return rows
 
 
@@ -493,7 +504,7 @@ def profile_model(model: ModelSpec, device: str = "cpu", tp: int = 1, dtype: str
     check_clock(grid.clock, device, threads)
     if threads is not None:
         torch.set_num_threads(threads)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)  # tensors are made where they are timed
     m = shard(model, tp)
     started = time.perf_counter()
     rows: list[dict] = []
@@ -506,7 +517,7 @@ def profile_model(model: ModelSpec, device: str = "cpu", tp: int = 1, dtype: str
                     forward_bytes(m, dtype, max(grid.tokens)))
         act = TORCH_DTYPES[dtype]
         for t in grid.tokens:
-            x, n = torch.randn(t, m.hidden, generator=gen).to(device=device, dtype=act), lm.copies_for(
+            x, n = torch.randn(t, m.hidden, generator=gen, device=device, dtype=act), lm.copies_for(
                 forward_bytes(m, dtype, t))
             rows.append(row("lm_head", time_op(lambda x=x, n=n: lm(x, n).float(), device, grid), tokens=t,
                             in_dim=m.hidden, out_dim=m.vocab))
