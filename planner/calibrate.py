@@ -391,8 +391,8 @@ def fit_efficiency(dep: Deployment, points: pd.DataFrame, start: Efficiency | No
                                PRIOR_WEIGHT * (x - x0)])
 
     # soft L1: a few points the steady-state model cannot explain (overload, lock-step) do not drag the rest
-    return eff_at(least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.2, xtol=1e-10,
-                                ftol=1e-10).x)
+    return eff_at(least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.2, xtol=1e-9, ftol=1e-9,
+                                max_nfev=80).x)
 
 
 # ---- calibration file ------------------------------------------------------------------------
