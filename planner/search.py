@@ -15,9 +15,6 @@ import optuna
 from planner.evaluate import Evaluation, Evaluator
 from planner.screen import Estimate, Screen
 from planner.space import (
-    AGG_BATCH_TOKENS,
-    MAX_SEQS,
-    PREFILL_BATCH_TOKENS,
     Space,
     agg_unit,
     disagg_unit,
@@ -54,13 +51,13 @@ def suggest(trial: optuna.Trial, space: Space) -> Deployment:
     topology = trial.suggest_categorical("topology", list(space.topologies))
     if topology == "agg":
         return agg_unit(space, trial.suggest_categorical("tp", tps),
-                        trial.suggest_categorical("max_batch_tokens", AGG_BATCH_TOKENS),
-                        trial.suggest_categorical("max_seqs", MAX_SEQS))
+                        trial.suggest_categorical("max_batch_tokens", space.agg_batch_tokens),
+                        trial.suggest_categorical("max_seqs", space.max_seqs))
     n = space.budget_gpus
     return disagg_unit(space, trial.suggest_categorical("prefill_tp", tps), trial.suggest_int("prefill_replicas", 1, n),
-                       trial.suggest_categorical("prefill_batch_tokens", PREFILL_BATCH_TOKENS),
+                       trial.suggest_categorical("prefill_batch_tokens", space.prefill_batch_tokens),
                        trial.suggest_categorical("decode_tp", tps), trial.suggest_int("decode_replicas", 1, n),
-                       trial.suggest_categorical("decode_max_seqs", MAX_SEQS))
+                       trial.suggest_categorical("decode_max_seqs", space.max_seqs))
 
 
 def params(dep: Deployment) -> dict:

@@ -38,6 +38,10 @@ class Space:
     gpu_memory_utilization: float = 0.90
     min_kv_tokens: int = 1  # one request's KV must fit: isl + osl
     topologies: tuple[str, ...] = ("agg", "disagg")
+    tp_choices: tuple[int, ...] = TPS
+    agg_batch_tokens: tuple[int, ...] = AGG_BATCH_TOKENS
+    prefill_batch_tokens: tuple[int, ...] = PREFILL_BATCH_TOKENS
+    max_seqs: tuple[int, ...] = MAX_SEQS
 
     @property
     def resolved_kv_dtype(self) -> str:
@@ -53,8 +57,8 @@ class Space:
 
     def tps(self) -> list[int]:
         """TP degrees that exist on one node and fit the smallest batch budget in memory."""
-        return [t for t in TPS if t <= min(self.budget_gpus, self.gpu.max_tp_per_node)
-                and self.fits(t, AGG_BATCH_TOKENS[0])]
+        return [t for t in self.tp_choices if t <= min(self.budget_gpus, self.gpu.max_tp_per_node)
+                and self.fits(t, min(self.agg_batch_tokens))]
 
     def kv_link(self) -> KVLinkSpec:
         """NVLink inside one node, RDMA across nodes: the link a budget of this size would use."""
@@ -99,7 +103,8 @@ def enumerate_units(space: Space) -> list[Deployment]:
     tps = space.tps()
     units: list[Deployment] = []
     if "agg" in space.topologies:
-        units += [agg_unit(space, tp, mbt, seqs) for tp in tps for mbt in AGG_BATCH_TOKENS for seqs in MAX_SEQS]
+        units += [agg_unit(space, tp, mbt, seqs) for tp in tps for mbt in space.agg_batch_tokens
+                  for seqs in space.max_seqs]
     if "disagg" in space.topologies:
         for tp_p in tps:
             for tp_d in tps:
@@ -108,7 +113,7 @@ def enumerate_units(space: Space) -> list[Deployment]:
                         if gcd(n_p, n_d) != 1:
                             continue
                         units += [disagg_unit(space, tp_p, n_p, mbt, tp_d, n_d, seqs)
-                                  for mbt in PREFILL_BATCH_TOKENS for seqs in MAX_SEQS]
+                                  for mbt in space.prefill_batch_tokens for seqs in space.max_seqs]
     return [u for u in units if infeasible_reason(space, u) is None]
 
 

@@ -78,20 +78,6 @@ def test_same_study_on_postgresql(tmp_path):
         optuna.delete_study(study_name=name, storage=storage_url(url))
 
 
-def test_sqlite_study_resumes_where_it_stopped(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'resume.db'}"
-    first = tmp_path / "first"
-    assert run_app(app, ["plan", *CLI[:-3], "--trials", "2", "--quiet", "--storage", storage, "--out", str(first)]) == 0
-    a = json.loads((first / "plan.json").read_text())
-    second = tmp_path / "second"
-    assert run_app(app, ["plan", *CLI[:-3], "--trials", "4", "--quiet", "--storage", storage, "--out",
-                         str(second)]) == 0
-    b = json.loads((second / "plan.json").read_text())
-    assert a["study"] == b["study"]  # same question, same study
-    assert len(a["evaluated"]) == 2 and len(b["evaluated"]) == 4
-    assert {r["key"] for r in a["evaluated"]} <= {r["key"] for r in b["evaluated"]}
-
-
 def test_worker_without_study_says_so(tmp_path, capsys):
     code = run_app(app, ["plan-worker", "--storage", f"sqlite:///{tmp_path / 'none.db'}", "--study", "absent",
                          "--wait", "0.5"])
