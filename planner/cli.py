@@ -271,6 +271,8 @@ def calibrate_cmd(
     out: str = typer.Option("calib.yaml", "--out", help="Calibration file to write."),
     fit: str | None = typer.Option(None, "--fit", help="Comma list of Efficiency factors to fit (default: "
                                    "compute, memory and overhead factors)."),
+    points: str | None = typer.Option(None, "--points", help="Also write every measured point with its "
+                                      "predictions before and after the fit (CSV)."),
 ) -> None:
     """Fit the roofline's efficiency factors to measured TTFT/TPOT; write a --calibration file."""
     from planner import calibrate as cb
@@ -287,6 +289,9 @@ def calibrate_cmd(
         typer.echo(f"{when:<16}{e['ttft_mape_pct']:>8.1f}%{e['tpot_mape_pct']:>8.1f}%")
     typer.echo("fitted: " + ", ".join(f"{k}={getattr(cal.efficiency, k):.4g}" for k in cal.fitted))
     typer.echo(f"wrote {path} (use with --calibration {path})")
+    if points:
+        table.to_csv(points, index=False)
+        typer.echo(f"wrote {points}")
 
 
 # ---- pdsim profile (profiler/measure.py, profiler/verify.py) ------------------------------------

@@ -97,6 +97,13 @@ def weight_dtype(row: pd.Series) -> str:
     return "bf16"
 
 
+def kv_cache_dtype(row: pd.Series) -> str:
+    """KV cache format. Engines keep the model's activation dtype (bf16) unless the checkpoint carries KV
+    scales: NVIDIA's ModelOpt fp8/fp4 checkpoints (``nvidia/...-FP8``) do; quantising weights on load does not."""
+    name = str(row.get("model_path", "")).lower()
+    return "fp8" if name.startswith("nvidia/") and re.search(r"fp8|fp4", name) else "bf16"
+
+
 def _num(row: pd.Series, col: str, default: float = 1.0) -> float:
     v = row.get(col)
     try:
@@ -172,7 +179,7 @@ def row_case(row: pd.Series, i: int, gpu_name: str = "h100-sxm") -> Case:
         return replace(base, skip_reason=why)
     if max(p.tp for p in pools.values()) > 2 * gpu.max_tp_per_node:
         return replace(base, skip_reason="a worker spans more than two nodes")
-    kv_dtype = "bf16" if dtype in ("bf16", "fp16") else "fp8"
+    kv_dtype = kv_cache_dtype(row)
     for name, p in pools.items():
         util = engine_memory_utilization(base.engine, spec, gpu, p.tp, dtype, p.max_batch_tokens)
         fit = memory_fit(spec, gpu, p.tp, dtype, kv_dtype, p.max_batch_tokens, util)

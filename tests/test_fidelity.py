@@ -12,6 +12,7 @@ from planner.cli import app, run_app
 from planner.replay import (
     concurrency_of,
     engine_memory_utilization,
+    kv_cache_dtype,
     load_benchmark,
     replay,
     row_case,
@@ -119,7 +120,7 @@ def test_no_configuration_that_ran_is_refused_as_out_of_memory():
             tp = int(r[f"{pre}tp_size"])
             dp = int(r[f"{pre}attention_dp_size"]) if r[f"{pre}attention_dp_size"] > 1 else 1
             u = engine_memory_utilization(r.backend, m, g, tp, dt, 8192)
-            fit = memory_fit(m, g, tp, dt, "bf16" if dt == "bf16" else "fp8", 8192, u, attn_dp=dp)
+            fit = memory_fit(m, g, tp, dt, kv_cache_dtype(r), 8192, u, attn_dp=dp)
             if fit.kv_tokens < r.isl + r.osl:
                 refused.append((i, r.model_path, pre, tp, dp, fit.kv_tokens))
     assert refused == []
