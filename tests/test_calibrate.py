@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from planner import calibrate as cb
@@ -108,10 +109,14 @@ def test_cli_calibrate_writes_the_file_and_refuses_a_foreign_calibration(measure
     dep = tmp_path / "dep.yaml"
     dep.write_text(DEP.to_yaml())
     out = tmp_path / "calib.yaml"
-    assert run_app(app, ["calibrate", "--measured", str(measured), "--deployment", str(dep), "--out", str(out)]) == 0
+    table = tmp_path / "points.csv"
+    assert run_app(app, ["calibrate", "--measured", str(measured), "--deployment", str(dep), "--out", str(out),
+                         "--points", str(table)]) == 0
     text = capsys.readouterr().out
     assert "TTFT" in text and "before" in text and "after" in text and str(out) in text
     assert cb.load_calibration(out).points == 18
+    rows = pd.read_csv(table)
+    assert len(rows) == 18 and {"ttft_s", "pred_ttft_before_s", "pred_tpot_after_s"} <= set(rows.columns)
     other = tmp_path / "h200.yaml"
     other.write_text(replace(DEP, gpu="h200-sxm").to_yaml())
     assert run_app(app, ["emit", "--deployment", str(other), "--target", "vllm", "--out", str(tmp_path / "e"),
