@@ -33,7 +33,7 @@ class Scheduler:
         cfg, chunks = self.cfg, []
         budget = cfg.max_batch_tokens
         for seq in list(self.running):
-            if len(chunks) >= cfg.max_seqs or budget <= 0:
+            if budget <= 0:
                 break
             if seq not in self.running:  # preempted below to make room for an earlier sequence
                 continue
@@ -46,18 +46,28 @@ class Scheduler:
                 self.blocks.grow(seq, seq.num_tokens)
                 chunks.append((seq, 1))
                 budget -= 1
+        # as the simulator: a prompt under way counts against max_seqs from its first chunk; it may shrink
+        # its next chunk to the free blocks, while a new prompt waits until its whole chunk fits
+        admitted = len(self.running) + sum(1 for s in self.waiting if s.block_table)
         for seq in self.waiting:
-            if len(chunks) >= cfg.max_seqs or budget <= 0:
+            if budget <= 0:
+                break
+            started = bool(seq.block_table)
+            if not started and admitted >= cfg.max_seqs:
                 break
             left = seq.num_tokens - seq.num_cached
             n = min(left, cfg.chunk_tokens, budget) if cfg.chunked_prefill else left
             if n > budget and chunks:  # an unchunked prompt runs whole, alone if it must
                 break
             if not self.blocks.can_grow(seq, seq.num_cached + n):
-                break
+                fits = (len(seq.block_table) + len(self.blocks.free_blocks)) * self.blocks.block_tokens
+                n = fits - seq.num_cached
+                if not (started and cfg.chunked_prefill and n > 0):
+                    break
             self.blocks.grow(seq, seq.num_cached + n)
             chunks.append((seq, n))
             budget -= n
+            admitted += not started
         holders = [s for s in self.waiting if s.block_table]
         if not chunks and holders:  # partial prompts hold every block: recompute the newest later
             self.blocks.free(holders[-1])

@@ -4,9 +4,10 @@ identical to running each request alone."""
 import pytest
 
 from profiler.models import CATALOG
+from runtime.block_manager import BlockManager
 from runtime.engine import Engine
 from runtime.model import build_model, torch_threads
-from runtime.scheduler import SchedulerConfig
+from runtime.scheduler import Scheduler, SchedulerConfig
 from runtime.sequence import Sequence
 
 SPEC = CATALOG["tiny"]
@@ -58,6 +59,22 @@ def test_budget_and_max_seqs_bound_every_step():
         r = engine.step()
         assert r.batch.tokens <= 16
         assert len(r.batch.prefill_tokens) + len(r.batch.decode_ctx) <= 2
+        sched = engine.scheduler  # as the simulator: a prompt under way holds one of the max_seqs places
+        assert len(sched.running) + sum(1 for s in sched.waiting if s.block_table) <= 2
+
+
+def test_prompt_under_way_shrinks_its_chunk_to_the_free_blocks():
+    blocks = BlockManager(4, 8)
+    sched = Scheduler(SchedulerConfig(max_batch_tokens=64, chunk_tokens=16), blocks)
+    other = Sequence("other", [1] * 8, 8, 1)
+    blocks.grow(other, 8)  # holds one block
+    started = Sequence("started", [1] * 30, 30, 1)
+    blocks.grow(started, 16)
+    started.num_cached = 16  # its first chunk is cached; 14 tokens left, one free block (8 slots)
+    new = Sequence("new", [1] * 4, 4, 1)
+    sched.waiting.extend([started, new])
+    assert sched.schedule() == [(started, 8)]  # shrunk to the free block; the new prompt waits for room
+    assert blocks.used == 4
 
 
 def test_unchunked_prompt_runs_whole():
