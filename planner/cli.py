@@ -109,7 +109,7 @@ def trace_info_cmd(
     arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma | constant (with --rate)."),
     cv: float = typer.Option(1.0, "--cv", help="Burstiness of gamma arrivals (CV of the gaps)."),
     spread_ticks: bool = typer.Option(False, "--spread-ticks", help="Spread same-timestamp requests over the tick."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Counts, rate, burstiness and ISL/OSL percentiles of a trace."""
@@ -305,7 +305,7 @@ def profile_cmd(
                                      "bf16 on cuda)."),
     quick: bool = typer.Option(False, "--quick", help="A coarser grid (tiny model on 2 CPU cores: seconds)."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1, as the runtime's workers)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     clock: str | None = typer.Option(None, "--clock", help="wall (default) | cpu: this thread's CPU time, "
                                      "immune to other processes on a shared CPU (cpu, one thread)."),
     verify: str | None = typer.Option(None, "--verify", help="Instead: time whole-model passes against this "
@@ -358,7 +358,7 @@ def serve_cmd(
     kv_tokens: int | None = typer.Option(None, "--kv-tokens", min=1, help="KV cache per worker, in tokens."),
     kv_timeout_s: float = typer.Option(10.0, "--kv-timeout", min=0.01, help="Seconds a decode worker waits "
                                        "for KV before the request is re-prefilled."),
-    seed: int = typer.Option(0, "--seed", help="Weights seed and default sampling seed."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Weights seed and default sampling seed."),
     pace_profile: str | None = typer.Option(None, "--pace-profile", help="Paced replay: every worker step lasts "
                                             "(at least) what this profile predicts for its batch."),
     pace_scale: float = typer.Option(1.0, "--pace-scale", min=0.01, help="With --pace-profile: times this."),
@@ -408,7 +408,7 @@ def validate_cmd(
     profile_cache: str | None = typer.Option(None, "--profile-cache", help="Where profiles are cached "
                                              "(default ~/.cache/pdsim/profiles)."),
     full_profile: bool = typer.Option(False, "--full-profile", help="Profile the full grid, not --quick."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:
     """Replay a workload on the live runtime and in the simulator, and report the error per metric."""
     from pathlib import Path
@@ -471,7 +471,7 @@ def plan_cmd(
     perf_db: str | None = typer.Option(None, "--perf-db", help="aiconfigurator[:BACKEND]: costs from "
                                        "AIConfigurator's measured operation tables (pip install 'pdsim\\[aic]')."),
     trials: int = typer.Option(24, "--trials", help="Units to simulate (each a goodput search)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     out: str | None = typer.Option(None, "--out", help="Output folder (default ./pdsim-plan-<timestamp>/)."),
     storage: str | None = typer.Option(None, "--storage", help="Optuna storage: sqlite:///study.db (resume) or "
                                        "postgresql://... (share with `pdsim plan-worker`)."),

@@ -376,6 +376,8 @@ def flag_cases():
     trace = ["trace", "info", "{vidur}"]
     sim = ["simulate", "--deployment", "{dep}", "--requests", "3"]
     synth = [*sim, "--rate", "1", "--isl", "8", "--osl", "4"]
+    plan = ["plan", "--model", "llama-3.1-8b", "--ttft", "300", "--tpot", "30", "--isl", "500", "--osl", "50",
+            "--gpus", "2", "--trials", "1", "--quiet", "--out", "{tmp}/plan"]
     return [
         ("trace-rate-word", [*trace, "--rate", "abc"], "'--rate'"),
         ("trace-rate-negative", [*trace, "--rate", "-1"], "rate must be > 0"),
@@ -408,6 +410,22 @@ def flag_cases():
         ("check-no-paths", ["check"], "Missing argument"),
         ("emit-target-unknown", ["emit", "--deployment", "{dep}", "--target", "k8s", "--out", "{tmp}/o"], "k8s"),
         ("serve-port-out-of-range", ["serve", "--port", "70000"], "'--port'"),
+        ("serve-seed-negative", ["serve", "--seed", "-1"], "'--seed'"),
+        ("trace-seed-negative", ["trace", "info", "{vidur}", "--format", "lengths", "--rate", "1", "--seed", "-1"],
+         "'--seed'"),
+        ("plan-seed-negative", [*plan, "--seed", "-1"], "'--seed'"),
+        ("plan-gpus-zero", [*plan, "--gpus", "0"], "--gpus"),
+        ("plan-trials-zero", [*plan, "--trials", "0"], "--trials"),
+        ("plan-percentile-95", [*plan, "--percentile", "95"], "one of 50, 90, 99"),
+        ("plan-attainment-2", [*plan, "--attainment", "2"], "--attainment"),
+        ("plan-tpot-nan", [*plan, "--tpot", "nan"], "--tpot"),
+        ("plan-objective-unknown", [*plan, "--objective", "fastest"], "--objective"),
+        ("plan-topology-unknown", [*plan, "--topology", "mesh"], "--topology"),
+        ("plan-gpu-unknown", [*plan, "--gpu", "tpu9"], "unknown GPU 'tpu9'"),
+        ("plan-dtype-unknown", [*plan, "--dtype", "int3"], "unknown dtype 'int3'"),
+        ("plan-storage-bogus", [*plan, "--storage", "bogus://x"], "--storage bogus://x"),
+        ("plan-emit-unknown", [*plan, "--emit", "k8s"], "unknown target 'k8s'"),
+        ("plan-calibration-absent", [*plan, "--calibration", "{tmp}/absent.yaml"], "absent.yaml"),
     ]
 
 
