@@ -112,6 +112,7 @@ class Confirmed:
     rate_rps: float
     probe: Probe
     result: object  # SimResult (kept for the report; not serialised)
+    key: str = ""  # the unit it scales
 
     @property
     def summary(self) -> dict:
@@ -126,7 +127,7 @@ class Confirmed:
         return self.rate_rps * float(r["osl"].mean()) / self.deployment.gpus
 
     def to_dict(self) -> dict:
-        return {"deployment": self.deployment.to_dict(), "description": self.deployment.describe(),
+        return {"unit": self.key, "deployment": self.deployment.to_dict(), "description": self.deployment.describe(),
                 "gpus": self.deployment.gpus, "rate_rps": self.rate_rps, "tok_s_per_gpu": self.tok_s_per_gpu,
                 "met": self.probe.met, "requests": self.probe.requests, "summary": self.summary}
 
@@ -361,6 +362,7 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
             break
     if not rec.probe.met:
         winner_row, rec = first
+    rec.key = winner_row["key"]
     other = [r for r in best if r["unit"]["topology"] != winner_row["unit"]["topology"]]
     other_rows = [r for r in rows if r["unit"]["topology"] != winner_row["unit"]["topology"]]
     runner = None
