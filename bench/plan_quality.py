@@ -30,7 +30,8 @@ def pieces(trials: int):
     small = replace(space, tp_choices=(1, 2, 4), agg_batch_tokens=(1024, 4096, 16384), prefill_batch_tokens=(8192,),
                     max_seqs=(64, 256))
     screen.space = small
-    fresh = Evaluator(small, screen, ev.slo, ev.isl, ev.osl, ev.load, ev.seed, ev.profile)
+    fresh = Evaluator(small, screen, ev.slo, ev.isl, ev.osl, ev.load, ev.seed, ev.profile, efficiency=ev.efficiency,
+                      perf_db=ev.perf_db)
     return small, screen, fresh
 
 
