@@ -429,6 +429,9 @@ def load_calibration(path: str | Path) -> Calibration:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise InputError("file not found", where=str(path)) from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise InputError(f"cannot read ({e.__class__.__name__}); a calibration file is YAML text",
+                         where=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise InputError(f"line {mark.line + 1 if mark else '?'}: not valid YAML ({getattr(e, 'problem', e)})",
@@ -441,8 +444,10 @@ def load_calibration(path: str | Path) -> Calibration:
             raise InputError(f"missing field {key!r}", where=str(path))
     eff = data["efficiency"]
     known = {f.name for f in fields(Efficiency)}
-    if not isinstance(eff, dict) or (bad := sorted(set(eff) - known)):
-        raise InputError(f"efficiency: unknown factor {bad[0] if eff else eff!r}", where=str(path))
+    if not isinstance(eff, dict):
+        raise InputError(f"efficiency must be a mapping of factor: value, got {eff!r}", where=str(path))
+    if bad := sorted(set(eff) - known):
+        raise InputError(f"efficiency: unknown factor {bad[0]!r}", where=str(path))
     for k, v in eff.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
             raise InputError(f"efficiency.{k} must be a number >= 0, got {v!r}", where=str(path))

@@ -441,6 +441,47 @@ def test_bad_flag_value_is_one_line_naming_the_flag(tmp_path, capsys, args, faul
     one_line_error(*cli(capsys, *args), fault)
 
 
+# ---- the other files users hand over: calibration, profile, measured benchmark runs -----------------------------
+CALIBRATION = ("pdsim_calibration: 1\nmodel: tiny\ngpu: h200-sxm\nengine: vllm\ndtype: bf16\n"
+               "efficiency: {gemm_compute: 0.5}\n")
+SIM = ["simulate", "--deployment", "{dep}", "--rate", "1", "--isl", "8", "--osl", "4", "--requests", "2"]
+OTHER_FILE_CASES = [
+    ("calibration-bad-yaml", {"cal.yaml": "garbage: [\n"}, [*SIM, "--calibration", "{tmp}/cal.yaml"], "not valid YAML"),
+    ("calibration-list", {"cal.yaml": "- 1\n"}, [*SIM, "--calibration", "{tmp}/cal.yaml"], "not a pdsim calibration"),
+    ("calibration-foreign", {"cal.yaml": "model: tiny\nefficiency: {gemm_compute: -1}\n"},
+     [*SIM, "--calibration", "{tmp}/cal.yaml"], "not a pdsim calibration"),
+    ("calibration-binary", {"cal.yaml": b"\x00\xff\xfe"}, [*SIM, "--calibration", "{tmp}/cal.yaml"], "cannot read"),
+    ("calibration-efficiency-scalar", {"cal.yaml": CALIBRATION.replace("{gemm_compute: 0.5}", "3")},
+     [*SIM, "--calibration", "{tmp}/cal.yaml"], "efficiency must be a mapping"),
+    ("calibration-efficiency-unknown", {"cal.yaml": CALIBRATION.replace("gemm_compute", "magic")},
+     [*SIM, "--calibration", "{tmp}/cal.yaml"], "unknown factor 'magic'"),
+    ("calibration-efficiency-negative", {"cal.yaml": CALIBRATION.replace("0.5", "-0.5")},
+     [*SIM, "--calibration", "{tmp}/cal.yaml"], "efficiency.gemm_compute must be a number >= 0"),
+    ("profile-json-truncated", {"prof/profile.json": '{"a":', "prof/profile.csv": "op,tokens\nx,1\n"},
+     [*SIM, "--profile", "{tmp}/prof"], "not valid JSON"),
+    ("profile-files-missing", {"prof/notes.txt": "x"}, [*SIM, "--profile", "{tmp}/prof"], "not a profile directory"),
+    ("profile-absent", {}, [*SIM, "--profile", "{tmp}/none"], "no profile directory"),
+    ("perf-db-unknown", {}, [*SIM, "--perf-db", "nonsense"], "unknown source 'nonsense'"),
+    ("measured-absent", {}, ["calibrate", "--measured", "{tmp}/none", "--deployment", "{dep}"], "not found"),
+    ("measured-not-json", {"m/profile_export_aiperf.json": b"\x00\x01"},
+     ["calibrate", "--measured", "{tmp}/m", "--deployment", "{dep}", "--out", "{tmp}/c.yaml"], "not JSON"),
+    ("silicon-csv-wrong-columns", {"s.csv": "a,b\n1,2\n"}, ["replay-benchmark", "{tmp}/s.csv", "--out", "{tmp}/r"],
+     "missing columns"),
+    ("silicon-csv-empty", {"s.csv": ""}, ["replay-benchmark", "{tmp}/s.csv", "--out", "{tmp}/r"], "s.csv"),
+]
+
+
+@pytest.mark.parametrize("files, args, fault", [c[1:] for c in OTHER_FILE_CASES],
+                         ids=[c[0] for c in OTHER_FILE_CASES])
+def test_malformed_calibration_profile_and_measurement_files_are_one_line(tmp_path, capsys, files, args, fault):
+    (tmp_path / "d.yaml").write_text("model: tiny\ngpu: h200-sxm\nworkers: {replicas: 1}\n")
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    args = [a.replace("{dep}", str(tmp_path / "d.yaml")).replace("{tmp}", str(tmp_path)) for a in args]
+    one_line_error(*cli(capsys, *args), fault)
+
+
 @FUZZ
 @given(flag=st.sampled_from(["--rate", "--isl", "--osl", "--requests", "--seed", "--warmup", "--percentile"]),
        value=st.text(alphabet=string.printable.strip(), min_size=1, max_size=8).filter(lambda v: v[0] != "-"))
@@ -456,5 +497,6 @@ def test_any_flag_value_runs_or_is_refused_in_one_line(tmp_path, capsys, flag, v
 
 def test_the_suite_has_at_least_100_distinct_malformed_cases():
     ids = [(parser, c[0]) for parser, cases in (("trace", TRACE_CASES), ("deployment", DEPLOYMENT_CASES),
-                                                ("check", CHECK_CASES), ("flag", FLAG_CASES)) for c in cases]
+                                                ("check", CHECK_CASES), ("flag", FLAG_CASES),
+                                                ("file", OTHER_FILE_CASES)) for c in cases]
     assert len(set(ids)) == len(ids) >= 100, len(ids)
