@@ -13,7 +13,10 @@ An iteration composes, per layer, the QKV/output/MLP GEMMs at the batch's token 
 attention and two all-reduces, plus the LM head and the engine's per-iteration overhead (pdsim's
 ``Efficiency``, which the kernel tables do not see). Shapes between measured points are interpolated in
 log-log; GEMM shapes off the table's (n, k) grid are scaled from the nearest measured shape by n x k.
-Dense (GQA) attention models only: MoE and MLA tables are not wired here.
+- ``moe/moe_perf.parquet``: a MoE layer's experts by tokens, hidden/expert width, top-k, experts, TP/EP.
+
+GQA attention models, dense or MoE (experts sharded over TP, as pdsim's roofline has them); sliding-window
+layers read at most the window. MLA (DeepSeek) tables are not wired here.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from profiler.costmodel import Batch, LinkSpec, transfer_s
 from profiler.errors import InputError
 from profiler.gpus import GPUSpec
 from profiler.models import ModelSpec
-from profiler.roofline import Efficiency, engine_efficiency
+from profiler.roofline import ENGINE_EFFICIENCY, Efficiency
 
 INSTALL_HINT = "install the optional extra: pip install 'pdsim[aic]' (aiconfigurator-core, an ~82 MB wheel)"
 SYSTEMS = {"a100-80g": "a100_sxm", "h100-sxm": "h100_sxm", "h200-sxm": "h200_sxm", "b200": "b200_sxm",
            "l40s": "l40s"}
-GEMM_DTYPES = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8", "fp4": "nvfp4"}
+# Table dtypes to use, in order of preference (fp4 checkpoints keep attention projections in bf16).
+GEMM_DTYPES = {"bf16": ("bfloat16",), "fp16": ("bfloat16",), "fp8": ("fp8", "fp8_block"), "fp4": ("nvfp4", "bfloat16")}
+MOE_DTYPES = {"bf16": ("bfloat16",), "fp16": ("bfloat16",), "fp8": ("fp8", "fp8_block"), "fp4": ("w4a16_mxfp4",)}
 KV_DTYPES = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8"}
 ALLREDUCE_BACKEND = {"vllm": "vllm_graph"}
 
@@ -93,17 +98,18 @@ def _loglog(x_known: np.ndarray, y_known: np.ndarray, x) -> np.ndarray:
 
 
 class PerfDBCostModel:
-    """CostModel of one pool from AIConfigurator's measured operation tables (dense GQA models)."""
+    """CostModel of one pool from AIConfigurator's measured operation tables (GQA models, dense or MoE)."""
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, dtype: str = "bf16",
                  kv_dtype: str | None = None, backend: str = "vllm", efficiency: Efficiency | None = None,
                  root: Path | None = None):
-        if model.is_moe or model.is_mla or model.sliding_layers:
-            raise InputError(f"--perf-db aiconfigurator: {model.name} is MoE/MLA/sliding-window; only dense "
-                             "attention models are wired to its tables, use the roofline (drop --perf-db)")
+        if model.is_mla:
+            raise InputError(f"--perf-db aiconfigurator: {model.name} uses MLA, whose tables are not wired; "
+                             "use the roofline (drop --perf-db)")
         self.model, self.gpu, self.tp, self.dtype, self.backend = model, gpu, tp, dtype, backend
         self.kv_dtype = kv_dtype or ("bf16" if dtype in ("bf16", "fp16", "fp32") else "fp8")
-        self.eff = efficiency or engine_efficiency(backend)
+        # Engine overheads from the unfitted defaults: the fitted ones also absorb the roofline's own errors.
+        self.eff = efficiency or ENGINE_EFFICIENCY.get(backend, Efficiency())
         m, g = model, gpu.name
         self.sources: list[Path] = []
 
@@ -113,7 +119,7 @@ class PerfDBCostModel:
             return _read(str(path))
 
         gemm = table("gemm", "gemm_perf.parquet")
-        gdt = GEMM_DTYPES.get(dtype)
+        gdt = next((d for d in GEMM_DTYPES.get(dtype, ()) if (gemm.gemm_dtype == d).any()), None)
         gemm = gemm[gemm.gemm_dtype == gdt]
         if gemm.empty:
             raise InputError(f"--perf-db aiconfigurator: no {dtype} GEMMs measured for {backend} on {g}")
@@ -121,8 +127,9 @@ class PerfDBCostModel:
         self._gemm_at: dict[tuple[int, int], tuple] = {}
         heads, kv_heads = max(1, m.heads // tp), max(1, m.kv_heads // tp)
         qkv = (heads + 2 * kv_heads) * m.head_dim
-        self._layer_gemms = [(qkv, m.hidden), (m.hidden, heads * m.head_dim), (2 * m.intermediate // tp, m.hidden),
-                             (m.hidden, m.intermediate // tp)]
+        self._attn_gemms = [(qkv, m.hidden), (m.hidden, heads * m.head_dim)]
+        self._mlp_gemms = [(2 * m.intermediate // tp, m.hidden), (m.hidden, m.intermediate // tp)]
+        self._moe = self._moe_table(table("moe", "moe_perf.parquet")) if m.is_moe else None
         self._lm = (m.vocab // tp, m.hidden)
         kvd = KV_DTYPES.get(self.kv_dtype, "fp8")
         self._ctx = self._attention(table("attention", "context_attention_perf.parquet"), heads, kv_heads, kvd)
@@ -140,6 +147,25 @@ class PerfDBCostModel:
             if ar.empty:
                 raise InputError(f"--perf-db aiconfigurator: no all-reduce over {tp} GPUs measured for {backend}")
             self._ar = ar.groupby("message_size").latency.min()
+
+    def _moe_table(self, t: pd.DataFrame) -> pd.Series:
+        """Latency by token count of this model's MoE layer over this TP's GPUs: experts sharded by TP if
+        measured so, else by expert parallelism, else any TP x EP split of the same GPUs."""
+        m = self.model
+        sel = t[(t.hidden_size == m.hidden) & (t.inter_size == m.moe_intermediate) & (t.topk == m.active_experts)
+                & (t.num_experts == m.experts) & (t.moe_tp_size * t.moe_ep_size == self.tp)
+                & t.moe_dtype.isin(MOE_DTYPES.get(self.dtype, ()))]
+        for split in ((self.tp, 1), (1, self.tp)):
+            if ((sel.moe_tp_size == split[0]) & (sel.moe_ep_size == split[1])).any():
+                sel = sel[(sel.moe_tp_size == split[0]) & (sel.moe_ep_size == split[1])]
+                break
+        if "distribution" in sel and (sel.distribution == "balanced").any():
+            sel = sel[sel.distribution == "balanced"]
+        if sel.empty:
+            raise InputError(f"--perf-db aiconfigurator: no MoE measurements for {m.name} ({m.experts} experts of "
+                             f"{m.moe_intermediate}, top-{m.active_experts}, {self.dtype}) at TP={self.tp} for "
+                             f"{self.backend} on {self.gpu.name}")
+        return sel.groupby("num_tokens").latency.min()
 
     @staticmethod
     def _attention(t: pd.DataFrame, heads: int, kv_heads: int, kvd: str) -> pd.DataFrame:
@@ -163,11 +189,17 @@ class PerfDBCostModel:
         ms, lat, scale = self._gemm_at[n, k]
         return _loglog(ms, lat, m) * scale * 1e-3
 
-    def _prefill_attn_s(self, tokens: np.ndarray, cached: np.ndarray) -> float:
+    def _prefill_attn_s(self, tokens: np.ndarray, cached: np.ndarray, window: int = 0) -> float:
+        """One layer's prefill attention of chunks: the measured time per (query, key) pair at the length the
+        keys span (at most ``window``), times the chunk's pairs."""
+        def keys(n):  # sum over positions 1..n of the keys each attends to
+            return n * (n + 1) / 2 if not window else np.where(
+                n <= window, n * (n + 1) / 2, window * (window + 1) / 2 + (n - window) * window)
+
         total = tokens + cached
-        pairs = tokens * cached + tokens * (tokens + 1) / 2
-        full = _loglog(self._ctx1.index.to_numpy(float), self._ctx1.to_numpy(float), total)
-        return float((full * pairs / (total * (total + 1) / 2)).sum()) * 1e-3
+        span = np.minimum(total, window) if window else total
+        per_pair = _loglog(self._ctx1.index.to_numpy(float), self._ctx1.to_numpy(float), span) / (span * (span + 1) / 2)
+        return float((per_pair * (keys(total) - keys(cached))).sum()) * 1e-3
 
     def _decode_attn_s(self, n: int, ctx_mean):
         """One layer's decode attention of ``n`` sequences at mean context ``ctx_mean`` (scalar or array)."""
@@ -188,19 +220,27 @@ class PerfDBCostModel:
         elems = np.maximum(np.asarray(tokens, dtype=np.float64), 1) * self.model.hidden
         return _loglog(self._ar.index.to_numpy(float), self._ar.to_numpy(float), elems) * 1e-3
 
-    def _time(self, tokens, attn_pf_s: float, n_dec: int, ctx_mean, n_logits):
+    def _time(self, tokens, pf_s: tuple[float, float], n_dec: int, ctx_mean, n_logits):
+        """``pf_s``: one full and one sliding-window layer's prefill attention."""
         m = self.model
-        layer = sum(self._gemm_s(tokens, n, k) for n, k in self._layer_gemms) + 2 * self._allreduce_s(tokens)
-        attn = attn_pf_s + self._decode_attn_s(n_dec, ctx_mean)
+        t = m.layers * (sum(self._gemm_s(tokens, n, k) for n, k in self._attn_gemms) + 2 * self._allreduce_s(tokens))
+        t = t + m.dense_layers * sum(self._gemm_s(tokens, n, k) for n, k in self._mlp_gemms)
+        if m.moe_layers:
+            moe = _loglog(self._moe.index.to_numpy(float), self._moe.to_numpy(float), np.maximum(tokens, 1)) * 1e-3
+            t = t + m.moe_layers * (moe + self._gemm_s(tokens, m.experts, m.hidden))  # experts + router
+        full = m.layers - m.sliding_layers
+        t = t + full * (pf_s[0] + self._decode_attn_s(n_dec, ctx_mean))
+        if m.sliding_layers:
+            t = t + m.sliding_layers * (pf_s[1] + self._decode_attn_s(n_dec, np.minimum(ctx_mean, m.sliding_window)))
         lm = self._gemm_s(np.maximum(n_logits, 1), *self._lm)
-        return m.layers * (layer + attn) + lm + self.eff.iteration_overhead_s + self.eff.per_seq_overhead_s * n_logits
+        return t + lm + self.eff.iteration_overhead_s + self.eff.per_seq_overhead_s * n_logits
 
     # ---- CostModel -----------------------------------------------------------------------------
     def iteration_s(self, batch: Batch) -> float:
         if batch.empty:
             return 0.0
-        c = batch.prefill_tokens.astype(np.float64)
-        pf = self._prefill_attn_s(c, batch.prefill_cached.astype(np.float64)) if len(c) else 0.0
+        c, p = batch.prefill_tokens.astype(np.float64), batch.prefill_cached.astype(np.float64)
+        pf = (self._prefill_attn_s(c, p), self._prefill_attn_s(c, p, self.model.sliding_window)) if len(c) else (0, 0)
         n_dec = len(batch.decode_ctx)
         ctx = float(batch.decode_ctx.mean()) if n_dec else 1.0
         n_last = len(c) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
@@ -208,7 +248,7 @@ class PerfDBCostModel:
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
         ctx = (ctx_sum + n_seqs * np.arange(steps, dtype=np.float64)) / max(n_seqs, 1)
-        return np.asarray(self._time(n_seqs, 0.0, n_seqs, ctx, n_seqs), dtype=np.float64) * np.ones(steps)
+        return np.asarray(self._time(n_seqs, (0.0, 0.0), n_seqs, ctx, n_seqs), dtype=np.float64) * np.ones(steps)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
         return transfer_s(kv_bytes, link)

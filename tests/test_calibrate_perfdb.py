@@ -74,8 +74,26 @@ def test_tables_give_the_physics_of_an_iteration():
 
 
 @needs_aic
+def test_moe_layers_come_from_the_moe_table():
+    m = resolve_model("qwen3-235b-a22b")
+    cm = perfdb.PerfDBCostModel(m, H100, tp=8, dtype="fp8", backend="vllm")
+    t = pd.read_parquet(next(p for p in cm.sources if p.name == "moe_perf.parquet"))
+    rows = t[(t.hidden_size == 4096) & (t.inter_size == 1536) & (t.topk == 8) & (t.num_experts == 128)
+             & (t.moe_tp_size * t.moe_ep_size == 8) & t.moe_dtype.isin(["fp8", "fp8_block"])]
+    by_tp = rows[(rows.moe_tp_size == 8) & (rows.moe_ep_size == 1)]  # experts split by TP when measured so
+    rows = by_tp if not by_tp.empty else rows[(rows.moe_tp_size == 1) & (rows.moe_ep_size == 8)]
+    rows = rows[rows.distribution == "balanced"] if (rows.distribution == "balanced").any() else rows
+    want = rows.groupby("num_tokens").latency.min()
+    assert not want.empty and cm._moe.equals(want)
+    dense_twin = perfdb.PerfDBCostModel(resolve_model("qwen3-32b"), H100, tp=8, dtype="fp8", backend="vllm")
+    one = Batch.of(decode_ctx=[1024])
+    assert cm.iteration_s(one) > dense_twin.iteration_s(one)  # 94 MoE layers read more weights than 64 dense
+    assert cm.iteration_s(Batch.of(decode_ctx=[1024] * 64)) > cm.iteration_s(one)
+
+
+@needs_aic
 def test_models_and_gpus_without_tables_are_refused_clearly():
-    with pytest.raises(InputError, match="only dense attention models"):
+    with pytest.raises(InputError, match="uses MLA, whose tables are not wired"):
         perfdb.PerfDBCostModel(resolve_model("deepseek-v3"), H100)
     with pytest.raises(InputError, match="no tables for GPU 'cpu'"):
         perfdb.PerfDBCostModel(M8, resolve_gpu("cpu"))
