@@ -36,11 +36,12 @@ class EngineDefaults:
     chunked_prefill: bool = True  # TRT-LLM's PyTorch backend runs whole prompts unless told otherwise
     memory_fraction: float = 0.90  # vLLM gpu_memory_utilization, SGLang mem_fraction_static (share of all HBM)
     of_free_memory: bool = False  # TRT-LLM: free_gpu_memory_fraction of what weights and activations leave
+    prefill_first: bool = False  # SGLang: waiting prompts run in prefill-only iterations before the decodes
 
 
 ENGINES: dict[str, EngineDefaults] = {
     "vllm": EngineDefaults(),
-    "sglang": EngineDefaults(memory_fraction=0.88),
+    "sglang": EngineDefaults(memory_fraction=0.88, prefill_first=True),
     "trtllm": EngineDefaults(chunked_prefill=False, memory_fraction=0.90, of_free_memory=True),
 }
 
@@ -139,7 +140,7 @@ def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int) -> tuple[Pool
     elif dp > 1:
         why = f"attention data parallelism (dp={dp}) is not modelled"
     pool = PoolSpec(replicas=workers, tp=tp * dp, max_batch_tokens=e.max_batch_tokens,
-                    max_seqs=max(1, max_seqs), chunked_prefill=e.chunked_prefill)
+                    max_seqs=max(1, max_seqs), chunked_prefill=e.chunked_prefill, prefill_first=e.prefill_first)
     return pool, tp * dp, dp, why
 
 
@@ -347,9 +348,12 @@ def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT,
                   seed: int = 0, efficiency=None) -> tuple[float, float]:
     """Mean (TTFT s, TPOT s) of the measured requests of a case's closed loop, simulated.
 
-    ``stagger``: clients start one at a time, ``E2E / clients`` apart (E2E from the analytic steady state),
-    so that they are out of step as in a long benchmark; otherwise all start together and stay in
-    lock-step (fixed ISL/OSL). TTFT includes the engine's per-request overhead (Efficiency.ttft_overhead_s).
+    The benchmark's clients start together. On an engine that runs decodes first (vLLM, TRT-LLM) the real
+    clients drift out of step (arrival jitter splits the waves the deterministic model would keep), so with
+    ``stagger`` they start one at a time, ``E2E / clients`` apart (E2E from the analytic steady state). On
+    a prefill-first engine (SGLang) every wave is prefilled before anyone decodes, so all finish together
+    and the lock-step holds: those clients start together whatever ``stagger`` says. TTFT includes the
+    engine's per-request overhead and admission wait (Efficiency.ttft_overhead_s, ttft_wait_iterations).
     ``efficiency`` replaces the engine's fitted factors (what bench/calibrate.py varies).
     """
     from profiler.roofline import RooflineCostModel, engine_efficiency  # noqa: PLC0415
@@ -364,7 +368,7 @@ def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT,
     wl = synthetic_workload(requests=c * requests_per_client, isl=case.isl, osl=case.osl, concurrency=c,
                             warmup_requests=c, seed=seed)
     gap = 0.0
-    if stagger and c > 1:
+    if stagger and c > 1 and not any(p.prefill_first for p in dep.pools.values()):
         gap = _cycle_estimate_s(case, cms) / c
     res = simulate(dep, wl, seed=seed, cost_models=cms, closed_loop_stagger_s=gap)
     r = res.requests

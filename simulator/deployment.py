@@ -43,6 +43,9 @@ class PoolSpec:
     max_seqs: int = 256  # sequences in one iteration
     chunk_size: int | None = None  # chunked prefill: most prompt tokens per chunk (None: max_batch_tokens)
     chunked_prefill: bool = True  # split prompts across iterations; False: a prompt runs whole
+    # A waiting prompt runs first, in a prefill-only iteration, while the decodes wait (SGLang's default);
+    # False: decodes first and prompts fill the rest of the budget (vLLM, TRT-LLM).
+    prefill_first: bool = False
 
     @property
     def gpus(self) -> int:
@@ -175,10 +178,11 @@ def _parse_pool(data: Any, where: str) -> PoolSpec:
             kw[key] = _positive(data[key], f"{where}.{key}")
     if "chunk_size" in data:
         kw["chunk_size"] = _positive(data["chunk_size"], f"{where}.chunk_size", allow_none=True)
-    if "chunked_prefill" in data:
-        if not isinstance(data["chunked_prefill"], bool):
-            raise InputError("must be true or false", where=f"{where}.chunked_prefill")
-        kw["chunked_prefill"] = data["chunked_prefill"]
+    for key in ("chunked_prefill", "prefill_first"):
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise InputError("must be true or false", where=f"{where}.{key}")
+            kw[key] = data[key]
     return PoolSpec(**kw)
 
 

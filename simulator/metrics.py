@@ -124,7 +124,8 @@ class SimResult:
             tpot_ok = (m["tpot_s"].isna() | (m["tpot_s"] * 1e3 <= slo.tpot_ms)).to_numpy()
             good = ttft_ok & tpot_ok & (m["outcome"] != "failed").to_numpy()
             attainment = float(good.mean())
-            p_ttft = np.percentile(m["ttft_s"].fillna(np.inf), slo.percentile) * 1e3
+            with np.errstate(invalid="ignore"):  # failed requests count as an infinite TTFT (inf - inf is nan)
+                p_ttft = np.nan_to_num(np.percentile(m["ttft_s"].fillna(np.inf), slo.percentile), nan=np.inf) * 1e3
             finite_tpot = m["tpot_s"].dropna()
             p_tpot = np.percentile(finite_tpot, slo.percentile) * 1e3 if len(finite_tpot) else 0.0
             s["slo"] = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms, "percentile": slo.percentile,

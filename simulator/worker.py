@@ -53,6 +53,7 @@ class Worker:
         self.wid, self.pool_name, self.role = wid, pool_name, role
         self.max_batch_tokens, self.max_seqs = pool.max_batch_tokens, pool.max_seqs
         self.chunk_tokens = pool.prefill_chunk_tokens if pool.chunked_prefill else None
+        self.prefill_first = pool.prefill_first and role == "agg"
         self.cost = cost
         self.B = block_tokens
         self.kv = BlockManager(kv_blocks, block_tokens)
@@ -123,6 +124,10 @@ class Worker:
                 if len(self.running) > 1:  # every running sequence is stuck on blocks the others hold
                     self.preempt(int(self.running[-1]))
                     continue
+                if self.ready and len(self.running) < self.max_seqs:  # a preemption left room for a ready one
+                    continue
+                if self.reserving:  # blocks a preemption freed may let a transfer in
+                    self.try_reserve()
                 self.wake = env.event()
                 yield self.wake
                 self.wake = None
@@ -144,6 +149,11 @@ class Worker:
         if room > 0:
             joining = [self.ready.popleft() for _ in range(room)]
             self.running = np.concatenate([self.running, np.asarray(joining, np.int64)])
+        if self.prefill_first:  # prompts waiting or part-done run alone; the decodes wait for them
+            run = self.running
+            pf, chunks = self._prefills(run[S.computed[run] < S.target[run]].tolist(), self.max_batch_tokens, 0)
+            if pf:
+                return np.empty(0, np.int64), pf, chunks
         while True:  # decode sequences first; a running sequence holds exactly blocks_for(computed) blocks
             run = self.running
             comp = S.computed[run]
@@ -162,7 +172,12 @@ class Worker:
         kv.allocate(total)
         if total:
             S.blocks[dec] += need
-        budget = self.max_batch_tokens - n_dec
+        pf, chunks = self._prefills(pf_run, self.max_batch_tokens - n_dec, n_dec)
+        return dec, pf, chunks
+
+    def _prefills(self, pf_run, budget: int, n_dec: int) -> tuple[list[int], list[int]]:
+        """Prefill chunks under ``budget``: running prompts' next chunks, then waiting prompts in order."""
+        S = self.S
         pf: list[int] = []
         chunks: list[int] = []
         for r in pf_run:
@@ -185,7 +200,7 @@ class Worker:
             budget -= c
             pf.append(r)
             chunks.append(c)
-        return dec, pf, chunks
+        return pf, chunks
 
     def _chunk(self, r: int, budget: int, empty: bool, shrink: bool = True) -> int:
         """Prompt tokens of ``r`` to compute now, with their blocks allocated; 0 if it must wait."""

@@ -187,3 +187,35 @@ def test_replay_of_measured_rows_lands_near_the_measurement():
     o = result.summary["overall"]
     assert result.summary["predicted"] == len(sample) == 15
     assert o["tpot_median_ape"] < 25 and o["ttft_median_ape"] < 60
+
+
+def test_prefill_first_engine_keeps_a_wave_in_lock_step():
+    """SGLang runs waiting prompts before the decodes: a wave of N clients is wholly prefilled first, so the
+    mean TTFT grows with N (about half the wave's prefill) and each TPOT carries the wait for the wave."""
+    from simulator import simulate
+    from simulator.deployment import Deployment, PoolSpec, parse_deployment
+    from traces.synthetic import synthetic_workload
+
+    def run(prefill_first: bool, clients: int):
+        dep = Deployment("qwen3-32b", gpu="h100-sxm", dtype="bf16", engine="sglang",
+                         workers=PoolSpec(tp=4, max_seqs=clients, prefill_first=prefill_first))
+        wl = synthetic_workload(requests=3 * clients, isl=2048, osl=64, concurrency=clients, warmup_requests=clients)
+        r = simulate(dep, wl).requests
+        r = r[r["measured"]]
+        return r["ttft_s"].mean(), r["tpot_s"].mean(), r["prefill_start_s"].min()
+
+    ttft_16, tpot_16, _ = run(True, 16)
+    ttft_64, tpot_64, _ = run(True, 64)
+    mixed_ttft, _, _ = run(False, 64)
+    assert ttft_64 > 3 * ttft_16 and ttft_64 > 2 * mixed_ttft
+    assert tpot_64 > tpot_16
+    assert parse_deployment({"model": "tiny", "workers": {"prefill_first": True}}).workers.prefill_first
+    with pytest.raises(InputError, match="prefill_first: must be true or false"):
+        parse_deployment({"model": "tiny", "workers": {"prefill_first": "yes"}})
+
+
+def test_sglang_rows_run_prefill_first_and_in_lock_step():
+    case = row_case(agg_row(model="Qwen/Qwen3-32B", backend="sglang", precision=np.nan, gemm_quant_mode=np.nan,
+                            moe_quant_mode=np.nan, c=64, isl=1024, osl=128), 0)
+    assert case.deployment.workers.prefill_first and case.dtype == "bf16"
+    assert not row_case(agg_row(), 1).deployment.workers.prefill_first
