@@ -572,7 +572,7 @@ def plan_worker_cmd(
     from planner.worker import join_study
 
     n = join_study(storage, study, wait_s=wait, max_units=units)
-    typer.echo(f"plan-worker {study}: simulated {n} units")
+    typer.echo(f"plan-worker {study}: simulated {n} unit{'' if n == 1 else 's'}")
 
 
 def main() -> None:

@@ -236,6 +236,8 @@ class Evaluator:
         """Output tokens/s the whole load asks for (closed loop: what the copies achieved)."""
         if self.load.rate is not None:
             return self.load.rate * float(self.screen.osl)
+        if self.load.trace is not None:
+            return self.load.trace.rate * float(self.load.trace.requests["osl"].mean())
         return p.summary["throughput_tok_s"] * copies
 
     def evaluate(self, unit: Deployment, est: Estimate) -> Evaluation:

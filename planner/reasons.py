@@ -83,7 +83,7 @@ def reasons(rec, runner, winner_row: dict, other_row: dict | None, other_closest
     """Plain reasons, each from a measured quantity."""
     out = []
     d = rec.deployment
-    out.append(f"{d.describe()} ({d.gpus} GPUs) {'meets' if rec.probe.met else 'MISSES'} p{slo.percentile:g} TTFT "
+    out.append(f"{d.describe()} ({d.gpus} GPU{'s' if d.gpus > 1 else ''}) {'meets' if rec.probe.met else 'MISSES'} p{slo.percentile:g} TTFT "
                f"{slo.ttft_ms:g} ms and TPOT {slo.tpot_ms:g} ms at {rec.rate_rps:.3g} req/s"
                + ("" if rec.probe.met else f" ({misses(rec.summary, slo)})"))
     if other_row is not None:

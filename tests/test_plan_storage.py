@@ -15,9 +15,9 @@ import pytest
 from planner.cli import app, run_app
 from planner.plan import PlanRequest, open_study
 
-ARGS = dict(model="llama-3.1-8b", isl=1000, osl=100, ttft_ms=400, tpot_ms=25, gpus=2, trials=4)
+ARGS = dict(model="llama-3.1-8b", isl=1000, osl=100, ttft_ms=400, tpot_ms=25, gpus=2, trials=2)
 CLI = ["--model", "llama-3.1-8b", "--isl", "1000", "--osl", "100", "--ttft", "400", "--tpot", "25", "--gpus", "2",
-       "--trials", "4", "--quiet"]
+       "--trials", "2", "--quiet"]
 
 
 def postgres_url() -> str | None:
@@ -29,7 +29,7 @@ def postgres_url() -> str | None:
 
 def workers(storage: str, study: str, n: int = 2) -> list[str]:
     pdsim = str(Path(sys.executable).parent / "pdsim")
-    cmd = [pdsim, "plan-worker", "--storage", storage, "--study", study, "--wait", "60", "--units", "2"]
+    cmd = [pdsim, "plan-worker", "--storage", storage, "--study", study, "--wait", "60", "--units", "1"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
     outs = []
     for p in procs:
@@ -42,12 +42,12 @@ def workers(storage: str, study: str, n: int = 2) -> list[str]:
 def shared_study_fills_and_resumes(storage: str, study: str, tmp_path) -> None:
     search, st = open_study(PlanRequest(**ARGS), storage, study)
     assert st.user_attrs["request"]["isl"] == 1000
-    outs = workers(storage, study)  # each simulates at most 2 of the study's 4 units: both must take part
+    outs = workers(storage, study)  # each simulates at most 1 of the study's 2 units: both must take part
     known = search.known(st)
-    assert len(known) == 4
+    assert len(known) == 2
     pids = {row["worker_pid"] for row in known.values()}
     assert len(pids) == 2, f"both workers should have simulated units, got {outs}"
-    assert sorted(outs) == [f"plan-worker {study}: simulated 2 units\n"] * 2
+    assert sorted(outs) == [f"plan-worker {study}: simulated 1 unit\n"] * 2
     # plan resumes the filled study: every unit it reports was simulated by the workers
     code = run_app(app, ["plan", *CLI, "--storage", storage, "--study", study, "--out", str(tmp_path)])
     assert code == 0
