@@ -333,3 +333,19 @@ def test_fast_forward_equals_stepping_on_random_deployments(seed):
     np.testing.assert_allclose(ff.requests[cols].fillna(-1).to_numpy(float),
                                step.requests[cols].fillna(-1).to_numpy(float), rtol=1e-9, atol=1e-9)
     assert ff.iterations == step.iterations
+
+
+def test_decode_worker_resumes_after_preempting_its_only_sequence():
+    # one sequence at a time and a KV cache the queued transfers fill: the decode worker preempts its only
+    # sequence, and must then take a ready one (or let a transfer in), not sit idle forever
+    dep = parse_deployment({
+        "model": "llama-3.1-8b", "gpu": "l40s", "gpu_memory_utilization": 0.42, "topology": "disagg",
+        "prefill": {"max_batch_tokens": 512, "max_seqs": 1, "chunked_prefill": False},
+        "decode": {"max_batch_tokens": 512, "max_seqs": 1, "chunked_prefill": False},
+        "kv_link": {"bandwidth_gb_s": 1.0}})
+    arrival = [0.135, 0.310, 0.322, 0.338, 0.358, 0.389, 0.392, 0.486, 0.525, 0.572, 0.594, 0.688, 0.721, 0.889, 0.934]
+    isl = [1533, 20000, 2738, 1820, 2439, 1911, 2912, 226, 924, 1948, 20000, 2552, 20000, 50, 526]
+    osl = [194, 229, 114, 285, 241, 158, 195, 115, 185, 294, 205, 219, 77, 138, 299]
+    df = simulate(dep, Workload(make_requests(arrival, isl, osl))).requests
+    assert list(df["outcome"] == "failed") == [x == 20000 for x in isl]
+    assert df["preemptions"].sum() > 0
