@@ -15,6 +15,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 TOPOLOGY_COLORS = {"agg": "#1f77b4", "disagg": "#d62728"}
+POOL_COLORS = {"workers": "#1f77b4", "prefill": "#ff7f0e", "decode": "#2ca02c"}
 PHASE_COLORS = {"queue": "#c7c7c7", "prefill": "#ff7f0e", "transfer": "#9467bd", "decode": "#2ca02c"}
 
 CSS = """
@@ -45,7 +46,9 @@ def figure(fig: go.Figure, div_id: str | None = None, height: int | None = None)
 def fmt(v, spec: str = ",.1f") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return format(v, ",d")
+    if isinstance(v, float):
         return format(v, spec)
     return str(v)
 
@@ -147,7 +150,8 @@ def waterfall(requests, n: int = 40, seed: int = 0, title: str = "") -> go.Figur
         fig.add_trace(go.Bar(y=np.array(labels)[ok], x=dur[ok], base=start[ok], orientation="h", name=name,
                              marker_color=PHASE_COLORS[name]))
     fig.update_layout(barmode="overlay", title=title, xaxis_title="time (s)", yaxis_title="request",
-                      yaxis={"autorange": "reversed", "type": "category"}, template="plotly_white",
+                      yaxis={"autorange": "reversed", "type": "category", "categoryorder": "array",
+                             "categoryarray": labels}, template="plotly_white",
                       height=max(300, 14 * len(df) + 120), margin={"t": 50, "b": 40})
     return fig
 
@@ -176,7 +180,8 @@ def pool_timeseries(workers, title: str = "", bins: int = 200) -> go.Figure:
             frame = pd.DataFrame({"time_s": grid, **total})
             for r, (key, _) in enumerate(rows, start=1):
                 fig.add_trace(go.Scatter(x=frame["time_s"], y=frame[key], mode="lines", name=str(pool),
-                                         legendgroup=str(pool), showlegend=r == 1, line_shape="hv"), row=r, col=1)
+                                         legendgroup=str(pool), showlegend=r == 1, line_shape="hv",
+                                         line_color=POOL_COLORS.get(str(pool))), row=r, col=1)
     fig.update_layout(title=title, height=620, template="plotly_white", margin={"t": 60, "b": 40})
     fig.update_xaxes(title_text="time (s)", row=3, col=1)
     return fig
