@@ -104,7 +104,7 @@ class ProfiledCostModel:
     """CostModel from a Profile's rows for (model, dtype, TP); the roofline only scales beyond the measured range."""
 
     def __init__(self, profile: Profile, model: ModelSpec, gpu: GPUSpec, tp: int = 1, dtype: str = "bf16",
-                 engine: str = RUNTIME_ENGINE, kv_dtype: str | None = None):
+                 engine: str = "vllm", kv_dtype: str | None = None):
         self.profile, self.model, self.gpu, self.tp, self.dtype, self.engine = profile, model, gpu, tp, dtype, engine
         rows = profile.rows(model.name, dtype, tp)
         self.roof = RooflineCostModel(model, gpu, tp, dtype, kv_dtype)
