@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from profiler.costmodel import Batch
 from profiler.gpus import local_cpu
@@ -129,3 +131,40 @@ def test_gemms_cycle_through_as_many_weights_as_a_whole_pass_moves_between_two_u
 def test_log_grid_ends_at_its_top():
     assert log2_grid(16, 4096, 4) == (16, 64, 256, 1024, 4096)
     assert log2_grid(1, 100) == (1, 2, 4, 8, 16, 32, 64, 100)
+
+
+def test_a_tensor_parallel_run_times_one_ranks_shapes_and_merges_beside_tp1(prof, tmp_path):
+    p = profile_model(TINY, tp=2, grid=GRID)
+    qkv = p.table[p.table.op == "qkv"].iloc[0]
+    assert (qkv.in_dim, qkv.out_dim, qkv.tp) == (TINY.hidden, (2 + 2 * 1) * TINY.head_dim, 2)
+    prof.save(tmp_path)
+    p.save(tmp_path)
+    both = load_profile(tmp_path)
+    assert both.configs() == [("tiny", "fp32", 1), ("tiny", "fp32", 2)]
+    cm2 = ProfiledCostModel(both, model=TINY, gpu=local_cpu(), tp=2, dtype="fp32")
+    assert cm2.roof._allreduce_s(8) > 0 and cm2.iteration_s(Batch.of(decode_ctx=[32] * 8)) > 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefill=st.lists(st.tuples(st.integers(1, 600), st.integers(0, 600)), max_size=4),
+       decode=st.lists(st.integers(1, 3000), max_size=40), which=st.integers(0, 200), more=st.integers(1, 500))
+def test_more_tokens_or_context_never_costs_less(prof_cm, prefill, decode, which, more):
+    """Grow one prompt chunk, its cached prefix or one decode context: the iteration never gets cheaper."""
+    if not prefill and not decode:
+        return
+    before = prof_cm.iteration_s(Batch.of(prefill=prefill, decode_ctx=decode))
+    i = which % (2 * len(prefill) + len(decode))
+    if i < 2 * len(prefill):
+        grown = [list(c) for c in prefill]
+        grown[i // 2][i % 2] += more
+        after = prof_cm.iteration_s(Batch.of(prefill=[tuple(c) for c in grown], decode_ctx=decode))
+    else:
+        grown = list(decode)
+        grown[i - 2 * len(prefill)] += more
+        after = prof_cm.iteration_s(Batch.of(prefill=prefill, decode_ctx=grown))
+    assert after >= before * (1 - 1e-12)
+
+
+@pytest.fixture(scope="module")
+def prof_cm(prof) -> ProfiledCostModel:
+    return ProfiledCostModel(prof, model=TINY, gpu=local_cpu(), tp=1, dtype="fp32", engine="pdsim-runtime")
