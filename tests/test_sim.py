@@ -303,14 +303,16 @@ def test_kv_link_shares_bandwidth_among_concurrent_transfers():
 
 
 def random_case(seed: int):
-    """A random small deployment (agg or disagg, tight or ample KV, chunked or whole prompts) and workload."""
+    """A random small deployment (agg or disagg, tight or ample KV, chunked or whole prompts, decode- or
+    prefill-first) and workload."""
     from dataclasses import replace
 
     rng = np.random.default_rng(seed)
     base = tiny_kv_deployment(int(rng.choice([1500, 3000, 8000, 100000])))
     chunked = bool(rng.integers(2))
     pool = {"max_batch_tokens": int(rng.choice([512, 2048, 8192])), "max_seqs": int(rng.choice([2, 8, 64])),
-            "chunked_prefill": chunked, "chunk_size": int(rng.choice([128, 1024])) if chunked else None}
+            "chunked_prefill": chunked, "chunk_size": int(rng.choice([128, 1024])) if chunked else None,
+            "prefill_first": bool(rng.integers(2))}
     if rng.integers(2):
         dep = replace(base, workers=replace(base.workers, replicas=int(rng.integers(1, 3)), **pool))
     else:
