@@ -83,7 +83,7 @@ def grid_for(model: ModelSpec, device: str, quick: bool) -> Grid:
                     decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=log2_grid(16, ctx_max, 2),
                     kv_bytes=log2_grid(64 * KiB, 1 * GiB, 4))
     # The runtime's decode attention gathers each context into a padded tensor: 256 sequences x 16k tokens
-    # of an 8-KV-head model gather 17 GB per K and V, the most that fits beside the cache on one H200.
+    # of an 8-KV-head model gather 8.6 GB each of K and V in bf16, beside a cache as large: 34 GB in all.
     if quick:
         return Grid(tokens=log2_grid(1, 8192, 4), prefill_batch=(1, 4, 16), prefill_len=log2_grid(64, 8192, 4),
                     decode_batch=(1, 8, 64, 256), decode_ctx=log2_grid(64, ctx_max, 4),
