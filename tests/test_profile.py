@@ -98,6 +98,12 @@ def test_cli_refuses_what_cannot_be_profiled_here(tmp_path, capsys):
     assert "fp8" in capsys.readouterr().err
     assert run_app(app, ["profile", "--model", "tiny"]) == 2
     assert "--out" in capsys.readouterr().err
+    assert run_app(app, ["profile", "--model", "tiny", "--device", "cuda", "--out", str(tmp_path / "p")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert run_app(app, ["profile", "--model", "tiny", "--clock", "cpu", "--threads", "2", "--out",
+                         str(tmp_path / "p")]) == 2
+    assert "--threads 1" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()  # nothing written on bad input
 
 
 def test_cpu_identity_without_a_gpu_driver():
