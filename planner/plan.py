@@ -232,6 +232,8 @@ def ranked(rows: list[dict], objective: str, space: Space, load: Load, tie: floa
     feasible = [r for r in rows if r["feasible"]]
     if objective == "min-gpus":
         return sorted(feasible, key=lambda r: (r["copies"] * _unit(r).gpus, -r["score"], r["key"]))
+    if load.fixed:  # the load fixes the total: the score alone ranks (fewer GPUs, more per GPU)
+        return sorted(feasible, key=lambda r: (-r["score"], r["key"]))
     if not feasible:
         return []
     top = max(r["score"] for r in feasible)

@@ -83,13 +83,19 @@ def reasons(rec, runner, winner_row: dict, other_row: dict | None, other_closest
     """Plain reasons, each from a measured quantity."""
     out = []
     d = rec.deployment
-    out.append(f"{d.describe()} ({d.gpus} GPU{'s' if d.gpus > 1 else ''}) {'meets' if rec.probe.met else 'MISSES'} p{slo.percentile:g} TTFT "
+    gpus = f"{d.gpus} GPU{'s' if d.gpus > 1 else ''}"
+    out.append(f"{d.describe()} ({gpus}) {'meets' if rec.probe.met else 'MISSES'} p{slo.percentile:g} TTFT "
                f"{slo.ttft_ms:g} ms and TPOT {slo.tpot_ms:g} ms at {rec.rate_rps:.3g} req/s"
                + ("" if rec.probe.met else f" ({misses(rec.summary, slo)})"))
     if other_row is not None:
         ratio = winner_row["score"] / other_row["score"] if other_row["score"] > 0 else float("inf")
         out.append(f"its unit scores {winner_row['score']:,.0f} tok/s/GPU against {other_row['score']:,.0f} for the "
                    f"best {other_row['unit']['topology']} ({other_row['key']}): {ratio:.2f}x")
+        if ratio < 1 and runner is not None and not search.evaluator.load.fixed:
+            out.append(f"that is within the goodput search's resolution ({search.evaluator.tolerance:.0%}), and "
+                       f"{d.describe()} puts {d.gpus} GPUs to work where whole copies of the "
+                       f"{other_row['unit']['topology']} unit use {runner.deployment.gpus}, so it serves more in "
+                       "total")
     elif other_closest is not None:
         out.append(f"no {other_closest['unit']['topology']} deployment meets the targets at any load tried; "
                    f"the closest ({other_closest['key']}) {other_closest['constraint'] or 'misses'}")
