@@ -9,8 +9,10 @@
 
 Rate rule: a trace is rescaled to the rate at which the simulated busiest pool is busy ``target_util``
 (default 50 %) of the time, so that the machine carries it below saturation; then the first
-``duration_s`` seconds of it are replayed. The live busy share of every worker (from its step log) is
-reported beside the simulated one, so a run that saturated the machine anyway shows it.
+``duration_s`` seconds of it are replayed. The simulation behind the rule runs on the costs the live
+steps will really take: paced, the paced costs; raw, the profile's times the slowdown measured on the
+runtime just before (a shared CPU gives each worker a share of a core). The live busy share of every
+worker (from its step log) is reported beside the simulated one, so a run that saturated anyway shows it.
 
 Modes. Raw: the workers compute as fast as the CPU lets them, so the error mixes cost-model error with
 system dynamics and machine noise (``--repeats`` measures the noise). Paced: every worker step lasts
@@ -41,6 +43,7 @@ import pandas as pd
 
 from profiler.errors import InputError
 from profiler.models import resolve_model
+from profiler.paced import ScaledCostModel
 from simulator.deployment import Deployment, KVLinkSpec
 from simulator.metrics import PERCENTILES, stats_ms
 from traces.transforms import rescale, time_window
@@ -59,7 +62,7 @@ class ValidateOptions:
     duration_s: float = 120.0  # live replay length: the first this many seconds of the rescaled workload
     repeats: int = 1
     paced: bool = False
-    pace_scale: float | None = None  # None: measured (see pace_scale_now)
+    pace_scale: float | None = None  # None: measured (pace_scale_for(measure_slowdown(...)))
     target_util: float = 0.5  # rate rule: the simulated busiest pool's busy share
     rate: float | None = None  # a fixed arrival rate (req/s) instead of the rate rule
     profile: str | None = None  # a profile directory to use as it is
@@ -237,14 +240,14 @@ def start_runtime(dep: Deployment, run_dir: Path, profile_dir: Path, opts: Valid
     raise RuntimeError(f"the runtime did not start: {why[-1] if why else 'no output'}")
 
 
-def warm_up(rt: Runtime, dep: Deployment, model: str, rounds: int = 2) -> None:
+def warm_up(rt: Runtime, dep: Deployment, model: str, rounds: int = 1, isl: tuple[int, ...] = (64, 512),
+            osl: int = 4) -> None:
     """A few concurrent requests on every worker: first calls pay one-off costs."""
     from runtime.replay_client import replay  # noqa: PLC0415
     from traces.workload import make_requests  # noqa: PLC0415
 
-    n = 4 * max(p.replicas for p in dep.pools.values())
-    isl = np.array([64, 512, 200, 1024])[np.arange(n) % 4]
-    w = Workload(make_requests(np.arange(n) * 0.05, isl, 16), source="warm-up")
+    n = len(isl) * max(p.replicas for p in dep.pools.values())
+    w = Workload(make_requests(np.arange(n) * 0.05, np.resize(isl, n), osl), source="warm-up")
     for _ in range(rounds):
         replay(rt.url, w, model=model, id_prefix="warmup")
 
@@ -283,26 +286,31 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict | No
     return out
 
 
-def pace_scale_now(dep: Deployment, profile_dir: Path, opts: ValidateOptions, log: Log) -> float:
-    """The pace scale for this machine now: 1.25 x the 95th percentile of real step compute over the profile's
-    prediction, measured on the unpaced runtime under a short burst after its warm-up (at least 1.5)."""
+def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, log: Log) -> dict:
+    """How much slower than the profile's prediction the runtime's steps compute on this machine now: the
+    median and 95th percentile of (real step compute / prediction), measured on the unpaced runtime under a
+    short burst after its warm-up. Other processes on a shared CPU take their share, so this is often > 1."""
     from profiler.paced import paced_cost_model  # noqa: PLC0415
 
     cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
-    rt = start_runtime(dep, opts.out_dir / "pace-calibration", profile_dir, replace(opts, paced=False))
+    rt = start_runtime(dep, opts.out_dir / "slowdown", profile_dir, replace(opts, paced=False))
     try:
-        warm_up(rt, dep, dep.model, rounds=1)
+        warm_up(rt, dep, dep.model)
         start = time.time()
-        warm_up(rt, dep, dep.model, rounds=3)
+        warm_up(rt, dep, dep.model, rounds=3, isl=(64, 512, 200, 1024), osl=16)
         end = time.time()
     finally:
         rt.stop()
     ratios = np.concatenate([slowdown(rows, cm) for rows in read_steps(rt.run_dir, start, end).values() if rows])
-    p95 = float(np.percentile(ratios, 95))
-    scale = max(1.5, math.ceil(1.25 * p95 * 4) / 4)
-    log(f"pace: real step compute is {np.median(ratios):.2f}x the profile's prediction (p95 {p95:.2f}x) here now; "
-        f"pace scale {scale:g}")
-    return scale
+    out = {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios)}
+    log(f"slowdown: real step compute is {out['median']:.2f}x the profile's prediction (p95 {out['p95']:.2f}x) "
+        "on this machine now")
+    return out
+
+
+def pace_scale_for(slow: dict) -> float:
+    """Paced mode's scale: 1.25 x the p95 slowdown (rounded up to a quarter), at least 1.5."""
+    return max(1.5, math.ceil(1.25 * slow["p95"] * 4) / 4)
 
 
 def run_live(dep: Deployment, w: Workload, profile_dir: Path, cms: dict, opts: ValidateOptions, log: Log):
@@ -403,12 +411,18 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
                          where=workload.source)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     profile_dir = profile_for(dep, opts, log)
-    if opts.paced and opts.pace_scale is None:
-        opts = replace(opts, pace_scale=pace_scale_now(dep, profile_dir, opts, log))
+    need_scale, need_rate = opts.paced and opts.pace_scale is None, opts.rate is None
+    slow = measure_slowdown(dep, profile_dir, opts, log) if need_scale or need_rate else None
+    if need_scale:
+        opts = replace(opts, pace_scale=pace_scale_for(slow))
+        log(f"pace: every step lasts {opts.pace_scale:g} x the profile's prediction")
     cms = cost_models(dep, profile_dir, opts)
     sim_dep = sim_deployment(dep, profile_dir)
     w, dropped = servable(workload, dep)
-    rate = opts.rate or carryable_rate(w, sim_dep, cms, opts.target_util, opts.duration_s, log)[0]
+    rate = opts.rate
+    if rate is None:  # raw: the machine's measured slowdown counts, so that the live busy share is the target
+        rule_cms = cms if opts.paced else {k: ScaledCostModel(c, max(1.0, slow["median"])) for k, c in cms.items()}
+        rate = carryable_rate(w, sim_dep, rule_cms, opts.target_util, opts.duration_s, log)[0]
     w = _slice(w, rate, opts.duration_s)
     log(f"workload: {len(w)} requests at {rate:.3g} req/s over {w.duration_s:.0f} s ({dropped} too long dropped)")
     sim = simulate(sim_dep, w, seed=opts.seed, cost_models=cms)
@@ -424,6 +438,7 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         "deployment": dep.to_dict(),
         "simulated_kv_link": sim_dep.to_dict().get("kv_link"),
         "profile": str(profile_dir),
+        "measured_slowdown": slow,
         "workload": {"source": w.source, "requests": len(w), "rate_rps": rate, "duration_s": opts.duration_s,
                      "dropped_too_long": dropped, "rate_rule": None if opts.rate is not None
                      else f"busiest simulated pool {opts.target_util:.0%} busy"},

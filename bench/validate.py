@@ -1,0 +1,73 @@
+"""Issue 6's targets: `pdsim validate` on a 2-minute Azure-conversation slice (rescaled by the rate rule),
+tiny model, agg and disagg, paced and raw; prints live vs simulated TTFT/TPOT per percentile and the
+error against the targets (paced: 5 % p50/p90, 10 % p99; raw: 15 % p50/p90 or the repeat spread).
+
+    .venv/bin/python bench/validate.py [--duration 120] [--repeats 3] [--modes paced,raw]
+                                       [--topologies agg,disagg] [--out bench-validate]
+
+Needs /work/shared/traces (or --trace). Each run writes its validate.json/html under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from planner.validate import DEFAULT_CACHE, ValidateOptions, error_table, validate
+from simulator.deployment import parse_deployment
+from traces.loader import load_trace
+
+TRACE = Path("/work/shared/traces/AzureLLMInferenceTrace_conv.csv")
+DEPLOYMENTS = {
+    "agg": {"model": "tiny", "gpu": "cpu", "dtype": "fp32", "topology": "agg", "workers": {"replicas": 1}},
+    "disagg": {"model": "tiny", "gpu": "cpu", "dtype": "fp32", "topology": "disagg", "prefill": {"replicas": 1},
+               "decode": {"replicas": 1}},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trace", default=str(TRACE))
+    ap.add_argument("--duration", type=float, default=120.0)
+    ap.add_argument("--repeats", type=int, default=3, help="Live repeats in raw mode (paced: 1).")
+    ap.add_argument("--modes", default="paced,raw")
+    ap.add_argument("--topologies", default="agg,disagg")
+    ap.add_argument("--out", default="bench-validate")
+    ap.add_argument("--profile-cache", default=str(DEFAULT_CACHE))
+    args = ap.parse_args()
+    if not Path(args.trace).exists():
+        sys.exit(f"no trace at {args.trace} (pass --trace)")
+    workload = load_trace(args.trace)
+    summary = []
+    for topology in args.topologies.split(","):
+        dep = parse_deployment(DEPLOYMENTS[topology], where=f"bench {topology}")
+        for mode in args.modes.split(","):
+            paced = mode == "paced"
+            opts = ValidateOptions(out_dir=Path(args.out) / f"{topology}-{mode}", duration_s=args.duration,
+                                   repeats=1 if paced else args.repeats, paced=paced,
+                                   profile_cache=Path(args.profile_cache))
+            started = time.perf_counter()
+            doc = validate(dep, workload, opts, log=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+            wall = time.perf_counter() - started
+            print(f"\n== {topology} {mode}: {doc['workload']['requests']} requests at "
+                  f"{doc['workload']['rate_rps']:.3g} req/s, {doc['repeats']} repeat(s)"
+                  + (f", pace x{doc['pace_scale']:g}" if paced else "") + f", {wall:.0f} s wall")
+            print(error_table(doc))
+            live = doc["utilization"]["live"][0]
+            print("live busy share: " + ", ".join(f"{w} {s['busy_share']:.0%}" for w, s in live.items())
+                  + (" | paced steps overrunning their pace: "
+                     + ", ".join(f"{w} {s.get('overrun_share', 0):.1%}" for w, s in live.items()) if paced else ""))
+            cells = [c for m in ("ttft_ms", "tpot_ms") for c in doc["metrics"][m].values() if "within_target" in c]
+            summary.append((topology, mode, sum(c["within_target"] for c in cells), len(cells)))
+            sys.stdout.flush()
+    print("\nwithin target (TTFT and TPOT percentiles):")
+    for topology, mode, ok, n in summary:
+        print(f"  {topology:<7}{mode:<6}{ok}/{n}")
+    (Path(args.out) / "summary.json").write_text(json.dumps(summary) + "\n")
+
+
+if __name__ == "__main__":
+    main()
