@@ -139,6 +139,8 @@ def _pool_dict(pool: PoolSpec) -> dict:
     d = asdict(pool)
     if d["chunk_size"] is None:
         del d["chunk_size"]
+    if not d["prefill_first"]:  # the default; only engines that schedule this way say so
+        del d["prefill_first"]
     return d
 
 
