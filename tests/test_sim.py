@@ -351,3 +351,28 @@ def test_decode_worker_resumes_after_preempting_its_only_sequence():
     df = simulate(dep, Workload(make_requests(arrival, isl, osl))).requests
     assert list(df["outcome"] == "failed") == [x == 20000 for x in isl]
     assert df["preemptions"].sum() > 0
+
+
+AZURE_CONV = "/work/shared/traces/AzureLLMInferenceTrace_conv.csv"
+
+
+def test_real_trace_slice_through_the_bench_deployment():
+    from pathlib import Path
+
+    if not Path(AZURE_CONV).exists():
+        pytest.skip(f"{AZURE_CONV} not present (the shared traces folder is not mounted)")
+    from traces import load_trace
+    from traces.transforms import head
+
+    wl = head(load_trace(AZURE_CONV), 1500)
+    dep = parse_deployment({"model": "llama-3.1-8b", "gpu": "h200-sxm", "dtype": "fp8", "topology": "disagg",
+                            "prefill": {"replicas": 4}, "decode": {"replicas": 2, "tp": 2}, "router": "least_loaded"})
+    res = simulate(dep, wl)
+    df = res.requests
+    assert (df["outcome"] == "ok").all() and len(df) == 1500
+    # every prompt is prefilled once, its KV moved once, and its tokens all come out
+    assert df["transfer_start_s"].notna().sum() == (df["osl"] > 1).sum()
+    assert res.itl[2].sum() == (df["osl"] - 1).sum()
+    # least_loaded spreads the decodes over both replicas (ties go to the lowest index, so at this light
+    # load the fourth prefill replica may stay idle)
+    assert set(df["decode_worker"][df["osl"] > 1]) == {4, 5} and set(df["prefill_worker"]) <= {0, 1, 2, 3}
