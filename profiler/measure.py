@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
@@ -94,6 +95,18 @@ def grid_for(model: ModelSpec, device: str, quick: bool) -> Grid:
 
 
 # ---- timing ------------------------------------------------------------------------------------
+@contextmanager
+def torch_threads(n: int | None):
+    """Pin torch's CPU threads to ``n`` (None: leave them) while measuring, then put them back."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -502,8 +515,12 @@ def profile_model(model: ModelSpec, device: str = "cpu", tp: int = 1, dtype: str
     grid = grid or grid_for(model, device, quick)
     grid = replace(grid, clock=clock or grid.clock)
     check_clock(grid.clock, device, threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    with torch_threads(threads):
+        return measure_all(model, device, tp, dtype, quick, grid, seed, log)
+
+
+def measure_all(model: ModelSpec, device: str, tp: int, dtype: str, quick: bool, grid: Grid, seed: int,
+                log: Callable[[str], None]) -> Profile:
     gen = torch.Generator(device=device).manual_seed(seed)  # tensors are made where they are timed
     m = shard(model, tp)
     started = time.perf_counter()

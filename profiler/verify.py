@@ -18,7 +18,7 @@ from profiler.costmodel import Batch
 from profiler.errors import InputError
 from profiler.gpus import CATALOG as GPU_CATALOG
 from profiler.gpus import GPUSpec, local_cpu
-from profiler.measure import BLOCK_TOKENS, TORCH_DTYPES, Grid, check_clock, time_op
+from profiler.measure import BLOCK_TOKENS, TORCH_DTYPES, Grid, check_clock, time_op, torch_threads
 from profiler.models import ModelSpec
 from profiler.profile import Profile
 from profiler.profiled import RUNTIME_ENGINE, ProfiledCostModel
@@ -97,7 +97,6 @@ def verify_profile(profile: Profile, model_name: str | None = None, dtype: str |
     device = device or ("cuda" if run["device"].get("kind") == "cuda" else "cpu")
     threads = int(threads or run.get("torch_threads") or 1)
     check_clock(grid.clock, device, threads)
-    torch.set_num_threads(threads)
     cost = ProfiledCostModel(profile, model=spec, gpu=gpu_for(run["device"]), tp=1, dtype=run["dtype"],
                              engine=RUNTIME_ENGINE)
     need_tokens = max([b * s for b, s in prefill_cases] + [b * c for b, c in decode_cases])
@@ -106,7 +105,7 @@ def verify_profile(profile: Profile, model_name: str | None = None, dtype: str |
     cache = KVCache(spec, math.ceil(need_tokens / BLOCK_TOKENS) + 1, BLOCK_TOKENS, TORCH_DTYPES[run["dtype"]],
                     device)
     rows = []
-    with torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         for b, s in prefill_cases:
             step = prefill_batch_step(b, s, device)
             t = time_op(lambda step=step: model(step, cache), device, grid)

@@ -168,3 +168,11 @@ def test_more_tokens_or_context_never_costs_less(prof_cm, prefill, decode, which
 @pytest.fixture(scope="module")
 def prof_cm(prof) -> ProfiledCostModel:
     return ProfiledCostModel(prof, model=TINY, gpu=local_cpu(), tp=1, dtype="fp32", engine="pdsim-runtime")
+
+
+def test_profiling_pins_one_thread_and_then_gives_the_threads_back():
+    before = torch.get_num_threads()
+    g = Grid(tokens=(1,), prefill_batch=(1,), prefill_len=(16,), decode_batch=(1,), decode_ctx=(16,), kv_bytes=(),
+             warmup=1, repeats=3, budget_s=0.01)
+    p = profile_model(TINY, grid=g, threads=1)
+    assert p.runs[0]["torch_threads"] == 1 and torch.get_num_threads() == before
