@@ -16,7 +16,7 @@ from simulator.deployment import Deployment
 from traces.synthetic import synthetic_workload
 from traces.workload import Workload
 
-METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+TIE = 0.02  # unit scores this close count as equal: the deployment that serves more in total is preferred
 
 
 @dataclass(frozen=True)

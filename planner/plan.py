@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.evaluate import Evaluator, Load, Probe
+from planner.evaluate import TIE, Evaluator, Load, Probe
 from planner.reasons import reasons
 from planner.screen import Screen
 from planner.search import OBJECTIVES, Search
@@ -345,7 +345,7 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
                   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
                   if "constraint" in t.user_attrs]
     sims = sum(r["sims"] for r in rows)
-    best = ranked(rows, req.objective, space, ev.load, ev.tolerance)
+    best = ranked(rows, req.objective, space, ev.load, TIE)
     plan_ = Plan(req, rows, _dedupe(infeasible), None, None, [], study=study.study_name)
     if not best:
         plan_.closest = [{"key": r["key"], "description": _unit(r).describe(), "misses": r["constraint"],

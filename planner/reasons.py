@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from planner.evaluate import misses
+from planner.evaluate import TIE, misses
 
 
 def _p(summary: dict, metric: str, slo) -> float | None:
@@ -92,7 +92,7 @@ def reasons(rec, runner, winner_row: dict, other_row: dict | None, other_closest
         out.append(f"its unit scores {winner_row['score']:,.0f} tok/s/GPU against {other_row['score']:,.0f} for the "
                    f"best {other_row['unit']['topology']} ({other_row['key']}): {ratio:.2f}x")
         if ratio < 1 and runner is not None and not search.evaluator.load.fixed:
-            out.append(f"that is within the goodput search's resolution ({search.evaluator.tolerance:.0%}), and "
+            out.append(f"that is a tie (within {TIE:.0%}), and "
                        f"{d.describe()} puts {d.gpus} GPUs to work where whole copies of the "
                        f"{other_row['unit']['topology']} unit use {runner.deployment.gpus}, so it serves more in "
                        "total")
