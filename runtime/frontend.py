@@ -323,6 +323,13 @@ def _int(body: dict, key: str, default: int | None, lo: int, hi: int) -> int | N
     return v
 
 
+def _text(content) -> str | None:
+    """A message's text: a string, or OpenAI content parts of type text joined."""
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "".join(str(p.get("text", "")) for p in content)
+    return content if isinstance(content, str) else None
+
+
 def parse(fe: Frontend, body: dict, chat: bool) -> tuple[GenRequest, bool, bool]:
     """Validate an OpenAI request body -> (request, stream, include_usage); raises BadRequest."""
     cfg = fe.cfg
@@ -336,10 +343,11 @@ def parse(fe: Frontend, body: dict, chat: bool) -> tuple[GenRequest, bool, bool]
         raise BadRequest("stop sequences are not supported by this runtime", "stop")
     if chat:
         msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in msgs):
-            raise BadRequest("'messages' must be a non-empty list of {role, content} with string content",
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+            raise BadRequest("'messages' must be a non-empty list of {role, content}", "messages")
+        msgs = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in msgs]
+        if not all(isinstance(m["role"], str) and isinstance(m["content"], str) for m in msgs):
+            raise BadRequest("each message needs a string 'role' and text 'content' (a string or text parts)",
                              "messages")
         prompt = fe.tokenizer.chat(msgs)
     else:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from runtime.frontend import FRAME, Frontend, FrontendConfig, GenRequest
+from runtime.frontend import FRAME, BadRequest, Frontend, FrontendConfig, GenRequest, parse
 from runtime.router import WorkerHandle
 from runtime.tokenizer import ByteTokenizer
 
@@ -91,3 +91,15 @@ def test_retries_exhausted_is_an_error_not_a_hang():
     with pytest.raises(RuntimeError, match="kv_timeout"):
         asyncio.run(drive(fe, req, script))
     assert req.outcome == "error" and fe.outcomes["error"] == 1
+
+
+def test_chat_text_parts_are_one_message_and_other_content_is_refused():
+    fe = frontend()
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text",
+                                                                                          "text": "lo"}]}]}
+    plain = {"messages": [{"role": "user", "content": "Hello"}]}
+    assert parse(fe, parts, chat=True)[0].prompt == parse(fe, plain, chat=True)[0].prompt
+    for bad in ([], [{"role": "user"}], [{"role": "user", "content": [{"type": "image_url"}]}], "hi"):
+        with pytest.raises(BadRequest) as e:
+            parse(fe, {"messages": bad}, chat=True)
+        assert e.value.param == "messages"
