@@ -3,7 +3,7 @@ unit found by simulating every unit, and what share of the simulations it needed
 
     .venv/bin/python bench/plan_quality.py [--seeds 3] [--trials 6] [--shapes 0,1,2]
 
-The space: Llama-3.1-8B on up to 4 x H200 (2 for the short-request shape); TP 1, 2 or 4, three agg batch
+The space: Llama-3.1-8B on up to 4 x H200; TP 1, 2 or 4, three agg batch
 budgets, one prefill budget and two max_seqs per pool, under three request shapes (balanced, long prompts
 with tight targets, short requests). Exhaustive: every unit's goodput by the same bisection the search
 uses. The search: the screen, then Optuna TPE (one run per sampler seed), then the confirmation of the
@@ -27,7 +27,7 @@ from planner.space import enumerate_units, unit_key
 SHAPES = [
     PlanRequest(model="llama-3.1-8b", isl=2000, osl=250, ttft_ms=400, tpot_ms=20, gpus=4),
     PlanRequest(model="llama-3.1-8b", isl=8000, osl=100, ttft_ms=300, tpot_ms=10, gpus=4),
-    PlanRequest(model="llama-3.1-8b", isl=200, osl=100, ttft_ms=300, tpot_ms=12, gpus=2),
+    PlanRequest(model="llama-3.1-8b", isl=200, osl=100, ttft_ms=300, tpot_ms=12, gpus=4),
 ]
 
 

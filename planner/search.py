@@ -95,6 +95,7 @@ class Search:
                              "use a smaller --dtype")
         self.best_screen = {t: max((self.screen_score(e, u) for u, e in self.table if u.topology == t), default=0.0)
                             for t in self.space.topologies}
+        self.admissible = {unit_key(u) for u, e in self.table if self.promising(u, e)}
 
     # ---- the screen's view ------------------------------------------------------------------------
     def screen_score(self, est: Estimate, unit: Deployment) -> float:
@@ -207,11 +208,13 @@ class Search:
         seen = [self.simulated(study)]
 
         def stop(st: optuna.Study, _trial) -> None:
-            n = self.simulated(st)
+            known = self.known(st)
+            n = len(known)
             idle[0] = 0 if n > seen[0] else idle[0] + 1
             seen[0] = n
             mine = len(self.evaluations)
-            if n >= self.trials or idle[0] >= MAX_IDLE_TRIALS or (max_units is not None and mine >= max_units):
+            exhausted = idle[0] >= MAX_IDLE_TRIALS or self.admissible <= set(known)
+            if n >= self.trials or exhausted or (max_units is not None and mine >= max_units):
                 st.stop()
 
         if seen[0] >= self.trials:
