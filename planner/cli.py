@@ -512,6 +512,9 @@ def plan_cmd(
     except OSError as e:
         fail(f"{folder}: cannot create the output folder ({e.strerror})")
     typer.echo(header(req))
+    if storage:
+        name = study or req.study_name()
+        typer.echo(f"study {name}: more workers join with `pdsim plan-worker --storage {storage} --study {name}`")
     bar = None if quiet else typer.progressbar(length=trials, label="searching", file=sys.stderr, show_pos=True)
     done = [0]
 
