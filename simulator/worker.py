@@ -154,6 +154,8 @@ class Worker:
             pf, chunks = self._prefills(run[S.computed[run] < S.target[run]].tolist(), self.max_batch_tokens, 0)
             if pf:
                 return np.empty(0, np.int64), pf, chunks
+        if not len(self.running):  # nothing running: only prompts to admit
+            return self.running, *self._prefills((), self.max_batch_tokens, 0)
         while True:  # decode sequences first; a running sequence holds exactly blocks_for(computed) blocks
             run = self.running
             comp = S.computed[run]
@@ -250,7 +252,8 @@ class Worker:
         self.busy_s += dt
         self.iterations += 1
         now = self.env.now
-        S.computed[dec] += 1
+        if len(dec):
+            S.computed[dec] += 1
         S.computed[pf_idx] += c
         done_pf = pf_idx[last]
         unset = done_pf[np.isnan(S.prefill_end_s[done_pf])]
