@@ -28,6 +28,7 @@ class StepResult:
     compute_s: float  # the step's own work: prepare, model, sample, postprocess (perf_counter)
     duration_s: float  # whole step, including pacing
     model_s: float = 0.0  # the model forward alone; compute_s - model_s is the engine's own overhead
+    cpu_s: float = 0.0  # this thread's CPU time over compute_s: below it when other processes took the core
     kv: dict[str, torch.Tensor] = field(default_factory=dict)  # rid -> KV of finished prefill-only sequences
 
 
@@ -90,6 +91,7 @@ class Engine:
     def stats(self) -> dict:
         return {"waiting": len(self.scheduler.waiting) + len(self.arrived), "running": len(self.scheduler.running),
                 "kv_blocks_used": self.blocks.used, "kv_blocks_total": self.blocks.num_blocks,
+                "block_tokens": self.blocks.block_tokens,
                 "batch_tokens": self.last_batch_tokens}
 
     # ---- one iteration -------------------------------------------------------------------------
@@ -98,7 +100,7 @@ class Engine:
         chunks = self.scheduler.schedule()
         if not chunks:
             return None
-        start, t0 = time.time(), time.perf_counter()
+        start, t0, c0 = time.time(), time.perf_counter(), time.thread_time()
         step, batch, sampling = self.prepare(chunks)
         t1 = time.perf_counter()
         logits = self.model(step, self.cache)
@@ -116,6 +118,7 @@ class Engine:
                 result.kv[seq.rid] = self.cache.read(self.blocks.slots(seq, 0, seq.num_cached + n).to(self.device))
             self.scheduler.postprocess(seq, n)
         result.compute_s = time.perf_counter() - t0
+        result.cpu_s = time.thread_time() - c0
         if self.pace_s is not None:  # paced replay: the step lasts as long as the cost model says
             # Back to back with the previous step, it starts where the cost model's timeline says that one
             # ended, so a late wake-up from sleep is made up by this step instead of adding up over a run;

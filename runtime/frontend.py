@@ -101,6 +101,12 @@ class Frontend:
     def pool(self, role: str) -> list[WorkerHandle]:
         return [w for w in self.workers if w.role == role]
 
+    def kv_capacity_tokens(self) -> int:
+        """The most tokens one sequence can hold on every worker (their KV caches, as each reported it)."""
+        sizes = [w.stats["kv_blocks_total"] * w.stats["block_tokens"]
+                 for w in self.workers if "block_tokens" in w.stats]
+        return min(sizes, default=self.cfg.max_context)
+
     # ---- worker connections --------------------------------------------------------------------
     async def connect(self, timeout_s: float = 60.0) -> None:
         """Open one connection per worker and wait for each one's ``ready``."""
@@ -365,6 +371,10 @@ def parse(fe: Frontend, body: dict, chat: bool) -> tuple[GenRequest, bool, bool]
     if len(prompt) + max_tokens > cfg.max_context:
         raise BadRequest(f"prompt ({len(prompt)} tokens) plus {key} ({max_tokens}) exceeds the model's context of "
                          f"{cfg.max_context} tokens", key, "context_length_exceeded")
+    kv_tokens = fe.kv_capacity_tokens()
+    if len(prompt) + max_tokens > kv_tokens:
+        raise BadRequest(f"prompt ({len(prompt)} tokens) plus {key} ({max_tokens}) does not fit a worker's KV cache "
+                         f"of {kv_tokens} tokens", key, "context_length_exceeded")
     temperature = body.get("temperature", 1.0)
     if temperature is None:
         temperature = 1.0

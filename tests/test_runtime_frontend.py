@@ -103,3 +103,13 @@ def test_chat_text_parts_are_one_message_and_other_content_is_refused():
         with pytest.raises(BadRequest) as e:
             parse(fe, {"messages": bad}, chat=True)
         assert e.value.param == "messages"
+
+
+def test_a_request_larger_than_the_kv_cache_is_refused_up_front():
+    fe = frontend()
+    for w in fe.workers:
+        w.stats = {"kv_blocks_total": 4, "block_tokens": 16}
+    assert parse(fe, {"prompt": "x" * 40, "max_tokens": 23}, chat=False)[0].max_tokens == 23  # 41 + 23 = 64
+    with pytest.raises(BadRequest, match="KV cache of 64 tokens") as e:
+        parse(fe, {"prompt": "x" * 40, "max_tokens": 24}, chat=False)
+    assert e.value.param == "max_tokens"
