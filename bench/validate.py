@@ -60,6 +60,9 @@ def main() -> None:
             print("live busy share: " + ", ".join(f"{w} {s['busy_share']:.0%}" for w, s in live.items())
                   + (" | paced steps overrunning their pace: "
                      + ", ".join(f"{w} {s.get('overrun_share', 0):.1%}" for w, s in live.items()) if paced else ""))
+            print("step compute / profile (median): " + ", ".join(
+                f"{w} {s['compute_over_profile']:.2f}x = CPU time {s['cpu_over_profile']:.2f}x * wall/CPU "
+                f"{s['wall_over_cpu']:.2f}x" for w, s in live.items() if "compute_over_profile" in s))
             cells = [c for m in ("ttft_ms", "tpot_ms") for c in doc["metrics"][m].values() if "within_target" in c]
             summary.append((topology, mode, sum(c["within_target"] for c in cells), len(cells)))
             sys.stdout.flush()

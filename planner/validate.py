@@ -273,15 +273,25 @@ def slowdown(rows: list[dict], cm) -> np.ndarray:
 POOL_OF_ROLE = {"agg": "workers", "prefill": "prefill", "decode": "decode"}
 
 
-def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict | None) -> dict:
-    """Per worker over [start, end): busy share (sum of step durations / window) and, when paced, the share of
-    steps whose compute alone took longer than their pace."""
+def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, paced: bool) -> dict:
+    """Per worker over [start, end): busy share (sum of step durations / window); where the raw error comes
+    from: median step compute over the cost model's prediction, split into CPU time over prediction (the
+    profile's own error) and wall over CPU time (the share of the core other processes took); when paced,
+    the share of steps whose compute alone took longer than their pace."""
     out = {}
     for wid, rows in read_steps(run_dir, start_wall, end_wall).items():
         stats = {"steps": len(rows), "busy_share": sum(r["duration_s"] for r in rows) / max(end_wall - start_wall,
                                                                                             1e-9)}
-        if cms is not None and rows:
-            stats["overrun_share"] = float((slowdown(rows, cms[POOL_OF_ROLE[wid.rsplit("-", 1)[0]]]) > 1).mean())
+        if rows:
+            ratio = slowdown(rows, cms[POOL_OF_ROLE[wid.rsplit("-", 1)[0]]])
+            wall = np.asarray([r["compute_s"] for r in rows])
+            cpu = np.asarray([r.get("cpu_s", np.nan) for r in rows])
+            scale = getattr(cms[POOL_OF_ROLE[wid.rsplit("-", 1)[0]]], "scale", 1.0)  # ratios to the bare profile
+            if paced:
+                stats["overrun_share"] = float((ratio > 1).mean())
+            stats["compute_over_profile"] = float(np.median(ratio) * scale)
+            stats["cpu_over_profile"] = float(np.median(cpu / wall * ratio) * scale)
+            stats["wall_over_cpu"] = float(np.median(wall / cpu))
         out[wid] = stats
     return out
 
@@ -326,7 +336,7 @@ def run_live(dep: Deployment, w: Workload, profile_dir: Path, cms: dict, opts: V
             log(f"live: replay {i + 1}/{opts.repeats}: {len(w)} requests over {w.duration_s:.0f} s")
             r = replay(rt.url, w, model=dep.model, seed=opts.seed, id_prefix=f"r{i}")
             end = r.start_wall + float(np.nanmax(r.requests["last_token_s"].to_numpy(), initial=0.0))
-            workers.append(step_stats(rt.run_dir, r.start_wall, end, cms if opts.paced else None))
+            workers.append(step_stats(rt.run_dir, r.start_wall, end, cms, opts.paced))
             replays.append(r)
             bad = int((r.requests["outcome"] != "ok").sum())
             if bad:

@@ -230,7 +230,7 @@ class Worker:
         if self.steps is not None:
             b = r.batch
             self.steps.write(json.dumps({"worker": self.cfg.worker_id, "start": r.start_s, "duration_s": r.duration_s,
-                                         "compute_s": r.compute_s, "model_s": r.model_s,
+                                         "compute_s": r.compute_s, "model_s": r.model_s, "cpu_s": r.cpu_s,
                                          "prefill_tokens": b.prefill_tokens.tolist(),
                                          "prefill_cached": b.prefill_cached.tolist(),
                                          "decode_ctx": b.decode_ctx.tolist()}) + "\n")
