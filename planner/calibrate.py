@@ -271,10 +271,12 @@ def _decode_s(cm: CostModel, n: int, ctx: int) -> float:
     return cm.iteration_s(Batch.of(decode_ctx=[ctx] * n)) if n > 0 else 0.0
 
 
-def ttft_overhead_s(cms: dict[str, CostModel]) -> float:
-    """Per-request time outside any iteration (HTTP, tokenisation, the first token's trip back): the
-    ``Efficiency.ttft_overhead_s`` of the cost models (0 for one without an Efficiency)."""
-    return max(float(getattr(getattr(cm, "eff", None), "ttft_overhead_s", 0.0)) for cm in cms.values())
+def ttft_extra_s(cms: dict[str, CostModel], tpot_s: float) -> float:
+    """What a measured TTFT holds beyond the engine's iterations: the per-request overhead (HTTP,
+    tokenisation, the first token's trip back) and the admission wait of ``ttft_wait_iterations`` decode
+    steps, as the cost models' Efficiency has them (planner/replay.py adds the same; 0 without one)."""
+    effs = [e for e in (getattr(cm, "eff", None) for cm in cms.values()) if e is not None]
+    return max((e.ttft_overhead_s + e.ttft_wait_iterations * tpot_s for e in effs), default=0.0)
 
 
 def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl: int,
@@ -294,7 +296,7 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
         own = [cm.iteration_s(Batch.of(prefill=[c], decode_ctx=[ctx] * (b - 1))) for c in _chunks(isl, pool)]
         stall = sum(own) - len(own) * others  # what one prefill adds to the iterations it rides in
         tpot = _decode_s(cm, b, ctx) + (b - 1) * stall / max(osl, 1)
-        ttft = sum(own) + ttft_overhead_s(cms)
+        ttft = sum(own) + ttft_extra_s(cms, tpot)
         if n > b:  # clients beyond the batch wait for a finishing request
             ttft += (n - b) * (ttft + steps * tpot) / b
         return ttft, tpot
@@ -308,7 +310,7 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
     b = max(1, min(round(n), dc.max_seqs, kv_slots(dep, dc, isl + osl)))
     tpot = _decode_s(dcm, b, ctx)
     decode_wait = (n - b) * steps * tpot / b if n > b else 0.0
-    fixed = transfer + tpot + decode_wait + ttft_overhead_s(cms)
+    fixed = transfer + tpot + decode_wait + ttft_extra_s(cms, tpot)
     ttft = service + fixed
     for _ in range(30):  # fixed point: the arrival rate of a closed loop depends on its own latency
         cycle = ttft + steps * tpot

@@ -354,7 +354,6 @@ def simulation_predictor(dep: Deployment, calibration: str | Path | None = None,
     from traces.synthetic import synthetic_workload  # noqa: PLC0415
 
     cms = None if profile is not None else cb.pool_cost_models(dep, calibration, perf_db)
-    extra_s = cb.ttft_overhead_s(cms) if cms else 0.0  # per request outside the engine; not in the simulator's TTFT
     by = "pdsim simulate" + (f", calibration {calibration}" if calibration else "") + (
         f", {perf_db} tables" if perf_db else "") + (", measured profile" if profile is not None else "")
 
@@ -362,7 +361,8 @@ def simulation_predictor(dep: Deployment, calibration: str | Path | None = None,
         w = synthetic_workload(requests=p.requests + p.warmup, isl=p.isl, osl=p.osl, rate=p.request_rate,
                                concurrency=p.concurrency, seed=seed, warmup_requests=p.warmup)
         s = simulate(dep, w, seed=seed, cost_models=cms, profile=profile).summary()
-        return s["ttft_ms"]["mean"] * 1e-3 + extra_s, s["tpot_ms"]["mean"] * 1e-3
+        tpot = s["tpot_ms"]["mean"] * 1e-3
+        return s["ttft_ms"]["mean"] * 1e-3 + (cb.ttft_extra_s(cms, tpot) if cms else 0.0), tpot  # as replay.py
 
     return predict, by
 
