@@ -23,30 +23,36 @@ class SLO:
 
 
 class ITLSamples:
-    """Inter-token gaps as (time, gap, weight): a k-step decode run of batch B adds k gaps of weight B."""
+    """Inter-token gaps as (time, gap, weight): a k-step decode run of batch B adds k gaps of weight B. Kept in
+    growing numpy buffers, so that an hour of decoding is a few array copies, not a Python object per token."""
 
-    def __init__(self):
-        self._samples: list[tuple] = []
+    def __init__(self, capacity: int = 1 << 16):
+        self._buf = np.empty((3, capacity))  # rows: time_s, gap_s, weight
+        self._n = 0
 
     def add(self, t, gap_s, weight: float) -> None:
         """``t``: one time or one per gap; ``gap_s``: an array of gaps; ``weight``: tokens each gap stands for."""
-        self._samples.append((t, gap_s, weight))
+        m = len(gap_s)
+        if self._n + m > self._buf.shape[1]:
+            grown = np.empty((3, max(2 * self._buf.shape[1], self._n + m)))
+            grown[:, :self._n] = self._buf[:, :self._n]
+            self._buf = grown
+        i, self._n = self._n, self._n + m
+        self._buf[0, i:self._n] = t
+        self._buf[1, i:self._n] = gap_s
+        self._buf[2, i:self._n] = weight
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not self._samples:
-            return np.zeros(0), np.zeros(0), np.zeros(0)
-        ts, gaps, ws = zip(*self._samples, strict=True)
-        lens = np.fromiter((len(g) for g in gaps), np.int64, len(gaps))
-        t = np.concatenate([np.full(n, x) if np.ndim(x) == 0 else x for x, n in zip(ts, lens, strict=True)])
-        return t, np.concatenate(gaps).astype(np.float64), np.repeat(np.asarray(ws, np.float64), lens)
+        t, gap, w = self._buf[:, :self._n].copy()
+        return t, gap, w
 
 
-def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """Smallest value whose cumulative weight reaches q % of the total (inverted CDF)."""
-    order = np.argsort(values, kind="stable")
+def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs) -> list[float]:
+    """For each q, the smallest value whose cumulative weight reaches q % of the total (inverted CDF)."""
+    order = np.argsort(values)
     cw = np.cumsum(weights[order])
-    i = min(int(np.searchsorted(cw, q / 100.0 * cw[-1], side="left")), len(cw) - 1)
-    return float(values[order][i])
+    i = np.minimum(np.searchsorted(cw, np.asarray(qs, dtype=np.float64) / 100.0 * cw[-1], side="left"), len(cw) - 1)
+    return [float(x) for x in values[order[i]]]
 
 
 def _num(x) -> float | None:
@@ -65,7 +71,7 @@ def stats_ms(values_s: np.ndarray, weights: np.ndarray | None = None) -> dict:
         mean, ps = v.mean(), np.percentile(v, PERCENTILES)
     else:
         w = np.asarray(weights, dtype=np.float64)[keep]
-        mean, ps = (v * w).sum() / w.sum(), [weighted_percentile(v, w, q) for q in PERCENTILES]
+        mean, ps = (v * w).sum() / w.sum(), weighted_percentiles(v, w, PERCENTILES)
     return {"mean": _num(mean * 1e3), **{f"p{q}": _num(p * 1e3) for q, p in zip(PERCENTILES, ps, strict=True)}}
 
 

@@ -266,8 +266,13 @@ class Worker:
         S.generated[idx] += 1
         g = S.generated[idx]
         later = idx[g > 1]
-        if len(later):
-            self.sim.itl.add(now, now - S.last_token_s[later], 1.0)
+        if len(later):  # one sample per distinct gap: most sequences were in the previous iteration
+            gaps = now - S.last_token_s[later]
+            same = gaps == gaps[0]
+            n_same = int(np.count_nonzero(same))
+            self.sim.itl.add(now, gaps[:1], n_same)
+            if n_same < len(gaps):
+                self.sim.itl.add(now, gaps[~same], 1.0)
         first = idx[g == 1]
         if self.role == "prefill":  # the user sees the first token when the KV reaches a decode worker
             first = first[S.osl[first] == 1]
@@ -326,10 +331,15 @@ class Worker:
         S.generated[dec] = gen + j
         self.busy_s += float(cum[j - 1])
         self.iterations += j
-        if (S.last_token_s[dec] == t0).all():  # every sequence was in the previous step
+        last = S.last_token_s[dec]
+        joined = last != t0  # sequences that were not in the previous step: their first gap is their own
+        n_joined = int(np.count_nonzero(joined))
+        if not n_joined:
             self.sim.itl.add(t0 + cum[:j], steps[:j], n)
         else:
-            self.sim.itl.add(t0 + cum[0], t0 + cum[0] - S.last_token_s[dec], 1.0)
+            self.sim.itl.add(t0 + cum[0], t0 + cum[0] - last[joined], 1.0)
+            if n_joined < n:
+                self.sim.itl.add(t0 + cum[0], steps[:1], n - n_joined)
             if j > 1:
                 self.sim.itl.add(t0 + cum[1:j], steps[1:j], n)
         S.last_token_s[dec] = t0 + cum[j - 1]
