@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
@@ -28,7 +28,7 @@ from profiler.device import device_identity
 from profiler.errors import InputError
 from profiler.models import ModelSpec
 from profiler.profile import COLUMNS, SHAPE_COLUMNS, Profile, pdsim_version
-from runtime.model import apply_rope, attend_decode, attend_prefill, rope_tables
+from runtime.model import apply_rope, attend_decode, attend_prefill, rope_tables, torch_threads
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -95,18 +95,6 @@ def grid_for(model: ModelSpec, device: str, quick: bool) -> Grid:
 
 
 # ---- timing ------------------------------------------------------------------------------------
-@contextmanager
-def torch_threads(n: int | None):
-    """Pin torch's CPU threads to ``n`` (None: leave them) while measuring, then put them back."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -515,7 +503,7 @@ def profile_model(model: ModelSpec, device: str = "cpu", tp: int = 1, dtype: str
     grid = grid or grid_for(model, device, quick)
     grid = replace(grid, clock=clock or grid.clock)
     check_clock(grid.clock, device, threads)
-    with torch_threads(threads):
+    with torch_threads(threads) if threads is not None else nullcontext():
         return measure_all(model, device, tp, dtype, quick, grid, seed, log)
 
 

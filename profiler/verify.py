@@ -18,11 +18,11 @@ from profiler.costmodel import Batch
 from profiler.errors import InputError
 from profiler.gpus import CATALOG as GPU_CATALOG
 from profiler.gpus import GPUSpec, local_cpu
-from profiler.measure import BLOCK_TOKENS, TORCH_DTYPES, Grid, check_clock, time_op, torch_threads
+from profiler.measure import BLOCK_TOKENS, TORCH_DTYPES, Grid, check_clock, time_op
 from profiler.models import ModelSpec
 from profiler.profile import Profile
 from profiler.profiled import RUNTIME_ENGINE, ProfiledCostModel
-from runtime.model import KVCache, StepInput, build_model, decode_step
+from runtime.model import KVCache, StepInput, build_model, decode_step, torch_threads
 
 PREFILL_CASES = ((1, 24), (1, 100), (1, 400), (2, 48), (3, 160), (4, 96))
 DECODE_CASES = ((1, 40), (1, 700), (3, 200), (6, 90), (12, 500), (24, 1500), (48, 300))
