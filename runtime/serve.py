@@ -134,6 +134,13 @@ def serve(dep: Deployment | None, opts: ServeOptions) -> None:
     spec = resolve_model(dep.model)
     tokenizer = load_tokenizer(dep.model)  # fails fast (one line) when the real-model extra is missing
     configs = worker_configs(dep, opts)
+    try:  # bad paths are one line now, not a worker that fails to start or a traceback
+        if opts.step_log_dir:
+            os.makedirs(opts.step_log_dir, exist_ok=True)
+        if opts.log_path:
+            open(opts.log_path, "a").close()
+    except OSError as e:
+        raise InputError(f"cannot write there ({e.strerror})", where=e.filename) from None
     api_key = opts.api_key or os.environ.get(API_KEY_ENV) or None
     if not api_key and opts.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"pdsim serve: warning: listening on {opts.host} without --api-key: anyone who can reach it may "
