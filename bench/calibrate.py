@@ -6,10 +6,11 @@ profiler/calibration/h100_fit.json, which `profiler.roofline.engine_efficiency` 
 Physics, not rows: a few shares of datasheet peaks (GEMM compute and memory, attention compute and
 memory, all-reduce) and fixed costs (per iteration, per sequence per iteration, per request before the
 first token) per engine, fitted on the dense agg rows by least squares on log(predicted / measured) of
-mean TTFT and TPOT with a soft-L1 loss (a few rows are pathological: queues of tens of seconds). Two
-stages: the analytic closed-loop steady state (planner.replay.closed_loop) over every dense agg row, then
-the simulator itself (planner.replay.predict_cases, clients out of step) on an evenly spread subsample,
-starting from the first stage, so that the factors are the ones the replay (bench/fidelity.py) uses.
+mean TTFT and TPOT with a soft-L1 loss (a few rows are pathological: queues of tens of seconds). First
+the analytic closed-loop steady state (planner.replay.closed_loop, clients out of step) over every dense
+agg row of the engine; an engine whose clients stay in lock-step (prefill-first: SGLang) then goes through
+the simulator itself (planner.replay.predict_cases) on an evenly spread subsample, starting from there
+(``--sim-rows N`` does that for every engine).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ FACTORS = {  # name: (low, high) bounds
     "comm": (0.1, 1.0), "iteration_overhead_s": (1e-4, 0.03), "per_seq_overhead_s": (1e-7, 1e-3),
     "ttft_overhead_s": (1e-4, 0.3), "ttft_wait_iterations": (1e-2, 40.0),
 }
+# A prefill-first engine (SGLang) keeps its clients in lock-step, which the steady state cannot express:
+# its factors are fitted by simulating this many rows, over these factors (the rest from the first stage).
+LOCKSTEP_SIM_ROWS = 40
+SIM_FACTORS = ("gemm_compute", "gemm_memory", "attn_compute", "iteration_overhead_s", "per_seq_overhead_s",
+               "ttft_overhead_s")
 
 
 def dense_agg_cases(df: pd.DataFrame, gpu_name: str) -> list:
@@ -69,9 +75,9 @@ def simulated(cases: list, eff: Efficiency, jobs: int) -> np.ndarray:
 
 
 def fit_engine(cases: list, meas: np.ndarray, start: Efficiency, gpu_name: str, jobs: int = 0,
-               max_nfev: int = 200) -> Efficiency:
-    """Least squares over FACTORS; ``jobs`` > 0 predicts with the simulator in that many processes."""
-    names = list(FACTORS)
+               max_nfev: int = 200, names: tuple[str, ...] = tuple(FACTORS)) -> Efficiency:
+    """Least squares over ``names``; ``jobs`` > 0 predicts with the simulator in that many processes."""
+    names = list(names)
     lo, hi = np.log([FACTORS[n][0] for n in names]), np.log([FACTORS[n][1] for n in names])
     x0 = np.clip(np.log([max(getattr(start, n), FACTORS[n][0]) for n in names]), lo + 1e-6, hi - 1e-6)
 
@@ -112,10 +118,16 @@ def main() -> None:
         before = predict(mine, start, args.gpu)
         eff = fit_engine(mine, meas, start, args.gpu)
         after = predict(mine, eff, args.gpu)
-        if args.sim_rows:
-            pick = np.linspace(0, len(mine) - 1, min(args.sim_rows, len(mine))).round().astype(int)
+        lockstep = any(p.prefill_first for p in mine[0].deployment.pools.values())
+        rows = args.sim_rows or (LOCKSTEP_SIM_ROWS if lockstep else 0)
+        if rows:  # the steady state assumes clients out of step: a prefill-first engine is fitted by simulation
+            pick = np.linspace(0, len(mine) - 1, min(rows, len(mine))).round().astype(int)
             sub = [mine[i] for i in pick]
-            eff = fit_engine(sub, meas[pick], eff, args.gpu, jobs=args.jobs, max_nfev=args.sim_steps)
+            if lockstep:
+                eff = replace(eff, ttft_overhead_s=start.ttft_overhead_s, ttft_wait_iterations=FACTORS[
+                    "ttft_wait_iterations"][0])
+            names = SIM_FACTORS if lockstep else tuple(FACTORS)
+            eff = fit_engine(sub, meas[pick], eff, args.gpu, jobs=args.jobs, max_nfev=args.sim_steps, names=names)
             before = simulated(sub, start, args.jobs)
             after = simulated(sub, eff, args.jobs)
             meas = meas[pick]

@@ -129,8 +129,12 @@ class RooflineCostModel:
         if self.tp == 1:
             return 0.0 * tokens
         bytes_ = tokens * self.model.hidden * ACT_BYTES
-        one = (2.0 * (self.tp - 1) / self.tp * bytes_ / (self.gpu.nvlink_bw_bytes_s * self.eff.comm)
-               + self.gpu.nvlink_latency_s)
+        g = self.gpu
+        if self.tp > g.max_tp_per_node:  # the ring crosses nodes: each GPU's RDMA NIC sets the pace
+            bw, lat = g.internode_bw_bytes_s, g.internode_latency_s
+        else:
+            bw, lat = g.nvlink_bw_bytes_s, g.nvlink_latency_s
+        one = 2.0 * (self.tp - 1) / self.tp * bytes_ / (bw * self.eff.comm) + lat
         return 2.0 * self.model.layers * one
 
     def _time(self, tokens, pairs, pf_ctx_read, n_dec, dec_ctx_sum, n_logits):

@@ -219,3 +219,13 @@ def test_sglang_rows_run_prefill_first_and_in_lock_step():
                             moe_quant_mode=np.nan, c=64, isl=1024, osl=128), 0)
     assert case.deployment.workers.prefill_first and case.dtype == "bf16"
     assert not row_case(agg_row(), 1).deployment.workers.prefill_first
+
+
+def test_tensor_parallel_across_nodes_pays_the_rdma_all_reduce():
+    from profiler.costmodel import Batch
+    from profiler.roofline import RooflineCostModel
+
+    m, g = CATALOG["llama-3.1-70b"], resolve_gpu("h100-sxm")
+    b = Batch.of(prefill=[(8192, 0)])
+    tp8, tp16 = (RooflineCostModel(m, g, tp, "fp8").iteration_s(b) for tp in (8, 16))
+    assert tp16 > 2 * tp8  # 50 GB/s per GPU between nodes against 450 GB/s NVLink outweighs halving the work
