@@ -102,6 +102,23 @@ def report(results: list[dict], wall_s: float, log: str | None, since: float) ->
         recs = [json.loads(line) for line in open(log)]
         tr = [a["transfer"] for r in recs if r["arrival_s"] >= since for a in r["attempts"] if "transfer" in a]
         tr = [t for t in tr if "duration_s" in t and "bytes" in t]
+        stages = {"prefill queue": [], "prefill": [], "to transfer": [], "transfer": [], "decode admit": []}
+        for r in recs:
+            if r["arrival_s"] < since:
+                continue
+            a = r["attempts"][-1]
+            p, t, d = a.get("prefill", {}), a.get("transfer", {}), a.get("decode", {})
+            if "scheduled" in p and "first_token" in p:
+                stages["prefill queue"].append(p["scheduled"] - p["queued"])
+                stages["prefill"].append(p["first_token"] - p["scheduled"])
+            if "send_start" in t and "first_token" in p:
+                stages["to transfer"].append(t["send_start"] - p["first_token"])
+            if "duration_s" in t:
+                stages["transfer"].append(t["duration_s"])
+            if "admitted" in d:
+                stages["decode admit"].append(d["admitted"] - max(d["queued"], d["kv_received"]))
+        for name, v in stages.items():
+            print(f"  {name:<14} ms {pct(v)}")
         if tr:
             kb = [t["bytes"] / 1e3 for t in tr]
             dur = [t["duration_s"] for t in tr]

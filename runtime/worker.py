@@ -165,7 +165,8 @@ class Worker:
         elif kind == "kv":
             shape = tuple(h["shape"])
             kv = torch.frombuffer(payload, dtype=getattr(torch, h["dtype"])).view(shape) if payload else None
-            self.transfers[rid] = {"bytes": len(payload), "send_start": h["send_start"], "received": h["_recv_t"],
+            self.transfers[rid] = {"bytes": len(payload), "ready": h.get("ready"), "send_start": h["send_start"],
+                                   "received": h["_recv_t"],
                                    "duration_s": h["_recv_t"] - h["send_start"], "from": h.get("worker", "")}
             self.received[rid] = (h, kv, h["_recv_t"])
             self.start_decode(rid)
@@ -225,7 +226,7 @@ class Worker:
         for rid, kv in r.kv.items():
             port = self.decode_port.pop(rid, None)
             if port is not None:
-                self.outbox.put((port, {"type": "kv", "rid": rid, "worker": self.cfg.worker_id,
+                self.outbox.put((port, {"type": "kv", "rid": rid, "worker": self.cfg.worker_id, "ready": time.time(),
                                         "shape": list(kv.shape), "dtype": str(kv.dtype).removeprefix("torch.")}, kv))
         if self.steps is not None:
             b = r.batch
