@@ -6,7 +6,7 @@ from __future__ import annotations
 
 def blocks_for(tokens, block_tokens: int):
     """Blocks that hold ``tokens`` tokens (scalar or array)."""
-    return -(-tokens // block_tokens)
+    return (tokens + (block_tokens - 1)) // block_tokens
 
 
 class BlockManager:
