@@ -61,7 +61,7 @@ def test_servable_drops_requests_longer_than_the_models_context_and_renumbers():
 
 
 def test_pace_scale_is_above_the_p95_slowdown():
-    assert pace_scale_for({"median": 2.0, "p95": 4.1}) == 5.25
+    assert pace_scale_for({"median": 2.0, "p95": 4.1}) == 6.25
     assert pace_scale_for({"median": 0.9, "p95": 1.0}) == 1.5
 
 
