@@ -127,7 +127,8 @@ def serve(dep: Deployment | None, opts: ServeOptions) -> None:
     """Run until interrupted. Workers first (each ready), then the HTTP frontend on ``opts.host:opts.port``."""
     import uvicorn
 
-    from runtime.frontend import Frontend, FrontendConfig, build_app
+    from runtime.api import build_app
+    from runtime.frontend import Frontend, FrontendConfig
     from runtime.tokenizer import load_tokenizer
 
     dep = dep or default_deployment()

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from runtime.frontend import FRAME, BadRequest, Frontend, FrontendConfig, GenRequest, parse
+from runtime.api import BadRequest, parse
+from runtime.frontend import FRAME, Frontend, FrontendConfig, GenRequest
 from runtime.router import WorkerHandle
 from runtime.tokenizer import ByteTokenizer
 
