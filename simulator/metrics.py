@@ -131,7 +131,8 @@ class SimResult:
             good = ttft_ok & tpot_ok & (m["outcome"] != "failed").to_numpy()
             attainment = float(good.mean())
             with np.errstate(invalid="ignore"):  # failed requests count as an infinite TTFT (inf - inf is nan)
-                p_ttft = np.nan_to_num(np.percentile(m["ttft_s"].fillna(np.inf), slo.percentile), nan=np.inf) * 1e3
+                p_ttft = float(np.percentile(m["ttft_s"].fillna(np.inf), slo.percentile)) * 1e3
+            p_ttft = np.inf if np.isnan(p_ttft) else p_ttft
             finite_tpot = m["tpot_s"].dropna()
             p_tpot = np.percentile(finite_tpot, slo.percentile) * 1e3 if len(finite_tpot) else 0.0
             s["slo"] = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms, "percentile": slo.percentile,

@@ -121,7 +121,9 @@ class Worker:
         while True:
             dec, pf, chunks = self.schedule()
             if not len(dec) and not pf:
-                if len(self.running) > 1:  # every running sequence is stuck on blocks the others hold
+                # every running sequence is stuck on blocks that others hold (running ones, or ready ones waiting
+                # for a seat): free the latest one's, or nothing would ever move
+                if len(self.running) > 1 or (len(self.running) and self.ready):
                     self.preempt(int(self.running[-1]))
                     continue
                 if self.ready and len(self.running) < self.max_seqs:  # a preemption left room for a ready one

@@ -376,3 +376,16 @@ def test_real_trace_slice_through_the_bench_deployment():
     # least_loaded spreads the decodes over both replicas (ties go to the lowest index, so at this light
     # load the fourth prefill replica may stay idle)
     assert set(df["decode_worker"][df["osl"] > 1]) == {4, 5} and set(df["prefill_worker"]) <= {0, 1, 2, 3}
+
+
+def test_decode_worker_frees_a_stuck_sequence_for_the_ready_ones_holding_the_kv():
+    # max_seqs 1: the one running sequence (re-prefilling after a preemption) needs a block that the ready
+    # requests hold while they wait for the seat; it must yield the seat rather than wait forever
+    dep = parse_deployment({"model": "llama-3.1-8b", "gpu": "l40s", "gpu_memory_utilization": 0.42,
+                            "prefill": {"max_batch_tokens": 512, "max_seqs": 1, "chunked_prefill": False},
+                            "decode": {"max_batch_tokens": 512, "max_seqs": 1}, "kv_link": {"bandwidth_gb_s": 1.0}})
+    arrival = [0.135, 0.322, 0.338, 0.358, 0.389, 0.392, 0.486, 0.572, 0.688]
+    isl = [1533, 2738, 1820, 2439, 1911, 2912, 226, 1948, 2552]
+    osl = [194, 114, 285, 241, 158, 195, 115, 294, 219]
+    df = simulate(dep, Workload(make_requests(arrival, isl, osl))).requests
+    assert (df["outcome"] == "ok").all() and df["preemptions"].sum() > 0
