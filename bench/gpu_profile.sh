@@ -5,6 +5,8 @@
 #   is verified against whole-model passes of the runtime's model.
 #
 #   bash bench/gpu_profile.sh [OUT]            # on the GPU machine; OUT defaults to profiles/h200-sxm
+#   bash bench/gpu_profile.sh "$OUT/h200-sxm"  # through the device tool: profile.csv and profile.json come
+#                                              # back under files_at/h200-sxm; commit them as profiles/h200-sxm/
 #   DEVICE=cpu CONFIGS="tiny:1" DTYPES=fp32 QUICK=1 bash bench/gpu_profile.sh /tmp/p   # the same logic on a CPU
 #
 # Needs python3 with torch, numpy, pandas, scipy and typer (the GPU image has them); no install: it runs
