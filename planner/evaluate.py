@@ -116,7 +116,8 @@ class Evaluator:
     perf_db: str | None = None  # `--perf-db`: AIConfigurator's tables for every simulation
 
     # ---- one simulation --------------------------------------------------------------------------
-    def run(self, dep: Deployment, workload: Workload) -> tuple[Probe, object]:
+    def run(self, dep: Deployment, workload: Workload, rate: float | None = None) -> tuple[Probe, object]:
+        """Simulate; ``rate`` is the Poisson rate the workload was drawn at (else its realised rate)."""
         t0 = time.perf_counter()
         cms = None
         if self.efficiency is not None or self.perf_db is not None:
@@ -125,8 +126,9 @@ class Evaluator:
             cms = cost_models(dep, self.efficiency, self.perf_db)
         result = simulate(dep, workload, seed=self.seed, profile=self.profile, slo=self.slo, cost_models=cms)
         summary = result.summary(self.slo)
-        rate = workload.rate if not workload.closed_loop else summary.get("throughput_tok_s", 0.0) / max(
-            float(workload.requests["osl"].mean()), 1.0)
+        if rate is None:
+            rate = workload.rate if not workload.closed_loop else (summary.get("throughput_tok_s") or 0.0) / max(
+                float(workload.requests["osl"].mean()), 1.0)
         return Probe(float(rate), len(workload), bool(summary["slo_met"]), summary, time.perf_counter() - t0), result
 
     def requests_for(self, rate: float, est: Estimate | None) -> int:
@@ -148,8 +150,8 @@ class Evaluator:
         return synthetic_workload(requests=requests, isl=self.isl, osl=self.osl, rate=rate, concurrency=concurrency,
                                   seed=self.seed, warmup_requests=warm)
 
-    def probe_rate(self, dep: Deployment, rate: float, est: Estimate | None) -> Probe:
-        return self.run(dep, self.workload(rate=rate, requests=self.requests_for(rate, est)))[0]
+    def probe_rate(self, dep: Deployment, rate: float, requests: int) -> Probe:
+        return self.run(dep, self.workload(rate=rate, requests=requests), rate=rate)[0]
 
     # ---- goodput ---------------------------------------------------------------------------------
     def goodput(self, unit: Deployment, est: Estimate) -> Evaluation:
@@ -160,13 +162,14 @@ class Evaluator:
         probes: list[Probe] = []
         seen = self.calibration.get(unit.topology, [])
         ratio = float(np.median(seen)) if seen else 1.0
-        step = 1.25 if len(seen) >= 2 else 1.6
+        step = 1.15 if len(seen) >= 2 else 1.6
         r = est.goodput_rps * ratio if est.goodput_rps > 0 else 0.5 / max(
             self.screen.osl * self.slo.tpot_ms * 1e-3, 1e-3)
+        n = self.requests_for(r, est)  # one arrival pattern, stretched: every probe sees the same requests
         lo: Probe | None = None
         hi: Probe | None = None
         while len(probes) < self.max_probes:
-            p = self.probe_rate(unit, r, est)
+            p = self.probe_rate(unit, r, n)
             probes.append(p)
             if p.met:
                 lo = p if lo is None or p.rate_rps > lo.rate_rps else lo
@@ -200,7 +203,7 @@ class Evaluator:
         if self.load.trace is not None:
             return self.run(unit, self.workload(copies=copies))[0]
         rate = self.load.rate / copies
-        return self.probe_rate(unit, rate, est)
+        return self.probe_rate(unit, rate, self.requests_for(rate, est))
 
     def fewest_copies(self, unit: Deployment, est: Estimate) -> Evaluation:
         """The fewest copies of the unit, within the GPU budget, whose share of the load meets both targets."""

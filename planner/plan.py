@@ -287,7 +287,7 @@ def _run_whole(ev: Evaluator, dep: Deployment, rate: float, e2e_s: float) -> tup
                                                                                   8 * load.concurrency)))
     r = load.rate if load.rate is not None else rate
     n = int(np.clip(r * CONFIRM_E2E * e2e_s, 3 * ev.min_requests, 4 * ev.max_requests))
-    return ev.run(dep, ev.workload(rate=r, requests=n))
+    return ev.run(dep, ev.workload(rate=r, requests=n), rate=r)
 
 
 def _e2e_s(row: dict) -> float:
