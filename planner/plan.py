@@ -183,26 +183,21 @@ def build(req: PlanRequest, profile=None) -> tuple[Space, Screen, Evaluator]:
         isl_mean = float(load.trace.requests["isl"].mean())
         osl_mean = float(load.trace.requests["osl"].mean())
         need = int(load.trace.requests["isl"].max() + load.trace.requests["osl"].max())
-        isl, osl = req.isl, req.osl
     else:
         isl_mean, osl_mean, need = float(req.isl), float(req.osl), req.isl + req.osl
-        isl, osl = req.isl, req.osl
     if need > model.max_context:
         raise InputError(f"isl + osl = {need} tokens exceeds {model.name}'s context of {model.max_context}")
-    space = Space(model, gpu, req.model, req.gpu, req.gpus, req.dtype, min_kv_tokens=need)
+    space = Space(model, gpu, req.model, req.gpu, req.gpus, req.dtype, min_kv_tokens=need, topologies=req.topologies)
     eff = calibrated_efficiency(req, space)
     screen = Screen(space, isl_mean, osl_mean, req.ttft_ms * 1e-3, req.tpot_ms * 1e-3, req.percentile, profile,
                     efficiency=eff, perf_db=req.perf_db)
-    evaluator = Evaluator(space, screen, slo_of(req), isl, osl, load, req.seed, profile, efficiency=eff,
+    evaluator = Evaluator(space, screen, slo_of(req), req.isl, req.osl, load, req.seed, profile, efficiency=eff,
                           perf_db=req.perf_db)
     return space, screen, evaluator
 
 
 def make_search(req: PlanRequest, profile=None) -> Search:
     space, screen, evaluator = build(req, profile)
-    space = Space(**{f.name: getattr(space, f.name) for f in fields(Space)} | {"topologies": req.topologies})
-    screen.space = space
-    evaluator.space = space
     return Search(space, screen, evaluator, req.objective, req.trials, req.seed)
 
 
@@ -225,10 +220,10 @@ def load_profile(path: str | None):
 
 
 # ---- choosing and confirming ----------------------------------------------------------------------
-def ranked(rows: list[dict], objective: str, space: Space, load: Load, tie: float = 0.05) -> list[dict]:
+def ranked(rows: list[dict], objective: str, space: Space, load: Load, tie: float = TIE) -> list[dict]:
     """Feasible units best first. min-gpus: fewest GPUs, then score. Otherwise by score, where scores within
-    ``tie`` of the best (the bisection's resolution) count as equal and the one whose deployment serves the
-    most in total (fills more of the budget) goes first."""
+    ``tie`` of the best count as equal and the one whose deployment serves the most in total (fills more of
+    the budget) goes first."""
     feasible = [r for r in rows if r["feasible"]]
     if objective == "min-gpus":
         return sorted(feasible, key=lambda r: (r["copies"] * _unit(r).gpus, -r["score"], r["key"]))
@@ -345,7 +340,7 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
                   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
                   if "constraint" in t.user_attrs]
     sims = sum(r["sims"] for r in rows)
-    best = ranked(rows, req.objective, space, ev.load, TIE)
+    best = ranked(rows, req.objective, space, ev.load)
     plan_ = Plan(req, rows, _dedupe(infeasible), None, None, [], study=study.study_name)
     if not best:
         plan_.closest = [{"key": r["key"], "description": _unit(r).describe(), "misses": r["constraint"],
