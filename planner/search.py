@@ -9,6 +9,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import zip_longest
 
 import optuna
 
@@ -113,11 +114,12 @@ class Search:
         return not hopeless and (best <= 0 or self.screen_score(est, unit) >= SCREEN_KEEP * best)
 
     def seeds(self) -> list[Deployment]:
-        out = []
+        """The screen's best units of each topology, interleaved by rank (best agg, best disagg, ...)."""
+        per_topology = []
         for t in self.space.topologies:
             ranked = sorted((x for x in self.table if x[0].topology == t), key=lambda x: -self.screen_score(x[1], x[0]))
-            out += [u for u, _ in ranked[:SEEDED_PER_TOPOLOGY]]
-        return out
+            per_topology.append([u for u, _ in ranked[:SEEDED_PER_TOPOLOGY]])
+        return [u for rank in zip_longest(*per_topology) for u in rank if u is not None]
 
     # ---- the study --------------------------------------------------------------------------------
     def study(self, storage: str | None, name: str, sampler_seed: int | None = None) -> optuna.Study:

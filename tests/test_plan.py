@@ -206,3 +206,25 @@ def test_same_seed_same_plan(small_plan, tmp_path):
 
 def test_load_helper_describes_itself():
     assert "goodput" in Load().describe() and "3 req/s" in Load(rate=3).describe()
+
+
+def test_pareto_front_keeps_only_undominated_units():
+    from planner.plan import pareto_front
+
+    def row(key, per_gpu, per_user, feasible=True):
+        return {"key": key, "feasible": feasible, "score": per_gpu, "unit": {"topology": "agg"},
+                "summary": {"tok_s_per_user": per_user}}
+
+    rows = [row("a", 100, 10), row("b", 80, 20), row("c", 70, 15), row("d", 60, 30), row("e", 200, 50, False)]
+    assert [f["key"] for f in pareto_front(rows)] == ["a", "b", "d"]  # c is beaten by b; e misses the targets
+
+
+def test_two_objectives_run_nsga2(tmp_path):
+    assert run_app(app, ["plan", *SMALL[:-3], "--trials", "3", "--quiet", "--objective", "pareto", "--out",
+                         str(tmp_path)]) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["request"]["objective"] == "pareto" and plan["recommendation"]["met"]
+    front = plan["pareto"]
+    for f in front:
+        assert not any(g["tok_s_per_gpu"] > f["tok_s_per_gpu"] and g["tok_s_per_user"] > f["tok_s_per_user"]
+                       for g in front)
