@@ -3,7 +3,8 @@
 The blocks are the runtime's own (``runtime.model``: ``apply_rope``, ``attend_prefill``,
 ``attend_decode``, ``RMSNorm``, the fused QKV and gate/up projections), timed one by one so that
 their sum is what a whole forward pass costs. Random weights: timings do not depend on values.
-On CUDA each run is timed with events and a synchronise; on the CPU with ``perf_counter_ns``.
+On CUDA each run is timed with events and a synchronise; on the CPU with ``perf_counter_ns`` (or the
+thread's CPU time), each run after a sweep through as much memory as a forward pass moves (``Sweep``).
 """
 
 from __future__ import annotations
@@ -100,9 +101,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_op(fn: Callable[[], object], device: str, grid: Grid) -> Timing:
-    """Warm up, then run ``fn`` up to ``grid.repeats`` times (fewer past ``grid.budget_s``); median, p10, p90."""
+def time_op(fn: Callable[[], object], device: str, grid: Grid, before: Callable[[], object] | None = None) -> Timing:
+    """Warm up, then run ``fn`` up to ``grid.repeats`` times (fewer past ``grid.budget_s``); median, p10, p90.
+    ``before`` runs, untimed, ahead of every run (what the op follows in a whole pass)."""
     for _ in range(grid.warmup):
+        if before is not None:
+            before()
         fn()
     sync(device)
     cuda = device.startswith("cuda")
@@ -117,6 +121,8 @@ def time_op(fn: Callable[[], object], device: str, grid: Grid) -> Timing:
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
+            if before is not None:
+                before()
             t0 = clock()
             fn()
             times.append((clock() - t0) / 1e9)
@@ -212,6 +218,22 @@ class Linear:
         scale = x.abs().amax().float().clamp(min=1e-12) / 448.0
         xq = (x / scale).to(torch.float8_e4m3fn)
         return torch._scaled_mm(xq, w.t(), scale_a=scale, scale_b=self.scale, out_dtype=torch.bfloat16)
+
+
+class Sweep:
+    """On a CPU, an op inside a whole pass runs right after others have churned the caches; timed in a tight
+    loop it finds them as it left them, and runs several times faster. Before each timed run, read through as
+    many bytes as a forward pass of the same tokens moves (capped at 4x the last-level cache)."""
+
+    def __init__(self, m: ModelSpec, dtype: str, device: str):
+        self.m, self.dtype, self.cpu = m, dtype, not device.startswith("cuda")
+        self.buf = torch.ones(rotate_bytes("cpu", forward_bytes(m, dtype, 1 << 20)) // 4) if self.cpu else None
+
+    def before(self, tokens: int) -> Callable[[], object] | None:
+        if not self.cpu:
+            return None
+        view = self.buf[: rotate_bytes("cpu", forward_bytes(self.m, self.dtype, tokens)) // 4]
+        return view.sum
 
 
 # ---- op builders: each returns a no-argument closure over preallocated tensors ----------------------
@@ -511,12 +533,14 @@ def measure_all(model: ModelSpec, device: str, tp: int, dtype: str, quick: bool,
                 log: Callable[[str], None]) -> Profile:
     gen = torch.Generator(device=device).manual_seed(seed)  # tensors are made where they are timed
     m = shard(model, tp)
+    sweep = Sweep(m, dtype, device)
     started = time.perf_counter()
     rows: list[dict] = []
     with torch.inference_mode():
         for name, (in_dim, out_dim, make) in token_ops(m, dtype, device, gen, max(grid.tokens)).items():
             for t in grid.tokens:
-                rows.append(row(name, time_op(make(t), device, grid), tokens=t, in_dim=in_dim, out_dim=out_dim))
+                rows.append(row(name, time_op(make(t), device, grid, sweep.before(t)), tokens=t, in_dim=in_dim,
+                                out_dim=out_dim))
             log(f"{name}: {len(grid.tokens)} token counts")
         lm = Linear(m.hidden, m.vocab, "bf16" if dtype == "fp8" else dtype, device, gen,
                     forward_bytes(m, dtype, max(grid.tokens)))
@@ -524,18 +548,19 @@ def measure_all(model: ModelSpec, device: str, tp: int, dtype: str, quick: bool,
         for t in grid.tokens:
             x, n = torch.randn(t, m.hidden, generator=gen, device=device, dtype=act), lm.copies_for(
                 forward_bytes(m, dtype, t))
-            rows.append(row("lm_head", time_op(lambda x=x, n=n: lm(x, n).float(), device, grid), tokens=t,
-                            in_dim=m.hidden, out_dim=m.vocab))
+            timing = time_op(lambda x=x, n=n: lm(x, n).float(), device, grid, sweep.before(t))
+            rows.append(row("lm_head", timing, tokens=t, in_dim=m.hidden, out_dim=m.vocab))
         log("lm_head")
         make = attn_prefill_op(m, dtype, device, gen)
         for b in grid.prefill_batch:
             for s in grid.prefill_len:
-                rows.append(row("attn_prefill", time_op(make(b, s), device, grid), batch=b, seq_len=s))
+                rows.append(row("attn_prefill", time_op(make(b, s), device, grid, sweep.before(b * s)), batch=b,
+                                seq_len=s))
         log("attn_prefill")
         make = attn_decode_op(m, dtype, device, gen)
         for b in grid.decode_batch:
             for c in grid.decode_ctx:
-                rows.append(row("attn_decode", time_op(make(b, c), device, grid), batch=b, ctx_len=c))
+                rows.append(row("attn_decode", time_op(make(b, c), device, grid, sweep.before(b)), batch=b, ctx_len=c))
         log("attn_decode")
     ident = device_identity(device)
     rows += kv_copy_rows(device, grid, int(ident.get("free_bytes") or ident.get("memory_bytes") or 4 * GiB))

@@ -8,7 +8,18 @@ from hypothesis import strategies as st
 
 from profiler.costmodel import Batch
 from profiler.gpus import local_cpu
-from profiler.measure import Grid, KiB, Linear, forward_bytes, log2_grid, profile_model, shard, time_op
+from profiler.measure import (
+    Grid,
+    KiB,
+    Linear,
+    Sweep,
+    forward_bytes,
+    log2_grid,
+    profile_model,
+    rotate_bytes,
+    shard,
+    time_op,
+)
 from profiler.models import CATALOG, ModelSpec
 from profiler.profile import OPS, load_profile
 from profiler.profiled import ProfiledCostModel
@@ -111,10 +122,19 @@ def test_moe_models_time_their_experts():
     assert cm.decode_steps_s(1, 16, 1)[0] > 0
 
 
-def test_timing_takes_the_median_of_the_repeats():
-    calls = []
-    t = time_op(lambda: calls.append(1), "cpu", Grid((), (), (), (), (), (), warmup=2, repeats=7, budget_s=1.0))
-    assert len(calls) == 9 and t.repeats == 7 and t.p10_s <= t.median_s <= t.p90_s
+def test_timing_takes_the_median_of_the_repeats_each_after_the_untimed_before():
+    calls, befores = [], []
+    t = time_op(lambda: calls.append(1), "cpu", Grid((), (), (), (), (), (), warmup=2, repeats=7, budget_s=1.0),
+                before=lambda: befores.append(1))
+    assert len(calls) == len(befores) == 9 and t.repeats == 7 and t.p10_s <= t.median_s <= t.p90_s
+
+
+def test_on_a_cpu_each_op_runs_after_a_sweep_as_large_as_a_forward_pass_moves():
+    sweep = Sweep(TINY, "fp32", "cpu")
+    small, big = sweep.before(1), sweep.before(4096)
+    assert small.__self__.numel() * 4 == rotate_bytes("cpu", forward_bytes(TINY, "fp32", 1))
+    assert big.__self__.numel() >= small.__self__.numel()
+    assert Sweep(TINY, "fp32", "cuda").before(1) is None  # a GPU op's time does not depend on the host caches
 
 
 def test_gemms_cycle_through_as_many_weights_as_a_whole_pass_moves_between_two_uses():
