@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from simulator.kv import kv_summary
+
 PERCENTILES = (50, 90, 99)
 
 
@@ -121,6 +123,7 @@ class SimResult:
             "tok_s_per_gpu": _num(throughput / self.gpus),
             "tok_s_per_user": _num(1.0 / np.nanmean(tpot)) if np.isfinite(tpot).any() else None,
             "utilization": {k: _num(v) for k, v in self.utilization.items()},
+            **kv_summary(self.extra.get("kv"), df["measured"].to_numpy()),
             "slo": None,
             "slo_attainment": None,
             "slo_met": None,

@@ -21,6 +21,7 @@ from profiler.memory import require_fit
 from profiler.models import resolve_model
 from simulator.block_manager import blocks_for
 from simulator.deployment import Deployment
+from simulator.kv import attach_kv
 from simulator.link import KVLink
 from simulator.metrics import SLO, ITLSamples, SimResult
 from simulator.router import Router
@@ -80,6 +81,7 @@ class Simulation:
         self.routers = {name: Router(dep.router) for name in self.pools}
         self.entry = "workers" if dep.topology == "agg" else "prefill"
         self.workers = [w for ws in self.pools.values() for w in ws]
+        self.kvm = attach_kv(self, workload, model.kv_bytes_per_token(kv_dtype))  # prefix caches, kv_aware
         self.fail_reason = self._fail_reasons(model.max_context, capacity, B)
         if dep.topology == "disagg":
             self.links = {w.wid: KVLink(self.env, dep.kv_link.bandwidth_bytes_s, dep.kv_link.latency_s)
@@ -163,7 +165,10 @@ class Simulation:
     def start_transfer(self, r: int) -> None:
         S = self.seqs
         S.transfer_start_s[r] = self.env.now
-        self.links[int(S.prefill_worker[r])].send(float(self.kv_bytes[r]), lambda: self._transfer_done(r))
+        kv_bytes = float(self.kv_bytes[r])
+        if self.kvm is not None:  # only the prompt blocks the decode worker lacks move
+            kv_bytes *= 1.0 - self.kvm.decode_hit_tokens[r] / S.isl[r]
+        self.links[int(S.prefill_worker[r])].send(kv_bytes, lambda: self._transfer_done(r))
 
     def _transfer_done(self, r: int) -> None:
         S, now = self.seqs, self.env.now
@@ -216,4 +221,5 @@ class Simulation:
         return SimResult(requests=df, workers=workers, itl=self.itl.arrays(), gpus=self.dep.gpus, utilization=util,
                          iterations=sum(w.iterations for w in self.workers), end_s=end,
                          deployment=f"{self.dep.model} on {self.dep.gpu} {self.dep.dtype}: {self.dep.describe()}",
+                         extra={"kv": None if self.kvm is None else self.kvm.result()},
                          slo=slo)

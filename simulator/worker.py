@@ -57,6 +57,7 @@ class Worker:
         self.cost = cost
         self.B = block_tokens
         self.kv = BlockManager(kv_blocks, block_tokens)
+        self.cache = None  # PrefixCache (simulator/kv.py), set when requests carry hash chains
         self.fast_forward = fast_forward
         self.waiting: deque[int] = deque()  # to prefill (new, or preempted: recompute)
         self.ready: deque[int] = deque()  # decode role: KV arrived, blocks held, to join the batch
@@ -100,13 +101,15 @@ class Worker:
             if need > kv.free:
                 break
             self.reserving.popleft()
+            if self.cache is not None and self.cache.match(r, tiers=False):  # prompt KV held here need not move
+                self.cache.acquire(r, transfer=True)
             kv.allocate(need)
             S.blocks[r] = need
             self.sim.start_transfer(r)
         if settled:  # hold the rest of the run again, or end it after the step in flight
             rest = run.growth(run.k) - run.hold
             if rest <= kv.free:
-                kv.allocate(rest)
+                kv.allocate(rest, evict=False)
                 run.hold += rest
             else:
                 self.notify()
@@ -210,6 +213,8 @@ class Worker:
         """Prompt tokens of ``r`` to compute now, with their blocks allocated; 0 if it must wait."""
         S, kv, B = self.S, self.kv, self.B
         comp, held = int(S.computed[r]), int(S.blocks[r])
+        hit = self.cache.match(r) if self.cache is not None and not held else 0  # prompt tokens cached here
+        comp += hit
         rest = int(S.target[r]) - comp
         if self.chunk_tokens is None:  # whole prompts only; an oversized one runs alone
             c = rest if rest <= budget or empty else 0
@@ -225,6 +230,9 @@ class Worker:
             if c <= 0:
                 return 0
             need = kv.free
+        if hit:
+            self.cache.acquire(r)
+            S.computed[r] = comp
         kv.allocate(need)
         S.blocks[r] = held + need
         return c
@@ -233,6 +241,8 @@ class Worker:
         """Recompute preemption: free ``r``'s KV, send it to the front of the queue."""
         S = self.S
         self.kv.deallocate(S.blocks[r])
+        if self.cache is not None:
+            self.cache.release(r, int(S.computed[r]))
         S.blocks[r] = 0
         S.computed[r] = 0
         S.target[r] = S.isl[r] + S.generated[r]
@@ -250,6 +260,8 @@ class Worker:
         last = cached + c >= S.target[pf_idx]
         batch = Batch(c, cached, S.computed[dec] + 1, int(last.sum()))
         dt = self.cost.iteration_s(batch)
+        if self.cache is not None:  # prefix KV recalled from a lower tier for this batch
+            dt += self.cache.take_recall_s()
         yield self.env.timeout(dt)
         self.busy_s += dt
         self.iterations += 1
@@ -305,7 +317,7 @@ class Worker:
                         hi = mid - 1
                 run.k = k = lo
             hold = run.growth(k)
-        kv.allocate(hold)
+        kv.allocate(hold, evict=False)  # cached blocks in the way go step by step (PrefixCache.trim)
         run.hold = hold
         steps = self.cost.decode_steps_s(n, int(comp.sum()) + n, k)
         run.cum = cum = np.cumsum(steps)
@@ -360,6 +372,9 @@ class Worker:
         fin = run[done]
         if len(fin):
             self.kv.deallocate(S.blocks[fin].sum())
+            if self.cache is not None:
+                for r in fin.tolist():
+                    self.cache.release(r, int(S.computed[r]))
             S.blocks[fin] = 0
             self.load -= len(fin)
             self.sim.finish(fin)
@@ -375,5 +390,7 @@ class Worker:
     def release_xfer(self, r: int) -> None:
         """Prefill role: ``r``'s KV has left; its blocks are free again."""
         self.kv.deallocate(self.S.xfer_blocks[r])
+        if self.cache is not None:
+            self.cache.release(r, int(self.S.isl[r]))
         self.S.xfer_blocks[r] = 0
         self.notify()
