@@ -142,9 +142,9 @@ def _field(path: Path, node: Any, key: str, dotted: str) -> str:
 
 
 def _number(value: Any, where: str, *, kind: type = float, positive: bool = True, upto: float | None = None) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == math.inf:
         raise InputError(f"must be a number, got {value!r}", where=where)
-    if kind is int and float(value) != int(value):
+    if kind is int and isinstance(value, float) and not value.is_integer():
         raise InputError(f"must be a whole number, got {value!r}", where=where)
     if positive and not value > 0:
         raise InputError(f"must be positive, got {value!r}", where=where)

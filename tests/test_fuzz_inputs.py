@@ -357,6 +357,10 @@ CHECK_CASES = [
      ":1: deployment.workers", "mapping"),
     ("deployment-unknown-model", CHECK_OK.replace("llama-3.1-8b", "gpt-17"), ":1: deployment.model", "gpt-17"),
     ("seed-string", "seed: abc\n" + CHECK_OK, ":1: seed", ""),
+    ("requests-inf", CHECK_OK.replace("requests: 10", "requests: .inf"), ":2: workload.requests", "must be a number"),
+    ("requests-huge", CHECK_OK.replace("requests: 10", "requests: 100000000000000000000"), ":",
+     "from 1 to 100,000,000"),
+    ("rate-inf", CHECK_OK.replace("rate: 1", "rate: .inf"), ":2: workload.rate", "must be a number"),
     ("bad-yaml", "deployment: {model: llama-3.1-8b\n", ":", "YAML"),
     ("binary", "\x00\x01\x02", ":", ""),
 ]
@@ -370,6 +374,28 @@ def test_malformed_check_file_is_an_error_result_naming_file_line_and_field(tmp_
     assert code == 2 and "Traceback" not in out + err, (out, err)
     where = [line.strip() for line in out.splitlines() if line.strip().startswith(str(path))]
     assert len(where) == 1 and where[0].startswith(f"{path}{field}") and fault in where[0], out
+
+
+JUNK = st.sampled_from([None, True, "ten", [], {}, 2.5, -1, 0, float("nan"), float("inf"), "uniform:1,0", "x:y"])
+
+
+@FUZZ
+@given(workload=st.fixed_dictionaries(
+    {"requests": st.integers(-3, 30) | JUNK, "isl": st.integers(-3, 3000) | JUNK | st.just("uniform:10,900"),
+     "osl": st.integers(-3, 300) | JUNK | st.just("lognormal:50,0.5")},
+    optional={"rate": st.floats(-1, 50) | JUNK, "concurrency": st.integers(-1, 8) | JUNK,
+              "cv": st.floats(-1, 4) | JUNK, "arrival": st.sampled_from(["poisson", "gamma", "constant", "weird"]),
+              "warmup_requests": st.integers(-2, 5) | JUNK}),
+       slo=st.dictionaries(st.sampled_from(["ttft_ms", "tpot_ms", "percentile", "attainment"]),
+                           st.floats(-5, 500) | JUNK | st.sampled_from([50, 90, 99]), max_size=4))
+def test_any_check_file_values_pass_fail_or_error_naming_the_file(tmp_path, capsys, workload, slo):
+    path = tmp_path / "fuzz.check.yaml"
+    doc = {"deployment": {"model": "llama-3.1-8b", "workers": {"replicas": 1}}, "workload": workload, "slo": slo}
+    path.write_text(yaml.safe_dump(doc))
+    code, out, err = cli(capsys, "check", path)
+    assert code in (0, 1, 2) and "Traceback" not in out + err, (code, out, err)
+    if code == 2:
+        assert f"{path}:" in out, out
 
 
 # ---- CLI flags with bad values -----------------------------------------------------------------------------------
@@ -394,7 +420,8 @@ def flag_cases():
         ("sim-isl-zero", [*sim, "--rate", "1", "--isl", "0", "--osl", "4"], ">= 1"),
         ("sim-osl-negative", [*sim, "--rate", "1", "--isl", "8", "--osl", "-4"], ">= 1"),
         ("sim-isl-float", [*sim, "--rate", "1", "--isl", "1e30", "--osl", "4"], "'--isl'"),
-        ("sim-requests-zero", [*synth[:-6], "--requests", "0", *synth[-6:]], ">= 1"),
+        ("sim-requests-zero", [*synth[:-6], "--requests", "0", *synth[-6:]], "requests must be a whole number"),
+        ("sim-requests-huge", [*synth[:-6], "--requests", "100000000000", *synth[-6:]], "from 1 to 100,000,000"),
         ("sim-concurrency-zero", [*sim, "--concurrency", "0", "--isl", "8", "--osl", "4"], ">= 1"),
         ("sim-two-workloads", [*synth, "--concurrency", "2"], "exactly one of"),
         ("sim-no-workload", [*sim], "exactly one of"),

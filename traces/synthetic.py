@@ -9,6 +9,8 @@ from traces.arrivals import arrival_times
 from traces.lengths import length_dist
 from traces.workload import Workload, make_requests
 
+MAX_REQUESTS = 10**8  # every request is a row held in memory; the largest real trace (Azure week) has 27 M
+
 
 def synthetic_workload(*, requests: int, isl, osl, rate: float | None = None, concurrency: int | None = None,
                        arrival: str = "poisson", cv: float = 1.0, seed: int = 0, warmup_requests: int = 0) -> Workload:
@@ -20,8 +22,8 @@ def synthetic_workload(*, requests: int, isl, osl, rate: float | None = None, co
     """
     if (rate is None) == (concurrency is None):
         raise InputError("give exactly one of rate (open loop, req/s) or concurrency (closed loop, clients)")
-    if not isinstance(requests, int | np.integer) or requests < 1:
-        raise InputError(f"requests must be a whole number >= 1, got {requests!r}")
+    if not isinstance(requests, int | np.integer) or not 1 <= requests <= MAX_REQUESTS:
+        raise InputError(f"requests must be a whole number from 1 to {MAX_REQUESTS:,}, got {requests!r}")
     if concurrency is not None and (not isinstance(concurrency, int | np.integer) or concurrency < 1):
         raise InputError(f"concurrency must be a whole number of clients >= 1, got {concurrency!r}")
     if not 0 <= warmup_requests < requests:
