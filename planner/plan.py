@@ -326,7 +326,7 @@ def plan(req: PlanRequest, storage: str | None = None, study_name: str | None = 
     t0 = time.perf_counter()
     search, study = open_study(req, storage, study_name)
     if progress is not None:
-        search.on_evaluation = lambda _ev: progress(min(search.simulated(study), req.trials), req.trials)
+        search.on_progress = lambda n: progress(min(n, req.trials), req.trials)
     search.run(study)
     return finish(req, search, study, t0)
 

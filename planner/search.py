@@ -84,7 +84,7 @@ class Search:
     seed: int = 0
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     table: list[tuple[Deployment, Estimate]] = field(default_factory=list)
-    on_evaluation: Callable[[Evaluation], None] | None = None
+    on_progress: Callable[[int], None] | None = None  # called with the study's simulated units as they grow
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -197,8 +197,6 @@ class Search:
             attrs["worker_pid"] = os.getpid()
             for k, val in attrs.items():
                 trial.set_user_attr(k, val)
-            if self.on_evaluation:
-                self.on_evaluation(ev)
             return v
 
         return run_trial
@@ -212,6 +210,8 @@ class Search:
         def stop(st: optuna.Study, _trial) -> None:
             known = self.known(st)
             n = len(known)
+            if n > seen[0] and self.on_progress:
+                self.on_progress(n)
             idle[0] = 0 if n > seen[0] else idle[0] + 1
             seen[0] = n
             mine = len(self.evaluations)
