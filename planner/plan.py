@@ -316,8 +316,16 @@ def open_study(req: PlanRequest, storage: str | None = None, study_name: str | N
     `pdsim plan-worker` processes can join it."""
     search = make_search(req, load_profile(req.profile))
     study = search.study(storage, study_name or req.study_name())
-    if storage is not None and "request" not in study.user_attrs:
-        study.set_user_attr("request", req.to_dict())
+    if storage is not None:
+        stored = study.user_attrs.get("request")
+        if stored is None:
+            study.set_user_attr("request", req.to_dict())
+        elif PlanRequest.from_dict(stored).study_name() != req.study_name():
+            now = req.to_dict()
+            diff = ", ".join(f"{k} {v!r} (now {now[k]!r})" for k, v in PlanRequest.from_dict(stored).to_dict().items()
+                             if k != "trials" and v != now[k])
+            raise InputError(f"study {study.study_name!r} holds another question: {diff}; use another --study name "
+                             "or the same flags", where=f"--storage {storage}")
     return search, study
 
 

@@ -83,3 +83,12 @@ def test_worker_without_study_says_so(tmp_path, capsys):
                          "--wait", "0.5"])
     err = capsys.readouterr().err
     assert code == 2 and "no study 'absent'" in err
+
+
+def test_a_study_refuses_another_question(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'q.db'}"
+    open_study(PlanRequest(**ARGS), storage, "mine")
+    code = run_app(app, ["plan", *CLI, "--tpot", "30", "--storage", storage, "--study", "mine", "--out",
+                         str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds another question" in err
