@@ -148,6 +148,10 @@ def simulate_cmd(
                                            "this deployment's model and GPU."),
     perf_db: str | None = typer.Option(None, "--perf-db", help="aiconfigurator[:BACKEND]: costs from "
                                        "AIConfigurator's measured operation tables (pip install 'pdsim\\[aic]')."),
+    router: str | None = typer.Option(None, "--router", help="round_robin | least_loaded | kv_aware (default: the "
+                                      "deployment's)."),
+    kv_event_delay: float | None = typer.Option(None, "--kv-event-delay", help="Seconds KV events take to reach "
+                                                "the kv_aware router (default: the deployment's)."),
 ) -> None:
     """Simulate a deployment serving a trace or a synthetic load; print the summary (and write its JSON)."""
     import json
@@ -163,6 +167,10 @@ def simulate_cmd(
     if ttft is not None and not (ttft > 0 and tpot > 0 and 0 < percentile <= 100):
         fail(f"--ttft/--tpot must be > 0 ms and --percentile in (0, 100]; got {ttft:g}, {tpot:g}, {percentile:g}")
     dep = load_deployment(deployment)
+    if router is not None or kv_event_delay is not None:
+        from simulator.kv import with_router
+
+        dep = with_router(dep, router, kv_event_delay)
     if trace is not None:
         from traces import load_trace
         from traces.transforms import head

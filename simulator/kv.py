@@ -87,6 +87,29 @@ def _router_weights(v: Any, where: str) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def with_router(dep: Deployment, router: str | None = None, kv_event_delay_s: float | None = None,
+                weights: tuple[float, float] | None = None) -> Deployment:
+    """``dep`` with another router, KV-event delay or kv_aware weights (the command line's overrides)."""
+    from dataclasses import replace
+
+    from simulator.deployment import ROUTERS
+
+    changes: dict[str, Any] = {}
+    if router is not None:
+        if router not in ROUTERS:
+            raise InputError(f"must be one of {', '.join(ROUTERS)}, got {router!r}", where="--router")
+        changes["router"] = router
+    if kv_event_delay_s is not None:
+        if not kv_event_delay_s >= 0 or not math.isfinite(kv_event_delay_s):
+            raise InputError(f"must be a number of seconds >= 0, got {kv_event_delay_s!r}", where="--kv-event-delay")
+        changes["kv_event_delay_s"] = float(kv_event_delay_s)
+    if weights is not None:
+        extra = {**dep.extra, "router_weights": {"overlap": weights[0], "load": weights[1]}}
+        _router_weights(extra["router_weights"], "router_weights")
+        changes["extra"] = extra
+    return replace(dep, **changes)
+
+
 def request_keys(hash_ids, isl: np.ndarray, hash_block_tokens: int) -> list[list[int]]:
     """Each request's cacheable chain: the hashes of its full hash blocks (a partial last block is not reused)."""
     full = isl // hash_block_tokens

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from simulator.faults import ops_summary
 from simulator.kv import kv_summary
 
 PERCENTILES = (50, 90, 99)
@@ -124,6 +125,7 @@ class SimResult:
             "tok_s_per_user": _num(1.0 / np.nanmean(tpot)) if np.isfinite(tpot).any() else None,
             "utilization": {k: _num(v) for k, v in self.utilization.items()},
             **kv_summary(self.extra.get("kv"), df["measured"].to_numpy()),
+            **ops_summary(self),
             "slo": None,
             "slo_attainment": None,
             "slo_met": None,
@@ -166,6 +168,12 @@ def summary_table(summary: dict) -> str:
     if summary.get("utilization"):
         lines.append("utilization " + "  ".join(f"{k} {f(v * 100 if v is not None else None, '.0f')}%"
                                                 for k, v in summary["utilization"].items()))
+    if summary.get("kv"):
+        kv = summary["kv"]
+        tiers = "".join(f"  {name} {t['hits']} hits, {t['recalled_bytes'] / 1e9:.1f} GB recalled"
+                        for name, t in kv["tiers"].items())
+        lines.append(f"prefix cache hit {summary['prefix_hit_rate'] * 100:.1f}% of prompt tokens  "
+                     f"saved {kv['prefill_tokens_saved']:,} prefill tokens  stale routes {kv['stale_routes']}{tiers}")
     if summary.get("slo"):
         slo = summary["slo"]
         lines.append(f"SLO p{slo['percentile']:g} TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms: "
