@@ -29,6 +29,18 @@ class KVLink:
         self.bytes_moved += kv_bytes
         self._reschedule()
 
+    def set_bandwidth(self, bandwidth_bytes_s: float) -> None:
+        """A degraded (or restored) link: transfers in flight go on at the new share."""
+        self._advance()
+        self.bandwidth_bytes_s = bandwidth_bytes_s
+        self._reschedule()
+
+    def clear(self) -> None:
+        """The sender died: every transfer in flight is dropped, none completes."""
+        self._advance()
+        self.active.clear()
+        self._reschedule()
+
     def _advance(self) -> None:
         now = self.env.now
         if self.active:

@@ -19,8 +19,10 @@ from profiler.factory import make_cost_model
 from profiler.gpus import resolve_gpu
 from profiler.memory import require_fit
 from profiler.models import resolve_model
+from profiler.prices import usd_per_gpu_hour
 from simulator.block_manager import blocks_for
 from simulator.deployment import Deployment
+from simulator.faults import annotate, attach_ops
 from simulator.kv import attach_kv
 from simulator.link import KVLink
 from simulator.metrics import SLO, ITLSamples, SimResult
@@ -38,7 +40,13 @@ def simulate(deployment: Deployment, workload: Workload, *, seed: int = 0, cost_
     sim = Simulation(deployment, workload, seed=seed, cost_models=cost_models, profile=profile,
                      fast_forward=fast_forward, closed_loop_stagger_s=closed_loop_stagger_s)
     sim.env.run()
-    return sim.result(slo)
+    result = sim.result(slo)
+    result.extra["usd_per_gpu_hour"] = usd_per_gpu_hour(deployment.gpu)  # $ per million tokens in the summary
+    if sim.ops is not None:  # faults and scaling (simulator/faults.py): outcomes, extra latency against no faults
+        annotate(sim, result, lambda d: simulate(d, workload, seed=seed, cost_models=cost_models, profile=profile,
+                                                  slo=slo, fast_forward=fast_forward,
+                                                  closed_loop_stagger_s=closed_loop_stagger_s))
+    return result
 
 
 class Simulation:
@@ -88,6 +96,8 @@ class Simulation:
                           for w in self.pools["prefill"]}
             ranks = min(dep.prefill.tp, dep.decode.tp)
             self.kv_bytes = isl * model.kv_bytes_per_token(kv_dtype) / ranks
+        self.serving = self.pools  # the replicas routers pick from; faults and scaling keep their own lists
+        self.ops = attach_ops(self)  # None without faults, scaling or autoscaling (simulator/faults.py)
         self.done = 0
         self.next_row = 0
         if workload.closed_loop:
@@ -147,7 +157,11 @@ class Simulation:
             S.outcome[r] = FAILED
             S.fail_reason[r] = self.fail_reason[r]
             return False
-        w = self.routers[self.entry].pick(self.pools[self.entry], r)
+        ws = self.serving[self.entry]
+        if not ws:  # every replica is down or draining
+            self.ops.no_worker(r, self.entry)
+            return True
+        w = self.routers[self.entry].pick(ws, r)
         w.load += 1
         S.prefill_worker[r] = w.wid
         if self.entry == "workers":
@@ -157,7 +171,11 @@ class Simulation:
 
     def handoff(self, r: int, prefill: Worker) -> None:
         """Disagg: ``r``'s prompt is prefilled; a decode worker reserves blocks, then the KV moves."""
-        w = self.routers["decode"].pick(self.pools["decode"], r)
+        ws = self.serving["decode"]
+        if not ws:
+            self.ops.no_worker(r, "decode")
+            return
+        w = self.routers["decode"].pick(ws, r)
         w.load += 1
         self.seqs.decode_worker[r] = w.wid
         w.reserve(r)
@@ -168,15 +186,19 @@ class Simulation:
         kv_bytes = float(self.kv_bytes[r])
         if self.kvm is not None:  # only the prompt blocks the decode worker lacks move
             kv_bytes *= 1.0 - self.kvm.decode_hit_tokens[r] / S.isl[r]
-        self.links[int(S.prefill_worker[r])].send(kv_bytes, lambda: self._transfer_done(r))
+        done = lambda: self._transfer_done(r)  # noqa: E731
+        if self.ops is not None:  # lost or slowed (faults.py)
+            kv_bytes, done = self.ops.transfer(r, kv_bytes, done)
+        self.links[int(S.prefill_worker[r])].send(kv_bytes, done)
 
     def _transfer_done(self, r: int) -> None:
         S, now = self.seqs, self.env.now
         self.workers[int(S.prefill_worker[r])].release_xfer(r)
         S.transfer_end_s[r] = now
-        S.first_token_s[r] = now
+        if np.isnan(S.first_token_s[r]):  # set already for a request re-prefilled after a fault
+            S.first_token_s[r] = now
         S.last_token_s[r] = now
-        S.computed[r] = S.target[r] = S.isl[r]  # generated is 1: the prefill worker's token
+        S.computed[r] = S.target[r]  # the prompt (plus tokens streamed before a fault); generated is 1 more
         self.workers[int(S.decode_worker[r])].add_ready(r)
 
     def finish(self, rs: np.ndarray) -> None:

@@ -92,7 +92,7 @@ class Worker:
         settled = False
         while self.reserving:
             r = self.reserving[0]
-            need = int(blocks_for(S.isl[r], self.B))
+            need = int(blocks_for(S.target[r], self.B))  # the prompt (and tokens streamed before a fault)
             if need > kv.free and run is not None and not settled:
                 # a decode run holds blocks for steps still to come: stepping would not have taken them yet
                 used = run.growth(run.steps_by(self.env.now))
