@@ -23,7 +23,7 @@ from profiler.costmodel import Batch, LinkSpec, transfer_s
 from profiler.errors import InputError
 from profiler.gpus import GPUSpec
 from profiler.models import ModelSpec
-from profiler.profile import Profile
+from profiler.profile import Profile, load_profile
 from profiler.roofline import RooflineCostModel, engine_efficiency
 
 RUNTIME_ENGINE = "pdsim-runtime"  # the engine whose model the profiler times (runtime/model.py)
@@ -103,8 +103,10 @@ class Surface:
 class ProfiledCostModel:
     """CostModel from a Profile's rows for (model, dtype, TP); the roofline only scales beyond the measured range."""
 
-    def __init__(self, profile: Profile, model: ModelSpec, gpu: GPUSpec, tp: int = 1, dtype: str = "bf16",
+    def __init__(self, profile: Profile | str, model: ModelSpec, gpu: GPUSpec, tp: int = 1, dtype: str = "bf16",
                  engine: str = "vllm", kv_dtype: str | None = None):
+        if not isinstance(profile, Profile):  # a directory or a bundled profile's name
+            profile = load_profile(profile)
         self.profile, self.model, self.gpu, self.tp, self.dtype, self.engine = profile, model, gpu, tp, dtype, engine
         rows = profile.rows(model.name, dtype, tp)
         self.roof = RooflineCostModel(model, gpu, tp, dtype, kv_dtype)

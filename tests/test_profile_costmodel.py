@@ -57,9 +57,13 @@ def cm() -> ProfiledCostModel:
                              engine="pdsim-runtime")
 
 
-def test_it_is_a_cost_model_made_by_the_factory():
+def test_it_is_a_cost_model_made_by_the_factory(tmp_path):
     cm = make_cost_model(TINY, local_cpu(), 1, "fp32", profile=synthetic_profile())
     assert isinstance(cm, ProfiledCostModel) and isinstance(cm, CostModel)
+    synthetic_profile().save(tmp_path)
+    by_path = make_cost_model(TINY, local_cpu(), 1, "fp32", profile=str(tmp_path))
+    b = Batch.of(decode_ctx=[100] * 3)
+    assert by_path.iteration_s(b) == pytest.approx(cm.iteration_s(b), rel=1e-9)
 
 
 @pytest.mark.parametrize("op", ["qkv", "down", "lm_head", "rmsnorm"])
