@@ -20,7 +20,7 @@ import pandas as pd
 
 from profiler.errors import InputError
 from profiler.gpus import GPUSpec, resolve_gpu
-from profiler.memory import RESERVE_BYTES, activation_bytes, memory_fit
+from profiler.memory import RESERVE_BYTES, activation_bytes, memory_fit, weight_bytes_per_gpu
 from profiler.models import CATALOG, canonical_model_name
 from simulator.deployment import Deployment, KVLinkSpec, PoolSpec
 
@@ -51,7 +51,7 @@ def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: 
     e = ENGINES.get(engine, EngineDefaults())
     if not e.of_free_memory:
         return e.memory_fraction
-    used = model.param_bytes(dtype) / tp + activation_bytes(model, tp, max_batch_tokens) + RESERVE_BYTES
+    used = weight_bytes_per_gpu(model, dtype, tp) + activation_bytes(model, tp, max_batch_tokens) + RESERVE_BYTES
     free = max(gpu.hbm_bytes - used, 0.0)
     return min((used + e.memory_fraction * free) / gpu.hbm_bytes, 0.98)
 
