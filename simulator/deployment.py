@@ -257,6 +257,10 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
             raise InputError(f"must be a number >= 0, got {v!r}", where=f"{where}.kv_event_delay_s")
         kw["kv_event_delay_s"] = float(v)
     kw["extra"] = {k: data[k] for k in EXTRA_SECTIONS if k in data}
+    if "faults" in data or "retry" in data:  # checked here too, so that their errors name this file
+        from simulator.faults import fault_plan
+
+        fault_plan(kw["extra"], where)
     from simulator.kv import check_kv_sections  # prefix_cache, router_weights, kv_tiers (issue 8)
 
     check_kv_sections(kw["extra"], where)
