@@ -152,6 +152,12 @@ def simulate_cmd(
                                       "deployment's)."),
     kv_event_delay: float | None = typer.Option(None, "--kv-event-delay", help="Seconds KV events take to reach "
                                                 "the kv_aware router (default: the deployment's)."),
+    system_prompts: int = typer.Option(0, "--system-prompts", help="Synthetic: this many shared system prompts "
+                                       "(with --system-tokens), one starts each request."),
+    system_tokens: int = typer.Option(0, "--system-tokens", help="Synthetic: tokens of each system prompt."),
+    sessions: int = typer.Option(0, "--sessions", help="Synthetic: multi-turn sessions the requests are dealt to."),
+    reuse: float = typer.Option(0.0, "--reuse", help="Synthetic, with --sessions: share of each prompt repeated "
+                                "from the session's previous turn."),
 ) -> None:
     """Simulate a deployment serving a trace or a synthetic load; print the summary (and write its JSON)."""
     import json
@@ -186,7 +192,9 @@ def simulate_cmd(
         if isl is None or osl is None:
             fail("--rate/--concurrency need --isl and --osl (tokens per request)")
         workload = synthetic_workload(requests=1000 if requests is None else requests, isl=isl, osl=osl, rate=rate,
-                                      concurrency=concurrency, seed=seed, warmup_requests=warmup)
+                                      concurrency=concurrency, seed=seed, warmup_requests=warmup,
+                                      system_prompts=system_prompts, system_tokens=system_tokens, sessions=sessions,
+                                      reuse=reuse)
     prof = None
     if profile is not None:
         from profiler.profile import load_profile

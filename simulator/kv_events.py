@@ -84,6 +84,9 @@ def kv_aware(router: Router, workers: Sequence, r: int) -> int:
     isl = int(w0.S.isl[r])
     ow, lw = router.weights
     best, best_key, promised = 0, None, 0
+    if kvm is not None:
+        for w in workers:  # evictions a fast-forwarded decode run still owes happen now, as stepping would
+            w.cache.trim()
     for i, w in enumerate(workers):
         m, tokens = kvm.usable(r, kvm.view.overlap(w.wid, kvm.keys[r])) if kvm is not None else (0, 0)
         key = (ow * int(blocks_for(isl - tokens, w.B)) + lw * load_blocks(w), w.load, i)

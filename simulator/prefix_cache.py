@@ -11,7 +11,7 @@ take them), and the cache keeps ``idle_blocks <= free blocks`` by evicting the l
 decode run holds for steps it has not reached count as free, so the cache evicts what stepping would have.
 An entry a sequence holds is *busy* (ref counted) and part of that sequence's blocks. Two running sequences
 that share a busy entry both count its blocks (conservative: memory is never under-counted). A prompt's
-entries become cached when its sequence lets go of them (finished, handed off, preempted), not while it runs.
+entries are cached (busy) once its prefill ends, and idle when its sequence lets go of them.
 """
 
 from __future__ import annotations
@@ -84,6 +84,21 @@ class PrefixCache:
         self.held[r] = m
         if recalled:
             self.kvm.stored(self.wid, recalled)
+
+    def computed(self, rs) -> None:
+        """``rs`` finished their prompts: the entries they computed are cached (busy, held by them) from now on,
+        up to the first one another sequence already put here (this copy is a duplicate)."""
+        kvm, busy, idle = self.kvm, self.busy, self.idle
+        for r in rs.tolist():
+            keys = kvm.keys[r]
+            held = i = self.held.get(r, 0)
+            done = kvm.entries_within(r, int(kvm.sim.seqs.computed[r]))
+            while i < done and keys[i] not in busy and keys[i] not in idle:
+                busy[keys[i]] = 1
+                i += 1
+            if i > held:
+                self.held[r] = i
+                kvm.stored(self.wid, keys[held:i])
 
     # ---- giving back ---------------------------------------------------------------------------
     def release(self, r: int, computed: int) -> None:

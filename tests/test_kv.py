@@ -141,7 +141,7 @@ def test_kv_aware_routing_beats_round_robin_on_conversations():
     wl = conversations()
     rr = simulate(deployment(replicas=4, router="round_robin"), wl).summary()
     kv = simulate(deployment(replicas=4, router="kv_aware"), wl).summary()
-    assert kv["prefix_hit_rate"] > rr["prefix_hit_rate"] + 0.2
+    assert kv["prefix_hit_rate"] > rr["prefix_hit_rate"] + 0.1
     assert kv["ttft_ms"]["p90"] < rr["ttft_ms"]["p90"]
     assert kv["kv"]["stale_routes"] == 0  # events arrive at once: the view is exact
 

@@ -13,12 +13,15 @@ MAX_REQUESTS = 10**8  # every request is a row held in memory; the largest real 
 
 
 def synthetic_workload(*, requests: int, isl, osl, rate: float | None = None, concurrency: int | None = None,
-                       arrival: str = "poisson", cv: float = 1.0, seed: int = 0, warmup_requests: int = 0) -> Workload:
+                       arrival: str = "poisson", cv: float = 1.0, seed: int = 0, warmup_requests: int = 0,
+                       system_prompts: int = 0, system_tokens: int = 0, sessions: int = 0,
+                       reuse: float = 0.0) -> Workload:
     """`requests` requests with lengths `isl`/`osl` (int, LengthDist, spec string or length file).
 
     Exactly one of `rate` (open loop, req/s, `arrival` process) or `concurrency` (closed loop: N clients,
     arrival_s NaN, each client sends its next request when its last one finishes). When isl and osl name
-    the same file, whole rows are resampled so prompt and output lengths stay paired.
+    the same file, whole rows are resampled so prompt and output lengths stay paired. ``system_prompts`` /
+    ``system_tokens`` / ``sessions`` / ``reuse``: shared prompt prefixes (traces/prefixes.py).
     """
     if (rate is None) == (concurrency is None):
         raise InputError("give exactly one of rate (open loop, req/s) or concurrency (closed loop, clients)")
@@ -42,5 +45,11 @@ def synthetic_workload(*, requests: int, isl, osl, rate: float | None = None, co
     else:
         arrival_s, how = np.full(requests, np.nan), f"closed loop, {concurrency} clients"
     source = f"synthetic: {requests} requests, {how}, isl {isl_dist}, osl {osl_dist}"
-    return Workload(make_requests(arrival_s, isl_tokens, osl_tokens), source=source, concurrency=concurrency,
-                    warmup_requests=warmup_requests, format="synthetic")
+    w = Workload(make_requests(arrival_s, isl_tokens, osl_tokens), source=source, concurrency=concurrency,
+                 warmup_requests=warmup_requests, format="synthetic")
+    if system_prompts or system_tokens or sessions or reuse:
+        from traces.prefixes import add_prefixes
+
+        w = add_prefixes(w, system_prompts=system_prompts, system_tokens=system_tokens, sessions=sessions,
+                         reuse=reuse, seed=seed)
+    return w
