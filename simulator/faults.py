@@ -294,6 +294,11 @@ class Faults:
         w.proc.defused = True  # the Interrupt ends its loop; nobody waits on the process
         w.proc.interrupt(why)
         w.proc = None
+        run = w.run
+        if run is not None:  # a fast-forwarded decode run: the steps that ended before the death count
+            j = min(int(np.searchsorted(run.cum, self.env.now - run.t0, side="right")), run.k)
+            if j:
+                w.advance_run(run, j)
         ws = sim.serving[w.pool_name]
         if w in ws:
             ws.remove(w)
@@ -381,6 +386,8 @@ class Faults:
         self.retries[r] += 1
         self.reason[r] = why
         if not handoff:  # recompute from scratch: the prompt and what was already streamed
+            if np.isnan(S.first_token_s[r]):  # a prefill worker's token that never reached the user
+                S.generated[r] = 0
             S.computed[r] = 0
             S.blocks[r] = 0
             S.target[r] = S.isl[r] + S.generated[r]
@@ -414,8 +421,10 @@ class Faults:
     # ---- KV transfers ----------------------------------------------------------------------------
     def transfer(self, r: int, kv_bytes: float, done):
         """Decide this transfer's fate (seeded); returns the bytes to move and what to do when they have."""
-        p = self.plan
+        p, S = self.plan, self.sim.seqs
         a = self.attempt[r]
+        if S.target[r] != S.isl[r]:  # re-prefilled after a fault: the streamed tokens' KV moves too
+            kv_bytes *= S.target[r] / S.isl[r]
         lost = p.kv_loss_prob > 0 and self.rng.random() < p.kv_loss_prob
         if p.kv_slow_prob > 0 and self.rng.random() < p.kv_slow_prob:
             kv_bytes *= p.slow_factor

@@ -36,6 +36,8 @@ class DecodeRun:
     k: int  # steps it runs
     hold: int = 0  # blocks held beyond ``held`` for steps 2..k
     cum: np.ndarray | None = None  # end of each step, seconds after t0
+    steps: np.ndarray | None = None  # each step's seconds
+    dec: np.ndarray | None = None  # the sequences it decodes
 
     def growth(self, steps: int) -> int:
         """Blocks beyond ``held`` that ``steps`` steps use."""
@@ -321,6 +323,7 @@ class Worker:
         run.hold = hold
         steps = self.cost.decode_steps_s(n, int(comp.sum()) + n, k)
         run.cum = cum = np.cumsum(steps)
+        run.steps, run.dec = steps, dec
         t0 = run.t0
         if k == 1:
             yield env.timeout(cum[0])
@@ -341,8 +344,16 @@ class Worker:
         blocks = blocks_for(comp + j, B)
         kv.deallocate(run.hold - int((blocks - run.held).sum()))
         S.blocks[dec] = blocks
-        S.computed[dec] = comp + j
-        S.generated[dec] = gen + j
+        self.advance_run(run, j)
+        return j == k_done  # a sequence has finished
+
+    def advance_run(self, run: DecodeRun, j: int) -> None:
+        """The first ``j`` steps of ``run`` are done: tokens, counters, ITL samples (a worker death cuts a run
+        here too, faults.py)."""
+        S, dec, cum, steps, t0 = self.S, run.dec, run.cum, run.steps, run.t0
+        n = len(dec)
+        S.computed[dec] = run.comp + j
+        S.generated[dec] += j
         self.busy_s += float(cum[j - 1])
         self.iterations += j
         last = S.last_token_s[dec]
@@ -357,7 +368,6 @@ class Worker:
             if j > 1:
                 self.sim.itl.add(t0 + cum[1:j], steps[1:j], n)
         S.last_token_s[dec] = t0 + cum[j - 1]
-        return j == k_done  # a sequence has finished
 
     def retire(self) -> None:
         """Finished sequences leave (and free their KV); a prefill worker hands finished prompts on."""
