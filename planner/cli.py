@@ -158,6 +158,14 @@ def simulate_cmd(
     sessions: int = typer.Option(0, "--sessions", help="Synthetic: multi-turn sessions the requests are dealt to."),
     reuse: float = typer.Option(0.0, "--reuse", help="Synthetic, with --sessions: share of each prompt repeated "
                                 "from the session's previous turn."),
+    fault: list[str] = typer.Option(None, "--fault", help="A fault or scaling event (repeatable), e.g. "
+                                    "'prefill[0] dies at 120s, back after 30s' (simulator/faults.py)."),
+    autoscale: str | None = typer.Option(None, "--autoscale", help="rate | trend | load: scale the pools in the "
+                                         "loop to the --ttft/--tpot targets (simulator/autoscale.py)."),
+    prices: str | None = typer.Option(None, "--prices", help="YAML/JSON GPU name -> $/hour (default: the catalog's "
+                                      "list prices)."),
+    trace_requests: str | None = typer.Option(None, "--trace-requests", help="Print the timeline of these "
+                                              "requests, e.g. 3,17,40-42."),
 ) -> None:
     """Simulate a deployment serving a trace or a synthetic load; print the summary (and write its JSON)."""
     import json
@@ -177,6 +185,10 @@ def simulate_cmd(
         from simulator.kv import with_router
 
         dep = with_router(dep, router, kv_event_delay)
+    if fault or autoscale is not None:
+        from simulator.faults import with_ops
+
+        dep = with_ops(dep, fault, autoscale, ttft, tpot)
     if trace is not None:
         from traces import load_trace
         from traces.transforms import head
@@ -206,8 +218,21 @@ def simulate_cmd(
         from planner.calibrate import pool_cost_models
 
         cms = pool_cost_models(dep, calibration, perf_db)
-    summary = simulate(dep, workload, seed=seed, profile=prof, slo=slo, cost_models=cms).summary()
+    result = simulate(dep, workload, seed=seed, profile=prof, slo=slo, cost_models=cms)
+    if prices is not None:
+        from profiler.prices import load_prices, usd_per_gpu_hour
+
+        result.extra["usd_per_gpu_hour"] = usd_per_gpu_hour(dep.gpu, load_prices(prices))
+    summary = result.summary()
     typer.echo(summary_table(summary))
+    from simulator.faults import ops_table
+
+    typer.echo(ops_table(summary))
+    if trace_requests is not None:
+        from simulator.timeline import parse_ids, request_timeline
+
+        for r in parse_ids(trace_requests, len(workload)):
+            typer.echo(request_timeline(result, r, dep.router, dep.topology == "disagg"))
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         typer.echo(f"wrote {json_out}")

@@ -266,6 +266,7 @@ class Faults:
         self.incidents: list[dict] = []
         self.wasted_gpu_s = 0.0
         self.epoch: dict[int, int] = {}  # worker -> deaths so far (a restart after a later death is void)
+        self.log: list[tuple[int, float, str]] = []  # (request, time_s, what happened): --trace-requests
         for d in plan.deaths:
             w = self._worker(d.worker, "dies")
             self.env.timeout(d.at_s).callbacks.append(lambda _ev, w=w, d=d: self.kill(w, d.back_after_s))
@@ -393,16 +394,24 @@ class Faults:
             S.target[r] = S.isl[r] + S.generated[r]
         if pol.policy == "fail" or self.retries[r] > pol.max_retries:
             self.fail(r, why if pol.policy == "fail" else f"{why}; gave up after {pol.max_retries} retries")
+            self.log.append((r, self.env.now, f"failed: {S.fail_reason[r]}"))
             return
         a = self.attempt[r]
         delay = pol.backoff_s * 2.0 ** (self.retries[r] - 1)
+        self.log.append((r, self.env.now, f"{why}: retry {self.retries[r]} of {pol.max_retries} in {delay:g}s, "
+                                          + ("to another decode worker" if handoff else
+                                             f"re-prefilling {S.target[r]} tokens")))
         self.env.timeout(delay).callbacks.append(lambda _ev: self.attempt[r] == a and self._resend(r, handoff))
 
     def _resend(self, r: int, handoff: bool) -> None:
+        S, a = self.sim.seqs, self.attempt[r]
         if handoff:
             self.sim.handoff(r, None)
         else:
             self.sim._send(r)
+        if self.attempt[r] == a:  # not refused again (no live replica)
+            w = S.decode_worker[r] if handoff else S.prefill_worker[r]
+            self.log.append((r, self.env.now, f"sent again to {'decode' if handoff else 'entry'} worker {w}"))
 
     def no_worker(self, r: int, pool: str) -> None:
         """Every replica of ``pool`` is down (or draining): the request is refused, and retried."""
@@ -430,6 +439,7 @@ class Faults:
             kv_bytes *= p.slow_factor
         if lost:
             self.lost[r] = int(self.sim.seqs.decode_worker[r])
+            self.log.append((r, self.env.now, f"KV transfer to decode worker {self.lost[r]} starts, and is lost"))
             self.env.timeout(p.retry.kv_timeout_s).callbacks.append(lambda _ev: self._timeout(r, a))
 
         def arrived() -> None:
@@ -502,7 +512,8 @@ def annotate(sim: Simulation, result, baseline) -> None:
     df["retries"] = ops.retries
     df["fault"] = ops.reason
     df.loc[(df["outcome"] == "ok") & (ops.retries > 0), "outcome"] = "retried_ok"
-    rec: dict = {"incidents": ops.incidents, "wasted_gpu_s": ops.wasted_gpu_s, "retries": int(ops.retries.sum()),
+    rec: dict = {"log": ops.log, "incidents": ops.incidents, "wasted_gpu_s": ops.wasted_gpu_s,
+                 "retries": int(ops.retries.sum()),
                  "scaling": sim.scaler.actions, "gpu_hours": sim.scaler.gpu_hours(result.end_s)}
     if ops.autoscaler is not None:
         rec["autoscale"] = ops.autoscaler.record()
@@ -561,3 +572,50 @@ def ops_summary(result) -> dict:
         if "autoscale" in ops:
             s["autoscale"] = ops["autoscale"]
     return s
+
+
+def with_ops(dep, faults: list[str] | None, autoscale: str | None, ttft_ms: float | None, tpot_ms: float | None):
+    """``dep`` with `pdsim simulate`'s ``--fault`` sentences added to its faults and ``--autoscale POLICY`` (the
+    SLO from ``--ttft/--tpot`` unless the deployment's ``autoscale:`` section gives it); checked here."""
+    from dataclasses import replace
+
+    from simulator.autoscale import parse_autoscale
+
+    extra = dict(dep.extra)
+    if faults:
+        extra["faults"] = [*(extra.get("faults") or []), *faults]
+    if autoscale is not None:
+        auto = dict(extra.get("autoscale") or {})
+        auto["policy"] = autoscale
+        for key, v in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)):
+            if v is not None:
+                auto[key] = v
+        extra["autoscale"] = auto
+    fault_plan(extra, where="--fault")
+    if "autoscale" in extra:
+        parse_autoscale(extra["autoscale"], where="--autoscale")
+    return replace(dep, extra=extra)
+
+
+def ops_table(summary: dict) -> str:
+    """Outcomes, cost and (with faults or scaling) their record, as terminal lines."""
+    o, c = summary["outcomes"], summary["cost"]
+    avail = summary["availability"]
+    lines = [f"outcomes ok {o['ok']}  retried_ok {o['retried_ok']}  failed {o['failed']}  availability "
+             f"{'-' if avail is None else f'{avail * 100:.2f}%'}"]
+    if c["usd_per_gpu_hour"] is not None:
+        per_m = c["usd_per_million_tokens"]
+        lines.append(f"cost ${c['usd_per_gpu_hour']:g}/GPU-hour x {c['gpu_hours']:.3f} GPU-hours = ${c['usd']:.2f}"
+                     f"  ->  {'-' if per_m is None else f'${per_m:.3f}'} per million output tokens")
+    f = summary.get("faults")
+    if f:
+        ex = f["extra_latency_ms"]
+        lines.append(f"faults {f['incidents']} incidents, {f['requests_hit']} requests hit, {f['retries']} retries, "
+                     f"{f['wasted_gpu_s']:.2f} GPU-s of prefill thrown away"
+                     + (f", extra E2E p50 {ex['p50']:.1f} ms p99 {ex['p99']:.1f} ms" if ex else ""))
+        for why, k in f["fail_reasons"].items():
+            lines.append(f"  failed x{k}: {why}")
+    sc = summary.get("scaling")
+    if sc and sc["actions"]:
+        lines.append(f"scaling {sc['actions']} actions, {sc['gpu_hours']:.3f} GPU-hours")
+    return "\n".join(lines)

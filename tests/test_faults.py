@@ -198,3 +198,23 @@ def test_fault_sentences_and_mappings_parse_alike_and_bad_ones_say_what_is_wrong
         fault_plan({"retry": {"policy": "pray"}})
     with pytest.raises(InputError, match=r"decode\[5\] dies, but the deployment has"):
         simulate(dep(DISAGG, ["decode[5] dies at 1s"]), load(n=5))
+
+
+def test_cli_faults_cost_and_request_timelines(tmp_path, capsys):
+    from planner.cli import app, run_app
+
+    d = tmp_path / "d.yaml"
+    d.write_text(dep(DISAGG).to_yaml())
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("h200-sxm: 2.0\n")
+    args = ["simulate", "--deployment", str(d), "--rate", "20", "--isl", "1000", "--osl", "20", "--requests", "40",
+            "--fault", "kv transfers lost with p=0.5", "--prices", str(prices), "--trace-requests", "0-1",
+            "--json", str(tmp_path / "s.json")]
+    assert run_app(app, args) == 0
+    out = capsys.readouterr().out
+    assert "retried_ok" in out and "$2/GPU-hour" in out
+    assert "request 0 (outcome" in out and "request 1 (outcome" in out and "first token (TTFT" in out
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["outcomes"]["retried_ok"] >= 1 and s["cost"]["usd_per_gpu_hour"] == 2.0
+    assert run_app(app, [*args[:11], "--fault", "prefill[0] explodes"]) == 2
+    assert "cannot read 'prefill[0] explodes'" in capsys.readouterr().err
