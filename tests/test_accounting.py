@@ -1,5 +1,5 @@
-"""Simulator accounting as a property: whatever the workload and deployment, every request ends exactly once,
-tokens add up, timestamps are ordered and every KV block comes back.
+"""Simulator accounting as a property: whatever the workload, deployment and injected faults, every request ends
+exactly once, tokens add up, timestamps are ordered and every KV block comes back.
 
 Small random workloads on a KV cache squeezed (L40S at 42 % memory: ~13k tokens per 8B replica) so that
 preemption, KV-boundary stalls and never-fitting requests all happen.
@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from simulator.deployment import parse_deployment
+from simulator.faults import annotate
 from simulator.metrics import SLO
-from simulator.sim import Simulation
+from simulator.sim import Simulation, simulate
 from traces.workload import Workload, make_requests
 
 EPS_S = 1e-9
@@ -32,8 +32,7 @@ def deployments(draw):
     if draw(st.booleans()):
         d["workers"] = draw(POOL)
     else:
-        # a decode pool admits every request it holds KV for (max_seqs > requests): see the xfail below
-        d["prefill"], d["decode"] = draw(POOL), {**draw(POOL), "max_seqs": 64}
+        d["prefill"], d["decode"] = draw(POOL), draw(POOL)
         d["kv_link"] = {"bandwidth_gb_s": draw(st.sampled_from([1.0, 50.0])), "latency_us": 10}
     return parse_deployment(d)
 
@@ -53,10 +52,37 @@ def workloads(draw):
     return Workload(make_requests(arrival, isl, osl))
 
 
+@st.composite
+def faults(draw, dep):
+    """A few faults that name replicas the deployment has: deaths (some for good), drains, scale-ups, and in
+    disagg lost, slowed and degraded KV transfers; a retry policy that sometimes gives up at once."""
+    replicas = [f"{name}[{i}]" for name, pool in dep.pools.items() for i in range(pool.replicas)]
+    at = st.sampled_from([0.0, 0.3, 1.0, 4.0])
+    kinds = [st.builds("{} dies at {}s".format, st.sampled_from(replicas), at),
+             st.builds("{} dies at {}s, back after {}s".format, st.sampled_from(replicas), at,
+                       st.sampled_from([0.5, 3])),
+             st.builds("{} drains at {}s".format, st.sampled_from(replicas), at),
+             st.builds("{} adds 1 at {}s, start-up {}s".format, st.sampled_from(list(dep.pools)), at,
+                       st.sampled_from([0.5, 5]))]
+    if dep.topology == "disagg":
+        kinds += [st.builds("kv transfers lost with p={}".format, st.sampled_from([0.1, 0.5, 1.0])),
+                  st.builds("kv transfers slowed 4x with p={}".format, st.sampled_from([0.2, 1.0])),
+                  st.builds("link prefill[0] degrades to 10% at {}s for 2s".format, at)]
+    items = draw(st.lists(st.one_of(kinds), min_size=1, max_size=3))
+    retry = {"policy": draw(st.sampled_from(["retry", "retry", "retry", "fail"])),
+             "max_retries": draw(st.integers(0, 3)), "backoff_s": draw(st.sampled_from([0.0, 0.5])),
+             "kv_timeout_s": draw(st.sampled_from([0.5, 5.0]))}
+    return parse_deployment({**dep.to_dict(), "faults": items, "retry": retry})
+
+
 def run(dep, workload):
+    """simulate(), keeping the Simulation to look inside it afterwards."""
     sim = Simulation(dep, workload)
     sim.env.run()
-    return sim, sim.result(SLO(ttft_ms=500, tpot_ms=50))
+    result = sim.result(SLO(ttft_ms=500, tpot_ms=50))
+    if sim.ops is not None:
+        annotate(sim, result, lambda d: simulate(d, workload))
+    return sim, result
 
 
 # CI replays the same examples every run (derandomize); PDSIM_FUZZ_EXAMPLES=500 explores afresh by hand
@@ -98,6 +124,30 @@ def test_every_request_ends_once_and_tokens_add_up(dep, workload):
     assert (sim.seqs.blocks == 0).all() and (sim.seqs.xfer_blocks == 0).all()
 
 
+@settings(max_examples=int(os.environ.get("PDSIM_FUZZ_EXAMPLES", 30)), deadline=None,
+          derandomize="PDSIM_FUZZ_EXAMPLES" not in os.environ)
+@given(data=st.data(), workload=workloads())
+def test_with_faults_every_request_still_ends_once_and_no_kv_leaks(data, workload):
+    dep = data.draw(faults(data.draw(deployments())))
+    sim, result = run(dep, workload)
+    df, n = result.requests, len(workload)
+    done, failed = df["outcome"].isin(["ok", "retried_ok"]), df["outcome"] == "failed"
+    assert len(df) == n and (done | failed).all(), df["outcome"].value_counts()  # nothing pending or lost
+    event(f"outcomes: {', '.join(sorted(set(df['outcome'])))}")  # --hypothesis-show-statistics: faults bite
+    event(f"a fault hit {'some' if (df['fault'] != '').any() else 'no'} request")
+    s = result.summary()
+    assert s["completed"] + s["failed"] == n and sum(s["outcomes"].values()) == n
+    assert (df.loc[failed, "fail_reason"] != "").all()
+    # a finished request streamed all its tokens, once: retries recompute, they do not emit again
+    assert (sim.seqs.generated[done.to_numpy()] == df.loc[done, "osl"]).all()
+    assert (df.loc[done & (df["retries"] == 0), "outcome"] == "ok").all()
+    # every live worker is idle and has all its KV blocks back
+    for w in sim.workers:
+        if w.proc is not None:
+            assert (w.kv.free, len(w.running)) == (w.kv.total, 0), (w.wid, w.pool_name)
+    assert (sim.seqs.blocks == 0).all() and (sim.seqs.xfer_blocks == 0).all()
+
+
 def test_one_request_on_a_single_worker_is_served_and_counted():
     dep = parse_deployment({"model": "llama-3.1-8b", "gpu": "h200-sxm", "workers": {"replicas": 1}})
     _, result = run(dep, Workload(make_requests([0.0], [100], [1])))
@@ -106,10 +156,10 @@ def test_one_request_on_a_single_worker_is_served_and_counted():
     assert s["tpot_ms"]["p50"] is None and s["ttft_ms"]["p50"] > 0  # one output token: a TTFT, no TPOT
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="simulator deadlock, found by the property above: a "
-                   "disagg decode worker whose KV is full of transferred-but-not-admitted requests (max_seqs "
-                   "reached) cannot grow its one running sequence; nothing is preempted, 8 requests never finish")
 def test_a_decode_worker_full_of_waiting_kv_still_finishes_every_request():
+    """Found by the property above: a decode worker's KV full of transferred requests waiting for its one seat,
+    its running sequence short of a block; it deadlocked (8 requests never finished) until the worker learnt
+    to preempt that sequence."""
     dep = parse_deployment({"model": "llama-3.1-8b", "gpu": "l40s", "gpu_memory_utilization": 0.42,
                             "prefill": {"max_batch_tokens": 512, "max_seqs": 1, "chunked_prefill": False},
                             "decode": {"max_batch_tokens": 512, "max_seqs": 1}, "kv_link": {"bandwidth_gb_s": 1.0}})
