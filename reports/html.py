@@ -185,3 +185,37 @@ def pool_timeseries(workers, title: str = "", bins: int = 200) -> go.Figure:
     fig.update_layout(title=title, height=620, template="plotly_white", margin={"t": 60, "b": 40})
     fig.update_xaxes(title_text="time (s)", row=3, col=1)
     return fig
+
+
+def kv_timeseries(kv: dict, title: str = "", bins: int = 60) -> go.Figure:
+    """Prefix cache over time (``SimResult.extra['kv']``): the share of prompt tokens served from cache, overall
+    and per prefill worker, and each KV tier's offload and recall traffic (GB per bin)."""
+    import numpy as np  # noqa: PLC0415
+    from plotly.subplots import make_subplots  # noqa: PLC0415
+
+    req = kv["requests"].dropna(subset=["prefill_start_s"])
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=["prefix hit rate (share of prompt tokens from cache)", "KV tier traffic (GB)"])
+    traffic = kv["tier_traffic"]
+    end = max(float(req["prefill_start_s"].max()) if len(req) else 0.0,
+              float(traffic["time_s"].max()) if len(traffic) else 0.0) or 1.0
+    edges = np.linspace(0.0, end * (1 + 1e-9), bins + 1)
+    mid = (edges[:-1] + edges[1:]) / 2
+
+    def rate(d):
+        i = np.digitize(d["prefill_start_s"].to_numpy(), edges) - 1
+        hit = np.bincount(i, d["cached_tokens"].to_numpy(float), bins)
+        isl = np.bincount(i, d["isl"].to_numpy(float), bins)
+        return np.where(isl > 0, hit / np.maximum(isl, 1), np.nan)
+
+    fig.add_trace(go.Scatter(x=mid, y=rate(req), mode="lines+markers", name="all workers", line_color="#222"),
+                  row=1, col=1)
+    for w, d in req.groupby("prefill_worker"):
+        fig.add_trace(go.Scatter(x=mid, y=rate(d), mode="lines", name=f"worker {w}", opacity=0.5), row=1, col=1)
+    for (name, what), f in traffic.groupby(["tier", "what"], sort=False):
+        gb = np.bincount(np.digitize(f["time_s"].to_numpy(), edges) - 1, f["bytes"].to_numpy(float) / 1e9, bins)
+        fig.add_trace(go.Bar(x=mid, y=gb, name=f"{name} {what}"), row=2, col=1)
+    fig.update_layout(title=title, height=560, template="plotly_white", margin={"t": 60, "b": 40}, barmode="group")
+    fig.update_yaxes(range=[0, 1], row=1, col=1)
+    fig.update_xaxes(title_text="time (s)", row=2, col=1)
+    return fig

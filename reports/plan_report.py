@@ -12,6 +12,7 @@ from reports.html import (
     bullets,
     cdf,
     figure,
+    kv_timeseries,
     page,
     paragraph,
     pool_timeseries,
@@ -122,6 +123,9 @@ def write_plan_report(p, path: str | Path) -> Path:
         r = p.recommendation.result
         sections.append(section("Pools over time (recommended deployment)",
                                 figure(pool_timeseries(r.workers), "pools")))
+        if r.extra.get("kv") is not None:  # prefix caching acted (the requests carry hash chains)
+            sections.append(section("Prefix cache and KV tiers over time (recommended deployment)",
+                                    figure(kv_timeseries(r.extra["kv"]), "kv")))
         sections.append(section("Request waterfall (a sample of the recommended deployment's requests)",
                                 figure(waterfall(r.requests, seed=req.seed), "waterfall")))
     sections.append(section("Candidates (best first)", table(candidates_rows(p), formats={"req/s/unit": ".3g"}),

@@ -131,8 +131,6 @@ class KVManager:
         self.decode_hit_tokens = np.zeros(n, np.int64)  # disagg: prompt KV the decode side already held
         self.saved_tokens = 0  # prefill tokens not computed, every prefill (re-prefills after preemption too)
         self.stale_routes = 0
-        self.recalls: list[tuple[float, int, str, float]] = []  # (time_s, worker, tier, bytes)
-        self.offloads: list[tuple[float, int, str, float]] = []
         self.view = KVView(sim.env, settings.event_delay_s)
         shared: dict = {}
         self.tiers: dict[int, list] = {}
@@ -180,12 +178,17 @@ class KVManager:
         """What SimResult.extra['kv'] holds: per-request hits, tier traffic, counters."""
         S = self.sim.seqs
         tiers: dict[str, dict] = {}
-        for t in {id(t): t for ts in self.tiers.values() for t in ts}.values():  # the remote store once
-            row = tiers.setdefault(t.name, {"offloaded_bytes": 0.0, "recalled_bytes": 0.0, "hits": 0})
-            row["offloaded_bytes"] += t.offloaded_bytes
-            row["recalled_bytes"] += t.recalled_bytes
-            row["hits"] += t.hits
-        cols = ["time_s", "worker", "tier", "bytes"]
+        logs = []
+        for wid, ts in self.tiers.items():
+            for t in ts:
+                if t.name == "remote" and wid != min(self.tiers):
+                    continue  # the one shared store, counted once (as worker -1)
+                row = tiers.setdefault(t.name, {"offloaded_bytes": 0.0, "recalled_bytes": 0.0, "hits": 0})
+                row["offloaded_bytes"] += t.offloaded_bytes
+                row["recalled_bytes"] += t.recalled_bytes
+                row["hits"] += t.hits
+                logs += [(time_s, -1 if t.name == "remote" else wid, t.name, what, b) for time_s, what, b in t.log]
+        traffic = pd.DataFrame(logs, columns=["time_s", "worker", "tier", "what", "bytes"])
         return {
             "requests": pd.DataFrame({"cached_tokens": self.first_hit_tokens, "isl": S.isl,
                                       "prefill_worker": S.prefill_worker, "prefill_start_s": S.prefill_start_s,
@@ -193,8 +196,7 @@ class KVManager:
             "saved_tokens": int(self.saved_tokens),
             "stale_routes": int(self.stale_routes),
             "tiers": tiers,
-            "recalls": pd.DataFrame(self.recalls, columns=cols),
-            "offloads": pd.DataFrame(self.offloads, columns=cols),
+            "tier_traffic": traffic,  # one row per entry offloaded to or recalled from a tier
         }
 
 

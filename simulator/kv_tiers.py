@@ -85,9 +85,10 @@ class Tier:
         self.offloaded_bytes = 0.0
         self.recalled_bytes = 0.0
         self.hits = 0  # entries recalled from here
+        self.log: list[tuple[float, str, float]] = []  # (time_s, "offloaded" | "recalled", bytes)
 
-    def put(self, key: int, nbytes: float) -> None:
-        """Offload an entry here (or refresh it); what no longer fits moves down."""
+    def put(self, key: int, nbytes: float, now: float) -> None:
+        """Offload an entry here at ``now`` (or refresh it); what no longer fits moves down."""
         if key in self.entries:
             self.entries.move_to_end(key)
             return
@@ -96,17 +97,19 @@ class Tier:
         self.entries[key] = nbytes
         self.used_bytes += nbytes
         self.offloaded_bytes += nbytes
+        self.log.append((now, "offloaded", nbytes))
         while self.used_bytes > self.capacity_bytes:
             k, b = self.entries.popitem(last=False)
             self.used_bytes -= b
             if self.lower is not None:
-                self.lower.put(k, b)
+                self.lower.put(k, b, now)
 
-    def take(self, key: int) -> float:
-        """Recall an entry to HBM: the seconds it takes."""
+    def take(self, key: int, now: float) -> float:
+        """Recall an entry to HBM at ``now``: the seconds it takes."""
         nbytes = self.entries.pop(key)
         self.used_bytes -= nbytes
         self.recalled_bytes += nbytes
+        self.log.append((now, "recalled", nbytes))
         self.hits += 1
         return nbytes / self.bandwidth_bytes_s
 

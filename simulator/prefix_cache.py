@@ -67,7 +67,7 @@ class PrefixCache:
         rr, m, tokens = self._match
         assert rr == r, (rr, r)
         self.kvm.hit(r, tokens, transfer)
-        recalled = []
+        recalled, w = [], self.worker
         for k in self.kvm.keys[r][:m]:
             if k in self.busy:
                 self.busy[k] += 1
@@ -76,9 +76,7 @@ class PrefixCache:
                 self.idle_blocks -= self.idle.pop(k)
             else:  # on a lower tier: back to HBM, paid by the next iteration
                 tier = next(t for t in self.tiers if k in t.entries)
-                nbytes = tier.entries[k]
-                self.recall_s += tier.take(k)
-                self.kvm.recalls.append((self.kvm.sim.env.now, self.wid, tier.name, nbytes))
+                self.recall_s += tier.take(k, w.env.now)
                 recalled.append(k)
             self.busy[k] = 1
         self.held[r] = m
@@ -146,9 +144,7 @@ class PrefixCache:
             self.idle_blocks -= size
             removed.append(k)
             if self.tiers:
-                nbytes = size * self.bytes_per_block
-                self.tiers[0].put(k, nbytes)
-                self.kvm.offloads.append((self.kvm.sim.env.now, self.wid, self.tiers[0].name, nbytes))
+                self.tiers[0].put(k, size * self.bytes_per_block, w.env.now)
         self.kvm.removed(self.wid, removed)
 
     def take_recall_s(self) -> float:

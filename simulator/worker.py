@@ -274,6 +274,8 @@ class Worker:
         done_pf = pf_idx[last]
         unset = done_pf[np.isnan(S.prefill_end_s[done_pf])]
         S.prefill_end_s[unset] = now
+        if self.cache is not None and len(done_pf):  # their prompt blocks may be shared from now on
+            self.cache.computed(done_pf)
         self.emit(np.concatenate([dec, done_pf]), now)
 
     def emit(self, idx: np.ndarray, now: float) -> None:

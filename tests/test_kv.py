@@ -192,8 +192,8 @@ def test_a_host_tier_keeps_evicted_prefixes_and_recall_time_shows_in_ttft():
     assert host["hits"] > 0 and host["recalled_bytes"] == pytest.approx(host["hits"] * entry_bytes)
     assert host["offloaded_bytes"] >= host["recalled_bytes"]
     # the same hit, partly from host memory at 1 GB/s, costs its recall time in TTFT
-    recalls = tiered.extra["kv"]["recalls"]
-    first = recalls[recalls["time_s"].between(30, 39)]
+    traffic = tiered.extra["kv"]["tier_traffic"]
+    first = traffic[(traffic["what"] == "recalled") & traffic["time_s"].between(30, 39)]
     assert len(first) > 0
     ttft_tier, ttft_hbm = tiered.requests["ttft_s"].iloc[3], big.requests["ttft_s"].iloc[3]
     assert ttft_tier - ttft_hbm == pytest.approx(first["bytes"].sum() / 1e9, rel=1e-6)
@@ -222,3 +222,47 @@ def test_disagg_moves_only_the_blocks_the_decode_worker_lacks():
 def test_bad_kv_sections_name_their_field(extra, where):
     with pytest.raises(InputError, match=rf"deployment\.{where}: "):
         parse_deployment({"model": "llama-3.1-8b", **extra})
+
+
+def test_the_report_figure_shows_the_hit_rate_and_the_tier_traffic():
+    from reports.html import kv_timeseries
+
+    isl = np.full(5, 16 * H + 50)
+    pre = [list(range(100 * k, 100 * k + 16)) for k in range(3)]
+    wl = workload([0, 10, 20, 30, 40], isl, 2, chains([pre[0], pre[1], pre[2], pre[0], pre[1]], isl))
+    res = simulate(deployment(kv_tokens=20_000, kv_tiers={"host": {"capacity_gb": 64}}), wl)
+    s = res.summary()
+    fig = kv_timeseries(res.extra["kv"], bins=1)
+    overall = next(t for t in fig.data if t.name == "all workers")
+    assert overall.y[0] == pytest.approx(s["prefix_hit_rate"])
+    bars = {t.name: sum(t.y) for t in fig.data if t.type == "bar"}
+    assert bars["host offloaded"] * 1e9 == pytest.approx(s["kv"]["tiers"]["host"]["offloaded_bytes"])
+    assert bars["host recalled"] * 1e9 == pytest.approx(s["kv"]["tiers"]["host"]["recalled_bytes"])
+    assert bars["host recalled"] > 0
+
+
+def test_a_full_host_tier_spills_to_disk():
+    isl = np.full(5, 16 * H + 50)
+    pre = [list(range(100 * k, 100 * k + 16)) for k in range(3)]
+    wl = workload([0, 10, 20, 30, 40], isl, 2, chains([pre[0], pre[1], pre[2], pre[0], pre[1]], isl))
+    entry_gb = H * MODEL.kv_bytes_per_token("fp8") / 1e9
+    tiers = {"host": {"capacity_gb": 4 * entry_gb}, "disk": {"capacity_gb": 64}}
+    res = simulate(deployment(kv_tokens=20_000, kv_tiers=tiers), wl)
+    big = simulate(deployment(kv_tokens=200_000), wl)
+    t = res.summary()["kv"]["tiers"]
+    assert res.summary()["prefix_hit_rate"] == big.summary()["prefix_hit_rate"]
+    assert t["disk"]["hits"] > 0 and t["disk"]["offloaded_bytes"] > 0
+
+
+def test_the_remote_tier_is_shared_between_workers():
+    # Round robin over 2 workers, each HBM holds one prefix: P is computed on worker 0, pushed out by R, and
+    # found by worker 1 in the remote store.
+    isl = np.full(4, 16 * H + 50)
+    p, q, r = (list(range(100 * k, 100 * k + 16)) for k in range(3))
+    wl = workload([0, 10, 20, 30], isl, 2, chains([p, q, r, p], isl))
+    dep = deployment(replicas=2, kv_tokens=8_600)  # one prompt fits, no room left for another prefix
+    alone = simulate(dep, wl).extra["kv"]["requests"]
+    shared = simulate(replace(dep, extra={"kv_tiers": {"remote": {"capacity_gb": 100}}}), wl)
+    assert shared.requests["prefill_worker"].tolist() == [0, 1, 0, 1]
+    assert alone["cached_tokens"].iloc[3] < shared.extra["kv"]["requests"]["cached_tokens"].iloc[3] == 16 * H
+    assert shared.summary()["kv"]["tiers"]["remote"]["hits"] > 0
