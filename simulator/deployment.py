@@ -260,7 +260,12 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
     if "faults" in data or "retry" in data:  # checked here too, so that their errors name this file
         from simulator.faults import fault_plan
 
-        fault_plan(kw["extra"], where)
+        plan = fault_plan(kw["extra"], where)
+        have = {name: kw[name].replicas for name in ("workers", "prefill", "decode") if kw.get(name)}
+        for pool, i in [f.worker for f in plan.deaths + plan.drains] + [g.link for g in plan.degradations if g.link]:
+            if i >= have.get(pool, 0):
+                raise InputError(f"{pool}[{i}] is not a replica here (the deployment has "
+                                 f"{', '.join(f'{p}[0..{n - 1}]' for p, n in have.items())})", where=f"{where}.faults")
     from simulator.kv import check_kv_sections  # prefix_cache, router_weights, kv_tiers (issue 8)
 
     check_kv_sections(kw["extra"], where)
