@@ -350,6 +350,8 @@ class Faults:
         w.reserving.clear()
         w.running = np.empty(0, np.int64)
         w.kv.free = w.kv.total
+        if w.cache is not None:  # cached prefixes die with the replica (issue 8)
+            w.cache.clear()
         w.load = 0
         w.wake = w.run = None
 

@@ -132,14 +132,19 @@ class KVManager:
         self.saved_tokens = 0  # prefill tokens not computed, every prefill (re-prefills after preemption too)
         self.stale_routes = 0
         self.view = KVView(sim.env, settings.event_delay_s)
-        shared: dict = {}
+        self.shared: dict = {}  # the remote tier, one for all workers
         self.tiers: dict[int, list] = {}
+        self.bytes_per_block = B * kv_bytes_per_token
         for w in sim.workers:
-            tiers = build_tiers(settings.tiers, sim.dep.pools[w.pool_name].tp, shared)
-            self.tiers[w.wid] = tiers
-            w.cache = PrefixCache(self, w, tiers, B * kv_bytes_per_token)
-            w.kv.cache = w.cache
-            self.view.add_worker(w.wid)
+            self.add_worker(w)
+
+    def add_worker(self, w) -> None:
+        """Give worker ``w`` (at the start, or scaled up later) its prefix cache and tiers."""
+        tiers = build_tiers(self.settings.tiers, self.sim.dep.pools[w.pool_name].tp, self.shared)
+        self.tiers[w.wid] = tiers
+        w.cache = PrefixCache(self, w, tiers, self.bytes_per_block)
+        w.kv.cache = w.cache
+        self.view.add_worker(w.wid)
 
     # ---- the chain arithmetic ----------------------------------------------------------------------
     def usable(self, r: int, m: int) -> tuple[int, int]:

@@ -147,6 +147,17 @@ class PrefixCache:
                 self.tiers[0].put(k, size * self.bytes_per_block, w.env.now)
         self.kvm.removed(self.wid, removed)
 
+    def clear(self) -> None:
+        """The replica died: its HBM holds nothing (its KV tiers keep what they hold)."""
+        gone = list(self.idle) + list(self.busy)
+        self.idle.clear()
+        self.busy.clear()
+        self.held.clear()
+        self.idle_blocks = 0
+        self.recall_s = 0.0
+        if gone:
+            self.kvm.removed(self.wid, gone)
+
     def take_recall_s(self) -> float:
         s, self.recall_s = self.recall_s, 0.0
         return s

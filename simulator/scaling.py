@@ -46,6 +46,8 @@ class Scaler:
                    model.fast_forward)
         sim.workers.append(w)
         sim.pools[pool].append(w)
+        if sim.kvm is not None:  # its own (empty) prefix cache, issue 8
+            sim.kvm.add_worker(w)
         if model.role == "prefill":
             link = sim.links[model.wid]
             sim.links[w.wid] = KVLink(self.env, link.bandwidth_bytes_s, link.latency_s)

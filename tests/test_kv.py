@@ -266,3 +266,13 @@ def test_the_remote_tier_is_shared_between_workers():
     assert shared.requests["prefill_worker"].tolist() == [0, 1, 0, 1]
     assert alone["cached_tokens"].iloc[3] < shared.extra["kv"]["requests"]["cached_tokens"].iloc[3] == 16 * H
     assert shared.summary()["kv"]["tiers"]["remote"]["hits"] > 0
+
+
+def test_a_replica_that_dies_loses_its_cached_prefixes():
+    isl = np.full(2, 8 * H + 50)
+    wl = workload([0, 10], isl, 2, chains([list(range(8))] * 2, isl))
+    alive = simulate(deployment(router="kv_aware"), wl).extra["kv"]["requests"]["cached_tokens"].tolist()
+    died = simulate(deployment(router="kv_aware", faults=["workers[0] dies at 5s, back after 1s"]), wl)
+    assert alive == [0, 8 * H]
+    assert died.extra["kv"]["requests"]["cached_tokens"].tolist() == [0, 0]
+    assert (died.requests["outcome"] == "ok").all()
