@@ -266,6 +266,10 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
             if i >= have.get(pool, 0):
                 raise InputError(f"{pool}[{i}] is not a replica here (the deployment has "
                                  f"{', '.join(f'{p}[0..{n - 1}]' for p, n in have.items())})", where=f"{where}.faults")
+    if "autoscale" in data:
+        from simulator.autoscale import parse_autoscale
+
+        parse_autoscale(data["autoscale"], where=f"{where}.autoscale")
     from simulator.kv import check_kv_sections  # prefix_cache, router_weights, kv_tiers (issue 8)
 
     check_kv_sections(kw["extra"], where)
