@@ -262,10 +262,12 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
 
         plan = fault_plan(kw["extra"], where)
         have = {name: kw[name].replicas for name in ("workers", "prefill", "decode") if kw.get(name)}
-        for pool, i in [f.worker for f in plan.deaths + plan.drains] + [g.link for g in plan.degradations if g.link]:
+        refs = ([(f.worker, "dies") for f in plan.deaths] + [(f.worker, "drains") for f in plan.drains]
+                + [(g.link, "link") for g in plan.degradations if g.link])
+        for (pool, i), what in refs:  # as simulator/faults.py says it at simulate time, but naming the file
             if i >= have.get(pool, 0):
-                raise InputError(f"{pool}[{i}] is not a replica here (the deployment has "
-                                 f"{', '.join(f'{p}[0..{n - 1}]' for p, n in have.items())})", where=f"{where}.faults")
+                raise InputError(f"{pool}[{i}] {what}, but the deployment has "
+                                 f"{', '.join(f'{p}[0..{n - 1}]' for p, n in have.items())}", where=f"{where}.faults")
     if "autoscale" in data:
         from simulator.autoscale import parse_autoscale
 
