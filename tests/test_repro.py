@@ -24,6 +24,12 @@ kv_link: {bandwidth_gb_s: 25, latency_us: 10}
 router: least_loaded
 """
 AGG = "model: llama-3.1-8b\ngpu: h100-sxm\nworkers: {replicas: 3, max_seqs: 32}\nrouter: round_robin\n"
+FAULTY = DISAGG + """faults:
+  - prefill[0] dies at 2s, back after 3s
+  - kv transfers lost with p=0.1
+  - kv transfers slowed 4x with p=0.2
+retry: {policy: retry, max_retries: 2, backoff_s: 0.2, kv_timeout_s: 1}
+"""
 
 
 def pdsim_in_new_process(args: list[str], hash_seed: str) -> subprocess.CompletedProcess:
@@ -37,7 +43,8 @@ def pdsim_in_new_process(args: list[str], hash_seed: str) -> subprocess.Complete
     (DISAGG, ["--trace", str(sample_path("mooncake.jsonl"))]),
     (AGG, ["--rate", "30", "--isl", "1800", "--osl", "150", "--requests", "300"]),
     (AGG, ["--concurrency", "24", "--isl", "1500", "--osl", "120", "--requests", "200", "--warmup", "24"]),
-], ids=["disagg-trace", "agg-poisson", "agg-closed-loop"])
+    (FAULTY, ["--rate", "25", "--isl", "1200", "--osl", "120", "--requests", "200"]),
+], ids=["disagg-trace", "agg-poisson", "agg-closed-loop", "disagg-faults"])
 def test_simulate_json_is_byte_identical_in_process_and_across_processes(tmp_path, deployment, workload):
     dep = tmp_path / "dep.yaml"
     dep.write_text(deployment)
@@ -48,7 +55,10 @@ def test_simulate_json_is_byte_identical_in_process_and_across_processes(tmp_pat
     proc = pdsim_in_new_process([*args, "--json", str(outs[2])], hash_seed="12345")
     assert proc.returncode == 0, proc.stderr
     first = outs[0].read_bytes()
-    assert json.loads(first)["completed"] > 0
+    summary = json.loads(first)
+    assert summary["completed"] > 0
+    if deployment is FAULTY:  # the faults did something, the same thing each time
+        assert summary["outcomes"]["retried_ok"] > 0, summary["outcomes"]
     assert outs[1].read_bytes() == first and outs[2].read_bytes() == first
     # and the seed matters where there is randomness: another seed, other arrivals
     if "--rate" in workload:
