@@ -154,17 +154,3 @@ def test_one_request_on_a_single_worker_is_served_and_counted():
     s = result.summary()
     assert (s["requests"], s["completed"], s["failed"]) == (1, 1, 0)
     assert s["tpot_ms"]["p50"] is None and s["ttft_ms"]["p50"] > 0  # one output token: a TTFT, no TPOT
-
-
-def test_a_decode_worker_full_of_waiting_kv_still_finishes_every_request():
-    """Found by the property above: a decode worker's KV full of transferred requests waiting for its one seat,
-    its running sequence short of a block; it deadlocked (8 requests never finished) until the worker learnt
-    to preempt that sequence."""
-    dep = parse_deployment({"model": "llama-3.1-8b", "gpu": "l40s", "gpu_memory_utilization": 0.42,
-                            "prefill": {"max_batch_tokens": 512, "max_seqs": 1, "chunked_prefill": False},
-                            "decode": {"max_batch_tokens": 512, "max_seqs": 1}, "kv_link": {"bandwidth_gb_s": 1.0}})
-    arrival = [0.135097, 0.321869, 0.337911, 0.357795, 0.388921, 0.391619, 0.485835, 0.57153, 0.688447]
-    isl = [1533, 2738, 1820, 2439, 1911, 2912, 226, 1948, 2552]
-    osl = [194, 114, 285, 241, 158, 195, 115, 294, 219]
-    _, result = run(dep, Workload(make_requests(arrival, isl, osl)))
-    assert (result.requests["outcome"] == "ok").all()
