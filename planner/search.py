@@ -30,6 +30,7 @@ OBJECTIVES = ("throughput-per-gpu", "min-gpus", "pareto")
 SCREEN_KEEP = 0.5  # simulate only units the screen puts within this share of its best of the same topology
 SEEDED_PER_TOPOLOGY = 3  # the screen's best units of each topology, tried first
 MAX_IDLE_TRIALS = 150  # consecutive trials that simulate nothing new end the search (space exhausted)
+MAX_LOST_TRIALS = 20  # trials another worker completed under us (SQLite only) before giving up
 
 
 def storage_url(url: str | None) -> str | None:
@@ -221,7 +222,17 @@ class Search:
 
         if seen[0] >= self.trials:
             return
-        study.optimize(self.objective_fn(study), callbacks=[stop], catch=())
+        for _ in range(MAX_LOST_TRIALS + 1):
+            if max_units is not None and len(self.evaluations) >= max_units:
+                return
+            try:
+                study.optimize(self.objective_fn(study), callbacks=[stop], catch=())
+                return  # optimize returns only when stop() stopped it
+            except (ValueError, RuntimeError) as e:
+                # SQLite cannot lock rows: two workers may pop the same enqueued trial (optuna#4621), and the
+                # one that finishes second cannot tell or annotate it. Nothing is lost but a duplicate; go on.
+                if not ("Cannot tell" in str(e) or "already finished" in str(e)):
+                    raise
 
 
 def to_attrs(ev: Evaluation) -> dict:

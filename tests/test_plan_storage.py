@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -27,10 +28,18 @@ def postgres_url() -> str | None:
     return url
 
 
-def workers(storage: str, study: str, n: int = 2) -> list[str]:
+def workers(st, storage: str, study: str, n: int = 2) -> list[str]:
+    """``n`` plan-worker processes, each started once the one before has taken a trial (SQLite cannot lock
+    the queue of enqueued trials against two processes popping it at the same instant: optuna#4621)."""
     pdsim = str(Path(sys.executable).parent / "pdsim")
     cmd = [pdsim, "plan-worker", "--storage", storage, "--study", study, "--wait", "60", "--units", "1"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    procs = []
+    for i in range(n):
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 60
+        while len([t for t in st.get_trials(deepcopy=False) if "key" in t.user_attrs]) <= i:
+            assert time.monotonic() < deadline and procs[-1].poll() in (None, 0), "worker took no trial"
+            time.sleep(0.1)
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=240)
@@ -42,7 +51,7 @@ def workers(storage: str, study: str, n: int = 2) -> list[str]:
 def shared_study_fills_and_resumes(storage: str, study: str, tmp_path) -> None:
     search, st = open_study(PlanRequest(**ARGS), storage, study)
     assert st.user_attrs["request"]["isl"] == 1000
-    outs = workers(storage, study)  # each simulates at most 1 of the study's 2 units: both must take part
+    outs = workers(st, storage, study)  # each simulates at most 1 of the study's 2 units: both must take part
     known = search.known(st)
     assert len(known) == 2
     pids = {row["worker_pid"] for row in known.values()}
