@@ -525,6 +525,10 @@ def plan_cmd(
     emit: str | None = typer.Option(None, "--emit", help="Also write the recommendation's deploy artefacts into "
                                     "<out>/deploy/: comma list of dynamo, vllm, sglang, aiperf."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    router: str = typer.Option("least_loaded", "--router", help="round_robin | least_loaded | kv_aware (its "
+                               "overlap/load weights are then tuned on the recommendation)."),
+    kv_tiers: str | None = typer.Option(None, "--kv-tiers", help="KV tiers below HBM per replica, GB: "
+                                        "host=256,disk=2000,remote=10000 (default bandwidths)."),
 ) -> None:
     """Recommend agg or disagg, pool sizes and settings that meet the TTFT/TPOT targets. Exit 3 if none does."""
     import time
@@ -540,7 +544,8 @@ def plan_cmd(
                       percentile=percentile, attainment=attainment, profile=profile, calibration=calibration,
                       perf_db=perf_db, trials=trials, seed=seed,
                       objective=objective,
-                      topologies=("agg", "disagg") if topology == "both" else (topology,))
+                      topologies=("agg", "disagg") if topology == "both" else (topology,), router=router,
+                      kv_tiers=kv_tiers)
     req.validate()
     if emit:
         from planner.emit import TARGETS

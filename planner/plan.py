@@ -25,7 +25,8 @@ from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
 from profiler.models import dtype_bytes, resolve_model
 from simulator import SLO
-from simulator.deployment import Deployment, parse_deployment
+from simulator.deployment import ROUTERS, Deployment, parse_deployment
+from simulator.kv_tiers import tiers_flag
 
 PERCENTILES = (50, 90, 99)
 
@@ -55,10 +56,15 @@ class PlanRequest:
     seed: int = 0
     objective: str = "throughput-per-gpu"
     topologies: tuple[str, ...] = ("agg", "disagg")
+    router: str = "least_loaded"  # kv_aware: its weights are tuned on the recommendation (router_weights.py)
+    kv_tiers: str | None = None  # "host=256,disk=2000": KV tiers below HBM, GB per replica (issue 8)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["topologies"] = list(self.topologies)
+        for key, default in (("router", "least_loaded"), ("kv_tiers", None)):  # as before: same study names
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
@@ -99,6 +105,10 @@ class PlanRequest:
         if sum(x is not None for x in (self.profile, self.calibration, self.perf_db)) > 1:
             raise InputError("give one cost source: --profile (measured costs), --calibration (fitted roofline) "
                              "or --perf-db (AIConfigurator's tables)")
+        if self.router not in ROUTERS:
+            raise InputError(f"must be one of {', '.join(ROUTERS)}, got {self.router!r}", where="--router")
+        if self.kv_tiers is not None:
+            tiers_flag(self.kv_tiers)
         if self.objective == "min-gpus" and not loads:
             raise InputError("--objective min-gpus needs a load to carry: --rate, --concurrency or --trace")
         dtype_bytes(self.dtype)
@@ -187,7 +197,9 @@ def build(req: PlanRequest, profile=None) -> tuple[Space, Screen, Evaluator]:
         isl_mean, osl_mean, need = float(req.isl), float(req.osl), req.isl + req.osl
     if need > model.max_context:
         raise InputError(f"isl + osl = {need} tokens exceeds {model.name}'s context of {model.max_context}")
-    space = Space(model, gpu, req.model, req.gpu, req.gpus, req.dtype, min_kv_tokens=need, topologies=req.topologies)
+    tiers = tiers_flag(req.kv_tiers) if req.kv_tiers else {}
+    space = Space(model, gpu, req.model, req.gpu, req.gpus, req.dtype, min_kv_tokens=need, topologies=req.topologies,
+                  router=req.router, kv_tiers=tuple((t, v["capacity_gb"]) for t, v in tiers.items()))
     eff = calibrated_efficiency(req, space)
     screen = Screen(space, isl_mean, osl_mean, req.ttft_ms * 1e-3, req.tpot_ms * 1e-3, req.percentile, profile,
                     efficiency=eff, perf_db=req.perf_db)
@@ -368,6 +380,13 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
     if not rec.probe.met:
         winner_row, rec = first
     rec.key = winner_row["key"]
+    weights_note = None
+    if space.router == "kv_aware":  # tune the router's overlap/load weights on the whole deployment
+        from planner.router_weights import tune_router_weights, weights_reason  # noqa: PLC0415
+
+        rec, tried, n = tune_router_weights(ev, rec, _e2e_s(winner_row))
+        sims += n
+        weights_note = weights_reason(tried, rec)
     other = [r for r in best if r["unit"]["topology"] != winner_row["unit"]["topology"]]
     other_rows = [r for r in rows if r["unit"]["topology"] != winner_row["unit"]["topology"]]
     runner = None
@@ -381,6 +400,8 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
     plan_.reasons = reasons(rec, runner, winner_row, other[0] if other else None,
                             None if other or not other_rows else min(other_rows, key=lambda r: closeness(r, slo)),
                             slo, search)
+    if weights_note:
+        plan_.reasons.append(weights_note)
     plan_.sims, plan_.wall_s = sims, time.perf_counter() - t0
     return plan_
 

@@ -42,6 +42,8 @@ class Space:
     agg_batch_tokens: tuple[int, ...] = AGG_BATCH_TOKENS
     prefill_batch_tokens: tuple[int, ...] = PREFILL_BATCH_TOKENS
     max_seqs: tuple[int, ...] = MAX_SEQS
+    router: str = "least_loaded"
+    kv_tiers: tuple[tuple[str, float], ...] = ()  # (tier, capacity GB) for every replica (simulator/kv_tiers.py)
 
     @property
     def resolved_kv_dtype(self) -> str:
@@ -68,8 +70,10 @@ class Space:
 
     def deployment(self, topology: str, **pools: PoolSpec) -> Deployment:
         return Deployment(model=self.model_name, gpu=self.gpu_name, dtype=self.dtype, topology=topology,
-                          kv_link=self.kv_link(), router="least_loaded", engine=self.engine,
-                          kv_dtype=self.kv_dtype, gpu_memory_utilization=self.gpu_memory_utilization, **pools)
+                          kv_link=self.kv_link(), router=self.router, engine=self.engine,
+                          kv_dtype=self.kv_dtype, gpu_memory_utilization=self.gpu_memory_utilization,
+                          extra={"kv_tiers": {t: {"capacity_gb": gb} for t, gb in self.kv_tiers}} if self.kv_tiers
+                          else {}, **pools)
 
 
 def agg_unit(space: Space, tp: int, max_batch_tokens: int, max_seqs: int) -> Deployment:

@@ -64,6 +64,23 @@ def parse_kv_tiers(data: Any, where: str = "kv_tiers") -> tuple[TierSpec, ...]:
     return tuple(specs)
 
 
+def tiers_flag(text: str, where: str = "--kv-tiers") -> dict:
+    """``host=256,disk=2000`` (capacities in GB, default bandwidths) -> a deployment's ``kv_tiers:`` mapping."""
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, gb = part.partition("=")
+        name = name.strip()
+        if name not in TIERS or not gb:
+            raise InputError(f"expected TIER=GB[,TIER=GB] with TIER one of {', '.join(TIERS)}, got {part!r}",
+                             where=where)
+        try:
+            out[name] = {"capacity_gb": float(gb)}
+        except ValueError:
+            raise InputError(f"{name}: capacity must be a number of GB, got {gb!r}", where=where) from None
+    parse_kv_tiers(out, where)
+    return out
+
+
 def _number(v: Any, where: str, allow_zero: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"),):
         raise InputError(f"must be a number, got {v!r}", where=where)
