@@ -59,6 +59,13 @@ class PlanRequest:
     router: str = "least_loaded"  # kv_aware: its weights are tuned on the recommendation (router_weights.py)
     kv_tiers: str | None = None  # "host=256,disk=2000": KV tiers below HBM, GB per replica (issue 8)
 
+    def __post_init__(self):
+        # 300 and 300.0 ask the same question (and must name the same study)
+        for name in ("ttft_ms", "tpot_ms", "attainment", "rate"):
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, name, float(v))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["topologies"] = list(self.topologies)
@@ -363,10 +370,11 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
     best = ranked(rows, req.objective, space, ev.load)
     plan_ = Plan(req, rows, _dedupe(infeasible), None, None, [], study=study.study_name)
     if not best:
-        plan_.closest = [{"key": r["key"], "description": _unit(r).describe(), "misses": r["constraint"],
+        plan_.closest = [{"key": r["key"], "description": r["key"], "misses": r["constraint"],
                           "distance": closeness(r, slo)} for r in sorted(rows, key=lambda r: closeness(r, slo))[:3]]
-        plan_.reasons = ["no deployment within the budget meets both targets; closest: "
-                         + "; ".join(f"{c['description']}: {c['misses']}" for c in plan_.closest)]
+        plan_.reasons = [f"no deployment within {req.gpus} GPUs meets both targets at any rate tried"
+                         + (f"; the closest, {plan_.closest[0]['description']}, {plan_.closest[0]['misses']}"
+                            if plan_.closest else "; no unit was worth simulating (see the rejected units)")]
         plan_.sims, plan_.wall_s = sims, time.perf_counter() - t0
         return plan_
     first = None
