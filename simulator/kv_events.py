@@ -14,6 +14,10 @@ The cost of sending request r to worker w (lowest wins; ties: fewer outstanding 
 Both terms are in KV blocks, so equal weights trade one block of prefill saved for one block of queue. With
 ``load_weight`` 0 the router chases the cache whatever the queue; with ``overlap_weight`` 0 it is least-loaded
 by KV blocks. Routing where the view promised more than the worker holds counts as a stale route.
+
+Fast-forward: a decode run's evictions are settled when the router looks (or the run ends), at that time; with
+no delay the view is then exactly what stepping would show, with a delay the removed events of a long decode run
+can reach the router later than stepping would send them.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ class Worker:
             if need > kv.free:
                 break
             self.reserving.popleft()
-            if self.cache is not None and self.cache.match(r, tiers=False):  # prompt KV held here need not move
+            if self.cache is not None:  # prompt KV this worker holds need not move
+                self.cache.match(r, tiers=False)
                 self.cache.acquire(r, transfer=True)
             kv.allocate(need)
             S.blocks[r] = need
