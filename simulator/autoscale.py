@@ -7,8 +7,9 @@ autoscale: {policy: trend, interval_s: 60, window: 5, ttft_ms: 500, tpot_ms: 50,
             startup_s: 30, target_util: 0.7}
 ```
 Policies: ``rate`` (moving average of the last ``window`` rates), ``trend`` (least-squares line through
-them, read one interval plus a start-up ahead), ``load`` (p90 TTFT over target: one more prefill replica,
-far under it: one fewer; p90 TPOT likewise for decode). Sizing (rate, trend): a prefill replica carries
+them, read one interval plus a start-up ahead), ``load`` (p90 TTFT over target: one more prefill replica;
+under 30 % of it for ``window`` intervals in a row: one fewer; p90 TPOT likewise for decode, 95 % / 60 %).
+Sizing (rate, trend): a prefill replica carries
 ``target_util`` x its full-budget prefill tokens/s; a decode replica holds the most sequences whose step
 still meets the TPOT target (and fit its KV), and a request stays ``osl`` steps (Little's law).
 """
@@ -92,6 +93,7 @@ class Autoscaler:
         self.sim, self.spec, self.env = sim, spec, sim.env
         self.rates: list[float] = []
         self.isl, self.osl = None, None
+        self.cold: dict[str, int] = {}  # load policy: intervals in a row each pool looked over-provisioned
         self.log: list[dict] = []
         self.env.process(self.loop())
 
@@ -137,7 +139,13 @@ class Autoscaler:
             tpot_cold = obs["tpot_p90_ms"] is None or obs["tpot_p90_ms"] < 0.6 * spec.tpot_ms
             step = {"prefill": (ttft_hot, ttft_cold), "decode": (tpot_hot, tpot_cold),
                     "workers": (ttft_hot or tpot_hot, ttft_cold and tpot_cold)}
-            want = {p: cur[p] + (1 if step[p][0] else -1 if step[p][1] else 0) for p in pools}
+            want = {}
+            for p in pools:  # up at once; down only after `window` cold intervals in a row (no flapping)
+                hot, cold = step[p]
+                self.cold[p] = self.cold.get(p, 0) + 1 if cold else 0
+                want[p] = cur[p] + 1 if hot else cur[p] - 1 if self.cold[p] >= spec.window else cur[p]
+                if want[p] != cur[p]:
+                    self.cold[p] = 0
         else:
             if self.isl is None:
                 return cur
