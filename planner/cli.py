@@ -518,7 +518,8 @@ def plan_cmd(
                                        "postgresql://... (share with `pdsim plan-worker`)."),
     study: str | None = typer.Option(None, "--study", help="Study name (default: a hash of the question)."),
     objective: str = typer.Option("throughput-per-gpu", "--objective",
-                                  help="throughput-per-gpu | min-gpus | pareto (NSGA-II: tok/s/GPU and tok/s/user)."),
+                                  help="throughput-per-gpu | min-gpus | pareto (NSGA-II: tok/s/GPU and tok/s/user) | "
+                                  "cost ($ per million tokens)."),
     topology: str = typer.Option("both", "--topology", help="agg | disagg | both: which topologies to search."),
     emit_check: str | None = typer.Option(None, "--emit-check", help="Also write a `pdsim check` file guarding "
                                           "the recommendation."),

@@ -143,9 +143,18 @@ class Confirmed:
             return float(self.summary.get("tok_s_per_gpu") or 0.0)
         return self.rate_rps * float(r["osl"].mean()) / self.deployment.gpus
 
+    @property
+    def usd_per_million_tokens(self) -> float | None:
+        """What a million output tokens cost at this load, at the GPU's list price (profiler/prices.py)."""
+        from profiler.prices import usd_per_gpu_hour, usd_per_million_tokens  # noqa: PLC0415
+
+        d = self.deployment
+        return usd_per_million_tokens(d.gpus, usd_per_gpu_hour(d.gpu), self.tok_s_per_gpu * d.gpus)
+
     def to_dict(self) -> dict:
         return {"unit": self.key, "deployment": self.deployment.to_dict(), "description": self.deployment.describe(),
                 "gpus": self.deployment.gpus, "rate_rps": self.rate_rps, "tok_s_per_gpu": self.tok_s_per_gpu,
+                "usd_per_million_tokens": self.usd_per_million_tokens,
                 "met": self.probe.met, "requests": self.probe.requests, "summary": self.summary}
 
 
@@ -244,7 +253,7 @@ def ranked(rows: list[dict], objective: str, space: Space, load: Load, tie: floa
     ``tie`` of the best count as equal and the one whose deployment serves the most in total (fills more of
     the budget) goes first."""
     feasible = [r for r in rows if r["feasible"]]
-    if objective == "min-gpus":
+    if objective == "min-gpus" or (objective == "cost" and load.fixed):  # the load fixed: $ per hour = GPUs x price
         return sorted(feasible, key=lambda r: (r["copies"] * _unit(r).gpus, -r["score"], r["key"]))
     if load.fixed:  # the load fixes the total: the score alone ranks (fewer GPUs, more per GPU)
         return sorted(feasible, key=lambda r: (-r["score"], r["key"]))

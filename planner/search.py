@@ -26,7 +26,8 @@ from planner.space import (
 from profiler.errors import InputError
 from simulator.deployment import Deployment
 
-OBJECTIVES = ("throughput-per-gpu", "min-gpus", "pareto")
+OBJECTIVES = ("throughput-per-gpu", "min-gpus", "pareto", "cost")  # cost: $ per million tokens (one GPU type: the
+# fewest GPU-seconds per token, so throughput-per-gpu without a fixed load and min-gpus with one)
 SCREEN_KEEP = 0.5  # simulate only units the screen puts within this share of its best of the same topology
 SEEDED_PER_TOPOLOGY = 3  # the screen's best units of each topology, tried first
 MAX_IDLE_TRIALS = 150  # consecutive trials that simulate nothing new end the search (space exhausted)

@@ -40,6 +40,9 @@ def latencies(c: Confirmed) -> list[str]:
     lines.append(f"  SLO attainment {_f(None if att is None else att * 100, '.1f')} %   "
                  f"tokens/s/GPU {_f(c.tok_s_per_gpu, ',.0f')}   tokens/s/user {_f(s.get('tok_s_per_user'), '.1f')}"
                  f"   at {c.rate_rps:.3g} req/s ({c.probe.requests} simulated requests)")
+    usd = c.usd_per_million_tokens
+    if usd is not None:
+        lines.append(f"  cost ${usd:.3f} per million output tokens ({c.deployment.gpus} x {c.deployment.gpu})")
     return lines
 
 
