@@ -8,9 +8,9 @@ Dynamo's KVBM do it) and costs no simulated time, only bytes.
 
 ```yaml
 kv_tiers:                       # per replica; capacities in GB (1e9 bytes), bandwidths in GB/s
-  host:   {capacity_gb: 256}                     # bandwidth_gb_s default: 50 (PCIe 5 x16) per GPU
-  disk:   {capacity_gb: 2000, bandwidth_gb_s: 6}  # default 6 (one NVMe drive) per replica
-  remote: {capacity_gb: 10000}                   # one store all workers share; default 12.5 (100 Gb/s NIC)
+  host:   {}                                     # default 256 GB at 50 GB/s (PCIe 5 x16) per GPU
+  disk:   {capacity_gb: 2000, bandwidth_gb_s: 6}  # default 2000 GB at 6 GB/s (one NVMe drive)
+  remote: {capacity_gb: 10000}                   # one store all workers share (no default size); 12.5 GB/s
 ```
 """
 
@@ -26,6 +26,8 @@ TIERS = ("host", "disk", "remote")
 # Typical hosts, per GPU (host: PCIe 5 x16 measured ~50 GB/s) or per replica (disk: one NVMe drive; remote: a
 # 100 Gb/s NIC). A deployment file overrides them.
 DEFAULT_BANDWIDTH_GB_S = {"host": 50.0, "disk": 6.0, "remote": 12.5}
+# A DGX-class node: 2 TB of host memory for 8 GPUs, a few TB of local NVMe; a remote store has no typical size.
+DEFAULT_CAPACITY_GB = {"host": 256.0, "disk": 2000.0}
 PER_GPU = {"host"}  # bandwidth that grows with the replica's GPUs (each GPU has its own PCIe link)
 
 
@@ -50,14 +52,16 @@ def parse_kv_tiers(data: Any, where: str = "kv_tiers") -> tuple[TierSpec, ...]:
         if name not in data:
             continue
         tier, at = data[name], f"{where}.{name}"
+        if tier is None or tier is True:  # `host:` alone: the defaults
+            tier = {}
         if not isinstance(tier, dict):
             raise InputError("must be a mapping like {capacity_gb: 256, bandwidth_gb_s: 50}", where=at)
         bad = sorted(set(tier) - {"capacity_gb", "bandwidth_gb_s"})
         if bad:
             raise InputError(f"unknown field {bad[0]!r} (known: bandwidth_gb_s, capacity_gb)", where=at)
-        if "capacity_gb" not in tier:
-            raise InputError("missing field 'capacity_gb'", where=at)
-        cap = _number(tier["capacity_gb"], f"{at}.capacity_gb", allow_zero=True)
+        if "capacity_gb" not in tier and name not in DEFAULT_CAPACITY_GB:
+            raise InputError("missing field 'capacity_gb' (a remote store has no default size)", where=at)
+        cap = _number(tier.get("capacity_gb", DEFAULT_CAPACITY_GB.get(name)), f"{at}.capacity_gb", allow_zero=True)
         bw = _number(tier.get("bandwidth_gb_s", DEFAULT_BANDWIDTH_GB_S[name]), f"{at}.bandwidth_gb_s")
         if cap > 0:
             specs.append(TierSpec(name, cap * 1e9, bw * 1e9))
@@ -65,11 +69,14 @@ def parse_kv_tiers(data: Any, where: str = "kv_tiers") -> tuple[TierSpec, ...]:
 
 
 def tiers_flag(text: str, where: str = "--kv-tiers") -> dict:
-    """``host=256,disk=2000`` (capacities in GB, default bandwidths) -> a deployment's ``kv_tiers:`` mapping."""
+    """``host=256,disk`` (capacities in GB, or the default; default bandwidths) -> a deployment's ``kv_tiers:``."""
     out: dict = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, gb = part.partition("=")
+        name, eq, gb = part.partition("=")
         name = name.strip()
+        if not eq and name in DEFAULT_CAPACITY_GB:
+            out[name] = {}
+            continue
         if name not in TIERS or not gb:
             raise InputError(f"expected TIER=GB[,TIER=GB] with TIER one of {', '.join(TIERS)}, got {part!r}",
                              where=where)

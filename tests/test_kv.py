@@ -215,7 +215,8 @@ def test_disagg_moves_only_the_blocks_the_decode_worker_lacks():
     ({"router_weights": {"overlap": 0, "load": 0}}, "router_weights"),
     ({"router_weights": {"prefix": 1}}, "router_weights"),
     ({"kv_tiers": {"hbm": {"capacity_gb": 1}}}, "kv_tiers"),
-    ({"kv_tiers": {"host": {"bandwidth_gb_s": 10}}}, "kv_tiers.host"),
+    ({"kv_tiers": {"remote": {"bandwidth_gb_s": 10}}}, "kv_tiers.remote"),
+    ({"kv_tiers": {"host": {"bandwidth_gb_s": 0}}}, "kv_tiers.host.bandwidth_gb_s"),
     ({"kv_tiers": {"disk": {"capacity_gb": "lots"}}}, "kv_tiers.disk.capacity_gb"),
     ({"prefix_cache": "yes"}, "prefix_cache"),
 ])
@@ -276,3 +277,14 @@ def test_a_replica_that_dies_loses_its_cached_prefixes():
     assert alive == [0, 8 * H]
     assert died.extra["kv"]["requests"]["cached_tokens"].tolist() == [0, 0]
     assert (died.requests["outcome"] == "ok").all()
+
+
+def test_tier_defaults_are_a_typical_host():
+    from simulator.kv import kv_settings
+    from simulator.kv_tiers import tiers_flag
+
+    dep = deployment(kv_tiers={"host": None, "disk": {"bandwidth_gb_s": 3}})
+    host, disk = kv_settings(dep).tiers
+    assert (host.capacity_bytes, host.bandwidth_bytes_s) == (256e9, 50e9)
+    assert (disk.capacity_bytes, disk.bandwidth_bytes_s) == (2000e9, 3e9)
+    assert tiers_flag("host,remote=500") == {"host": {}, "remote": {"capacity_gb": 500.0}}
