@@ -132,7 +132,7 @@ def main() -> None:
             after = simulated(sub, eff, args.jobs)
             meas = meas[pick]
         e_b, e_a = ape(before, meas), ape(after, meas)
-        report[engine] = {"rows": len(mine), "simulated_rows": args.sim_rows and len(meas),
+        report[engine] = {"rows": len(mine), "simulated_rows": rows and len(meas),
                           "seconds": round(time.time() - t0, 1),
                           "ttft_median_ape": round(float(np.median(e_a[:, 0])), 1),
                           "tpot_median_ape": round(float(np.median(e_a[:, 1])), 1),
@@ -145,7 +145,8 @@ def main() -> None:
         print("        " + ", ".join(f"{k}={v:.4g}" for k, v in engines[engine].items()))
     doc = {"version": 1, "gpu": args.gpu, "data": Path(args.data).name, "rows": "dense agg rows",
            "created": datetime.now(UTC).strftime("%Y-%m-%d"), "method": "bench/calibrate.py: soft-L1 least squares "
-           "on log(pred/measured) mean TTFT and TPOT; analytic closed loop, then the simulator on a subsample",
+           "on log(pred/measured) mean TTFT and TPOT; analytic closed loop (clients out of step), then "
+           "simulation of a subsample for prefill-first engines (clients in lock-step)",
            "engines": engines,
            "fit_error": report}
     if not args.dry_run:
