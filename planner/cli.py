@@ -166,6 +166,8 @@ def simulate_cmd(
                                       "list prices)."),
     trace_requests: str | None = typer.Option(None, "--trace-requests", help="Print the timeline of these "
                                               "requests, e.g. 3,17,40-42."),
+    report: str | None = typer.Option(None, "--report", help="Write an HTML report here (summary, waterfall, "
+                                      "pools over time, a searchable table of every request)."),
 ) -> None:
     """Simulate a deployment serving a trace or a synthetic load; print the summary (and write its JSON)."""
     import json
@@ -233,6 +235,11 @@ def simulate_cmd(
 
         for r in parse_ids(trace_requests, len(workload)):
             typer.echo(request_timeline(result, r, dep.router, dep.topology == "disagg"))
+    if report:
+        from reports.requests import write_simulation_report
+
+        text = summary_table(summary) + "\n" + ops_table(summary)
+        typer.echo(f"wrote {write_simulation_report(result, text, report)}")
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         typer.echo(f"wrote {json_out}")

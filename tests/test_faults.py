@@ -218,3 +218,17 @@ def test_cli_faults_cost_and_request_timelines(tmp_path, capsys):
     assert s["outcomes"]["retried_ok"] >= 1 and s["cost"]["usd_per_gpu_hour"] == 2.0
     assert run_app(app, [*args[:11], "--fault", "prefill[0] explodes"]) == 2
     assert "cannot read 'prefill[0] explodes'" in capsys.readouterr().err
+
+
+def test_the_simulation_report_has_a_searchable_table_of_every_request(tmp_path):
+    from planner.cli import app, run_app
+
+    d = tmp_path / "d.yaml"
+    d.write_text(dep(AGG).to_yaml())
+    out = tmp_path / "r.html"
+    assert run_app(app, ["simulate", "--deployment", str(d), "--rate", "20", "--isl", "500", "--osl", "300",
+                         "--requests", "30", "--fault", "workers[0] dies at 1s", "--report", str(out)]) == 0
+    html = out.read_text()
+    assert 'oninput="pdsimFilter(this)"' in html and "30 shown" in html
+    assert html.count("<tr>") == 31  # a heading and one row per request
+    assert "retried_ok" in html and "workers[0] died at 1s" in html
