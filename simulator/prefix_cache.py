@@ -134,6 +134,8 @@ class PrefixCache:
         """Evict least recently used idle entries until they fit in the free blocks (to the first tier)."""
         w = self.worker
         free, run = w.kv.free, w.run
+        if self.idle_blocks <= free:  # (a decode run's unused hold only adds to free)
+            return
         if run is not None:  # blocks held for decode steps not started yet are not used yet
             free += max(run.hold - run.growth(run.steps_by(w.env.now)), 0)
         if self.idle_blocks <= free:
