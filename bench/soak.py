@@ -162,6 +162,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     proc, url = None, args.url
+    if url is not None and urlparse(url).hostname not in LOOPBACK:
+        sys.exit(f"soak: --url must be a loopback server (127.0.0.1, localhost, ::1), not {url}")
     if url is None:
         proc, url = start_server(args.deployment, os.path.join(tempfile.mkdtemp(prefix="pdsim-soak-"), "log.jsonl"))
     print(f"soak: {args.clients} streaming clients for {args.duration:g} s against {url}, ISL {args.isl}, "
@@ -170,11 +172,12 @@ def main() -> None:
         soak = asyncio.run(run_soak(url, args.clients, args.duration, tuple(args.isl), tuple(args.osl), args.seed,
                                     args.api_key))
         print(report(soak, args.windows))
+        code = 1 if failures(soak) or leaked(soak) else 0
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
-    sys.exit(1 if failures(soak) or leaked(soak) else 0)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
