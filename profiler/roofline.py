@@ -130,11 +130,12 @@ class RooflineCostModel:
             return 0.0 * tokens
         bytes_ = tokens * self.model.hidden * ACT_BYTES
         g = self.gpu
-        if self.tp > g.max_tp_per_node:  # the ring crosses nodes: each GPU's RDMA NIC sets the pace
-            bw, lat = g.internode_bw_bytes_s, g.internode_latency_s
-        else:
-            bw, lat = g.nvlink_bw_bytes_s, g.nvlink_latency_s
-        one = 2.0 * (self.tp - 1) / self.tp * bytes_ / (bw * self.eff.comm) + lat
+        local = min(self.tp, g.max_tp_per_node)  # GPUs of the ring inside one node
+        one = 2.0 * (local - 1) / local * bytes_ / (g.nvlink_bw_bytes_s * self.eff.comm) + g.nvlink_latency_s
+        nodes = -(-self.tp // local)
+        if nodes > 1:  # hierarchical: each GPU carries its 1/local share between nodes over its own NIC
+            one = one + (2.0 * (nodes - 1) / nodes * bytes_ / local / (g.internode_bw_bytes_s * self.eff.comm)
+                         + g.internode_latency_s)
         return 2.0 * self.model.layers * one
 
     def _time(self, tokens, pairs, pf_ctx_read, n_dec, dec_ctx_sum, n_logits):
