@@ -8,6 +8,7 @@ faults:                                   # strings (as `pdsim simulate --fault`
   - kv transfers slowed 4x with p=0.05        # {kv_slow_prob: 0.05, slow_factor: 4}
   - link prefill[0] degrades to 25% at 60s for 30s   # {link: prefill[0], degrade_at_s: 60, for_s: 30, factor: 0.25}
   - decode[1] drains at 300s                  # {worker: decode[1], drains_at_s: 300}   (scaling.py)
+  - decode[1] drains at 300s, migrating       # {..., migrate: true}: its sequences' KV moves to other replicas
   - prefill adds 1 at 200s, start-up 60s      # {pool: prefill, add: 1, at_s: 200, startup_s: 60}
 retry: {policy: retry, max_retries: 3, backoff_s: 0.5, kv_timeout_s: 5}   # policy: retry | fail
 ```
@@ -64,6 +65,7 @@ class LinkDegradation:
 class Drain:
     worker: tuple[str, int]
     at_s: float
+    migrate: bool = False  # decode: move the sequences' KV to other decode replicas instead of finishing them
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ _GRAMMAR = [
     ("loss", r"^kv\s+(?:transfers?\s+)?lost\s+(?:with\s+)?p\s*=\s*(\d*\.?\d+)$"),
     ("slow", r"^kv\s+(?:transfers?\s+)?slowed\s+(\d*\.?\d+)\s*x\s+(?:with\s+)?p\s*=\s*(\d*\.?\d+)$"),
     ("link", rf"^link(?:\s+{_W})?\s+degrades\s+to\s+(\d*\.?\d+)\s*(%?)\s+at\s+{_T}\s+for\s+{_T}$"),
-    ("drain", rf"^{_W}\s+drains\s+at\s+{_T}$"),
+    ("drain", rf"^{_W}\s+drains\s+at\s+{_T}(\s*,?\s*migrating)?$"),
     ("add", rf"^(workers|prefill|decode)\s+(?:adds\s+|\+)(\d+)\s+at\s+{_T}(?:\s*,?\s*start-?up\s+{_T})?$"),
 ]
 EXAMPLES = ("prefill[0] dies at 120s, back after 30s | kv transfers lost with p=0.01 | kv transfers slowed 4x "
@@ -141,9 +143,11 @@ def parse_fault(item: Any, plan: FaultPlan, where: str) -> None:
                                  _secs(item["dies_at_s"], f"{where}.dies_at_s"),
                                  None if back is None else _secs(back, f"{where}.back_after_s")))
     elif "drains_at_s" in keys:
-        _only(item, {"worker", "drains_at_s"}, where)
+        _only(item, {"worker", "drains_at_s", "migrate"}, where)
+        if not isinstance(item.get("migrate", False), bool):
+            raise InputError("must be true or false", where=f"{where}.migrate")
         plan.drains.append(Drain(_worker_ref(item.get("worker"), f"{where}.worker"),
-                                 _secs(item["drains_at_s"], f"{where}.drains_at_s")))
+                                 _secs(item["drains_at_s"], f"{where}.drains_at_s"), item.get("migrate", False)))
     elif "add" in keys:
         _only(item, {"pool", "add", "at_s", "startup_s"}, where)
         if item.get("pool") not in ("workers", "prefill", "decode"):
@@ -207,7 +211,7 @@ def _parse_sentence(text: str, plan: FaultPlan, where: str) -> None:
             ref = None if g[0] is None else (g[0], int(g[1]))
             plan.degradations.append(LinkDegradation(ref, float(g[4]), float(g[5]), share))
         elif kind == "drain":
-            plan.drains.append(Drain((g[0], int(g[1])), float(g[2])))
+            plan.drains.append(Drain((g[0], int(g[1])), float(g[2]), g[3] is not None))
         else:
             if int(g[1]) < 1:
                 raise InputError("a pool adds at least 1 replica", where=where)
@@ -319,6 +323,16 @@ class Faults:
                                                                     & (S.xfer_blocks > 0)).tolist()
                                           if r not in w.reserving]
             redo += [r for r, d in self.lost.items() if d == w.wid]
+            for r, (src, dst) in list(sim.scaler.moving.items()):  # KV migrating to it, or from it (lost in flight)
+                if w.wid in (src, dst):
+                    del sim.scaler.moving[r]
+                    redo.append(r)
+                    if src == w.wid:
+                        d = sim.workers[dst]
+                        d.kv.deallocate(S.blocks[r])
+                        d.load -= 1
+            if w.wid in sim.links:
+                sim.links[w.wid].clear()
         for r in redo:
             if w.role == "decode":  # its KV was made by a prefill worker: that work is lost
                 if S.xfer_blocks[r]:  # a lost transfer still on the wire
@@ -495,7 +509,10 @@ def attach_ops(sim: Simulation):
     ops = Faults(sim, plan)
     for d in plan.drains:
         w = ops._worker(d.worker, "drains")
-        sim.env.timeout(d.at_s).callbacks.append(lambda _ev, w=w: sim.scaler.drain(w))
+        if d.migrate and w.role != "decode":
+            raise InputError(f"only decode replicas migrate KV; {d.worker[0]}[{d.worker[1]}] drains by finishing",
+                             where="faults")
+        sim.env.timeout(d.at_s).callbacks.append(lambda _ev, w=w, m=d.migrate: sim.scaler.drain(w, m))
     for u in plan.scale_ups:
         if u.pool not in sim.pools:
             raise InputError(f"the deployment has no {u.pool} pool (it has {', '.join(sim.pools)})", where="faults")

@@ -232,3 +232,24 @@ def test_the_simulation_report_has_a_searchable_table_of_every_request(tmp_path)
     assert 'oninput="pdsimFilter(this)"' in html and "30 shown" in html
     assert html.count("<tr>") == 31  # a heading and one row per request
     assert "retried_ok" in html and "workers[0] died at 1s" in html
+
+
+def test_a_draining_decode_replica_migrates_its_sequences_kv_and_leaves_at_once():
+    wl = load(n=120, rate=20, isl=1000, osl=600)
+    t = 3.0
+    finish = simulate(dep(DISAGG, [f"decode[0] drains at {t}s"]), wl)
+    move = simulate(dep(DISAGG, [f"decode[0] drains at {t}s, migrating"]), wl)
+    df = move.requests
+    assert (df["outcome"] == "ok").all()
+    moved = [r for r, _, what in move.extra["ops"]["log"] if "migrates from decode worker 2 to 3" in what]
+    assert len(moved) >= 2
+    assert (df.loc[moved, "decode_worker"] == 3).all() and (df.loc[moved, "first_token_s"] < t).all()
+    assert (df.loc[moved, "last_token_s"] > t).all()  # they went on streaming elsewhere
+
+    def drained(r):
+        return next(a["time_s"] for a in r.extra["ops"]["scaling"] if a["action"] == "drained")
+
+    assert drained(move) < t + 1.0 < drained(finish)  # it leaves once the KV has moved, not after 600 tokens
+    # moving the KV is quicker than losing it (a re-prefill after the backoff), request by request on average
+    died = simulate(dep(DISAGG, [f"decode[0] dies at {t}s"]), wl).requests
+    assert df.loc[moved, "e2e_s"].mean() < died.loc[moved, "e2e_s"].mean()
