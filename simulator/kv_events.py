@@ -28,6 +28,7 @@ import numpy as np
 import simpy
 
 from simulator.block_manager import blocks_for
+from simulator.prefix_cache import unused_hold
 from simulator.router import POLICIES, Router
 
 
@@ -78,7 +79,7 @@ def load_blocks(w) -> int:
     if n:
         idx = np.fromiter(w.waiting, np.int64, n)
         queued = int(blocks_for(S.target[idx] - S.computed[idx], w.B).sum())
-    return w.kv.used + queued
+    return w.kv.used - unused_hold(w) + queued
 
 
 def kv_aware(router: Router, workers: Sequence, r: int) -> int:

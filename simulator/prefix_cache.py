@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from simulator.worker import Worker
 
 
+def unused_hold(w: Worker) -> int:
+    """Blocks ``w``'s fast-forwarded decode run holds for steps not started yet (stepping has not taken them)."""
+    run = w.run
+    return 0 if run is None else max(run.hold - run.growth(run.steps_by(w.env.now)), 0)
+
+
 class PrefixCache:
     def __init__(self, kvm: KVManager, worker: Worker, tiers: list[Tier], entry_bytes_per_block: float):
         self.kvm, self.worker, self.wid, self.tiers = kvm, worker, worker.wid, tiers
@@ -86,6 +92,7 @@ class PrefixCache:
     def computed(self, rs) -> None:
         """``rs`` finished their prompts: the entries they computed are cached (busy, held by them) from now on,
         up to the first one another sequence already put here (this copy is a duplicate)."""
+        self.trim()
         kvm, busy, idle = self.kvm, self.busy, self.idle
         for r in rs.tolist():
             keys = kvm.keys[r]
@@ -132,12 +139,10 @@ class PrefixCache:
 
     def trim(self) -> None:
         """Evict least recently used idle entries until they fit in the free blocks (to the first tier)."""
-        w = self.worker
-        free, run = w.kv.free, w.run
+        free = self.worker.kv.free
         if self.idle_blocks <= free:  # (a decode run's unused hold only adds to free)
             return
-        if run is not None:  # blocks held for decode steps not started yet are not used yet
-            free += max(run.hold - run.growth(run.steps_by(w.env.now)), 0)
+        free += unused_hold(self.worker)
         if self.idle_blocks <= free:
             return
         removed = []
@@ -146,7 +151,7 @@ class PrefixCache:
             self.idle_blocks -= size
             removed.append(k)
             if self.tiers:
-                self.tiers[0].put(k, size * self.bytes_per_block, w.env.now)
+                self.tiers[0].put(k, size * self.bytes_per_block, self.worker.env.now)
         self.kvm.removed(self.wid, removed)
 
     def clear(self) -> None:

@@ -346,6 +346,8 @@ class Worker:
         j = run.k
         blocks = blocks_for(comp + j, B)
         kv.deallocate(run.hold - int((blocks - run.held).sum()))
+        if self.cache is not None:  # the cached blocks its last step needed go now, before anything is freed
+            self.cache.trim()
         S.blocks[dec] = blocks
         self.advance_run(run, j)
         return j == k_done  # a sequence has finished

@@ -288,3 +288,30 @@ def test_tier_defaults_are_a_typical_host():
     assert (host.capacity_bytes, host.bandwidth_bytes_s) == (256e9, 50e9)
     assert (disk.capacity_bytes, disk.bandwidth_bytes_s) == (2000e9, 3e9)
     assert tiers_flag("host,remote=500") == {"host": {}, "remote": {"capacity_gb": 500.0}}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_sharing_under_pressure_finishes_everything_and_gives_every_block_back(seed):
+    from simulator.sim import Simulation
+
+    rng = np.random.default_rng(seed)
+    topology = ("agg", "disagg")[seed % 2]
+    n = 50
+    isl = rng.integers(300, 6000, n)
+    pool = [list(range(1000 * k, 1000 * k + 12)) for k in range(4)]
+    prefixes = [pool[i][: int(rng.integers(0, 12))] if rng.random() < 0.8 else [] for i in rng.integers(0, 4, n)]
+    prefixes = [p[: int(x) // H] for p, x in zip(prefixes, isl, strict=True)]
+    wl = workload(np.cumsum(rng.exponential(0.03, n)), isl, rng.integers(1, 200, n), chains(prefixes, isl))
+    dep = deployment(topology, replicas=2, kv_tokens=int(rng.integers(8_000, 30_000)),
+                     router=("kv_aware", "round_robin")[seed % 3 == 0],
+                     kv_tiers={"host": {"capacity_gb": 1}} if seed % 2 else None)
+    dep = dep.with_pool(next(iter(dep.pools)), chunk_size=int(rng.choice([512, 2048, 8192])))
+    sim = Simulation(dep, wl)
+    sim.env.run()
+    res = sim.result()
+    assert (res.requests["outcome"] == "ok").all()
+    for w in sim.workers:
+        assert w.kv.used == 0 and not w.cache.busy and not w.cache.held
+        assert w.cache.idle_blocks == sum(w.cache.idle.values()) <= w.kv.free
+    step = simulate(dep, wl, fast_forward=False)
+    np.testing.assert_allclose(res.requests[TIMES].to_numpy(), step.requests[TIMES].to_numpy(), rtol=1e-9, atol=1e-9)
