@@ -627,7 +627,7 @@ def ops_table(summary: dict) -> str:
         lines.append(f"cost ${c['usd_per_gpu_hour']:g}/GPU-hour x {c['gpu_hours']:.3f} GPU-hours = ${c['usd']:.2f}"
                      f"  ->  {'-' if per_m is None else f'${per_m:.3f}'} per million output tokens")
     f = summary.get("faults")
-    if f:
+    if f and (f["incidents"] or f["requests_hit"]):
         ex = f["extra_latency_ms"]
         lines.append(f"faults {f['incidents']} incidents, {f['requests_hit']} requests hit, {f['retries']} retries, "
                      f"{f['wasted_gpu_s']:.2f} GPU-s of prefill thrown away"
@@ -637,4 +637,15 @@ def ops_table(summary: dict) -> str:
     sc = summary.get("scaling")
     if sc and sc["actions"]:
         lines.append(f"scaling {sc['actions']} actions, {sc['gpu_hours']:.3f} GPU-hours")
+    auto = summary.get("autoscale")
+    if auto and auto["decisions"]:
+        d = auto["decisions"]
+        every = max(1, len(d) // 12)
+        lines.append(f"autoscale {auto['policy']} every {auto['interval_s']:g} s (every {every}th decision shown):")
+        lines.append(f"  {'time s':>8}{'req/s':>8}{'p90 TTFT':>10}{'p90 TPOT':>10}  replicas")
+        for x in d[::every]:
+            reps = " ".join(f"{k[9:]} {v}" for k, v in x.items() if k.startswith("replicas_"))
+            t, p = x["ttft_p90_ms"], x["tpot_p90_ms"]
+            lines.append(f"  {x['time_s']:>8.0f}{x['rate']:>8.2f}{'-' if t is None else f'{t:.0f}':>10}"
+                         f"{'-' if p is None else f'{p:.1f}':>10}  {reps}")
     return "\n".join(lines)
