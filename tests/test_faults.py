@@ -253,3 +253,18 @@ def test_a_draining_decode_replica_migrates_its_sequences_kv_and_leaves_at_once(
     # moving the KV is quicker than losing it (a re-prefill after the backoff), request by request on average
     died = simulate(dep(DISAGG, [f"decode[0] dies at {t}s"]), wl).requests
     assert df.loc[moved, "e2e_s"].mean() < died.loc[moved, "e2e_s"].mean()
+
+
+def test_a_degraded_link_or_a_slowed_transfer_stretches_the_kv_transfer_by_its_factor():
+    wl = Workload(make_requests([0.0], 4000, 5))
+    lat = 10e-6  # the default link's latency
+
+    def wire_s(faults):
+        q = simulate(dep(DISAGG, faults), wl).requests.iloc[0]
+        return q.transfer_end_s - q.transfer_start_s - lat
+
+    base = wire_s([])
+    assert wire_s(["link degrades to 10% at 0s for 100s"]) == pytest.approx(10 * base, rel=1e-9)
+    assert wire_s(["link prefill[0] degrades to 50% at 0s for 100s"]) == pytest.approx(2 * base, rel=1e-9)
+    assert wire_s(["link prefill[1] degrades to 50% at 0s for 100s"]) == pytest.approx(base, rel=1e-9)  # not its link
+    assert wire_s(["kv transfers slowed 4x with p=1"]) == pytest.approx(4 * base, rel=1e-9)
