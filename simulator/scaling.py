@@ -112,6 +112,8 @@ class Scaler:
                 kept.append(r)
                 continue
             w.kv.deallocate(S.blocks[r])
+            if w.cache is not None:  # its KV stays cached here, idle, until evicted
+                w.cache.release(r, int(S.computed[r]))
             w.load -= 1
             d.kv.allocate(need)
             d.load += 1
@@ -129,17 +131,11 @@ class Scaler:
     def _stop_between_steps(self, w: Worker) -> None:
         """End ``w``'s engine loop where it is: a fast-forwarded run keeps the steps that have ended, the step in
         flight is dropped; KV blocks are settled as the end of a run settles them."""
-        S = self.sim.seqs
         w.proc.defused = True
         w.proc.interrupt("migrating")
         run = w.run
         if run is not None:
-            j = min(int(np.searchsorted(run.cum, self.env.now - run.t0, side="right")), run.k)
-            if j:
-                w.advance_run(run, j)
-            blocks = blocks_for(run.comp + j, w.B)
-            w.kv.deallocate(run.hold - int((blocks - run.held).sum()))
-            S.blocks[run.dec] = blocks
+            w.settle_run(run, min(int(np.searchsorted(run.cum, self.env.now - run.t0, side="right")), run.k))
         w.run = w.wake = None
 
     def _migrated(self, r: int, d: Worker, attempt: int) -> None:

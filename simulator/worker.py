@@ -343,14 +343,19 @@ class Worker:
                 if wait > 0:
                     yield env.timeout(wait)
             self.run = None
-        j = run.k
-        blocks = blocks_for(comp + j, B)
-        kv.deallocate(run.hold - int((blocks - run.held).sum()))
+        self.settle_run(run, run.k)
+        return run.k == k_done  # a sequence has finished
+
+    def settle_run(self, run: DecodeRun, j: int) -> None:
+        """``run`` ends after ``j`` steps (all of them, or fewer when cut short by an arrival or, faults.py and
+        scaling.py, a death or a migration): the blocks it held for later steps go back, then its tokens count."""
+        blocks = blocks_for(run.comp + j, self.B)
+        self.kv.deallocate(run.hold - int((blocks - run.held).sum()))
         if self.cache is not None:  # the cached blocks its last step needed go now, before anything is freed
             self.cache.trim()
-        S.blocks[dec] = blocks
-        self.advance_run(run, j)
-        return j == k_done  # a sequence has finished
+        self.S.blocks[run.dec] = blocks
+        if j:
+            self.advance_run(run, j)
 
     def advance_run(self, run: DecodeRun, j: int) -> None:
         """The first ``j`` steps of ``run`` are done: tokens, counters, ITL samples (a worker death cuts a run
