@@ -77,14 +77,16 @@ def main() -> None:
     for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
         r, s = rows[f"autoscale {policy}"]
         gh = s["cost"]["gpu_hours"]
-        same = round(gh * 3600 / r.end_s)
         line = f"autoscale {policy}: {gh:.3f} GPU-h, attainment {s['slo_attainment']:.2%}"
         if meets:
             saved = 1 - gh / static[meets[0]][1]["cost"]["gpu_hours"]
-            line += f"; saves {saved:.1%} GPU-hours against the smallest SLO-meeting static"
-        if same in static:
-            line += f"; best static of the same cost ({same} GPUs, {static[same][0]}): " \
-                    f"{static[same][1]['slo_attainment']:.2%}"
+            line += f"; {saved:.1%} fewer GPU-hours than the smallest SLO-meeting static"
+        cheaper = [(name, x) for name, (_, x) in rows.items()
+                   if name.startswith("static") and x["cost"]["gpu_hours"] <= gh]
+        if cheaper:
+            name, x = max(cheaper, key=lambda c: c[1]["slo_attainment"])
+            line += f"; best static costing no more ({name}, {x['cost']['gpu_hours']:.3f} GPU-h): " \
+                    f"{x['slo_attainment']:.2%}"
         print(line)
     best = max((p.strip() for p in args.policies.split(",") if p.strip()),
                key=lambda p: rows[f"autoscale {p}"][1]["slo_attainment"])
