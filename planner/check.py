@@ -51,7 +51,10 @@ STATS = ("mean", "p50", "p90", "p99")
 PERCENTILES = (50, 90, 99)
 # Scalar summary metrics a baseline may pin -> whether more is better (latencies: less is).
 SCALAR_METRICS = {"throughput_tok_s": True, "tok_s_per_gpu": True, "tok_s_per_user": True, "slo_attainment": True,
-                    "completed": True, "failed": False, "prefix_hit_rate": True}
+                    "completed": True, "failed": False, "prefix_hit_rate": True,
+                    # operations (simulator/faults.py): share of requests served, what faults and GPUs cost
+                    "availability": True, "faults.retries": False, "faults.extra_latency_ms.p50": False,
+                    "faults.extra_latency_ms.p99": False, "cost.usd_per_million_tokens": False}
 SYNTHETIC_KEYS = {"requests", "isl", "osl", "rate", "concurrency", "warmup_requests", "arrival", "cv"}
 # A trace: `rate` rescales it (or gives a lengths-only file its arrivals), then the window, max_requests, speedup.
 TRACE_KEYS = {"trace", "format", "rate", "arrival", "cv", "spread_ticks", "start_s", "end_s", "max_requests", "speedup"}
