@@ -63,6 +63,10 @@ def main() -> None:
             print("step compute / profile (median): " + ", ".join(
                 f"{w} {s['compute_over_profile']:.2f}x = CPU time {s['cpu_over_profile']:.2f}x * wall/CPU "
                 f"{s['wall_over_cpu']:.2f}x" for w, s in live.items() if "compute_over_profile" in s))
+            diff = doc["per_request"]
+            print("per request, live - sim (median): " + ", ".join(
+                f"{m.upper()} {diff[f'{m}_live_minus_sim_ms']['p50']:+.1f} ms" for m in ("ttft", "tpot")
+                if diff.get(f"{m}_live_minus_sim_ms")))
             cells = [c for m in ("ttft_ms", "tpot_ms") for c in doc["metrics"][m].values() if "within_target" in c]
             summary.append((topology, mode, sum(c["within_target"] for c in cells), len(cells)))
             sys.stdout.flush()

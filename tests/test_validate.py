@@ -166,6 +166,7 @@ def run_validate(tmp_path: Path, dep: dict, profile: Path, *extra: str) -> dict:
             assert cell["live"] > 0 and cell["sim"] > 0 and np.isfinite(cell["rel_error"])
             assert cell["rel_error"] == pytest.approx((cell["sim"] - cell["live"]) / cell["live"])
     assert doc["live_failed"] == [0] * doc["repeats"]
+    assert np.isfinite(doc["per_request"]["ttft_live_minus_sim_ms"]["p50"])
     assert (out / "validate.html").read_text().count("plotly") > 3
     rows = (out / "requests.csv").read_text().splitlines()
     assert len(rows) == 1 + doc["workload"]["requests"] * doc["repeats"] and doc["workload"]["requests"] >= 5
