@@ -582,9 +582,11 @@ def ops_summary(result) -> dict:
     if ops is not None:
         hit = df["retries"] > 0
         extra_s = df.loc[hit, "fault_extra_s"].to_numpy() if "fault_extra_s" in df else []
+        everyone_s = df["fault_extra_s"].to_numpy() if "fault_extra_s" in df else []  # queues behind retries too
         s["faults"] = {"incidents": len(ops["incidents"]), "requests_hit": int(hit.sum()), "retries": ops["retries"],
                        "wasted_gpu_s": _num(ops["wasted_gpu_s"]),
                        "extra_latency_ms": stats_ms(extra_s) if len(extra_s) else None,
+                       "extra_latency_all_ms": stats_ms(everyone_s) if len(everyone_s) else None,
                        "fail_reasons": {str(k): int(v) for k, v in
                                         df.loc[df["outcome"] == "failed", "fail_reason"].value_counts().items()}}
         s["scaling"] = {"actions": len(ops["scaling"]), "gpu_hours": _num(ops["gpu_hours"])}
@@ -631,7 +633,11 @@ def ops_table(summary: dict) -> str:
         ex = f["extra_latency_ms"]
         lines.append(f"faults {f['incidents']} incidents, {f['requests_hit']} requests hit, {f['retries']} retries, "
                      f"{f['wasted_gpu_s']:.2f} GPU-s of prefill thrown away"
-                     + (f", extra E2E p50 {ex['p50']:.1f} ms p99 {ex['p99']:.1f} ms" if ex else ""))
+                     + (f", their extra E2E p50 {ex['p50']:.1f} ms p99 {ex['p99']:.1f} ms" if ex else ""))
+        if f.get("extra_latency_all_ms"):
+            a = f["extra_latency_all_ms"]
+            lines.append(f"  every request's E2E against the same run without faults: mean {a['mean']:+.1f} ms, "
+                         f"p99 {a['p99']:+.1f} ms")
         for why, k in f["fail_reasons"].items():
             lines.append(f"  failed x{k}: {why}")
     sc = summary.get("scaling")
