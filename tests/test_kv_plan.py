@@ -13,12 +13,12 @@ from traces.samples import sample_path
 
 
 def test_plan_with_kv_aware_routing_tunes_the_router_weights(tmp_path, capsys):
-    code = run_app(app, ["plan", "--model", "llama-3.1-8b", "--dtype", "fp8", "--ttft", "120", "--tpot", "50",
+    code = run_app(app, ["plan", "--model", "llama-3.1-8b", "--dtype", "fp8", "--ttft", "5000", "--tpot", "100",
                          "--gpus", "4", "--topology", "agg", "--objective", "min-gpus", "--trials", "4", "--quiet",
                          "--trace", str(sample_path("mooncake.jsonl")), "--router", "kv_aware",
                          "--kv-tiers", "host=64", "--out", str(tmp_path)])
     out = capsys.readouterr()
-    assert code in (0, 3), out.err
+    assert code == 0, out.err  # targets any deployment meets: the weights are tuned on a recommendation
     dep = yaml.safe_load((tmp_path / "deployment.yaml").read_text())
     assert dep["router"] == "kv_aware" and dep["kv_tiers"] == {"host": {"capacity_gb": 64.0}}
     assert set(dep["router_weights"]) == {"overlap", "load"}
