@@ -7,7 +7,7 @@ Physics, not rows: a few shares of datasheet peaks (GEMM compute and memory, att
 memory, all-reduce) and fixed costs (per iteration, per sequence per iteration, per request before the
 first token) per engine, fitted on the dense agg rows by least squares on log(predicted / measured) of
 mean TTFT and TPOT with a soft-L1 loss (a few rows are pathological: queues of tens of seconds). First
-the analytic closed-loop steady state (planner.replay.closed_loop, clients out of step) over every dense
+the analytic closed-loop steady state (planner.calibrate.closed_loop_estimate, clients out of step) over every dense
 agg row of the engine; an engine whose clients stay in lock-step (prefill-first: SGLang) then goes through
 the simulator itself (planner.replay.predict_cases) on an evenly spread subsample, starting from there
 (``--sim-rows N`` does that for every engine).
@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from planner.replay import DENSE_MODELS, ape, closed_loop, load_benchmark, predict_cases, row_case
+from planner.calibrate import closed_loop_estimate
+from planner.replay import DENSE_MODELS, ape, load_benchmark, predict_cases, row_case
 from profiler.calibration import FIT_FILE
 from profiler.gpus import resolve_gpu
 from profiler.memory import memory_fit
@@ -52,7 +53,7 @@ def dense_agg_cases(df: pd.DataFrame, gpu_name: str) -> list:
 
 
 def predict(cases: list, eff: Efficiency, gpu_name: str) -> np.ndarray:
-    """(n, 2) predicted mean TTFT and TPOT in seconds, closed-loop steady state."""
+    """(n, 2) predicted mean TTFT and TPOT in seconds, closed-loop steady state (planner.calibrate's estimate)."""
     gpu = resolve_gpu(gpu_name)
     out = np.empty((len(cases), 2))
     cms: dict = {}
@@ -64,8 +65,8 @@ def predict(cases: list, eff: Efficiency, gpu_name: str) -> np.ndarray:
             kv = memory_fit(m, gpu, p.tp, d.dtype, d.kv_dtype, p.max_batch_tokens, d.gpu_memory_utilization).kv_tokens
             cms[key] = (RooflineCostModel(m, gpu, p.tp, d.dtype, d.kv_dtype, eff), kv)
         cm, kv = cms[key]
-        ttft, tpot = closed_loop(cm, p, c.isl, c.osl, c.concurrency, kv)
-        out[i] = ttft + eff.ttft_overhead_s + eff.ttft_wait_iterations * tpot, tpot
+        out[i] = closed_loop_estimate(d, {"workers": cm}, c.isl, c.osl, c.concurrency,
+                                      {"workers": max(1, kv // (c.isl + c.osl))})
     return out
 
 

@@ -30,7 +30,7 @@ from profiler.factory import make_cost_model
 from profiler.gpus import canonical_gpu_name, resolve_gpu
 from profiler.memory import memory_fit
 from profiler.models import canonical_model_name, resolve_model
-from profiler.roofline import Efficiency, engine_efficiency
+from profiler.roofline import Efficiency, engine_efficiency, request_terms
 from simulator.deployment import Deployment, PoolSpec
 
 FIT_DEFAULT = ("gemm_compute", "gemm_memory", "attn_compute", "attn_memory", "iteration_overhead_s", "ttft_overhead_s")
@@ -173,50 +173,35 @@ def _pools_of(dep: Deployment) -> dict:
             "decode_tp": dep.decode.tp, "decode_replicas": dep.decode.replicas}
 
 
-def _num(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 def read_silicon(path: Path, dep: Deployment) -> tuple[list[dict], dict[str, int]]:
-    """Rows of a silicon CSV for the deployment's model, GPU, engine and dtype; skipped rows counted by reason."""
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f"not a CSV ({e})", where=str(path)) from None
-    need = {"model_path", "system", "backend", "precision", "mode", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms"}
-    if missing := sorted(need - set(df.columns)):
-        raise InputError(f"missing silicon columns {missing}", where=str(path))
+    """Rows of a silicon CSV for the deployment's model, GPU, engine and dtype (read as the replay reads them,
+    planner.replay.row_case); skipped rows counted by reason."""
+    from planner.replay import load_benchmark, row_case  # noqa: PLC0415 (replay imports this module lazily)
+
+    df = load_benchmark(path)
+    if "system" not in df.columns:
+        raise InputError("missing silicon columns ['system']", where=str(path))
     me = identity(dep)
     points, skipped = [], {}
 
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
 
-    for i, row in df.iterrows():
+    for i, (_, row) in enumerate(df.iterrows()):
         if (canonical_model_name(str(row.model_path)) != me["model"] or canonical_gpu_name(str(row.system)) != me["gpu"]
-                or row.backend != me["engine"] or row.precision != me["dtype"]):
+                or str(row.backend).lower() != me["engine"]):
             skip("other model/GPU/engine/dtype")
             continue
-        base = {"source": f"{path}:{i + 2}", "isl": int(row.isl), "osl": int(row.osl),
-                "ttft_s": row.silicon_ttft_ms * 1e-3, "tpot_s": row.silicon_tpot_ms * 1e-3, "requests": 0}
-        if row["mode"] == "agg":
-            par = [row.get("pp_size"), row.get("attention_dp_size")]
-            base |= {"topology": "agg", "tp": int(row.tp_size), "replicas": 1, "concurrency": int(row.batch_size)}
-        else:
-            par = [row.get("prefill_pp_size"), row.get("decode_pp_size"), row.get("prefill_attention_dp_size"),
-                   row.get("decode_attention_dp_size")]
-            m = re.search(r"silicon_concurrency=(\d+)", str(row.get("silicon_data_source", "")))
-            conc = int(m.group(1)) if m else int(_num(row.decode_batch_size) * _num(row.decode_num_workers))
-            base |= {"topology": "disagg", "prefill_tp": int(row.prefill_tp_size),
-                     "prefill_replicas": int(row.prefill_num_workers), "decode_tp": int(row.decode_tp_size),
-                     "decode_replicas": int(row.decode_num_workers), "concurrency": conc}
-        if any(_num(p) > 1 for p in par):
-            skip("pipeline or attention-data parallelism (pdsim models TP only)")
+        case = row_case(row, i, me["gpu"])
+        if case.dtype and case.dtype != me["dtype"]:
+            skip("other model/GPU/engine/dtype")
             continue
-        points.append(base)
+        if case.skipped:
+            skip(case.skip_reason)
+            continue
+        points.append({"source": f"{path}:{i + 2}", "isl": case.isl, "osl": case.osl,
+                       "ttft_s": row.silicon_ttft_ms * 1e-3, "tpot_s": row.silicon_tpot_ms * 1e-3, "requests": 0,
+                       "concurrency": case.concurrency} | _pools_of(case.deployment))
     return points, skipped
 
 
@@ -271,35 +256,89 @@ def _decode_s(cm: CostModel, n: int, ctx: int) -> float:
     return cm.iteration_s(Batch.of(decode_ctx=[ctx] * n)) if n > 0 else 0.0
 
 
-def ttft_extra_s(cms: dict[str, CostModel], tpot_s: float) -> float:
-    """What a measured TTFT holds beyond the engine's iterations: the per-request overhead (HTTP,
-    tokenisation, the first token's trip back) and the admission wait of ``ttft_wait_iterations`` decode
-    steps, as the cost models' Efficiency has them (planner/replay.py adds the same; 0 without one)."""
-    effs = [e for e in (getattr(cm, "eff", None) for cm in cms.values()) if e is not None]
-    return max((e.ttft_overhead_s + e.ttft_wait_iterations * tpot_s for e in effs), default=0.0)
+def ttft_extra_s(cms: dict[str, CostModel], tpot_s: float, agg: bool = True) -> float:
+    """What a request's TTFT holds besides the engine's iterations, as the simulator models it: the frontend
+    time (``ttft_overhead_s``) and, on an aggregated engine, ``ttft_wait_iterations`` steps before its prompt
+    is admitted (profiler.roofline.request_terms; 0 for cost models without them)."""
+    terms = [request_terms(cm) for cm in cms.values()]
+    return max((o + (w * tpot_s if agg else 0.0) for o, w in terms), default=0.0)
+
+
+def _steps_s(cm: CostModel, n_dec: np.ndarray, ctx: float, chunk: np.ndarray, cached: np.ndarray) -> np.ndarray:
+    """Seconds of iterations with ``n_dec`` decodes at context ``ctx`` and one prefill chunk of ``chunk`` tokens
+    after ``cached`` ones, element-wise (the roofline's vectorised form where the cost model has one)."""
+    if hasattr(cm, "mixed_steps_s"):
+        return cm.mixed_steps_s(n_dec, ctx, chunk, cached)
+    return np.array([cm.iteration_s(Batch.of(prefill=[(int(c), int(k))] if c > 0 else [],
+                                             decode_ctx=[int(ctx)] * int(round(n))))
+                     for n, c, k in zip(n_dec, chunk, cached, strict=True)])
+
+
+def agg_steady_state(cm: CostModel, pool: PoolSpec, isl: int, osl: int, clients: float, seats: int,
+                     grid: int = 64) -> tuple[float, float]:
+    """Mean (TTFT s, TPOT s) of ``clients`` closed-loop clients of one continuous-batching replica, in steady
+    state, clients out of step, with ``seats`` sequences it can hold at once (max_seqs, KV room).
+
+    Fluid model at throughput X req/s: ``X (osl-1) TPOT`` sequences decode; a prompt takes ``k`` iterations of
+    at most ``max_batch_tokens - decodes`` tokens (one whole iteration when prefill is not chunked); those
+    mixed iterations cost ``t_m``, plain ones ``t_d``, so TPOT = t_d / (1 - X k (t_m - t_d)). TTFT = half an
+    iteration + M/D/1 wait for the prefill share + the prompt's own iterations, both as the other clients
+    load the engine (arrival theorem: one client alone finds it idle). X is where ``X x E2E`` equals
+    the clients in service (Little's law); clients beyond the seats queue for one.
+    """
+    seats = int(max(1, min(clients, seats)))
+    ctx = isl + osl / 2
+    budget = pool.max_batch_tokens
+    one, zero = np.ones(1), np.zeros(1)
+    t_full = float(_steps_s(cm, seats * one, ctx, zero, zero)[0])
+    t_pf = float(_steps_s(cm, zero, 0, isl * one, zero)[0])
+    x = seats / (max(osl - 1, 1) * t_full + t_pf) * np.geomspace(1e-3, 1.0, grid)
+    tpot = np.full(grid, t_full)
+    for _ in range(5):
+        n_dec = np.clip(x * (osl - 1) * tpot, 1.0, seats)
+        chunk = np.clip(budget - n_dec, 1.0, isl) if pool.chunked_prefill else np.full(grid, float(isl))
+        k = np.ceil(isl / chunk)
+        t_d = _steps_s(cm, n_dec, ctx, np.zeros(grid), np.zeros(grid))
+        t_m = _steps_s(cm, n_dec, ctx, chunk, (isl - chunk) / 2)
+        free = 1.0 - x * k * (t_m - t_d)
+        tpot = np.where(free > 0, t_d / np.maximum(free, 1e-9), np.inf)
+    service = k * t_m
+    # arrival theorem: a request of a closed loop finds the engine as the other seats - 1 clients keep it
+    others = (seats - 1) / seats
+    rho = x * service * others
+    wait = np.where(rho < 1, rho / (2 * np.maximum(1 - rho, 1e-9)) * service, np.inf)
+    ttft = others * tpot / 2 + wait + service
+    in_service = x * (ttft + (osl - 1) * tpot)
+    i = int(np.searchsorted(in_service, seats))  # in_service rises with x
+    if i == 0:
+        ttft_s, tpot_s, x_s = ttft[0], tpot[0], x[0]
+    else:
+        i = min(i, grid - 1)
+        lo, hi = in_service[i - 1], in_service[i]
+        w = 1.0 if not np.isfinite(hi) else float(np.clip((seats - lo) / (hi - lo), 0.0, 1.0))
+        pick = (lambda a: a[i - 1] + w * (a[i] - a[i - 1])) if np.isfinite(hi) else (lambda a: a[i - 1])
+        ttft_s, tpot_s, x_s = pick(ttft), pick(tpot), pick(x)
+    if clients > seats:  # the rest wait for a seat: Little's law on the queue
+        ttft_s += (clients - seats) / x_s
+    return float(ttft_s), float(tpot_s)
 
 
 def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl: int,
-                         concurrency: int) -> tuple[float, float]:
+                         concurrency: int, kv_seats: dict[str, int] | None = None) -> tuple[float, float]:
     """Mean (TTFT, TPOT) in seconds of ``concurrency`` clients, each sending its next request (fixed
-    ISL/OSL) when the last finishes, in steady state with clients out of phase. Agg: a request's prefill
-    chunks ride in decode iterations and stall the other sequences; disagg: prefills queue on the prefill
-    pool (M/D/c-like wait), KV crosses the link, decode batches hold the rest. Clients beyond what one
-    batch holds (``max_seqs`` or the KV cache) wait for a finishing request."""
+    ISL/OSL) when the last finishes, in steady state with clients out of phase: the one analytic estimate
+    (calibration fits, emit's predictions, the replay's client stagger). Agg: ``agg_steady_state`` per
+    replica. Disagg: prefills queue on the prefill pool (M/D/c-like wait), KV crosses the link, decode
+    batches hold the rest. TTFT includes the frontend time and admission wait the simulator models.
+    ``kv_seats``: sequences of isl + osl a replica of each pool holds (computed when not given)."""
     ctx = isl + osl // 2
     steps = max(osl - 1, 1)
+    seats = kv_seats or {name: kv_slots(dep, p, isl + osl) for name, p in dep.pools.items()}
     if dep.topology == "agg":
         pool, cm = dep.workers, cms["workers"]
-        n = concurrency / pool.replicas
-        b = max(1, min(round(n), pool.max_seqs, kv_slots(dep, pool, isl + osl)))
-        others = _decode_s(cm, b - 1, ctx)
-        own = [cm.iteration_s(Batch.of(prefill=[c], decode_ctx=[ctx] * (b - 1))) for c in _chunks(isl, pool)]
-        stall = sum(own) - len(own) * others  # what one prefill adds to the iterations it rides in
-        tpot = _decode_s(cm, b, ctx) + (b - 1) * stall / max(osl, 1)
-        ttft = sum(own) + ttft_extra_s(cms, tpot)
-        if n > b:  # clients beyond the batch wait for a finishing request
-            ttft += (n - b) * (ttft + steps * tpot) / b
-        return ttft, tpot
+        ttft, tpot = agg_steady_state(cm, pool, isl, osl, concurrency / pool.replicas,
+                                      min(pool.max_seqs, seats["workers"]))
+        return ttft + ttft_extra_s(cms, tpot), tpot
     pf, dc = dep.prefill, dep.decode
     pcm, dcm = cms["prefill"], cms["decode"]
     service = sum(pcm.iteration_s(Batch.of(prefill=[c])) for c in _chunks(isl, pf))
@@ -307,10 +346,10 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
     kv = resolve_model(dep.model).kv_bytes_per_token(dep.resolved_kv_dtype) * isl / pf.tp
     transfer = pcm.transfer_s(kv, link)
     n = concurrency / dc.replicas
-    b = max(1, min(round(n), dc.max_seqs, kv_slots(dep, dc, isl + osl)))
+    b = max(1, min(round(n), dc.max_seqs, seats["decode"]))
     tpot = _decode_s(dcm, b, ctx)
     decode_wait = (n - b) * steps * tpot / b if n > b else 0.0
-    fixed = transfer + tpot + decode_wait + ttft_extra_s(cms, tpot)
+    fixed = transfer + tpot + decode_wait + ttft_extra_s(cms, tpot, agg=False)
     ttft = service + fixed
     for _ in range(30):  # fixed point: the arrival rate of a closed loop depends on its own latency
         cycle = ttft + steps * tpot
@@ -392,9 +431,11 @@ def fit_efficiency(dep: Deployment, points: pd.DataFrame, start: Efficiency | No
         return np.concatenate([(np.log(predict_points(dep, points, eff_at(x))) - meas).ravel(),
                                PRIOR_WEIGHT * (x - x0)])
 
-    # soft L1: a few points the steady-state model cannot explain (overload, lock-step) do not drag the rest
-    return eff_at(least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.2, xtol=1e-9, ftol=1e-9,
-                                max_nfev=80).x)
+    # plain least squares finds the basin (soft L1 from a far start stalls on the estimate's kinks), then soft
+    # L1: a few points the steady-state model cannot explain (overload, lock-step) do not drag the rest
+    x = least_squares(residuals, x0, bounds=(lo, hi), xtol=1e-9, ftol=1e-9, max_nfev=60).x
+    return eff_at(least_squares(residuals, x, bounds=(lo, hi), loss="soft_l1", f_scale=0.2, xtol=1e-9, ftol=1e-9,
+                                max_nfev=40).x)
 
 
 # ---- calibration file ------------------------------------------------------------------------

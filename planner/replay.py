@@ -3,7 +3,8 @@
 Each row is one real benchmark: a model served by an engine (trtllm, vllm, sglang) in a precision, agg
 (one replica, ``batch_size`` closed-loop clients) or disagg (prefill and decode workers), with fixed
 ISL/OSL and the measured mean TTFT and TPOT. ``row_case`` turns a row into a Deployment and a closed-loop
-workload, or into a skip reason; ``replay`` simulates every case and ``summarize`` scores it.
+workload, or into a skip reason (planner/calibrate.py reads silicon rows with it too); ``replay`` simulates
+every case with ``simulate`` and ``summarize`` scores it.
 
 Parallelism convention of the file: a worker has ``tp x attention_dp = moe_tp x moe_ep`` GPUs.
 """
@@ -282,64 +283,6 @@ class Replay:
     summary: dict = field(default_factory=dict)
 
 
-# ---- analytic closed loop (fast; what bench/calibrate.py fits with) ------------------------------
-def _step_s(cm, n_dec, ctx: float, chunk, cached):
-    """Seconds of iterations with ``n_dec`` decodes at context ``ctx`` and one prefill chunk, vectorised.
-    Uses the roofline's array form (``_time``): the fit evaluates thousands of these per second."""
-    n_dec = np.asarray(n_dec, dtype=float)
-    chunk = np.asarray(chunk, dtype=float) * np.ones_like(n_dec)
-    cached = np.asarray(cached, dtype=float) * np.ones_like(n_dec)
-    pairs = chunk * cached + chunk * (chunk + 1) / 2
-    return cm._time(n_dec + chunk, pairs, chunk + cached, n_dec, n_dec * ctx, n_dec + (chunk > 0))
-
-
-def closed_loop(cm, pool: PoolSpec, isl: int, osl: int, clients: int, kv_tokens: int,
-                grid: int = 64) -> tuple[float, float]:
-    """Mean (TTFT s, TPOT s) of ``clients`` closed-loop clients in steady state, clients out of step.
-
-    Fluid model of one continuous-batching replica at throughput X req/s: ``X (osl-1) TPOT`` sequences
-    decode; a prompt takes ``k`` iterations of at most ``max_batch_tokens - decodes`` tokens (one whole
-    iteration when prefill is not chunked); those mixed iterations cost ``t_m``, plain ones ``t_d``, so
-    TPOT = t_d / (1 - X k (t_m - t_d)). TTFT = half an iteration + M/D/1 wait for the prefill share + the
-    prompt's own iterations. X is where ``X x E2E`` equals the clients in service (Little's law); clients
-    beyond the seats (max_seqs, KV room) queue for one.
-    """
-    seats = int(max(1, min(clients, pool.max_seqs, kv_tokens // max(1, isl + osl))))
-    ctx = isl + osl / 2
-    budget = pool.max_batch_tokens
-    t_full = float(_step_s(cm, np.array([seats]), ctx, 0, 0)[0])
-    x = seats / (max(osl - 1, 1) * t_full + float(_step_s(cm, np.array([1.0]), 0, isl, 0)[0])) * np.geomspace(
-        1e-3, 1.0, grid)
-    tpot = np.full(grid, t_full)
-    for _ in range(5):
-        n_dec = np.clip(x * (osl - 1) * tpot, 1.0, seats)
-        chunk = np.clip(budget - n_dec, 1.0, isl) if pool.chunked_prefill else np.full(grid, float(isl))
-        k = np.ceil(isl / chunk)
-        t_d = _step_s(cm, n_dec, ctx, 0, 0)
-        t_m = _step_s(cm, n_dec, ctx, chunk, (isl - chunk) / 2)
-        free = 1.0 - x * k * (t_m - t_d)
-        tpot = np.where(free > 0, t_d / np.maximum(free, 1e-9), np.inf)
-    service = k * t_m
-    rho = x * service
-    wait = np.where(rho < 1, rho / (2 * np.maximum(1 - rho, 1e-9)) * service, np.inf)
-    ttft = tpot / 2 + wait + service
-    e2e = ttft + (osl - 1) * tpot
-    in_service = x * e2e
-    i = int(np.searchsorted(in_service, seats))  # in_service rises with x
-    if i == 0:
-        ttft_s, tpot_s, x_s = ttft[0], tpot[0], x[0]
-    else:
-        i = min(i, grid - 1)
-        lo, hi = in_service[i - 1], in_service[i]
-        w = 1.0 if not np.isfinite(hi) else (seats - lo) / (hi - lo)
-        w = float(np.clip(w, 0.0, 1.0))
-        pick = (lambda a: a[i - 1] + w * (a[i] - a[i - 1])) if np.isfinite(hi) else (lambda a: a[i - 1])
-        ttft_s, tpot_s, x_s = pick(ttft), pick(tpot), pick(x)
-    if clients > seats:  # the rest wait for a seat: Little's law on the queue
-        ttft_s += (clients - seats) / x_s
-    return float(ttft_s), float(tpot_s)
-
-
 # ---- simulation -------------------------------------------------------------------------------
 REQUESTS_PER_CLIENT = 4  # the first round is warm-up; three measured rounds reach steady state
 
@@ -352,8 +295,8 @@ def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT,
     clients drift out of step (arrival jitter splits the waves the deterministic model would keep), so with
     ``stagger`` they start one at a time, ``E2E / clients`` apart (E2E from the analytic steady state). On
     a prefill-first engine (SGLang) every wave is prefilled before anyone decodes, so all finish together
-    and the lock-step holds: those clients start together whatever ``stagger`` says. TTFT includes the
-    engine's per-request overhead and admission wait (Efficiency.ttft_overhead_s, ttft_wait_iterations).
+    and the lock-step holds: those clients start together whatever ``stagger`` says. The frontend time and
+    admission wait (Efficiency.ttft_overhead_s, ttft_wait_iterations) are the simulator's, as for any caller.
     ``efficiency`` replaces the engine's fitted factors (what bench/calibrate.py varies).
     """
     from profiler.roofline import RooflineCostModel, engine_efficiency  # noqa: PLC0415
@@ -375,22 +318,14 @@ def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT,
     m = r[r["measured"] & (r["outcome"] == "ok")]
     if m.empty:
         m = r[r["outcome"] == "ok"]
-    tpot = float(m["tpot_s"].mean())
-    return float(m["ttft_s"].mean()) + eff.ttft_overhead_s + eff.ttft_wait_iterations * tpot, tpot
+    return float(m["ttft_s"].mean()), float(m["tpot_s"].mean())
 
 
 def _cycle_estimate_s(case: Case, cms: dict) -> float:
-    """One client's request cycle (E2E) from the analytic steady state of the pool that decodes."""
-    dep = case.deployment
-    gpu = resolve_gpu(dep.gpu)
-    spec = CATALOG[case.model]
-    name = "workers" if dep.topology == "agg" else "decode"
-    pool = dep.pools[name]
-    cm = cms[name]
-    kv = memory_fit(spec, gpu, pool.tp, dep.dtype, dep.resolved_kv_dtype, pool.max_batch_tokens,
-                    dep.gpu_memory_utilization).kv_tokens
-    clients = max(1, case.concurrency // pool.replicas)
-    ttft, tpot = closed_loop(cm, pool, case.isl, case.osl, clients, kv)
+    """One client's request cycle (E2E) from the analytic closed-loop steady state."""
+    from planner.calibrate import closed_loop_estimate  # noqa: PLC0415 (calibrate reads rows with row_case)
+
+    ttft, tpot = closed_loop_estimate(case.deployment, cms, case.isl, case.osl, case.concurrency)
     return ttft + (case.osl - 1) * tpot
 
 

@@ -31,11 +31,12 @@ class Efficiency:
     comm: float = 0.70  # of NVLink bandwidth in all-reduce
     iteration_overhead_s: float = 2.0e-3  # scheduling, launch, sampling per iteration
     per_seq_overhead_s: float = 0.0  # per-sequence bookkeeping per iteration
-    # Per request, outside any iteration: HTTP, tokenisation, routing, the first token's trip back. Not part
-    # of iteration_s; whoever reports TTFT adds it (planner/replay.py does).
+    # Per request, outside any iteration: HTTP, tokenisation, routing, the first token's trip back. The
+    # simulator delivers a request to its worker this long after it arrives (simulator/sim.py).
     ttft_overhead_s: float = 0.0
-    # Decode iterations a new request waits before its prefill is scheduled (input handling under load:
-    # the engine takes new requests between steps while streaming every running sequence's output).
+    # Iterations a new request waits, beyond the one in flight, before an aggregated worker admits its prompt
+    # (input handling under load: the engine takes new requests between steps while streaming every running
+    # sequence's output). The simulator waits round(this) iterations (simulator/worker.py).
     ttft_wait_iterations: float = 0.0
 
     def to_dict(self) -> dict:
@@ -60,6 +61,13 @@ def engine_efficiency(engine: str) -> Efficiency:
     return replace(base, **known)
 
 
+def request_terms(cost) -> tuple[float, float]:
+    """(ttft_overhead_s, ttft_wait_iterations) of a pool's cost model: its Efficiency's, or zero for a cost
+    model without one (a measured profile). The one place the simulator reads them."""
+    eff = getattr(cost, "eff", None)
+    return (eff.ttft_overhead_s, eff.ttft_wait_iterations) if isinstance(eff, Efficiency) else (0.0, 0.0)
+
+
 class RooflineCostModel:
     """Cost of one pool's iterations from ModelSpec over GPUSpec; TP divides work and adds all-reduce."""
 
@@ -80,6 +88,7 @@ class RooflineCostModel:
         self._wb_attn = wb if dtype != "fp4" else dtype_bytes("bf16")
         self._wb_mlp = wb
         self._lm_w = m.vocab * m.hidden / tp
+        self._wb_lm = dtype_bytes("bf16")
         heads = max(1.0, m.heads / tp)
         if m.is_mla:
             # Prefill runs MLA expanded (qk 192, v 128); decode absorbs the up-projections and
@@ -94,20 +103,21 @@ class RooflineCostModel:
         self._full_layers = m.layers - m.sliding_layers
 
     # ---- pieces ------------------------------------------------------------------------------
-    def _linear_s(self, tokens, weight_elems: float, wbytes: float, in_out: float):
+    # ``mx``/``mn``: builtin max/min when every argument is a plain float (iteration_s: ~10x cheaper than
+    # numpy on scalars), np.maximum/np.minimum for arrays (decode_steps_s, mixed_steps_s). Same arithmetic.
+    def _linear_s(self, tokens, weight_elems: float, wbytes: float, in_out: float, mx=np.maximum):
         flops = 2.0 * tokens * weight_elems
         bytes_ = weight_elems * wbytes + tokens * in_out * ACT_BYTES
-        return np.maximum(flops / (self._peak * self.eff.gemm_compute), bytes_ / (self._bw * self.eff.gemm_memory))
+        return mx(flops / (self._peak * self.eff.gemm_compute), bytes_ / (self._bw * self.eff.gemm_memory))
 
-    def _moe_s(self, tokens):
+    def _moe_s(self, tokens, mx=np.maximum):
         m = self.model
-        touched = m.experts * (1.0 - (1.0 - m.active_experts / m.experts) ** np.maximum(tokens, 0))
+        touched = m.experts * (1.0 - (1.0 - m.active_experts / m.experts) ** mx(tokens, 0.0))
         weight_bytes = (touched + m.shared_experts * (tokens > 0)) * self._expert_w * self._wb_mlp
         flops = 2.0 * tokens * (m.active_experts + m.shared_experts) * self._expert_w
-        return np.maximum(flops / (self._peak * self.eff.gemm_compute),
-                          weight_bytes / (self._bw * self.eff.gemm_memory))
+        return mx(flops / (self._peak * self.eff.gemm_compute), weight_bytes / (self._bw * self.eff.gemm_memory))
 
-    def _attn_layers_s(self, pairs, pf_ctx_read, n_dec, dec_ctx_sum):
+    def _attn_layers_s(self, pairs, pf_ctx_read, n_dec, dec_ctx_sum, mx=np.maximum, mn=np.minimum):
         """Attention of all layers: prefill over causal token pairs, decode over the contexts read."""
         m = self.model
         e = self.eff
@@ -117,11 +127,11 @@ class RooflineCostModel:
                 continue
             d_ctx = dec_ctx_sum
             if window:
-                d_ctx = np.minimum(dec_ctx_sum, n_dec * window)
-            pf = np.maximum(self._pf_attn_flops_per_pair * pairs / (self._attn_peak * e.attn_compute),
-                            self._kv_bytes_layer * pf_ctx_read / (self._bw * e.attn_memory))
-            dec = np.maximum(self._dec_attn_flops_per_ctx * d_ctx / (self._attn_peak * e.attn_compute),
-                             self._kv_bytes_layer * d_ctx / (self._bw * e.attn_memory))
+                d_ctx = mn(dec_ctx_sum, n_dec * window)
+            pf = mx(self._pf_attn_flops_per_pair * pairs / (self._attn_peak * e.attn_compute),
+                    self._kv_bytes_layer * pf_ctx_read / (self._bw * e.attn_memory))
+            dec = mx(self._dec_attn_flops_per_ctx * d_ctx / (self._attn_peak * e.attn_compute),
+                     self._kv_bytes_layer * d_ctx / (self._bw * e.attn_memory))
             total = total + layers * (pf + dec)
         return total
 
@@ -138,34 +148,50 @@ class RooflineCostModel:
                          + g.internode_latency_s)
         return 2.0 * self.model.layers * one
 
-    def _time(self, tokens, pairs, pf_ctx_read, n_dec, dec_ctx_sum, n_logits):
+    def _time(self, tokens, pairs, pf_ctx_read, n_dec, dec_ctx_sum, n_logits, mx=np.maximum, mn=np.minimum):
         m = self.model
         h = m.hidden
-        t = self._linear_s(tokens, self._attn_w, self._wb_attn, 2.0 * h) * m.layers
+        t = self._linear_s(tokens, self._attn_w, self._wb_attn, 2.0 * h, mx) * m.layers
         if m.dense_layers:
-            t = t + self._linear_s(tokens, self._dense_w, self._wb_mlp, h + m.intermediate / self.tp) * m.dense_layers
+            mlp_io = h + m.intermediate / self.tp
+            t = t + self._linear_s(tokens, self._dense_w, self._wb_mlp, mlp_io, mx) * m.dense_layers
         if m.moe_layers:
-            t = t + self._moe_s(tokens) * m.moe_layers
-        t = t + self._attn_layers_s(pairs, pf_ctx_read, n_dec, dec_ctx_sum)
+            t = t + self._moe_s(tokens, mx) * m.moe_layers
+        t = t + self._attn_layers_s(pairs, pf_ctx_read, n_dec, dec_ctx_sum, mx, mn)
         t = t + self._allreduce_s(tokens)
-        t = t + self._linear_s(n_logits, self._lm_w, dtype_bytes("bf16"), h)
+        t = t + self._linear_s(n_logits, self._lm_w, self._wb_lm, h, mx)
         return t + self.eff.iteration_overhead_s + self.eff.per_seq_overhead_s * n_logits
 
     # ---- CostModel ---------------------------------------------------------------------------
     def iteration_s(self, batch: Batch) -> float:
-        if batch.empty:
-            return 0.0
-        c = batch.prefill_tokens.astype(np.float64)
-        p = batch.prefill_cached.astype(np.float64)
-        pairs = float((c * p + c * (c + 1) / 2).sum())
-        pf_read = float((c + p).sum())
         n_dec = len(batch.decode_ctx)
-        n_last = len(c) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
-        return float(self._time(batch.tokens, pairs, pf_read, n_dec, float(batch.decode_ctx.sum()), n_dec + n_last))
+        if len(batch.prefill_tokens):
+            c = batch.prefill_tokens.astype(np.float64)
+            p = batch.prefill_cached.astype(np.float64)
+            pf_tokens = float(c.sum())
+            pairs = float((c * p + c * (c + 1) / 2).sum())
+            pf_read = pf_tokens + float(p.sum())
+            n_last = len(c) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
+        else:
+            pf_tokens = pairs = pf_read = 0.0
+            n_last = 0
+        if pf_tokens + n_dec == 0:
+            return 0.0
+        return float(self._time(pf_tokens + n_dec, pairs, pf_read, float(n_dec), float(batch.decode_ctx.sum()),
+                                float(n_dec + n_last), max, min))
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
         ctx = ctx_sum + n_seqs * np.arange(steps, dtype=np.float64)
         return np.asarray(self._time(n_seqs, 0.0, 0.0, n_seqs, ctx, n_seqs), dtype=np.float64) * np.ones(steps)
+
+    def mixed_steps_s(self, n_dec, ctx: float, chunk, cached) -> np.ndarray:
+        """Seconds of iterations of ``n_dec`` decodes at context ``ctx`` plus one prefill chunk of ``chunk``
+        tokens after ``cached`` (0: none), element-wise over arrays; ``n_dec`` may be fractional (a mean)."""
+        n_dec = np.asarray(n_dec, dtype=float)
+        chunk = np.asarray(chunk, dtype=float) * np.ones_like(n_dec)
+        cached = np.asarray(cached, dtype=float) * np.ones_like(n_dec)
+        pairs = chunk * cached + chunk * (chunk + 1) / 2
+        return self._time(n_dec + chunk, pairs, chunk + cached, n_dec, n_dec * ctx, n_dec + (chunk > 0))
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
         return transfer_s(kv_bytes, link)

@@ -424,7 +424,7 @@ class Faults:
         if handoff:
             self.sim.handoff(r, None)
         else:
-            self.sim._send(r)
+            self.sim._route(r)  # the system retries: no second trip through the frontend
         if self.attempt[r] == a:  # not refused again (no live replica)
             w = S.decode_worker[r] if handoff else S.prefill_worker[r]
             self.log.append((r, self.env.now, f"sent again to {'decode' if handoff else 'entry'} worker {w}"))

@@ -20,6 +20,7 @@ from profiler.gpus import resolve_gpu
 from profiler.memory import require_fit
 from profiler.models import resolve_model
 from profiler.prices import usd_per_gpu_hour
+from profiler.roofline import request_terms
 from simulator.block_manager import blocks_for
 from simulator.deployment import Deployment
 from simulator.faults import annotate, attach_ops
@@ -88,6 +89,8 @@ class Simulation:
             wid += pool.replicas
         self.routers = {name: Router(dep.router) for name in self.pools}
         self.entry = "workers" if dep.topology == "agg" else "prefill"
+        # frontend: HTTP, tokenisation, routing before a request reaches a worker (Efficiency.ttft_overhead_s)
+        self.frontend_s = request_terms(self.pools[self.entry][0].cost)[0]
         self.workers = [w for ws in self.pools.values() for w in ws]
         self.kvm = attach_kv(self, workload, model.kv_bytes_per_token(kv_dtype))  # prefix caches, kv_aware
         self.fail_reason = self._fail_reasons(model.max_context, capacity, B)
@@ -151,23 +154,31 @@ class Simulation:
                 self._completed(np.array([r]))
 
     def _send(self, r: int) -> bool:
-        """Route request ``r`` to its first worker; False if it can never be served (then it has failed)."""
+        """Route request ``r`` to its first worker, ``frontend_s`` after it is sent; False if it can never be
+        served (then it has failed)."""
         S = self.seqs
         if self.fail_reason[r]:
             S.outcome[r] = FAILED
             S.fail_reason[r] = self.fail_reason[r]
             return False
+        if self.frontend_s > 0:
+            self.env.timeout(self.frontend_s).callbacks.append(lambda _ev: self._route(r))
+        else:
+            self._route(r)
+        return True
+
+    def _route(self, r: int) -> None:
+        S = self.seqs
         ws = self.serving[self.entry]
         if not ws:  # every replica is down or draining
             self.ops.no_worker(r, self.entry)
-            return True
+            return
         w = self.routers[self.entry].pick(ws, r)
         w.load += 1
         S.prefill_worker[r] = w.wid
         if self.entry == "workers":
             S.decode_worker[r] = w.wid
         w.add(r)
-        return True
 
     def handoff(self, r: int, prefill: Worker) -> None:
         """Disagg: ``r``'s prompt is prefilled; a decode worker reserves blocks, then the KV moves."""

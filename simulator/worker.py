@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from profiler.costmodel import Batch
+from profiler.roofline import request_terms
 from simulator.block_manager import BlockManager, blocks_for
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ class Worker:
         self.chunk_tokens = pool.prefill_chunk_tokens if pool.chunked_prefill else None
         self.prefill_first = pool.prefill_first and role == "agg"
         self.cost = cost
+        # iterations a new prompt waits beyond the one in flight (Efficiency.ttft_wait_iterations; agg engines)
+        self.admit_wait = round(request_terms(cost)[1]) if role == "agg" else 0
+        self.not_before: dict[int, int] = {}  # waiting request -> iteration count from which it may be admitted
         self.B = block_tokens
         self.kv = BlockManager(kv_blocks, block_tokens)
         self.cache = None  # PrefixCache (simulator/kv.py), set when requests carry hash chains
@@ -76,6 +80,9 @@ class Worker:
     # ---- inputs ------------------------------------------------------------------------------
     def add(self, r: int) -> None:
         """A routed request to prefill here."""
+        if self.admit_wait and len(self.running):  # an idle engine takes it at once
+            done = self.iterations if self.run is None else self.iterations + self.run.steps_by(self.env.now) - 1
+            self.not_before[r] = done + 1 + self.admit_wait
         self.waiting.append(r)
         self.notify()
 
@@ -136,6 +143,9 @@ class Worker:
                     continue
                 if self.reserving:  # blocks a preemption freed may let a transfer in
                     self.try_reserve()
+                if self.not_before and self.waiting:  # no iteration will come to count the wait down
+                    self.not_before.clear()
+                    continue
                 self.wake = env.event()
                 yield self.wake
                 self.wake = None
@@ -199,10 +209,13 @@ class Worker:
         n_running = len(self.running)
         while self.waiting and n_running < self.max_seqs and budget > 0:
             r = self.waiting[0]
+            if self.not_before and self.not_before.get(r, 0) > self.iterations:
+                break
             c = self._chunk(r, budget, empty=not n_dec and not pf, shrink=False)
             if c <= 0:
                 break
             self.waiting.popleft()
+            self.not_before.pop(r, None)
             self.running = np.append(self.running, r)
             n_running += 1
             if np.isnan(S.prefill_start_s[r]):
@@ -307,6 +320,9 @@ class Worker:
         comp = S.computed[dec]
         gen = S.generated[dec]
         k = k_done = int((S.osl[dec] - gen).min())
+        if self.not_before and self.waiting:  # stop where the next waiting prompt may be admitted
+            gate = self.not_before.get(self.waiting[0], 0) - self.iterations
+            k = min(k, gate) if gate > 0 else k
         run = DecodeRun(env.now, comp, S.blocks[dec], B, k)
         # Hold an upper bound on the blocks steps 2..k need (each sequence at most ceil((k-1)/B) more) and settle
         # the exact count when the run ends; where the bound does not fit, find the most steps that do.

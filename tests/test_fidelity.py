@@ -192,15 +192,22 @@ def test_replay_of_measured_rows_lands_near_the_measurement():
 def test_prefill_first_engine_keeps_a_wave_in_lock_step():
     """SGLang runs waiting prompts before the decodes: a wave of N clients is wholly prefilled first, so the
     mean TTFT grows with N (about half the wave's prefill) and each TPOT carries the wait for the wave."""
+    from dataclasses import replace
+
+    from profiler.roofline import RooflineCostModel, engine_efficiency
     from simulator import simulate
     from simulator.deployment import Deployment, PoolSpec, parse_deployment
     from traces.synthetic import synthetic_workload
+
+    # the scheduling alone (request terms zero): a frontend delay shifts when KV runs short in this tight cache
+    eff = replace(engine_efficiency("sglang"), ttft_overhead_s=0.0, ttft_wait_iterations=0.0)
+    cm = RooflineCostModel(CATALOG["qwen3-32b"], resolve_gpu("h100-sxm"), 4, "bf16", "bf16", eff)
 
     def run(prefill_first: bool, clients: int):
         dep = Deployment("qwen3-32b", gpu="h100-sxm", dtype="bf16", engine="sglang",
                          workers=PoolSpec(tp=4, max_seqs=clients, prefill_first=prefill_first))
         wl = synthetic_workload(requests=3 * clients, isl=2048, osl=64, concurrency=clients, warmup_requests=clients)
-        r = simulate(dep, wl).requests
+        r = simulate(dep, wl, cost_models={"workers": cm}).requests
         r = r[r["measured"]]
         return r["ttft_s"].mean(), r["tpot_s"].mean(), r["prefill_start_s"].min()
 
@@ -234,3 +241,93 @@ def test_tensor_parallel_across_nodes_pays_the_rdma_all_reduce():
     assert two_nodes > 1.2 * nvlink  # each GPU's 1/8 share crosses a 50 GB/s NIC instead of 450 GB/s NVLink
     tp8 = [RooflineCostModel(m, g, 8, "fp8").iteration_s(b) for g in (h100, one_node)]
     assert tp8[0] == tp8[1]  # inside one node nothing changes
+
+
+# ---- the request terms are the simulator's: every caller gets the same TTFT ---------------------------------
+def _terms_setup(overhead_s: float, wait: float):
+    from dataclasses import replace
+
+    from profiler.roofline import RooflineCostModel
+    from simulator.deployment import Deployment, PoolSpec
+
+    eff = replace(engine_efficiency("vllm"), ttft_overhead_s=overhead_s, ttft_wait_iterations=wait)
+    cm = RooflineCostModel(CATALOG["llama-3.1-8b"], resolve_gpu("h100-sxm"), 1, "bf16", "bf16", eff)
+    return Deployment("llama-3.1-8b", gpu="h100-sxm", dtype="bf16", workers=PoolSpec(max_seqs=64)), cm
+
+
+def test_a_request_reaches_its_worker_after_the_frontend_time():
+    from profiler.costmodel import Batch
+    from simulator import simulate
+    from traces.synthetic import synthetic_workload
+
+    dep, cm = _terms_setup(0.05, 0.0)
+    r = simulate(dep, synthetic_workload(requests=3, isl=2000, osl=20, concurrency=1, seed=0),
+                 cost_models={"workers": cm}).requests
+    np.testing.assert_allclose(r["prefill_start_s"] - r["arrival_s"], 0.05, rtol=1e-12)
+    np.testing.assert_allclose(r["ttft_s"], 0.05 + cm.iteration_s(Batch.of(prefill=[(2000, 0)])), rtol=1e-12)
+    np.testing.assert_allclose(r["arrival_s"][1:], r["last_token_s"][:-1])  # the client waits for it too
+
+
+def test_a_new_prompt_waits_its_iterations_behind_running_decodes_and_fast_forward_agrees():
+    from profiler.costmodel import Batch
+    from simulator import simulate
+    from traces.workload import Workload, make_requests
+
+    wl = Workload(make_requests([0.0, 0.0, 0.3, 0.31, 0.7], [500, 500, 1000, 800, 300], [400, 300, 50, 60, 20]))
+    dep, cm = _terms_setup(0.0, 3.0)
+    ff = simulate(dep, wl, cost_models={"workers": cm})
+    step = simulate(dep, wl, cost_models={"workers": cm}, fast_forward=False)
+    assert ff.iterations == step.iterations
+    cols = ["prefill_start_s", "first_token_s", "last_token_s"]
+    np.testing.assert_allclose(ff.requests[cols].to_numpy(), step.requests[cols].to_numpy(), rtol=1e-9, atol=1e-9)
+    _, cm0 = _terms_setup(0.0, 0.0)
+    base = simulate(dep, wl, cost_models={"workers": cm0}).requests
+    r = ff.requests
+    assert (r["prefill_start_s"][:2] == 0).all()  # an idle engine takes prompts at once
+    step_s = cm0.iteration_s(Batch.of(decode_ctx=[700, 600, 300]))  # about one step of this batch
+    wait, wait0 = (x["prefill_start_s"][[2, 4]] - x["arrival_s"][[2, 4]] for x in (r, base))
+    assert (wait0 < 1.1 * step_s).all()  # without the term: the end of the step in flight
+    assert (wait > 3 * step_s).all() and (wait < 4.2 * step_s).all()  # with it: three steps more
+
+
+def test_a_cost_model_without_request_terms_behaves_as_zero():
+    from simulator import simulate
+    from traces.synthetic import synthetic_workload
+
+    class Bare:  # a measured profile's shape: no Efficiency
+        def __init__(self, cm):
+            self.iteration_s, self.decode_steps_s, self.transfer_s = cm.iteration_s, cm.decode_steps_s, cm.transfer_s
+
+    dep, cm0 = _terms_setup(0.0, 0.0)
+    wl = synthetic_workload(requests=60, isl=1500, osl=100, rate=6.0, seed=3)
+    a = simulate(dep, wl, cost_models={"workers": cm0}).requests
+    b = simulate(dep, wl, cost_models={"workers": Bare(cm0)}).requests
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_estimate_and_simulation_agree_on_the_request_terms():
+    """The analytic closed loop (calibration, emit) holds the same frontend time and admission wait."""
+    from planner.calibrate import closed_loop_estimate
+
+    dep, cm0 = _terms_setup(0.0, 0.0)
+    _, cm = _terms_setup(0.05, 4.0)
+    t0, p0 = closed_loop_estimate(dep, {"workers": cm0}, 1000, 200, 16)
+    t1, p1 = closed_loop_estimate(dep, {"workers": cm}, 1000, 200, 16)
+    assert p1 == pytest.approx(p0, rel=1e-9) and t1 - t0 == pytest.approx(0.05 + 4 * p1, rel=0.1)
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss-120b"])
+def test_roofline_scalar_and_vector_paths_agree(model):
+    """iteration_s runs on plain floats, decode_steps_s / mixed_steps_s on arrays: the same arithmetic."""
+    from profiler.costmodel import Batch
+    from profiler.roofline import RooflineCostModel
+
+    for tp in (1, 8, 16):
+        cm = RooflineCostModel(CATALOG[model], resolve_gpu("h100-sxm"), tp, "fp8", None, engine_efficiency("vllm"))
+        steps = cm.decode_steps_s(7, 7 * 3000, 4)
+        one = [cm.iteration_s(Batch.of(decode_ctx=[3000 + j] * 7)) for j in range(4)]
+        np.testing.assert_allclose(steps, one, rtol=1e-12)
+        mixed = cm.mixed_steps_s(np.array([0.0, 5.0]), 2000.0, np.array([512.0, 300.0]), np.array([100.0, 0.0]))
+        one = [cm.iteration_s(Batch.of(prefill=[(512, 100)])),
+               cm.iteration_s(Batch.of(prefill=[(300, 0)], decode_ctx=[2000] * 5))]
+        np.testing.assert_allclose(mixed, one, rtol=1e-12)

@@ -13,6 +13,7 @@ from profiler.factory import make_cost_model
 from profiler.gpus import resolve_gpu
 from profiler.memory import RESERVE_BYTES, memory_fit
 from profiler.models import resolve_model
+from profiler.roofline import request_terms
 from simulator import SLO, simulate
 from simulator.deployment import parse_deployment
 from traces.workload import Workload, make_requests
@@ -48,6 +49,9 @@ def closed(n, concurrency, isl, osl, warmup=0):
 
 def cost(tp=1):
     return make_cost_model(MODEL, GPU, tp, "fp8", "fp8")
+
+
+FRONTEND_S = request_terms(cost())[0]  # a request reaches its worker this long after it is sent
 
 
 # ---- bookkeeping -------------------------------------------------------------------------------
@@ -135,7 +139,7 @@ def test_closed_loop_concurrency_one_ttft_is_one_prefill_iteration():
     isl = 3000
     res = simulate(agg(), closed(5, 1, isl, 20))
     prefill_s = cost().iteration_s(Batch.of(prefill=[(isl, 0)]))
-    np.testing.assert_allclose(res.requests["ttft_s"], prefill_s, rtol=1e-12)
+    np.testing.assert_allclose(res.requests["ttft_s"], FRONTEND_S + prefill_s, rtol=1e-12)
     # one client: each request is sent when the previous one has finished
     df = res.requests
     np.testing.assert_allclose(df["arrival_s"].to_numpy()[1:], df["last_token_s"].to_numpy()[:-1])
@@ -146,7 +150,7 @@ def test_disagg_ttft_is_prefill_plus_transfer():
     dep = disagg()
     res = simulate(dep, closed(3, 1, isl, 20))
     kv_bytes = MODEL.kv_bytes_per_token("fp8") * isl
-    expected = cost().iteration_s(Batch.of(prefill=[(isl, 0)])) + cost().transfer_s(
+    expected = FRONTEND_S + cost().iteration_s(Batch.of(prefill=[(isl, 0)])) + cost().transfer_s(
         kv_bytes, LinkSpec(dep.kv_link.bandwidth_bytes_s, dep.kv_link.latency_s))
     np.testing.assert_allclose(res.requests["ttft_s"], expected, rtol=1e-9)
     df = res.requests
@@ -188,7 +192,7 @@ def test_chunked_prefill_splits_a_long_prompt_into_chunks():
     batches = [Batch.of(prefill=[(n, cached)]) for n, cached in zip(sizes, done, strict=True)]
     for b in batches[:-1]:
         b.prefill_last_chunks = 0  # only the prompt's last chunk runs the LM head
-    expected = sum(c.iteration_s(b) for b in batches)
+    expected = FRONTEND_S + sum(c.iteration_s(b) for b in batches)
     assert res.requests["ttft_s"][0] == pytest.approx(expected, rel=1e-12)
     assert res.iterations == len(sizes) + 1  # the chunks, then one decode step
 
@@ -206,7 +210,7 @@ def test_chunked_prefill_mixes_with_running_decodes():
 def test_without_chunked_prefill_an_oversized_prompt_runs_alone():
     res = simulate(agg(max_batch_tokens=1024, chunked_prefill=False), closed(2, 1, 3000, 3))
     c = cost()
-    np.testing.assert_allclose(res.requests["ttft_s"], c.iteration_s(Batch.of(prefill=[(3000, 0)])))
+    np.testing.assert_allclose(res.requests["ttft_s"], FRONTEND_S + c.iteration_s(Batch.of(prefill=[(3000, 0)])))
 
 
 def tiny_kv_deployment(kv_tokens: int, **pool):
