@@ -362,6 +362,7 @@ class Faults:
         w.waiting.clear()
         w.ready.clear()
         w.reserving.clear()
+        w.not_before.clear()  # admission gates of prompts it will never admit
         w.running = np.empty(0, np.int64)
         w.kv.free = w.kv.total
         if w.cache is not None:  # cached prefixes die with the replica (issue 8)
