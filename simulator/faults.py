@@ -296,14 +296,18 @@ class Faults:
             return
         name = f"{w.pool_name}[{sim.pools[w.pool_name].index(w)}]"
         why = f"{name} died at {self.env.now:g}s"
+        busy = w.wake is None or w.run is not None  # an iteration is in flight (idle, it waits on ``wake``)
         w.proc.defused = True  # the Interrupt ends its loop; nobody waits on the process
         w.proc.interrupt(why)
         w.proc = None
         run = w.run
+        in_flight_s = self.env.now - w.step_start_s if busy else 0.0
         if run is not None:  # a fast-forwarded decode run: the steps that ended before the death count
             j = min(int(np.searchsorted(run.cum, self.env.now - run.t0, side="right")), run.k)
             if j:
                 w.advance_run(run, j)
+            in_flight_s = self.env.now - run.t0 - (run.cum[j - 1] if j else 0.0)
+        self.wasted_gpu_s += in_flight_s * sim.dep.pools[w.pool_name].tp  # the iteration cut short
         ws = sim.serving[w.pool_name]
         if w in ws:
             ws.remove(w)

@@ -73,6 +73,7 @@ class Worker:
         self.wake = None  # the event the worker waits on while idle or fast-forwarding
         self.run: DecodeRun | None = None  # the fast-forwarded decode run in flight
         self.busy_s = 0.0
+        self.step_start_s = 0.0  # when the iteration in flight (or the last one) began
         self.iterations = 0
         self.series: list[tuple] = []  # (time_s, batch_size, queue_len, kv_blocks_used, iterations)
         self.proc = self.env.process(self.loop())
@@ -151,6 +152,7 @@ class Worker:
                 self.wake = None
                 continue
             row = (env.now, len(dec) + len(pf), len(self.waiting) + len(self.ready), self.kv.used, self.iterations)
+            self.step_start_s = env.now  # a death mid-iteration throws the work since then away (faults.py)
             # a batch that the next schedule() would change (a preemption left room for a ready sequence) steps once
             if not pf and self.fast_forward and not (self.ready and len(self.running) < self.max_seqs):
                 if (yield from self.decode_run(dec)):

@@ -51,6 +51,7 @@ def test_a_prefill_worker_killed_mid_trace_loses_no_request():
     s = r.summary()
     assert s["outcomes"] == {"ok": len(df) - len(hit), "retried_ok": len(hit), "failed": 0}
     assert s["availability"] == 1.0
+    assert s["faults"]["wasted_gpu_s"] > 0  # the prefill in flight when it died
 
 
 def _seed_losing_first_transfer_only(p: float) -> int:
