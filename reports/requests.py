@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
 
 from reports.html import esc, figure, page, paragraph, pool_timeseries, section, waterfall
 
@@ -56,11 +57,48 @@ def request_table(requests: pd.DataFrame, table_id: str = "requests", limit: int
     return (SCRIPT + box + f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
 
 
+def scaling_figure(result) -> go.Figure:
+    """Replicas of each pool over time (every scaling action), the autoscaler's observed request rate and, with an
+    SLO, the share of requests arriving in each interval that met it."""
+    from plotly.subplots import make_subplots  # noqa: PLC0415
+
+    ops = result.extra["ops"]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06,
+                        specs=[[{"secondary_y": True}], [{}]])
+    for pool, n0 in ops["replicas_at_start"].items():
+        acts = [a for a in ops["scaling"] if a["pool"] == pool]
+        x = [0.0, *(a["time_s"] for a in acts), result.end_s]
+        y = [n0, *(a["replicas"] for a in acts), acts[-1]["replicas"] if acts else n0]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", line_shape="hv", name=f"{pool} replicas",
+                                 text=["start", *(a["action"] for a in acts), "end"]), row=1, col=1)
+    decisions = (ops.get("autoscale") or {}).get("decisions") or []
+    if decisions:
+        fig.add_trace(go.Scatter(x=[d["time_s"] for d in decisions], y=[d["rate"] for d in decisions],
+                                 name="observed req/s", line={"dash": "dot"}), row=1, col=1, secondary_y=True)
+    slo = result.slo
+    if slo is not None:
+        from simulator.autoscale import attainment_over_time  # noqa: PLC0415
+
+        bucket = decisions[0]["time_s"] if decisions else max(result.end_s / 20, 1.0)
+        over = attainment_over_time(result.requests, slo.ttft_ms, slo.tpot_ms, bucket)
+        fig.add_trace(go.Bar(x=over["start_s"] + bucket / 2, y=over["attainment"], name="SLO attainment (share)",
+                             width=bucket * 0.9), row=2, col=1)
+    fig.update_layout(title="Scaling over time", template="plotly_white", margin={"t": 50, "b": 40})
+    fig.update_yaxes(title_text="replicas", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="req/s", row=1, col=1, secondary_y=True)
+    fig.update_yaxes(title_text="attainment", range=[0, 1.05], row=2, col=1)
+    fig.update_xaxes(title_text="time (s)", row=2, col=1)
+    return fig
+
+
 def write_simulation_report(result, summary_lines: str, path: str | Path, title: str = "pdsim simulate") -> Path:
-    """report.html of one simulation: the summary, a request waterfall, pools over time, every request."""
+    """report.html of one simulation: the summary, a request waterfall, pools over time, scaling (when it
+    scaled), every request."""
     sections = [section("Summary", f"<pre>{esc(summary_lines)}</pre>"),
                 section("Request waterfall (a sample)", figure(waterfall(result.requests), "waterfall")),
-                section("Pools over time", figure(pool_timeseries(result.workers), "pools")),
-                section("Requests", request_table(result.requests),
-                        paragraph("Times in seconds from the start; latencies in milliseconds.", "note"))]
+                section("Pools over time", figure(pool_timeseries(result.workers), "pools"))]
+    if (result.extra.get("ops") or {}).get("scaling"):
+        sections.append(section("Scaling", figure(scaling_figure(result), "scaling")))
+    sections.append(section("Requests", request_table(result.requests),
+                            paragraph("Times in seconds from the start; latencies in milliseconds.", "note")))
     return page(title, sections, result.deployment).write(path)

@@ -538,7 +538,8 @@ def annotate(sim: Simulation, result, baseline) -> None:
     df.loc[(df["outcome"] == "ok") & (ops.retries > 0), "outcome"] = "retried_ok"
     rec: dict = {"log": ops.log, "incidents": ops.incidents, "wasted_gpu_s": ops.wasted_gpu_s,
                  "retries": int(ops.retries.sum()),
-                 "scaling": sim.scaler.actions, "gpu_hours": sim.scaler.gpu_hours(result.end_s)}
+                 "scaling": sim.scaler.actions, "gpu_hours": sim.scaler.gpu_hours(result.end_s),
+                 "replicas_at_start": {name: p.replicas for name, p in sim.dep.pools.items()}}
     if ops.autoscaler is not None:
         rec["autoscale"] = ops.autoscaler.record()
     faulted = any(i["fault"] != "restart" for i in ops.incidents)

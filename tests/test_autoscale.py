@@ -96,3 +96,12 @@ def test_prices_from_the_catalog_or_a_file_give_dollars_per_million_tokens(tmp_p
     f.write_text("tpu-v9: 1\n")
     with pytest.raises(InputError, match="unknown GPU 'tpu-v9'"):
         load_prices(f)
+
+
+def test_the_report_of_an_autoscaled_run_plots_its_scaling(day, tmp_path):
+    from reports.requests import write_simulation_report
+
+    dep = parse_deployment({**BASE, "autoscale": {"policy": "trend", **AUTO}})
+    r = simulate(dep, head(day, 2500), slo=SLO(500, 20))
+    html = write_simulation_report(r, "summary", tmp_path / "r.html").read_text()
+    assert "Scaling over time" in html and "prefill replicas" in html and "SLO attainment (share)" in html
