@@ -52,11 +52,12 @@ def main() -> None:
             if r.returncode not in (0, 3):
                 sys.exit(r.stderr)
             p = json.loads((Path(out) / "plan.json").read_text())
+            run_wall_s = json.loads((Path(out) / "run.json").read_text())["wall_s"]
             rec = p["recommendation"]
             print(f"run {i + 1}: plan {' '.join(COMMAND + args.extra)}")
             print(f"  wall {wall:.1f} s   cpu {cpu:.1f} s   exit {r.returncode}")
             print(f"  simulated units {len(p['evaluated'])}   simulations {p['simulations']}   "
-                  f"rejected before simulation {len(p['infeasible'])}   search+confirm {p['wall_s']:.1f} s")
+                  f"rejected before simulation {len(p['infeasible'])}   search+confirm {run_wall_s:.1f} s")
             if rec:
                 print(f"  recommendation: {rec['description']} ({rec['gpus']} GPUs) at {rec['rate_rps']:.3g} req/s, "
                       f"{rec['tok_s_per_gpu']:,.0f} tok/s/GPU, met={rec['met']}")

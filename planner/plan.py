@@ -19,7 +19,7 @@ import numpy as np
 from planner.evaluate import TIE, Evaluator, Load, Probe
 from planner.reasons import reasons
 from planner.screen import Screen
-from planner.search import OBJECTIVES, Search
+from planner.search import OBJECTIVES, RUN_ATTRS, Search
 from planner.space import Space, max_copies, scale
 from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
@@ -177,13 +177,20 @@ class Plan:
         return self.recommendation is not None and self.recommendation.probe.met
 
     def to_dict(self) -> dict:
+        """The answer (plan.json): the same question, seed and trial budget give the same bytes."""
         return {
             "request": self.request.to_dict(), "study": self.study, "met": self.met,
             "recommendation": self.recommendation.to_dict() if self.recommendation else None,
             "runner_up": self.runner_up.to_dict() if self.runner_up else None,
-            "reasons": self.reasons, "closest": self.closest, "pareto": self.pareto, "evaluated": self.rows,
-            "infeasible": self.infeasible, "simulations": self.sims, "wall_s": self.wall_s,
+            "reasons": self.reasons, "closest": self.closest, "pareto": self.pareto,
+            "evaluated": [{k: v for k, v in r.items() if k not in RUN_ATTRS} for r in self.rows],
+            "infeasible": self.infeasible, "simulations": self.sims,
         }
+
+    def run_dict(self) -> dict:
+        """How this run went (run.json): wall times and which process simulated each unit; differs every run."""
+        return {"study": self.study, "wall_s": self.wall_s,
+                "units": {r["key"]: {k: r[k] for k in RUN_ATTRS if k in r} for r in self.rows}}
 
 
 # ---- building the pieces -------------------------------------------------------------------------
@@ -434,14 +441,16 @@ def _dedupe(items: list[dict]) -> list[dict]:
 
 # ---- files ------------------------------------------------------------------------------------------
 def write_outputs(p: Plan, out_dir: str | Path) -> list[Path]:
-    """plan.json, deployment.yaml (the recommendation, re-simulatable) and report.html."""
+    """plan.json (the answer), run.json (timings, pids), deployment.yaml (the recommendation, re-simulatable)
+    and report.html."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create output folder ({e.strerror})", where=str(out)) from None
-    paths = [out / "plan.json"]
+    paths = [out / "plan.json", out / "run.json"]
     paths[0].write_text(json.dumps(_jsonable(p.to_dict()), indent=1))
+    paths[1].write_text(json.dumps(_jsonable(p.run_dict()), indent=1))
     if p.recommendation is not None:
         paths.append(out / "deployment.yaml")
         paths[-1].write_text(p.recommendation.deployment.to_yaml())

@@ -32,6 +32,7 @@ SCREEN_KEEP = 0.5  # simulate only units the screen puts within this share of it
 SEEDED_PER_TOPOLOGY = 3  # the screen's best units of each topology, tried first
 MAX_IDLE_TRIALS = 150  # consecutive trials that simulate nothing new end the search (space exhausted)
 MAX_LOST_TRIALS = 20  # trials another worker completed under us (SQLite only) before giving up
+RUN_ATTRS = ("sim_wall_s", "worker_pid")  # facts of the run, not of the answer: kept out of plan.json
 
 
 def storage_url(url: str | None) -> str | None:

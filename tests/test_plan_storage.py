@@ -62,7 +62,8 @@ def shared_study_fills_and_resumes(storage: str, study: str, tmp_path) -> None:
     assert code == 0
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert {r["key"] for r in plan["evaluated"]} == set(known)
-    assert {r["worker_pid"] for r in plan["evaluated"]} == pids
+    run = json.loads((tmp_path / "run.json").read_text())  # which process simulated what: run.json, not plan.json
+    assert {u["worker_pid"] for u in run["units"].values()} == pids
     assert plan["recommendation"]["met"]
 
 
