@@ -638,7 +638,7 @@ def ops_table(summary: dict) -> str:
     if f and (f["incidents"] or f["requests_hit"]):
         ex = f["extra_latency_ms"]
         lines.append(f"faults {f['incidents']} incidents, {f['requests_hit']} requests hit, {f['retries']} retries, "
-                     f"{f['wasted_gpu_s']:.2f} GPU-s of prefill thrown away"
+                     f"{f['wasted_gpu_s']:.2f} GPU-s thrown away"
                      + (f", their extra E2E p50 {ex['p50']:.1f} ms p99 {ex['p99']:.1f} ms" if ex else ""))
         if f.get("extra_latency_all_ms"):
             a = f["extra_latency_all_ms"]
