@@ -29,6 +29,10 @@ from simulator.deployment import ROUTERS, Deployment, parse_deployment
 from simulator.kv_tiers import tiers_flag
 
 PERCENTILES = (50, 90, 99)
+# flags with an upper bound, so that no value runs forever: the search enumerates every unit of the budget (its
+# disagg units grow as GPUs squared: 128 GPUs take ~20 s, 256 ~1 min and 2 GB), a trial is a goodput search of
+# ~1 s, a closed loop simulates 8 requests per client, and Optuna's samplers take 32-bit seeds
+LIMITS = {"gpus": 128, "trials": 1000, "concurrency": 100_000, "seed": 2**32 - 1}
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,10 @@ class PlanRequest:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise InputError(f"--{name} must be a whole number >= 1, got {v!r}")
+        for name, limit in LIMITS.items():
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or not 0 <= v <= limit):
+                raise InputError(f"--{name} must be a whole number up to {limit:,}, got {v!r}")
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
             raise InputError(f"--rate must be a positive number of requests per second, got {self.rate!r}")
         if self.percentile not in PERCENTILES:

@@ -9,6 +9,8 @@ from planner.plan import PlanRequest, load_profile, make_search
 from planner.search import storage_url
 from profiler.errors import InputError
 
+MAX_WAIT_S = 86400.0  # a day: a worker may be queued before `plan` creates the study, never forever
+
 
 def join_study(storage: str, name: str, wait_s: float = 60.0, max_units: int | None = None) -> int:
     """Run trials of study ``name`` until it holds its budget of simulated units; returns how many this
@@ -16,6 +18,8 @@ def join_study(storage: str, name: str, wait_s: float = 60.0, max_units: int | N
     store its question."""
     import optuna  # noqa: PLC0415
 
+    if not 0 <= wait_s <= MAX_WAIT_S:  # NaN too: it would wait forever
+        raise InputError(f"must be between 0 and {MAX_WAIT_S:g} seconds, got {wait_s!r}", where="--wait")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = time.monotonic() + wait_s
     while True:
@@ -33,6 +37,6 @@ def join_study(storage: str, name: str, wait_s: float = 60.0, max_units: int | N
         time.sleep(0.5)
     req = PlanRequest.from_dict(study.user_attrs["request"])
     search = make_search(req, load_profile(req.profile))
-    study = search.study(storage, name, sampler_seed=req.seed + os.getpid())
+    study = search.study(storage, name, sampler_seed=(req.seed + os.getpid()) % 2**32)
     search.run(study, max_units)
     return len(search.evaluations)

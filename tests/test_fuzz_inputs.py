@@ -481,6 +481,16 @@ def flag_cases():
         ("plan-storage-bogus", [*plan, "--storage", "bogus://x"], "--storage bogus://x"),
         ("plan-emit-unknown", [*plan, "--emit", "k8s"], "unknown target 'k8s'"),
         ("plan-calibration-absent", [*plan, "--calibration", "{tmp}/absent.yaml"], "absent.yaml"),
+        # values that ran forever (the disagg units of a budget grow as its square) or crashed Optuna's seeding
+        ("plan-gpus-billion", [*plan, "--gpus", "1000000000"], "--gpus must be a whole number up to 128,"),
+        ("plan-trials-billion", [*plan, "--trials", "1000000000"], "--trials must be a whole number up to 1,000,"),
+        ("plan-concurrency-billion", [*plan, "--concurrency", "1000000000"], "--concurrency must be a whole number "
+         "up to 100,000,"),
+        ("plan-seed-above-32-bits", [*plan, "--seed", str(2**32)], "--seed must be a whole number up to 4,294,967,295"),
+        ("worker-wait-nan", ["plan-worker", "--storage", "sqlite:///{tmp}/s.db", "--study", "x", "--wait", "nan"],
+         "--wait: must be between 0 and 86400 seconds"),
+        ("worker-wait-year", ["plan-worker", "--storage", "sqlite:///{tmp}/s.db", "--study", "x", "--wait", "3e7"],
+         "--wait: must be between 0 and 86400 seconds"),
     ]
 
 
