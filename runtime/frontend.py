@@ -3,7 +3,9 @@ connections, retries, metrics and the request log.
 
 Every request gets one id (``x-request-id``); each attempt at it is ``<id>.<n>`` on the workers. In
 disagg, the prefill worker computes the prompt and the first token and sends the KV to the decode
-worker the router chose; on the first token the frontend tells that decode worker to continue. A
+worker the router chose; on the first token the frontend tells that decode worker to continue, and holds
+the token back until the decode worker says the KV has arrived (``kv_received``): as in the simulator and
+DESIGN.md, the decode worker streams, so the user's first token comes once the KV is there. A
 worker that dies, or KV that never arrives, sends the request again (prompt plus the tokens already
 streamed) to live workers, once; after that the client gets an error event, never a hang.
 """
@@ -58,6 +60,8 @@ class GenRequest:
     sent_tokens: list[int] = field(default_factory=list)  # what the current attempt was given
     workers: list[WorkerHandle] = field(default_factory=list)  # the current attempt's
     decode: WorkerHandle | None = None
+    held: tuple | None = None  # disagg: the prefilled first token event, until its KV reaches the decode worker
+    kv_here: str = ""  # the attempt whose KV has reached its decode worker
     attempts: list[dict] = field(default_factory=list)
     outcome: str | None = None  # ok | error | cancelled
     finish_reason: str | None = None
@@ -160,7 +164,19 @@ class Frontend:
                                            "num_generated": len(req.sent_tokens) - len(req.prompt) + 1,
                                            "max_tokens": req.max_tokens, "temperature": req.temperature,
                                            "seed": req.seed, "stop_ids": sorted(req.stop_ids)})
+                    if req.kv_here != sid:  # streamed when the KV reaches the decode worker
+                        req.held = ("token", sid, token, finish)
+                        continue
                 req.events.put_nowait(("token", sid, token, finish, t))
+        elif kind == "kv_received":
+            req = self.sids.get(h["rid"])
+            if req is not None:
+                attempt_of(req, h["rid"]).setdefault("transfer", {})["received"] = h["received"]
+                if h["rid"] == req.sid:
+                    req.kv_here = req.sid
+                    if req.held is not None and req.held[1] == req.sid:
+                        req.events.put_nowait((*req.held, t))
+                        req.held = None
         elif kind == "kv_sent":
             req = self.sids.get(h["rid"])
             if req is not None:

@@ -6,7 +6,8 @@
 Messages in: ``hello`` (frontend or a prefill peer), ``generate`` (prefill / agg), ``decode`` (the
 request a decode worker continues), ``kv`` (a prefill peer's KV blocks, raw payload), ``abort``.
 Messages out to the frontend: ``ready``, ``tokens`` (every token of a step, with the finished
-sequences' stage times), ``kv_sent``, ``error``, ``stats``. A prefill worker sends each finished
+sequences' stage times), ``kv_sent``, ``kv_received`` (decode: a request's KV is here, sent by the
+reader thread the moment it arrives), ``error``, ``stats``. A prefill worker sends each finished
 prompt's KV straight to the decode worker the frontend named, from a sender thread so that compute
 goes on; the decode worker gives up on KV that has not come ``kv_timeout_s`` after its request.
 """
@@ -82,6 +83,8 @@ class Worker:
             while True:
                 header, payload = conn.recv()
                 header["_recv_t"] = time.time()
+                if header.get("type") == "kv":  # the frontend holds the user's first token until now
+                    self.to_frontend({"type": "kv_received", "rid": header["rid"], "received": header["_recv_t"]})
                 self.inbox.put((conn, header, payload))
         except (ConnectionError, OSError, ValueError):
             conn.close()

@@ -67,17 +67,43 @@ def test_kv_timeout_is_re_prefilled_and_continues_where_it_was():
         assert decode["type"] == "decode" and decode["tokens"] == [256, 1, 2, 3, 7]
         fe.on_message(d0, {"type": "error", "rid": "req.1", "code": "kv_timeout", "message": "no KV"}, 2.0)
         await asyncio.sleep(0.01)  # let generate() take the events
-        retry = p.writer.msgs[-1]
-        assert retry["rid"] == "req.2" and retry["tokens"] == [256, 1, 2, 3, 7] and retry["num_generated"] == 1
+        retry = p.writer.msgs[-1]  # the user never saw 7 (its KV never arrived): the prompt again
+        assert retry["rid"] == "req.2" and retry["tokens"] == [256, 1, 2, 3] and retry["num_generated"] == 0
         assert retry["decode_port"] == d1.port  # the decode worker that timed out is avoided
-        fe.on_message(p, tokens("req.2", (8, "prefilled")), 3.0)
-        fe.on_message(d1, tokens("req.2", (9, "length")), 4.0)
+        fe.on_message(p, tokens("req.2", (7, "prefilled")), 3.0)
+        fe.on_message(d1, {"type": "kv_received", "rid": "req.2", "received": 3.5}, 3.5)
+        fe.on_message(d1, tokens("req.2", (8, None), (9, "length")), 4.0)
 
     req = request()
     out = asyncio.run(drive(fe, req, script))
     assert out == [(7, None), (8, None), (9, "length")]
     assert req.outcome == "ok" and [a.get("error") for a in req.attempts] == ["kv_timeout: no KV", None]
     assert not any(w.inflight for w in fe.workers)
+
+
+@pytest.mark.parametrize("kv_first", [False, True])
+def test_disagg_first_token_reaches_the_user_when_the_kv_reaches_the_decode_worker(kv_first):
+    fe = frontend()
+    p, d0, _ = fe.workers
+    seen = []
+
+    async def script(fe, req):
+        if kv_first:  # the decode worker's notice can overtake the prefill worker's token
+            fe.on_message(d0, {"type": "kv_received", "rid": "req.1", "received": 1.5}, 1.5)
+        fe.on_message(p, tokens("req.1", (7, "prefilled")), 1.0)
+        await asyncio.sleep(0.01)
+        seen.append(list(req.token_s))
+        if not kv_first:
+            fe.on_message(d0, {"type": "kv_received", "rid": "req.1", "received": 2.0}, 2.0)
+        fe.on_message(d0, tokens("req.1", (8, None), (9, "length")), 3.0)
+
+    req = request()
+    out = asyncio.run(drive(fe, req, script))
+    assert out == [(7, None), (8, None), (9, "length")]
+    first_s = 1.0 if kv_first else 2.0  # the later of the two messages
+    assert seen == [[first_s] if kv_first else []]  # held until the KV is at the decode worker
+    assert req.token_s == [first_s, 3.0, 3.0]
+    assert req.attempts[0]["transfer"]["received"] == (1.5 if kv_first else 2.0)
 
 
 def test_retries_exhausted_is_an_error_not_a_hang():

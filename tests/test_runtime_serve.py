@@ -168,6 +168,7 @@ def test_32_concurrent_streams_complete_with_their_tokens_in_order(server):
         assert a["decode"]["worker"] == a["decode_worker"]
         decode_workers.add(a["decode_worker"])
         assert rec["arrival_s"] <= rec["first_token_s"] and rec["token_s"] == sorted(rec["token_s"])
+        assert t["received"] <= rec["first_token_s"]  # the user's first token once the KV is at the decode worker
     assert decode_workers == {"decode-0", "decode-1"}  # round robin over the pool
 
 

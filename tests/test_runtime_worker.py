@@ -2,6 +2,8 @@
 and the real-model extra's absence is one line that says how to install it."""
 
 import importlib.util
+import socket
+import threading
 import time
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from profiler.errors import InputError
 from runtime.model import torch_threads
+from runtime.wire import Conn, connect
 from runtime.worker import Worker, WorkerConfig, make_engine
 
 
@@ -82,6 +85,19 @@ def test_prefill_kv_continues_on_decode_worker_whichever_arrives_first():
         done = [m["done"]["r.1"] for m in dfe.sent if m["type"] == "tokens" and m["done"]][0]
         assert done["transfer"]["bytes"] == len(payload) == 20 * 4 * 2 * 2 * 64 * 4
         assert d.engine.blocks.used == 0
+
+
+def test_decode_worker_tells_the_frontend_the_moment_kv_arrives():
+    w, fe = worker("decode")
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = connect(listener.getsockname()[1])
+    threading.Thread(target=w.read, args=(Conn(listener.accept()[0]),), daemon=True).start()
+    sender.send({"type": "kv", "rid": "r.1", "shape": [1], "dtype": "uint8", "send_start": time.time()}, b"x")
+    _, h, _ = w.inbox.get(timeout=5)  # the reader thread, not the busy engine thread, sends the notice
+    (notice,) = [m for m in fe.sent if m["type"] == "kv_received"]
+    assert notice == {"type": "kv_received", "rid": "r.1", "received": h["_recv_t"]}
+    sender.close()
+    listener.close()
 
 
 def test_too_long_for_the_kv_cache_is_an_error_not_a_hang():
