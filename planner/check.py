@@ -39,9 +39,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import YAMLError
 
 from profiler.errors import InputError
+from profiler.yamlfile import read_yaml
 from simulator.deployment import Deployment, load_deployment, parse_deployment
 
 CHECK_SUFFIXES = (".check.yaml", ".check.yml")
@@ -119,21 +119,6 @@ def _yaml() -> YAML:
     y = YAML()  # round-trip: keeps comments, key order and line numbers
     y.preserve_quotes = True
     return y
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError("file not found", where=str(path)) from None
-    except (UnicodeDecodeError, IsADirectoryError) as e:
-        raise InputError(f"cannot read ({e.__class__.__name__})", where=str(path)) from None
-    try:
-        return _yaml().load(text)
-    except YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        place = f"line {mark.line + 1}: " if mark else ""
-        raise InputError(f"{place}not valid YAML ({getattr(e, 'problem', None) or e})", where=str(path)) from None
 
 
 def _field(path: Path, node: Any, key: str, dotted: str) -> str:
@@ -336,7 +321,7 @@ def parse_check(data: Any, path: Path) -> CheckSpec:
 
 def load_check(path: str | Path) -> CheckSpec:
     path = Path(path)
-    return parse_check(_read_yaml(path), path)
+    return parse_check(read_yaml(path, round_trip=True), path)
 
 
 def check_name(path: Path) -> str:
@@ -539,7 +524,7 @@ def update_baseline(path: str | Path, summary: dict) -> None:
     """Rewrite the file's baseline values from ``summary`` in place, keeping comments, order and tolerances.
     A file without a baseline gets one for the SLO's percentile."""
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path, round_trip=True)
     spec = parse_check(data, path)
     base = data.get("baseline")
     if not isinstance(base, dict):

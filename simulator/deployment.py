@@ -26,6 +26,7 @@ import yaml
 from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
 from profiler.models import resolve_model
+from profiler.yamlfile import read_yaml
 
 TOPOLOGIES = ("agg", "disagg")
 ROUTERS = ("round_robin", "least_loaded", "kv_aware")
@@ -284,17 +285,4 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
 
 
 def load_deployment(path: str | Path) -> Deployment:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError("file not found", where=str(path)) from None
-    except (UnicodeDecodeError, IsADirectoryError) as e:
-        raise InputError(f"cannot read ({e.__class__.__name__})", where=str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        place = f"line {mark.line + 1}" if mark else "?"
-        raise InputError(f"{place}: not valid YAML ({getattr(e, 'problem', e)})", where=str(path)) from None
-    return parse_deployment(data, where=str(path))
+    return parse_deployment(read_yaml(path), where=str(path))

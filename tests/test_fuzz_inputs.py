@@ -303,6 +303,10 @@ DEPLOYMENT_CASES = [
     ("yaml-tab-indent", AGG + "\tworkers: {}\n", "line 3", "not valid YAML"),
     ("yaml-python-tag", "model: !!python/object/apply:os.system ['true']\n", "line 1", "not valid YAML"),
     ("yaml-anchor-bomb", "a: &a [x, x, x]\nb: &b [*a, *a, *a]\nmodel: *b\n", None, "unknown field 'a'"),
+    ("yaml-duplicate-key", AGG + "workers: {replicas: 1}\nworkers: {replicas: 4}\n", "line 4",
+     'found duplicate key "workers" (first on line 3)'),
+    ("yaml-duplicate-nested-key", AGG + "workers:\n  replicas: 1\n  tp: 1\n  replicas: 4\n", "line 6",
+     'found duplicate key "replicas" (first on line 4)'),
     ("faults-not-list", DISAGG + "faults: 3\n", "faults", "must be a list"),
     ("faults-gibberish", DISAGG + "faults: ['prefill[0] explodes at 3s']\n", "faults[0]", "cannot read"),
     ("faults-no-such-replica", DISAGG + "faults: ['prefill[5] dies at 3s']\n", "faults", "prefill[5] dies, but"),
@@ -380,6 +384,7 @@ CHECK_CASES = [
      "from 1 to 100,000,000"),
     ("rate-inf", CHECK_OK.replace("rate: 1", "rate: .inf"), ":2: workload.rate", "must be a number"),
     ("bad-yaml", "deployment: {model: llama-3.1-8b\n", ":", "YAML"),
+    ("duplicate-key", "name: a\nname: b\n" + CHECK_OK, ":", 'line 2: not valid YAML (found duplicate key "name"'),
     ("binary", "\x00\x01\x02", ":", ""),
 ]
 
