@@ -188,9 +188,13 @@ def simulate_cmd(
 
         dep = with_router(dep, router, kv_event_delay)
     if fault or autoscale is not None:
-        from simulator.faults import with_ops
+        from simulator.deployment import check_fault_targets
+        from simulator.faults import fault_plan, with_ops
 
         dep = with_ops(dep, fault, autoscale, ttft, tpot)
+        if fault:  # a replica the deployment lacks: say --fault (not 'faults:', as the simulator would)
+            check_fault_targets(fault_plan({"faults": fault}, "--fault"),
+                                {name: p.replicas for name, p in dep.pools.items()}, where="--fault")
     if trace is not None:
         from traces import load_trace
         from traces.transforms import head

@@ -261,14 +261,9 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
     if "faults" in data or "retry" in data:  # checked here too, so that their errors name this file
         from simulator.faults import fault_plan
 
-        plan = fault_plan(kw["extra"], where)
-        have = {name: kw[name].replicas for name in ("workers", "prefill", "decode") if kw.get(name)}
-        refs = ([(f.worker, "dies") for f in plan.deaths] + [(f.worker, "drains") for f in plan.drains]
-                + [(g.link, "link") for g in plan.degradations if g.link])
-        for (pool, i), what in refs:  # as simulator/faults.py says it at simulate time, but naming the file
-            if i >= have.get(pool, 0):
-                raise InputError(f"{pool}[{i}] {what}, but the deployment has "
-                                 f"{', '.join(f'{p}[0..{n - 1}]' for p, n in have.items())}", where=f"{where}.faults")
+        check_fault_targets(fault_plan(kw["extra"], where), {name: kw[name].replicas for name in
+                                                             ("workers", "prefill", "decode") if kw.get(name)},
+                            where=f"{where}.faults")
     if "autoscale" in data:
         from simulator.autoscale import parse_autoscale
 
@@ -282,6 +277,27 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
         except InputError as e:
             raise InputError(str(e), where=f"{where}.{key}") from None
     return Deployment(**kw)
+
+
+def check_fault_targets(plan, replicas: dict[str, int], where: str) -> None:
+    """Every replica, pool and link a FaultPlan names exists in a deployment with these pools (pool -> replicas),
+    as simulator/faults.py would say at simulate time, but naming ``where`` (the file, or the flag)."""
+    have = ", ".join(f"{p}[0..{n - 1}]" for p, n in replicas.items())
+    refs = ([(f.worker, "dies") for f in plan.deaths] + [(f.worker, "drains") for f in plan.drains]
+            + [(g.link, "link") for g in plan.degradations if g.link])
+    for (pool, i), what in refs:
+        if i >= replicas.get(pool, 0):
+            raise InputError(f"{pool}[{i}] {what}, but the deployment has {have}", where=where)
+        if what == "link" and pool != "prefill":
+            raise InputError("KV links belong to prefill replicas: name prefill[i], or no replica for all links",
+                             where=where)
+    for d in plan.drains:
+        if d.migrate and d.worker[0] != "decode":
+            raise InputError(f"only decode replicas migrate KV; {d.worker[0]}[{d.worker[1]}] drains by finishing",
+                             where=where)
+    for u in plan.scale_ups:
+        if u.pool not in replicas:
+            raise InputError(f"the deployment has no {u.pool} pool (it has {', '.join(replicas)})", where=where)
 
 
 def load_deployment(path: str | Path) -> Deployment:
