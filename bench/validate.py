@@ -54,7 +54,9 @@ def main() -> None:
             wall = time.perf_counter() - started
             print(f"\n== {topology} {mode}: {doc['workload']['requests']} requests at "
                   f"{doc['workload']['rate_rps']:.3g} req/s, {doc['repeats']} repeat(s)"
-                  + (f", pace x{doc['pace_scale']:g}" if paced else "") + f", {wall:.0f} s wall")
+                  + (f", pace x{doc['pace_scale']:g}" if paced else "")
+                  + f", runtime overhead {doc['ttft_overhead_ms']:.1f} ms per request (in the simulation too)"
+                  + f", {wall:.0f} s wall")
             print(error_table(doc))
             live = doc["utilization"]["live"][0]
             print("live busy share: " + ", ".join(f"{w} {s['busy_share']:.0%}" for w, s in live.items())

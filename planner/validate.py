@@ -20,6 +20,11 @@ system dynamics and machine noise (``--repeats`` measures the noise). Paced: eve
 same scaled cost model, so only the dynamics (batching, queueing, transfer, routing, HTTP) can differ;
 ``pace_scale`` must exceed the real compute's slowdown on this machine, and the share of steps whose
 compute overran their pace is reported.
+
+Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
+back. The burst before the replay measures it (client TTFT minus the TTFT inside the workers, from the
+request log) and the simulation of the run gets it through the simulator's own term for it
+(``Efficiency.ttft_overhead_s``, carried by the cost model), so both sides count the same TTFT.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class ValidateOptions:
     repeats: int = 1
     paced: bool = False
     pace_scale: float | None = None  # None: measured (pace_scale_for(measure_slowdown(...)))
+    ttft_overhead_s: float | None = None  # the runtime's per-request overhead; None: measured (request_overhead_s)
     target_util: float = 0.5  # rate rule: the simulated busiest pool's busy share
     rate: float | None = None  # a fixed arrival rate (req/s) instead of the rate rule
     profile: str | None = None  # a profile directory to use as it is
@@ -128,10 +134,14 @@ def pdsim_cmd() -> list[str]:
 
 
 def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> dict:
-    """The cost model of every pool: the profile's, scaled by ``pace_scale`` when paced."""
+    """The cost model of every pool: the profile's, scaled by ``pace_scale`` when paced, carrying the runtime's
+    measured per-request overhead as the simulator's ``ttft_overhead_s`` term."""
     from profiler.paced import paced_cost_model  # noqa: PLC0415
+    from profiler.roofline import Efficiency  # noqa: PLC0415
 
-    cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu, opts.pace_scale if opts.paced else 1.0)
+    base = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
+    cm = ScaledCostModel(base, opts.pace_scale if opts.paced else 1.0,
+                         Efficiency(ttft_overhead_s=opts.ttft_overhead_s or 0.0))
     return {name: cm for name in dep.pools}
 
 
@@ -241,15 +251,42 @@ def start_runtime(dep: Deployment, run_dir: Path, profile_dir: Path, opts: Valid
 
 
 def warm_up(rt: Runtime, dep: Deployment, model: str, rounds: int = 1, isl: tuple[int, ...] = (64, 512),
-            osl: int = 4) -> None:
-    """A few concurrent requests on every worker: first calls pay one-off costs."""
+            osl: int = 4, id_prefix: str = "warmup") -> dict:
+    """A few concurrent requests on every worker: first calls pay one-off costs. Returns each round's
+    replay by its request id prefix."""
     from runtime.replay_client import replay  # noqa: PLC0415
     from traces.workload import make_requests  # noqa: PLC0415
 
     n = len(isl) * max(p.replicas for p in dep.pools.values())
     w = Workload(make_requests(np.arange(n) * 0.05, np.resize(isl, n), osl), source="warm-up")
-    for _ in range(rounds):
-        replay(rt.url, w, model=model, id_prefix="warmup")
+    return {f"{id_prefix}{k}": replay(rt.url, w, model=model, id_prefix=f"{id_prefix}{k}") for k in range(rounds)}
+
+
+def worker_ttft_s(attempt: dict) -> float | None:
+    """A request's TTFT inside the workers (one attempt of the request log): from its first worker receiving it
+    to its first token there (agg), or to its KV reaching the decode worker (disagg: the first token leaves
+    then), the span the simulator models."""
+    first = attempt.get("agg") or attempt.get("prefill")
+    end = attempt.get("transfer", {}).get("received") if "decode" in attempt else (first or {}).get("first_token")
+    return None if first is None or end is None else end - first["queued"]
+
+
+def request_overhead_s(replays: dict, log_path: Path) -> float | None:
+    """The runtime's own per-request overhead: the median over requests of the client's TTFT (from sending)
+    minus the TTFT inside the workers (``worker_ttft_s``): HTTP, the frontend, and the hops to the first worker
+    and back with the first token, which the simulator's ``ttft_overhead_s`` stands for."""
+    recs = {}
+    for line in log_path.read_text().splitlines() if log_path.exists() else []:
+        rec = json.loads(line)
+        if rec["outcome"] == "ok" and len(rec["attempts"]) == 1:
+            recs[rec["request_id"]] = rec["attempts"][0]
+    d = []
+    for prefix, r in replays.items():
+        for row in r.requests[r.requests["outcome"] == "ok"].itertuples():
+            inside = worker_ttft_s(recs.get(f"{prefix}-{row.request_id}", {}))
+            if inside is not None:
+                d.append(row.first_token_s - row.sent_s - inside)
+    return float(np.median(d)) if d else None
 
 
 def read_steps(run_dir: Path, start_wall: float, end_wall: float) -> dict[str, list[dict]]:
@@ -299,7 +336,8 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
 def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, log: Log) -> dict:
     """How much slower than the profile's prediction the runtime's steps compute on this machine now: the
     median and 95th percentile of (real step compute / prediction), measured on the unpaced runtime under a
-    short burst after its warm-up. Other processes on a shared CPU take their share, so this is often > 1."""
+    short burst after its warm-up. Other processes on a shared CPU take their share, so this is often > 1.
+    The same burst measures the runtime's per-request overhead (``ttft_overhead_s``, request_overhead_s)."""
     from profiler.paced import paced_cost_model  # noqa: PLC0415
 
     cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
@@ -307,12 +345,13 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
     try:
         warm_up(rt, dep, dep.model)
         start = time.time()
-        warm_up(rt, dep, dep.model, rounds=3, isl=(64, 512, 200, 1024), osl=16)
+        burst = warm_up(rt, dep, dep.model, rounds=3, isl=(64, 512, 200, 1024), osl=16, id_prefix="burst")
         end = time.time()
     finally:
         rt.stop()
     ratios = np.concatenate([slowdown(rows, cm) for rows in read_steps(rt.run_dir, start, end).values() if rows])
-    out = {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios)}
+    out = {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios),
+           "ttft_overhead_s": request_overhead_s(burst, rt.run_dir / "requests.jsonl")}
     log(f"slowdown: real step compute is {out['median']:.2f}x the profile's prediction (p95 {out['p95']:.2f}x) "
         "on this machine now")
     return out
@@ -435,10 +474,15 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     profile_dir = profile_for(dep, opts, log)
     need_scale, need_rate = opts.paced and opts.pace_scale is None, opts.rate is None
-    slow = measure_slowdown(dep, profile_dir, opts, log) if need_scale or need_rate else None
+    need_overhead = opts.ttft_overhead_s is None
+    slow = measure_slowdown(dep, profile_dir, opts, log) if need_scale or need_rate or need_overhead else None
     if need_scale:
         opts = replace(opts, pace_scale=pace_scale_for(slow))
         log(f"pace: every step lasts {opts.pace_scale:g} x the profile's prediction")
+    if need_overhead:
+        opts = replace(opts, ttft_overhead_s=max(0.0, slow["ttft_overhead_s"] or 0.0))
+        log(f"overhead: the runtime adds {opts.ttft_overhead_s * 1e3:.1f} ms to each request's TTFT outside its "
+            "workers (HTTP, frontend); the simulation adds it too (ttft_overhead_s)")
     cms = cost_models(dep, profile_dir, opts)
     sim_dep = sim_deployment(dep, profile_dir)
     w, dropped = servable(workload, dep)
@@ -457,6 +501,7 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         "metrics": metrics,
         "mode": "paced" if opts.paced else "raw",
         "pace_scale": opts.pace_scale if opts.paced else None,
+        "ttft_overhead_ms": opts.ttft_overhead_s * 1e3,
         "repeats": opts.repeats,
         "deployment": dep.to_dict(),
         "simulated_kv_link": sim_dep.to_dict().get("kv_link"),

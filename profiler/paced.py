@@ -9,14 +9,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from profiler.costmodel import Batch, CostModel, LinkSpec
+from profiler.roofline import Efficiency
 
 
 @dataclass
 class ScaledCostModel:
-    """``base``'s iteration times times ``scale`` (> 1: above the real compute); transfers as ``base``'s."""
+    """``base``'s iteration times times ``scale`` (> 1: above the real compute); transfers as ``base``'s.
+    ``eff``: per-request terms only (``ttft_overhead_s``, read by the simulator via roofline.request_terms),
+    e.g. the live runtime's measured HTTP/frontend overhead in ``pdsim validate``."""
 
     base: CostModel
     scale: float = 1.0
+    eff: Efficiency | None = None
 
     def iteration_s(self, batch: Batch) -> float:
         return self.scale * self.base.iteration_s(batch)

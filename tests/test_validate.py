@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from planner.cli import app, run_app
-from planner.validate import compare, error_table, pace_scale_for, servable
+from planner.validate import compare, error_table, pace_scale_for, request_overhead_s, servable, worker_ttft_s
 from profiler.costmodel import Batch
 from profiler.paced import ScaledCostModel
 from runtime.replay_client import prompt_ids
@@ -89,6 +90,38 @@ def test_scaled_cost_model_scales_iterations_not_transfers():
     assert s.transfer_s(1e6, None) == 1.0
 
 
+def test_request_overhead_is_client_ttft_minus_the_ttft_inside_the_workers(tmp_path):
+    from runtime.replay_client import Replay
+
+    agg = {"agg": {"queued": 100.0, "first_token": 100.30}}
+    disagg = {"prefill": {"queued": 200.0, "first_token": 200.1}, "decode": {"admitted": 200.5},
+              "transfer": {"send_start": 200.15, "received": 200.40}}  # the user's first token leaves at 200.40
+    assert worker_ttft_s(agg) == pytest.approx(0.30) and worker_ttft_s(disagg) == pytest.approx(0.40)
+    log = tmp_path / "requests.jsonl"
+    recs = [{"request_id": "b0-0", "outcome": "ok", "attempts": [agg]},
+            {"request_id": "b0-1", "outcome": "ok", "attempts": [disagg]},
+            {"request_id": "b0-2", "outcome": "ok", "attempts": [agg, agg]}]  # retried: not a clean sample
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    client = pd.DataFrame({"request_id": [0, 1, 2], "sent_s": [1.0, 2.0, 3.0], "first_token_s": [1.32, 2.44, 9.0],
+                           "outcome": ["ok"] * 3})
+    # 20 ms and 40 ms outside the workers: the median
+    assert request_overhead_s({"b0": Replay(client, {}, 0.0)}, log) == pytest.approx(0.03)
+
+
+def test_the_simulation_adds_the_measured_overhead_to_every_ttft():
+    from profiler.roofline import Efficiency
+    from simulator import simulate
+    from simulator.deployment import parse_deployment
+
+    dep = parse_deployment(AGG)
+    w = Workload(make_requests(np.arange(5) * 10.0, 64, 8))  # far apart: no queueing
+    ttft = {}
+    for overhead_s in (0.0, 0.025):
+        cm = ScaledCostModel(Const(), 2.0, Efficiency(ttft_overhead_s=overhead_s))
+        ttft[overhead_s] = simulate(dep, w, cost_models={"workers": cm}).requests["ttft_s"].to_numpy()
+    assert ttft[0.025] - ttft[0.0] == pytest.approx([0.025] * 5)
+
+
 def test_paced_engine_steps_follow_the_cost_models_timeline():
     from profiler.models import CATALOG
     from runtime.engine import Engine
@@ -138,6 +171,18 @@ def test_a_workload_is_required(tmp_path, capsys):
     assert "--trace" in capsys.readouterr().err
 
 
+def test_validates_simulation_carries_the_overhead_in_the_simulators_own_term(tmp_path, tiny_profile):
+    from planner.validate import ValidateOptions, cost_models
+    from profiler.roofline import request_terms
+    from simulator.deployment import parse_deployment
+
+    for paced in (False, True):
+        opts = ValidateOptions(out_dir=tmp_path, paced=paced, pace_scale=3.0, ttft_overhead_s=0.02)
+        cms = cost_models(parse_deployment(DISAGG), tiny_profile, opts)
+        assert [request_terms(c)[0] for c in cms.values()] == [0.02, 0.02]
+        assert cms["decode"].scale == (3.0 if paced else 1.0)
+
+
 # ---- end to end on the live runtime --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory) -> Path:
@@ -167,6 +212,7 @@ def run_validate(tmp_path: Path, dep: dict, profile: Path, *extra: str) -> dict:
             assert cell["rel_error"] == pytest.approx((cell["sim"] - cell["live"]) / cell["live"])
     assert doc["live_failed"] == [0] * doc["repeats"]
     assert np.isfinite(doc["per_request"]["ttft_live_minus_sim_ms"]["p50"])
+    assert 0 < doc["ttft_overhead_ms"] < 200  # measured in the burst before the replay, given to the simulation
     assert (out / "validate.html").read_text().count("plotly") > 3
     rows = (out / "requests.csv").read_text().splitlines()
     assert len(rows) == 1 + doc["workload"]["requests"] * doc["repeats"] and doc["workload"]["requests"] >= 5
@@ -189,7 +235,7 @@ def test_agg_raw_end_to_end(tmp_path, tiny_profile):
 def test_disagg_paced_end_to_end(tmp_path, tiny_profile):
     # a pace far above the real compute even on a crowded 2-core box, so that only the dynamics differ
     doc = run_validate(tmp_path, DISAGG, tiny_profile, "--paced", "--pace-scale", "20", "--rate", "1.5")
-    assert doc["mode"] == "paced" and doc["pace_scale"] == 20 and doc["measured_slowdown"] is None
+    assert doc["mode"] == "paced" and doc["pace_scale"] == 20 and doc["measured_slowdown"]["ttft_overhead_s"] > 0
     assert doc["simulated_kv_link"]["bandwidth_gb_s"] > 0  # the profile's measured copy between processes
     for m in ("ttft_ms", "tpot_ms"):  # a loose bound for a short run
         assert abs(doc["metrics"][m]["p50"]["rel_error"]) < 0.25
