@@ -181,8 +181,13 @@ class RooflineCostModel:
                                 float(n_dec + n_last), max, min))
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
-        ctx = ctx_sum + n_seqs * np.arange(steps, dtype=np.float64)
-        return np.asarray(self._time(n_seqs, 0.0, 0.0, n_seqs, ctx, n_seqs), dtype=np.float64) * np.ones(steps)
+        # the first step on floats, then only decode attention changes (it reads a longer context each step)
+        n, c0 = float(n_seqs), float(ctx_sum)
+        first = self._time(n, 0.0, 0.0, n, c0, n, max, min)
+        if steps == 1:
+            return np.array([first])
+        ctx = c0 + n * np.arange(steps, dtype=np.float64)
+        return first + (self._attn_layers_s(0.0, 0.0, n, ctx) - self._attn_layers_s(0.0, 0.0, n, c0, max, min))
 
     def mixed_steps_s(self, n_dec, ctx: float, chunk, cached) -> np.ndarray:
         """Seconds of iterations of ``n_dec`` decodes at context ``ctx`` plus one prefill chunk of ``chunk``
