@@ -483,6 +483,10 @@ def flag_cases():
         ("serve-seed-negative", ["serve", "--seed", "-1"], "'--seed'"),
         ("trace-seed-negative", ["trace", "info", "{vidur}", "--format", "lengths", "--rate", "1", "--seed", "-1"],
          "'--seed'"),
+        ("trace-cv-huge", [*trace, "--format", "lengths", "--rate", "1", "--arrival", "gamma", "--cv", "1e300"],
+         "cv (burstiness) must be in [0.001, 100]"),  # gamma's shape 1/cv^2 underflowed to 0 (a traceback)
+        ("trace-cv-tiny", [*trace, "--format", "lengths", "--rate", "1", "--arrival", "gamma", "--cv", "1e-300"],
+         "cv (burstiness) must be in [0.001, 100]"),  # and overflowed
         ("plan-seed-negative", [*plan, "--seed", "-1"], "'--seed'"),
         ("plan-gpus-zero", [*plan, "--gpus", "0"], "--gpus"),
         ("plan-trials-zero", [*plan, "--trials", "0"], "--trials"),

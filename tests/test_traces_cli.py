@@ -1,6 +1,9 @@
 """`pdsim trace info`: a table or JSON for a good file, one line and exit code 2 for a bad one."""
 
 import json
+import warnings
+
+import pytest
 
 from planner.cli import app, run_app
 from traces.samples import sample_path
@@ -41,3 +44,16 @@ def test_bad_trace_is_one_line_exit_2(tmp_path, capsys):
     assert "pass a rate (--rate REQ_PER_S)" in capsys.readouterr().err
     assert run_app(app, ["trace", "info", str(bad), "--format", "nope"]) == 2
     assert "unknown trace format 'nope'" in capsys.readouterr().err
+
+
+def test_trace_info_on_timestamps_near_the_float_limit_is_clean_and_exact(tmp_path, capsys):
+    """Gaps of ~1e308 s: squaring them overflowed inside np.std and printed a RuntimeWarning on a successful run."""
+    path = tmp_path / "far.csv"
+    path.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,5\n1e300,10,5\n1.7e308,10,5\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a warning would print a stray stderr line
+        assert run_app(app, ["trace", "info", str(path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    gaps = [1e300, 1.7e308 - 1e300]
+    mean = sum(gaps) / 2
+    assert err == "" and json.loads(out)["burstiness"] == pytest.approx(abs(gaps[1] - gaps[0]) / 2 / mean)

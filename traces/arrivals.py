@@ -7,6 +7,7 @@ import numpy as np
 from profiler.errors import InputError
 
 ARRIVALS = ("poisson", "gamma", "constant")
+MIN_CV, MAX_CV = 1e-3, 100.0  # gamma arrivals: nearly constant to extremely bursty (real traces: CV 1-10)
 
 
 def arrival_times(n: int, rate: float, arrival: str = "poisson", cv: float = 1.0,
@@ -20,8 +21,8 @@ def arrival_times(n: int, rate: float, arrival: str = "poisson", cv: float = 1.0
         raise InputError(f"unknown arrival process {arrival!r}; use one of {', '.join(ARRIVALS)}")
     if not rate > 0 or not np.isfinite(rate):
         raise InputError(f"rate must be a positive number of requests/s, got {rate}")
-    if not cv > 0:
-        raise InputError(f"cv (burstiness) must be > 0, got {cv}")
+    if not MIN_CV <= cv <= MAX_CV:  # gamma's shape is 1/cv^2: 0 or an overflow beyond these
+        raise InputError(f"cv (burstiness) must be in [{MIN_CV:g}, {MAX_CV:g}], got {cv}")
     if arrival != "gamma" and cv != 1.0:
         raise InputError(f"cv={cv} needs gamma arrivals; {arrival} arrivals have CV {1 if arrival == 'poisson' else 0}")
     if arrival == "constant":

@@ -20,7 +20,12 @@ def _lengths(x: np.ndarray) -> dict:
 def burstiness(arrival_s: np.ndarray) -> float:
     """Coefficient of variation of the inter-arrival gaps: 1 for Poisson, 0 for constant, > 1 bursty."""
     gaps = np.diff(np.sort(arrival_s))
-    return float(np.std(gaps) / np.mean(gaps)) if len(gaps) > 1 and np.mean(gaps) > 0 else math.nan
+    if len(gaps) < 2:
+        return math.nan
+    with np.errstate(over="ignore", invalid="ignore"):  # gaps near the float limit: an infinite mean is NaN below
+        mean = np.mean(gaps)
+        # the std of gaps / mean, not std / mean: squaring gaps of 1e200 s would overflow (and warn on stderr)
+        return float(np.std(gaps / mean)) if 0 < mean < math.inf else math.nan
 
 
 def trace_info(w, format: str | None = None, **load_kwargs) -> dict:
