@@ -42,7 +42,7 @@ class Engine:
         self.scheduler = Scheduler(cfg, self.blocks)
         self.arrived: deque[tuple[Sequence, torch.Tensor]] = deque()  # transferred KV waiting for blocks
         self.pace_s = pace_s
-        self.pace_end: float | None = None  # perf_counter() at which the last paced step was due to end
+        self.pace_end: float | None = None  # perf_counter() at which the last paced step was due to end (timeline)
         self.last_batch_tokens = 0
 
     # ---- requests ------------------------------------------------------------------------------
@@ -120,13 +120,14 @@ class Engine:
         result.compute_s = time.perf_counter() - t0
         result.cpu_s = time.thread_time() - c0
         if self.pace_s is not None:  # paced replay: the step lasts as long as the cost model says
-            # Back to back with the previous step, it starts where the cost model's timeline says that one
-            # ended, so a late wake-up from sleep is made up by this step instead of adding up over a run;
-            # by at most a quarter of its own duration, so that compute slower than the pace is not hidden.
+            # Back to back with the previous step, it is due where the cost model's timeline says: pace_s after
+            # the previous one was due. A step that ended late (a late wake-up, the CPU taken by another process
+            # for a while) leaves the timeline behind; the next steps make it up from their slack, each by at
+            # most a quarter of its own pace, so that compute slower than the pace shows rather than hiding in
+            # one short step. (Dropping the debt instead put every stall of a shared CPU into the live TPOT.)
             pace_s = self.pace_s(batch)
-            begin = t0 if self.pace_end is None else max(min(t0, self.pace_end), t0 - pace_s / 4)
-            self.pace_end = begin + pace_s
-            wait_s = self.pace_end - time.perf_counter()
+            self.pace_end = (t0 if self.pace_end is None else min(t0, self.pace_end)) + pace_s
+            wait_s = max(self.pace_end, t0 + 0.75 * pace_s) - time.perf_counter()
             if wait_s > 0:
                 time.sleep(wait_s)
             if not self.has_work:  # idle next: the next step starts when its work arrives
