@@ -33,6 +33,7 @@ PERCENTILES = (50, 90, 99)
 # disagg units grow as GPUs squared: 128 GPUs take ~20 s, 256 ~1 min and 2 GB), a trial is a goodput search of
 # ~1 s, a closed loop simulates 8 requests per client, and Optuna's samplers take 32-bit seeds
 LIMITS = {"gpus": 128, "trials": 1000, "concurrency": 100_000, "seed": 2**32 - 1}
+MIN_RATE = 1e-4  # req/s: a confirmation run's 3,200 requests then end within the simulator's 1e9 s of time
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,8 @@ class PlanRequest:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or not 0 <= v <= limit):
                 raise InputError(f"--{name} must be a whole number up to {limit:,}, got {v!r}")
-        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
-            raise InputError(f"--rate must be a positive number of requests per second, got {self.rate!r}")
+        if self.rate is not None and not (MIN_RATE <= self.rate and math.isfinite(self.rate)):
+            raise InputError(f"--rate must be a number of requests per second >= {MIN_RATE:g}, got {self.rate!r}")
         if self.percentile not in PERCENTILES:
             raise InputError(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile}")
         if not 0 < self.attainment <= 1:

@@ -129,8 +129,10 @@ class Search:
         """Create or load the study. Workers that join pass their own ``sampler_seed`` so that they do not
         all propose the same units."""
         seed = self.seed if sampler_seed is None else sampler_seed
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        logging.getLogger("optuna").setLevel(logging.WARNING)
+        # ERROR: a trial that raises (an InputError) is re-raised and said in one line; Optuna's 'Trial failed'
+        # warning would add its own lines to stderr
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        logging.getLogger("optuna").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         if self.objective == "pareto":
             sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=8)

@@ -32,6 +32,8 @@ from simulator.sequence import FAILED, OK, OUTCOMES, PENDING, Sequences
 from simulator.worker import Worker
 from traces.workload import Workload
 
+MAX_ARRIVAL_S = 1e9  # float seconds resolve ~0.1 us here; at 1e300 s a whole decode step rounds away (TPOT 0)
+
 
 def simulate(deployment: Deployment, workload: Workload, *, seed: int = 0, cost_models: dict | None = None,
              profile=None, slo: SLO | None = None, fast_forward: bool = True,
@@ -71,6 +73,10 @@ class Simulation:
         arrival = np.full(n, np.nan) if workload.closed_loop else req["arrival_s"].to_numpy(np.float64)
         if not workload.closed_loop and n and (np.isnan(arrival).any() or arrival.min() < 0):
             raise InputError("open-loop requests need arrival_s >= 0", where=workload.source)
+        if not workload.closed_loop and n and arrival.max() > MAX_ARRIVAL_S:
+            raise InputError(f"the last request arrives at {arrival.max():.3g} s; simulated time keeps microseconds "
+                             f"only up to {MAX_ARRIVAL_S:,.0f} s (30 years): use a higher rate or a shorter trace",
+                             where=workload.source)
         self.env = simpy.Environment()
         self.seqs = Sequences(isl, osl, arrival)
         self.itl = ITLSamples()

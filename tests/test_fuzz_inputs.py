@@ -487,6 +487,9 @@ def flag_cases():
          "cv (burstiness) must be in [0.001, 100]"),  # gamma's shape 1/cv^2 underflowed to 0 (a traceback)
         ("trace-cv-tiny", [*trace, "--format", "lengths", "--rate", "1", "--arrival", "gamma", "--cv", "1e-300"],
          "cv (burstiness) must be in [0.001, 100]"),  # and overflowed
+        # arrivals beyond 1e9 s: a decode step rounded away in float seconds (TPOT 0, and a divide-by-zero warning)
+        ("sim-rate-1e-300", [*synth[:-6], "--rate", "1e-300", *synth[-4:]], "simulated time keeps microseconds"),
+        ("plan-rate-1e-300", [*plan, "--rate", "1e-300"], "--rate must be a number of requests per second >= 0.0001"),
         ("plan-seed-negative", [*plan, "--seed", "-1"], "'--seed'"),
         ("plan-gpus-zero", [*plan, "--gpus", "0"], "--gpus"),
         ("plan-trials-zero", [*plan, "--trials", "0"], "--trials"),
