@@ -57,3 +57,12 @@ def test_trace_info_on_timestamps_near_the_float_limit_is_clean_and_exact(tmp_pa
     gaps = [1e300, 1.7e308 - 1e300]
     mean = sum(gaps) / 2
     assert err == "" and json.loads(out)["burstiness"] == pytest.approx(abs(gaps[1] - gaps[0]) / 2 / mean)
+
+
+def test_trace_with_subnormal_gaps_rescales_to_the_asked_rate(tmp_path, capsys):
+    """Arrivals 5e-324 s apart have an infinite rate; rescaling to 1 req/s said 'speedup ... got 0.0'."""
+    path = tmp_path / "dense.csv"
+    path.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,5\n5e-324,10,5\n1e-323,10,5\n")
+    assert run_app(app, ["trace", "info", str(path), "--rate", "1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rate"] == pytest.approx(1.0) and info["duration_s"] == pytest.approx(2.0)

@@ -44,7 +44,9 @@ def rescale(w: Workload, speedup: float | None = None, rate: float | None = None
             raise InputError(f"rate must be > 0 req/s, got {rate}")
         if not w.rate > 0:
             raise InputError("cannot rescale to a rate: all requests arrive at the same instant", where=w.source)
-        speedup = rate / w.rate
+        speedup = rate * w.duration_s / (len(w) - 1)  # = rate / w.rate, but w.rate is inf over a 1e-320 s span
+        if not 0 < speedup < np.inf:
+            raise InputError(f"cannot rescale to {rate:g} req/s: the arrivals span {w.duration_s:g} s", where=w.source)
     if not speedup > 0 or not np.isfinite(speedup):
         raise InputError(f"speedup must be a positive number, got {speedup}")
     note = f"rescaled to {rate:g} req/s" if rate is not None else f"{speedup:g}x speed"
