@@ -33,11 +33,14 @@ class ScaledCostModel:
 
 
 def paced_cost_model(profile_dir: str, model: str, dtype: str, gpu: str = "cpu", scale: float = 1.0) -> CostModel:
-    """The ProfiledCostModel of ``model``/``dtype`` (TP 1) from ``profile_dir``, scaled by ``scale``."""
+    """The ProfiledCostModel of ``model``/``dtype`` (TP 1) from ``profile_dir``, scaled by ``scale``: the bundled
+    runtime's costs, its per-iteration overhead included as the profile measured it (not another engine's
+    fitted one)."""
     from profiler.gpus import resolve_gpu  # noqa: PLC0415
     from profiler.models import resolve_model  # noqa: PLC0415
     from profiler.profile import load_profile  # noqa: PLC0415
-    from profiler.profiled import ProfiledCostModel  # noqa: PLC0415
+    from profiler.profiled import RUNTIME_ENGINE, ProfiledCostModel  # noqa: PLC0415
 
-    cost = ProfiledCostModel(load_profile(profile_dir), resolve_model(model), resolve_gpu(gpu), 1, dtype)
+    cost = ProfiledCostModel(load_profile(profile_dir), resolve_model(model), resolve_gpu(gpu), 1, dtype,
+                             engine=RUNTIME_ENGINE)
     return ScaledCostModel(cost, scale) if scale != 1.0 else cost

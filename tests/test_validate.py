@@ -217,6 +217,14 @@ def test_validates_simulation_carries_the_overhead_in_the_simulators_own_term(tm
         assert cms["decode"].scale == (3.0 if paced else 1.0)
 
 
+def test_the_runtimes_cost_model_has_the_runtimes_measured_iteration_overhead(tiny_profile):
+    from profiler.paced import paced_cost_model
+
+    cm = paced_cost_model(str(tiny_profile), "tiny", "fp32")
+    # not vllm's overhead fitted on H100 serving results (ms), which a calibration refit changes
+    assert cm.overhead_s == cm.measured_overhead_s > 0
+
+
 # ---- end to end on the live runtime --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory) -> Path:
