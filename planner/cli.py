@@ -452,7 +452,7 @@ def validate_cmd(
     paced: bool = typer.Option(False, "--paced", help="Each worker step lasts --pace-scale x the profile's "
                                "prediction; the simulator uses the same costs."),
     pace_scale: float | None = typer.Option(None, "--pace-scale", min=1.0, help="With --paced: times the "
-                                            "profile (default: 1.5 x the p95 slowdown measured here now)."),
+                                            "profile (default: 2 x the p95 slowdown measured here now)."),
     target_util: float = typer.Option(0.5, "--target-util", min=0.01, max=0.95, help="Rate rule: the busiest "
                                       "simulated pool's busy share."),
     profile: str | None = typer.Option(None, "--profile", help="Profile directory to use (default: cached or "

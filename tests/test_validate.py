@@ -62,8 +62,9 @@ def test_servable_drops_requests_longer_than_the_models_context_and_renumbers():
 
 
 def test_pace_scale_is_above_the_p95_slowdown():
-    assert pace_scale_for({"median": 2.0, "p95": 4.1}) == 6.25
-    assert pace_scale_for({"median": 0.9, "p95": 1.0}) == 1.5
+    assert pace_scale_for({"median": 2.0, "p95": 4.1}) == 8.25  # a step of the p95 shape on half a core
+    assert pace_scale_for({"median": 0.9, "p95": 1.0}) == 2.0
+    assert pace_scale_for({"median": 0.5, "p95": 0.6}) == 1.5
 
 
 def test_prompts_are_seeded_token_ids_of_the_requested_length():
