@@ -31,6 +31,7 @@ from profiler.gpus import canonical_gpu_name, resolve_gpu
 from profiler.memory import memory_fit
 from profiler.models import canonical_model_name, resolve_model
 from profiler.roofline import Efficiency, engine_efficiency, request_terms
+from profiler.yamlfile import read_yaml
 from simulator.deployment import Deployment, PoolSpec
 
 FIT_DEFAULT = ("gemm_compute", "gemm_memory", "attn_compute", "attn_memory", "iteration_overhead_s", "ttft_overhead_s")
@@ -468,17 +469,7 @@ def save_calibration(cal: Calibration, path: str | Path) -> Path:
 
 def load_calibration(path: str | Path) -> Calibration:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError("file not found", where=str(path)) from None
-    except (UnicodeDecodeError, IsADirectoryError) as e:
-        raise InputError(f"cannot read ({e.__class__.__name__}); a calibration file is YAML text",
-                         where=str(path)) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(f"line {mark.line + 1 if mark else '?'}: not valid YAML ({getattr(e, 'problem', e)})",
-                         where=str(path)) from None
+    data = read_yaml(path)
     if not isinstance(data, dict) or data.get("pdsim_calibration") != 1:
         raise InputError("not a pdsim calibration file (no 'pdsim_calibration: 1'); make one with pdsim calibrate",
                          where=str(path))

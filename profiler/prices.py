@@ -9,22 +9,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import yaml
-
 from profiler.errors import InputError
 from profiler.gpus import canonical_gpu_name, resolve_gpu
+from profiler.yamlfile import read_yaml
 
 
 def load_prices(path: str | Path) -> dict[str, float]:
     """A price file as {canonical GPU name: $/hour}."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError("price file not found", where=str(path)) from None
-    except (yaml.YAMLError, UnicodeDecodeError, IsADirectoryError) as e:
-        raise InputError(f"not a YAML/JSON mapping of GPU name to $/hour ({e.__class__.__name__})",
-                         where=str(path)) from None
+    if not path.exists():  # name what is missing: a price file among the flags
+        raise InputError("price file not found", where=str(path))
+    data = read_yaml(path)
     if not isinstance(data, dict) or not data:
         raise InputError("must map GPU names to $/hour, like {h100-sxm: 2.1}", where=str(path))
     prices = {}
