@@ -9,10 +9,9 @@
 
 Rate rule: a trace is rescaled to the rate at which the simulated busiest pool is busy ``target_util``
 (default 50 %) of the time, so that the machine carries it below saturation; then the first
-``duration_s`` seconds of it are replayed. The simulation behind the rule runs on the costs the live
-steps will really take: paced, the paced costs; raw, the profile's times the slowdown measured on the
-runtime just before (a shared CPU gives each worker a share of a core). The live busy share of every
-worker (from its step log) is reported beside the simulated one, so a run that saturated anyway shows it.
+``duration_s`` seconds of it are replayed. The simulation behind the rule runs on the costs of the run's
+own simulation (below), so on what the live steps will really take. The live busy share of every worker
+(from its step log) is reported beside the simulated one, so a run that saturated anyway shows it.
 
 Modes. Raw: the workers compute as fast as the CPU lets them, so the error mixes cost-model error with
 system dynamics and machine noise (``--repeats`` measures the noise). Paced: every worker step lasts
@@ -20,6 +19,17 @@ system dynamics and machine noise (``--repeats`` measures the noise). Paced: eve
 same scaled cost model, so only the dynamics (batching, queueing, transfer, routing, HTTP) can differ;
 ``pace_scale`` must exceed the real compute's slowdown on this machine, and the share of steps whose
 compute overran their pace is reported.
+
+What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), so it does
+not carry the load of the moment it was made. A short burst on the unpaced runtime just before the replay
+measures the rest from the step log (``measure_slowdown``): (a) the runtime's own time around its model's
+compute, outside anything the profile timed: preparing the batch, sampling and postprocessing inside the
+step, and between steps while work waits sending the tokens, writing the step log and handling messages
+(``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per sequence that samples); (b) the
+compute slowdown, wall over CPU time of the steps (``compute_slowdown``: the share of a core other
+processes took). Raw mode's simulation, and the rate rule, take the profile's times x (b) + (a) through
+``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json`` reports them
+(``raw_step_costs``) and the same quantities measured on the live replay's own steps, to set beside them.
 
 Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
 back. The burst before the replay measures it (client TTFT minus the TTFT inside the workers, from the
@@ -46,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from profiler.costmodel import CostModel
 from profiler.errors import InputError
 from profiler.models import resolve_model
 from profiler.paced import ScaledCostModel
@@ -69,6 +80,10 @@ class ValidateOptions:
     paced: bool = False
     pace_scale: float | None = None  # None: measured (pace_scale_for(measure_slowdown(...)))
     ttft_overhead_s: float | None = None  # the runtime's per-request overhead; None: measured (request_overhead_s)
+    # Raw mode's step costs beyond the profile (None: measured in the burst before the replay, measure_slowdown):
+    iteration_overhead_s: float | None = None  # a live step's own time outside its model's compute (step_overhead)
+    per_seq_overhead_s: float | None = None  # ... and per sequence that samples
+    compute_slowdown: float | None = None  # wall over CPU time of the steps' compute (compute_slowdown)
     target_util: float = 0.5  # rate rule: the simulated busiest pool's busy share
     rate: float | None = None  # a fixed arrival rate (req/s) instead of the rate rule
     profile: str | None = None  # a profile directory to use as it is
@@ -100,8 +115,15 @@ def check_runnable(dep: Deployment) -> None:
                          where="deployment.dtype")
 
 
+def profile_clock(dep: Deployment) -> str:
+    """On a CPU the profile times each op in this thread's CPU time (on a shared CPU, wall time also counts the
+    other processes at the moment of the profile); the share of the core the workers get is measured separately,
+    when the runtime runs (compute_slowdown)."""
+    return "cpu" if runtime_device(dep) == "cpu" else "wall"
+
+
 def profile_key(dep: Deployment, full: bool) -> str:
-    """Cache key: model, dtype, device and torch version (the profile holds for exactly these)."""
+    """Cache key: model, dtype, device, torch version and clock (the profile holds for exactly these)."""
     from profiler.device import device_identity  # noqa: PLC0415
 
     try:
@@ -109,7 +131,8 @@ def profile_key(dep: Deployment, full: bool) -> str:
     except PackageNotFoundError:  # pragma: no cover - torch is a dependency
         torch_version = "unknown"
     device = re.sub(r"[^a-z0-9]+", "-", str(device_identity(runtime_device(dep))["name"]).lower()).strip("-")
-    return f"{dep.model}-{dep.dtype}-{device}-torch{torch_version}-{'full' if full else 'quick'}"
+    clock = "-cpuclock" if profile_clock(dep) == "cpu" else ""
+    return f"{dep.model}-{dep.dtype}-{device}-torch{torch_version}-{'full' if full else 'quick'}{clock}"
 
 
 def profile_for(dep: Deployment, opts: ValidateOptions, log: Log) -> Path:
@@ -122,7 +145,7 @@ def profile_for(dep: Deployment, opts: ValidateOptions, log: Log) -> Path:
         return path
     log(f"profile: timing {dep.model} on this machine into {path} ...")
     cmd = [*pdsim_cmd(), "profile", "--model", dep.model, "--dtype", dep.dtype, "--device", runtime_device(dep),
-           "--out", str(path), *([] if opts.full_profile else ["--quick"])]
+           "--out", str(path), "--clock", profile_clock(dep), *([] if opts.full_profile else ["--quick"])]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"pdsim profile failed: {(done.stderr or done.stdout).strip()[-500:]}")
@@ -134,14 +157,20 @@ def pdsim_cmd() -> list[str]:
 
 
 def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> dict:
-    """The cost model of every pool: the profile's, scaled by ``pace_scale`` when paced, carrying the runtime's
-    measured per-request overhead as the simulator's ``ttft_overhead_s`` term."""
-    from profiler.paced import paced_cost_model  # noqa: PLC0415
-    from profiler.roofline import Efficiency  # noqa: PLC0415
+    """The cost model of every pool, carrying the runtime's measured per-request overhead as the simulator's
+    ``ttft_overhead_s`` term. Paced: the profile's times ``pace_scale`` (the paced steps follow that timeline,
+    their time between steps included). Raw: what a live step costs, the profile's times the compute slowdown
+    plus the runtime's own time around the model's compute (``iteration_overhead_s`` + ``per_seq_overhead_s``
+    for every sequence that samples), as measured in the burst before the replay."""
+    from profiler.paced import overheads, paced_cost_model  # noqa: PLC0415
 
     base = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
-    cm = ScaledCostModel(base, opts.pace_scale if opts.paced else 1.0,
-                         Efficiency(ttft_overhead_s=opts.ttft_overhead_s or 0.0))
+    ttft_s = opts.ttft_overhead_s or 0.0
+    if opts.paced:
+        cm = ScaledCostModel(base, opts.pace_scale, overheads(ttft_s=ttft_s))
+    else:
+        cm = ScaledCostModel(base, opts.compute_slowdown or 1.0,
+                             overheads(opts.iteration_overhead_s or 0.0, opts.per_seq_overhead_s or 0.0, ttft_s))
     return {name: cm for name in dep.pools}
 
 
@@ -184,19 +213,26 @@ def _slice(w: Workload, rate: float, duration_s: float) -> Workload:
 
 def carryable_rate(w: Workload, dep: Deployment, cms: dict, target_util: float, duration_s: float,
                    log: Log) -> tuple[float, float]:
-    """The rate rule: the arrival rate (req/s) at which the simulated busiest pool is busy ``target_util``
-    of the time over the first ``duration_s`` seconds, by fixed-point iteration on the rate."""
+    """The rate rule: the arrival rate (req/s) at which the simulated busiest pool is busy ``target_util`` of the
+    time over the first ``duration_s`` seconds. Steps by the ratio until the target is bracketed, then bisects
+    (geometrically): a trace's slice is bursty, so the busy share can jump with the rate and the ratio step alone
+    oscillates. Returns the simulated rate whose busy share came closest, and that share."""
     from simulator import simulate  # noqa: PLC0415
 
-    rate, util = 1.0, float("nan")
-    for _ in range(6):
-        cut = _slice(w, rate, duration_s)
-        util = max(simulate(dep, cut, cost_models=cms).utilization.values())
-        if util <= 0:
+    tried: list[tuple[float, float]] = []
+    lo = hi = None  # rates known to fall short of / exceed the target
+    rate = 1.0
+    for _ in range(12):
+        util = max(simulate(dep, _slice(w, rate, duration_s), cost_models=cms).utilization.values())
+        tried.append((rate, util))
+        if util <= 0 or abs(util / target_util - 1) < 0.03:
             break
-        if abs(util / target_util - 1) < 0.03:
-            break
-        rate *= min(4.0, max(0.25, target_util / util))
+        if util < target_util:
+            lo = rate
+        else:
+            hi = rate
+        rate = math.sqrt(lo * hi) if lo and hi else rate * min(4.0, max(0.25, target_util / util))
+    rate, util = min(tried, key=lambda t: abs(math.log(max(t[1], 1e-9) / target_util)))
     log(f"rate rule: {rate:.3g} req/s keeps the busiest simulated pool {util:.0%} busy (target {target_util:.0%})")
     return rate, util
 
@@ -307,28 +343,66 @@ def slowdown(rows: list[dict], cm) -> np.ndarray:
     return np.asarray([r["compute_s"] for r in rows]) / np.asarray(pred)
 
 
+def step_overhead(rows: list[dict]) -> dict | None:
+    """What a live step costs beyond its model's compute, from a step log: for every step that began while work
+    was waiting (``gap_s`` logged), its own work outside the model forward (``compute_s - model_s``: preparing
+    the batch, sampling, postprocessing) plus the time since the step before ended (``gap_s``: sending tokens,
+    the step log, messages), fitted as ``iteration_s + per_seq_s x sequences that sampled`` by least squares
+    (means, since step times add up to TPOT and busy time; a negative slope counts as none). The profile's
+    ``iteration_overhead`` is inside the model forward and not counted here. None without such steps."""
+    rows = [r for r in rows if r.get("gap_s") is not None]
+    if len(rows) < 2:
+        return None
+    o = np.asarray([r["compute_s"] - r["model_s"] + r["gap_s"] for r in rows])
+    n = np.asarray([r.get("sampled", len(r["decode_ctx"]) + len(r["prefill_tokens"])) for r in rows], np.float64)
+    per_seq = max(0.0, float(np.polyfit(n, o, 1)[0])) if np.ptp(n) > 0 else 0.0
+    gap = np.asarray([r["gap_s"] for r in rows])
+    return {"iteration_s": max(0.0, float(np.mean(o - per_seq * n))), "per_seq_s": per_seq, "steps": len(rows),
+            "median_s": float(np.median(o)), "gap_cpu_over_wall": float(sum(r["gap_cpu_s"] for r in rows)
+                                                                           / max(gap.sum(), 1e-12))}
+
+
+def compute_slowdown(rows: list[dict]) -> float | None:
+    """Wall over this thread's CPU time of the steps' compute (sums over the steps, at least 1): how much longer
+    the model's work took than on a core of its own, the share other processes took."""
+    wall = sum(r["compute_s"] for r in rows if r.get("cpu_s"))
+    cpu = sum(r["cpu_s"] for r in rows if r.get("cpu_s"))
+    return max(1.0, wall / cpu) if cpu > 0 else None
+
+
 POOL_OF_ROLE = {"agg": "workers", "prefill": "prefill", "decode": "decode"}
 
 
-def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, paced: bool) -> dict:
+def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, paced: bool,
+               base: CostModel | None = None) -> dict:
     """Per worker over [start, end): busy share (sum of step durations / window); where the raw error comes
-    from: median step compute over the cost model's prediction, split into CPU time over prediction (the
-    profile's own error) and wall over CPU time (the share of the core other processes took); when paced,
-    the share of steps whose compute alone took longer than their pace."""
+    from: median step compute over the profile's prediction (``base``), split into CPU time over prediction
+    (the profile's own error; also for steps with and without a prompt chunk) and wall over CPU time (the
+    share of the core other processes took); the live steps' overhead outside the model (step_overhead, to
+    set beside the burst's that the simulation used); when paced, the share of steps whose compute alone took
+    longer than their pace."""
     out = {}
     for wid, rows in read_steps(run_dir, start_wall, end_wall).items():
         stats = {"steps": len(rows), "busy_share": sum(r["duration_s"] for r in rows) / max(end_wall - start_wall,
                                                                                             1e-9)}
         if rows:
-            ratio = slowdown(rows, cms[POOL_OF_ROLE[wid.rsplit("-", 1)[0]]])
+            cm = cms[POOL_OF_ROLE[wid.rsplit("-", 1)[0]]]
+            if paced:
+                stats["overrun_share"] = float((slowdown(rows, cm) > 1).mean())
+            ratio = slowdown(rows, base or cm)
             wall = np.asarray([r["compute_s"] for r in rows])
             cpu = np.asarray([r.get("cpu_s", np.nan) for r in rows])
-            scale = getattr(cms[POOL_OF_ROLE[wid.rsplit("-", 1)[0]]], "scale", 1.0)  # ratios to the bare profile
-            if paced:
-                stats["overrun_share"] = float((ratio > 1).mean())
-            stats["compute_over_profile"] = float(np.median(ratio) * scale)
-            stats["cpu_over_profile"] = float(np.median(cpu / wall * ratio) * scale)
+            prefill = np.asarray([len(r["prefill_tokens"]) > 0 for r in rows])
+            stats["compute_over_profile"] = float(np.median(ratio))
+            stats["cpu_over_profile"] = float(np.median(cpu / wall * ratio))
+            for name, m in (("prefill", prefill), ("decode", ~prefill)):
+                if m.any():
+                    stats[f"cpu_over_profile_{name}_steps"] = float(np.median((cpu / wall * ratio)[m]))
             stats["wall_over_cpu"] = float(np.median(wall / cpu))
+            over = step_overhead(rows)
+            if over:
+                stats["overhead_ms"] = over["iteration_s"] * 1e3
+                stats["per_seq_overhead_ms"] = over["per_seq_s"] * 1e3
         out[wid] = stats
     return out
 
@@ -337,7 +411,10 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
     """How much slower than the profile's prediction the runtime's steps compute on this machine now: the
     median and 95th percentile of (real step compute / prediction), measured on the unpaced runtime under a
     short burst after its warm-up. Other processes on a shared CPU take their share, so this is often > 1.
-    The same burst measures the runtime's per-request overhead (``ttft_overhead_s``, request_overhead_s)."""
+    The same burst measures what raw mode's simulation adds to the profile: the runtime's per-request overhead
+    (``ttft_overhead_s``, request_overhead_s), its own time around each step's model compute
+    (``iteration_overhead_s``, ``per_seq_overhead_s``: step_overhead) and the compute slowdown (wall over CPU
+    time: compute_slowdown), over the steps of all workers."""
     from profiler.paced import paced_cost_model  # noqa: PLC0415
 
     cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
@@ -349,11 +426,17 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
         end = time.time()
     finally:
         rt.stop()
-    ratios = np.concatenate([slowdown(rows, cm) for rows in read_steps(rt.run_dir, start, end).values() if rows])
+    steps = [rows for rows in read_steps(rt.run_dir, start, end).values() if rows]
+    ratios = np.concatenate([slowdown(rows, cm) for rows in steps])
+    over = step_overhead([r for rows in steps for r in rows]) or {"iteration_s": 0.0, "per_seq_s": 0.0}
     out = {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios),
-           "ttft_overhead_s": request_overhead_s(burst, rt.run_dir / "requests.jsonl")}
+           "ttft_overhead_s": request_overhead_s(burst, rt.run_dir / "requests.jsonl"),
+           "iteration_overhead_s": over["iteration_s"], "per_seq_overhead_s": over["per_seq_s"],
+           "overhead_steps": over.get("steps", 0), "gap_cpu_over_wall": over.get("gap_cpu_over_wall"),
+           "compute_slowdown": compute_slowdown([r for rows in steps for r in rows]) or 1.0}
     log(f"slowdown: real step compute is {out['median']:.2f}x the profile's prediction (p95 {out['p95']:.2f}x) "
-        "on this machine now")
+        f"on this machine now; wall/CPU {out['compute_slowdown']:.3f}; a step's own time outside the model "
+        f"{out['iteration_overhead_s'] * 1e3:.3f} ms + {out['per_seq_overhead_s'] * 1e3:.4f} ms per sequence")
     return out
 
 
@@ -369,8 +452,10 @@ def pace_scale_for(slow: dict) -> float:
 
 def run_live(dep: Deployment, w: Workload, profile_dir: Path, cms: dict, opts: ValidateOptions, log: Log):
     """Replay ``w`` on the live runtime ``opts.repeats`` times (one server, warmed up); replays and worker stats."""
+    from profiler.paced import paced_cost_model  # noqa: PLC0415
     from runtime.replay_client import replay  # noqa: PLC0415
 
+    base = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
     rt = start_runtime(dep, opts.out_dir / "live", profile_dir, opts)
     replays, workers = [], []
     try:
@@ -380,7 +465,7 @@ def run_live(dep: Deployment, w: Workload, profile_dir: Path, cms: dict, opts: V
             log(f"live: replay {i + 1}/{opts.repeats}: {len(w)} requests over {w.duration_s:.0f} s")
             r = replay(rt.url, w, model=dep.model, seed=opts.seed, id_prefix=f"r{i}")
             end = r.start_wall + float(np.nanmax(r.requests["last_token_s"].to_numpy(), initial=0.0))
-            workers.append(step_stats(rt.run_dir, r.start_wall, end, cms, opts.paced))
+            workers.append(step_stats(rt.run_dir, r.start_wall, end, cms, opts.paced, base))
             replays.append(r)
             bad = int((r.requests["outcome"] != "ok").sum())
             if bad:
@@ -479,7 +564,9 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
     profile_dir = profile_for(dep, opts, log)
     need_scale, need_rate = opts.paced and opts.pace_scale is None, opts.rate is None
     need_overhead = opts.ttft_overhead_s is None
-    slow = measure_slowdown(dep, profile_dir, opts, log) if need_scale or need_rate or need_overhead else None
+    need_step = not opts.paced and None in (opts.iteration_overhead_s, opts.per_seq_overhead_s, opts.compute_slowdown)
+    slow = (measure_slowdown(dep, profile_dir, opts, log) if need_scale or need_rate or need_overhead or need_step
+            else None)
     if need_scale:
         opts = replace(opts, pace_scale=pace_scale_for(slow))
         log(f"pace: every step lasts {opts.pace_scale:g} x the profile's prediction")
@@ -487,13 +574,17 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         opts = replace(opts, ttft_overhead_s=max(0.0, slow["ttft_overhead_s"] or 0.0))
         log(f"overhead: the runtime adds {opts.ttft_overhead_s * 1e3:.1f} ms to each request's TTFT outside its "
             "workers (HTTP, frontend); the simulation adds it too (ttft_overhead_s)")
+    if need_step:
+        opts = replace(opts, **{k: slow[k] if getattr(opts, k) is None else getattr(opts, k)
+                                for k in ("iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown")})
+        log(f"raw: the simulated steps take the profile's times x {opts.compute_slowdown:.3f} (wall/CPU) + "
+            f"{opts.iteration_overhead_s * 1e3:.3f} ms + {opts.per_seq_overhead_s * 1e3:.4f} ms per sequence")
     cms = cost_models(dep, profile_dir, opts)
     sim_dep = sim_deployment(dep, profile_dir)
     w, dropped = servable(workload, dep)
     rate = opts.rate
-    if rate is None:  # raw: the machine's measured slowdown counts, so that the live busy share is the target
-        rule_cms = cms if opts.paced else {k: ScaledCostModel(c, max(1.0, slow["median"])) for k, c in cms.items()}
-        rate = carryable_rate(w, sim_dep, rule_cms, opts.target_util, opts.duration_s, log)[0]
+    if rate is None:  # on the very costs the simulation of the run uses, so the live busy share is the target
+        rate = carryable_rate(w, sim_dep, cms, opts.target_util, opts.duration_s, log)[0]
     w = _slice(w, rate, opts.duration_s)
     log(f"workload: {len(w)} requests at {rate:.3g} req/s over {w.duration_s:.0f} s ({dropped} too long dropped)")
     sim = simulate(sim_dep, w, seed=opts.seed, cost_models=cms)
@@ -506,6 +597,9 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         "mode": "paced" if opts.paced else "raw",
         "pace_scale": opts.pace_scale if opts.paced else None,
         "ttft_overhead_ms": opts.ttft_overhead_s * 1e3,
+        "raw_step_costs": None if opts.paced else {
+            "iteration_overhead_ms": opts.iteration_overhead_s * 1e3, "per_seq_overhead_ms":
+            opts.per_seq_overhead_s * 1e3, "compute_slowdown": opts.compute_slowdown},
         "repeats": opts.repeats,
         "deployment": dep.to_dict(),
         "simulated_kv_link": sim_dep.to_dict().get("kv_link"),

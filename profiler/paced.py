@@ -1,6 +1,8 @@
-"""The paced cost model: a profile's iteration times stretched by one factor, shared by the live runtime's
-paced workers (each step lasts at least this long) and the simulator in ``pdsim validate --paced``, so
-that both sides run on the very same cost function and only the system dynamics can differ."""
+"""The scaled cost model: a profile's iteration times stretched by one factor, plus the overhead of an engine
+around its model's compute that the profile did not time. Shared by the live runtime's paced workers (each
+step lasts at least the scaled time) and the simulator in ``pdsim validate``: paced, both sides run on the
+very same cost function, so only the system dynamics can differ; raw, the simulator's steps cost what the
+live runtime's took in the burst before the replay (the compute slowdown and the runtime's own time per step)."""
 
 from __future__ import annotations
 
@@ -14,22 +16,39 @@ from profiler.roofline import Efficiency
 
 @dataclass
 class ScaledCostModel:
-    """``base``'s iteration times times ``scale`` (> 1: above the real compute); transfers as ``base``'s.
-    ``eff``: per-request terms only (``ttft_overhead_s``, read by the simulator via roofline.request_terms),
-    e.g. the live runtime's measured HTTP/frontend overhead in ``pdsim validate``."""
+    """``base``'s iteration times times ``scale``, plus ``eff``'s per-iteration overhead (``iteration_overhead_s``
+    and ``per_seq_overhead_s`` for every sequence that samples, as in roofline), which ``base`` did not time;
+    transfers as ``base``'s. ``eff`` also carries the per-request terms (``ttft_overhead_s``, read by the simulator
+    via roofline.request_terms). In ``pdsim validate``: paced, ``scale`` is the pace and no overhead (the paced
+    runtime's steps follow the cost model's timeline); raw, ``scale`` is the measured compute slowdown and ``eff``
+    the runtime's measured time between and around its model's compute and its per-request overhead.
+    ``overheads`` builds an ``eff`` with only what is given (Efficiency's defaults are another engine's)."""
 
     base: CostModel
     scale: float = 1.0
     eff: Efficiency | None = None
 
+    def _overhead_s(self, seqs):
+        e = self.eff
+        return 0.0 if e is None else e.iteration_overhead_s + e.per_seq_overhead_s * seqs
+
     def iteration_s(self, batch: Batch) -> float:
-        return self.scale * self.base.iteration_s(batch)
+        if batch.empty:
+            return 0.0
+        last = len(batch.prefill_tokens) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
+        return self.scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
-        return self.scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps)
+        return self.scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps) + (self._overhead_s(n_seqs)
+                                                                               if n_seqs else 0.0)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
         return self.base.transfer_s(kv_bytes, link)
+
+
+def overheads(iteration_s: float = 0.0, per_seq_s: float = 0.0, ttft_s: float = 0.0) -> Efficiency:
+    """An Efficiency that carries only these overheads (seconds) for a ScaledCostModel."""
+    return Efficiency(iteration_overhead_s=iteration_s, per_seq_overhead_s=per_seq_s, ttft_overhead_s=ttft_s)
 
 
 def paced_cost_model(profile_dir: str, model: str, dtype: str, gpu: str = "cpu", scale: float = 1.0) -> CostModel:

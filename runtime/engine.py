@@ -29,6 +29,10 @@ class StepResult:
     duration_s: float  # whole step, including pacing
     model_s: float = 0.0  # the model forward alone; compute_s - model_s is the engine's own overhead
     cpu_s: float = 0.0  # this thread's CPU time over compute_s: below it when other processes took the core
+    # From the end of the previous step to this one's start while work was waiting (None: the engine was idle):
+    # the worker's own time between steps (sending tokens, the step log, messages), wall and this thread's CPU.
+    gap_s: float | None = None
+    gap_cpu_s: float | None = None
     kv: dict[str, torch.Tensor] = field(default_factory=dict)  # rid -> KV of finished prefill-only sequences
 
 
@@ -44,6 +48,7 @@ class Engine:
         self.pace_s = pace_s
         self.pace_end: float | None = None  # perf_counter() at which the last paced step was due to end (timeline)
         self.last_batch_tokens = 0
+        self.busy_end: tuple[float, float] | None = None  # (perf_counter, thread_time) when a step ended with work left
 
     # ---- requests ------------------------------------------------------------------------------
     def fits(self, tokens: int) -> bool:
@@ -99,8 +104,10 @@ class Engine:
         self.admit()
         chunks = self.scheduler.schedule()
         if not chunks:
+            self.busy_end = None
             return None
         start, t0, c0 = time.time(), time.perf_counter(), time.thread_time()
+        gap = None if self.busy_end is None else (t0 - self.busy_end[0], c0 - self.busy_end[1])
         step, batch, sampling = self.prepare(chunks)
         t1 = time.perf_counter()
         logits = self.model(step, self.cache)
@@ -109,6 +116,8 @@ class Engine:
         tokens = [(seq, greedy[row] if seq.temperature <= 0 else self.sample(seq, logits[row]))
                   for row, seq in enumerate(sampling)]
         result = StepResult(tokens, batch, start, 0.0, 0.0, model_s)
+        if gap is not None:
+            result.gap_s, result.gap_cpu_s = gap
         for seq, token in tokens:
             seq.times.setdefault("first_token", time.time())
             seq.append(token)
@@ -134,6 +143,7 @@ class Engine:
                 self.pace_end = None
         result.duration_s = time.perf_counter() - t0
         self.last_batch_tokens = batch.tokens
+        self.busy_end = (time.perf_counter(), time.thread_time()) if self.has_work else None
         return result
 
     def prepare(self, chunks: list[tuple[Sequence, int]]) -> tuple[StepInput, Batch, list[Sequence]]:

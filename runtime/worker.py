@@ -235,6 +235,7 @@ class Worker:
             b = r.batch
             self.steps.write(json.dumps({"worker": self.cfg.worker_id, "start": r.start_s, "duration_s": r.duration_s,
                                          "compute_s": r.compute_s, "model_s": r.model_s, "cpu_s": r.cpu_s,
+                                         "gap_s": r.gap_s, "gap_cpu_s": r.gap_cpu_s, "sampled": len(r.tokens),
                                          "prefill_tokens": b.prefill_tokens.tolist(),
                                          "prefill_cached": b.prefill_cached.tolist(),
                                          "decode_ctx": b.decode_ctx.tolist()}) + "\n")

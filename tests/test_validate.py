@@ -13,9 +13,18 @@ import pytest
 import yaml
 
 from planner.cli import app, run_app
-from planner.validate import compare, error_table, pace_scale_for, request_overhead_s, servable, worker_ttft_s
+from planner.validate import (
+    compare,
+    compute_slowdown,
+    error_table,
+    pace_scale_for,
+    request_overhead_s,
+    servable,
+    step_overhead,
+    worker_ttft_s,
+)
 from profiler.costmodel import Batch
-from profiler.paced import ScaledCostModel
+from profiler.paced import ScaledCostModel, overheads
 from runtime.replay_client import prompt_ids
 from traces.workload import Workload, make_requests
 
@@ -91,6 +100,65 @@ def test_scaled_cost_model_scales_iterations_not_transfers():
     assert s.transfer_s(1e6, None) == 1.0
 
 
+def step_row(n_decode: int, outside_s: float, gap_s: float | None, model_s: float = 0.004, cpu_share: float = 1.0,
+             prefill: tuple[int, ...] = ()) -> dict:
+    """A step log row: ``outside_s`` of the step's own work outside the model, ``gap_s`` since the step before."""
+    compute_s = model_s + outside_s
+    return {"start": 0.0, "duration_s": compute_s, "compute_s": compute_s, "model_s": model_s,
+            "cpu_s": compute_s * cpu_share, "gap_s": gap_s, "gap_cpu_s": None if gap_s is None else 0.8 * gap_s,
+            "sampled": n_decode + len(prefill), "prefill_tokens": list(prefill), "prefill_cached": [0] * len(prefill),
+            "decode_ctx": [100] * n_decode}
+
+
+def test_step_overhead_is_the_time_outside_the_model_fitted_per_step_and_per_sequence():
+    # 0.3 ms + 0.02 ms per sequence outside the model, split between the step (prepare, sample) and the gap before
+    # the next one (tokens out, step log); a step after an idle spell has no gap and tells nothing
+    rows = [step_row(n, 0.5 * (0.3e-3 + 0.02e-3 * n), 0.5 * (0.3e-3 + 0.02e-3 * n)) for n in (1, 2, 4, 8, 16) * 3]
+    rows.append(step_row(1, 0.0, None, model_s=0.05))  # idle before: no gap; its model time is no overhead
+    over = step_overhead(rows)
+    assert over["iteration_s"] == pytest.approx(0.3e-3) and over["per_seq_s"] == pytest.approx(0.02e-3)
+    assert over["steps"] == 15 and over["gap_cpu_over_wall"] == pytest.approx(0.8)
+    flat = step_overhead([step_row(2, 0.1e-3, 0.2e-3), step_row(2, 0.3e-3, 0.2e-3)])
+    assert flat["iteration_s"] == pytest.approx(0.4e-3) and flat["per_seq_s"] == 0.0  # one batch size: no slope
+    assert step_overhead([step_row(1, 0.1e-3, None)] * 5) is None
+
+
+def test_compute_slowdown_is_wall_over_cpu_time_of_the_steps_and_never_below_one():
+    assert compute_slowdown([step_row(1, 0.0, None, 0.004, cpu_share=0.5),
+                             step_row(1, 0.0, None, 0.012, cpu_share=1.0)]) == pytest.approx(16 / 14)
+    assert compute_slowdown([step_row(1, 0.0, None, cpu_share=1.01)]) == 1.0  # clock granularity, not a faster core
+    assert compute_slowdown([{**step_row(1, 0.0, None), "cpu_s": 0.0}]) is None
+
+
+def test_scaled_cost_model_adds_the_measured_overhead_per_step_and_per_sampling_sequence():
+    s = ScaledCostModel(Const(), 2.0, overheads(iteration_s=0.001, per_seq_s=0.0002, ttft_s=0.5))
+    assert s.iteration_s(Batch.of(decode_ctx=[5, 6, 7])) == pytest.approx(2 * 0.03 + 0.001 + 3 * 0.0002)
+    chunked = Batch.of(prefill=[(100, 0), (50, 0)], decode_ctx=[5])
+    chunked.prefill_last_chunks = 1  # one prompt finishes and samples; the other's chunk does not
+    assert s.iteration_s(chunked) == pytest.approx(2 * 1.51 + 0.001 + 2 * 0.0002)
+    assert s.iteration_s(Batch()) == 0.0
+    assert s.decode_steps_s(4, 40, 3) == pytest.approx([2 * 0.04 + 0.001 + 4 * 0.0002] * 3)
+    assert ScaledCostModel(Const(), 2.0, overheads(ttft_s=0.5)).iteration_s(Batch.of(decode_ctx=[5])) == 0.02
+
+
+def test_the_rate_rule_counts_the_step_overhead_and_returns_a_rate_it_simulated():
+    from planner.validate import _slice, carryable_rate
+    from simulator import simulate
+    from simulator.deployment import parse_deployment
+
+    dep = parse_deployment(AGG)
+    rng = np.random.default_rng(0)
+    w = Workload(make_requests(np.sort(rng.uniform(0, 200, 400)), rng.integers(20, 200, 400), 20))
+    rates = {}
+    for over_s in (0.0, 0.01):
+        cms = {"workers": ScaledCostModel(Const(), 0.01, overheads(iteration_s=over_s))}
+        rate, util = carryable_rate(w, dep, cms, 0.5, 60.0, lambda s: None)
+        assert util == pytest.approx(max(simulate(dep, _slice(w, rate, 60.0), cost_models=cms).utilization.values()))
+        assert util == pytest.approx(0.5, abs=0.05)
+        rates[over_s] = rate
+    assert rates[0.01] < 0.8 * rates[0.0]  # steps that cost more than the profile: the machine carries less
+
+
 def test_request_overhead_is_client_ttft_minus_the_ttft_inside_the_workers(tmp_path):
     from runtime.replay_client import Replay
 
@@ -110,7 +178,6 @@ def test_request_overhead_is_client_ttft_minus_the_ttft_inside_the_workers(tmp_p
 
 
 def test_the_simulation_adds_the_measured_overhead_to_every_ttft():
-    from profiler.roofline import Efficiency
     from simulator import simulate
     from simulator.deployment import parse_deployment
 
@@ -118,7 +185,7 @@ def test_the_simulation_adds_the_measured_overhead_to_every_ttft():
     w = Workload(make_requests(np.arange(5) * 10.0, 64, 8))  # far apart: no queueing
     ttft = {}
     for overhead_s in (0.0, 0.025):
-        cm = ScaledCostModel(Const(), 2.0, Efficiency(ttft_overhead_s=overhead_s))
+        cm = ScaledCostModel(Const(), 2.0, overheads(ttft_s=overhead_s))
         ttft[overhead_s] = simulate(dep, w, cost_models={"workers": cm}).requests["ttft_s"].to_numpy()
     assert ttft[0.025] - ttft[0.0] == pytest.approx([0.025] * 5)
 
@@ -149,6 +216,33 @@ def test_paced_engine_steps_follow_the_cost_models_timeline():
     assert not engine.has_work
     assert min(durations) >= 0.75 * pace_s  # a step makes up at most a quarter of its pace for a late wake-up
     assert total == pytest.approx(8 * pace_s, rel=0.25)  # (the compute is far below the pace on any machine)
+
+
+def test_engine_logs_the_time_between_steps_while_work_waits_and_not_across_idle_spells():
+    from profiler.models import CATALOG
+    from runtime.engine import Engine
+    from runtime.model import build_model
+    from runtime.scheduler import SchedulerConfig
+    from runtime.sequence import Sequence
+
+    torch = pytest.importorskip("torch")
+    engine = Engine(build_model(CATALOG["tiny"], seed=0), SchedulerConfig(), 64, 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine.add(Sequence("a", list(range(20)), 20, 3))
+        first = engine.step()
+        time.sleep(0.02)  # the worker's own time between steps (tokens out, step log) while "a" still decodes
+        second = engine.step()
+        third = engine.step()  # "a" is done: the engine idles
+        time.sleep(0.02)
+        engine.add(Sequence("b", list(range(20)), 20, 2))
+        after_idle = engine.step()
+    finally:
+        torch.set_num_threads(threads)
+    assert first.gap_s is None and after_idle.gap_s is None  # waiting for work is not overhead
+    assert 0.02 <= second.gap_s < 0.1 and second.gap_cpu_s < 0.01  # asleep: wall time, little CPU
+    assert 0 <= third.gap_s < 0.01 and len(second.tokens) == 1
 
 
 def test_paced_engine_makes_up_a_stall_from_the_slack_of_the_steps_after_it():
@@ -208,14 +302,21 @@ def test_a_workload_is_required(tmp_path, capsys):
 
 def test_validates_simulation_carries_the_overhead_in_the_simulators_own_term(tmp_path, tiny_profile):
     from planner.validate import ValidateOptions, cost_models
+    from profiler.paced import paced_cost_model
     from profiler.roofline import request_terms
     from simulator.deployment import parse_deployment
 
+    base = paced_cost_model(str(tiny_profile), "tiny", "fp32")
+    b = Batch.of(prefill=[(64, 0)], decode_ctx=[100, 200])
     for paced in (False, True):
-        opts = ValidateOptions(out_dir=tmp_path, paced=paced, pace_scale=3.0, ttft_overhead_s=0.02)
+        opts = ValidateOptions(out_dir=tmp_path, paced=paced, pace_scale=3.0, ttft_overhead_s=0.02,
+                               iteration_overhead_s=0.0004, per_seq_overhead_s=0.00003, compute_slowdown=1.25)
         cms = cost_models(parse_deployment(DISAGG), tiny_profile, opts)
         assert [request_terms(c)[0] for c in cms.values()] == [0.02, 0.02]
-        assert cms["decode"].scale == (3.0 if paced else 1.0)
+        if paced:  # the pace alone: the paced runtime's steps follow the cost model's timeline, gaps included
+            assert cms["decode"].iteration_s(b) == pytest.approx(3.0 * base.iteration_s(b))
+        else:  # raw: the measured compute slowdown and the runtime's own time per step and per sampling sequence
+            assert cms["decode"].iteration_s(b) == pytest.approx(1.25 * base.iteration_s(b) + 0.0004 + 3 * 0.00003)
 
 
 def test_the_runtimes_cost_model_has_the_runtimes_measured_iteration_overhead(tiny_profile):
@@ -268,6 +369,11 @@ def test_agg_raw_end_to_end(tmp_path, tiny_profile):
     doc = run_validate(tmp_path, AGG, tiny_profile, "--repeats", "2")  # the rate rule picks the rate
     assert doc["mode"] == "raw" and len(doc["metrics"]["ttft_ms"]["p50"]["live_repeats"]) == 2
     assert doc["measured_slowdown"]["steps"] > 10 and doc["workload"]["rate_rule"]
+    # what a live step costs beyond the profile, measured in the burst and given to the simulation
+    costs = doc["raw_step_costs"]
+    assert 0 < costs["iteration_overhead_ms"] < 20 and costs["per_seq_overhead_ms"] >= 0
+    assert costs["compute_slowdown"] >= 1.0
+    assert all(s["overhead_ms"] > 0 for s in doc["utilization"]["live"][0].values())  # the replay's, beside it
     # Raw compute on a shared CPU can be several times slower than profiled: a loose bound only
     for m in ("ttft_ms", "tpot_ms"):
         assert 0.1 < doc["metrics"][m]["p50"]["sim"] / doc["metrics"][m]["p50"]["live"] < 10
