@@ -287,14 +287,15 @@ def start_runtime(dep: Deployment, run_dir: Path, profile_dir: Path, opts: Valid
 
 
 def warm_up(rt: Runtime, dep: Deployment, model: str, rounds: int = 1, isl: tuple[int, ...] = (64, 512),
-            osl: int = 4, id_prefix: str = "warmup") -> dict:
-    """A few concurrent requests on every worker: first calls pay one-off costs. Returns each round's
-    replay by its request id prefix."""
+            osl: int = 4, id_prefix: str = "warmup", spacing_s: float = 0.05) -> dict:
+    """A few requests on every worker, ``spacing_s`` apart (per worker): first calls pay one-off costs. Returns
+    each round's replay by its request id prefix."""
     from runtime.replay_client import replay  # noqa: PLC0415
     from traces.workload import make_requests  # noqa: PLC0415
 
-    n = len(isl) * max(p.replicas for p in dep.pools.values())
-    w = Workload(make_requests(np.arange(n) * 0.05, np.resize(isl, n), osl), source="warm-up")
+    replicas = max(p.replicas for p in dep.pools.values())
+    n = len(isl) * replicas
+    w = Workload(make_requests(np.arange(n) * spacing_s / replicas, np.resize(isl, n), osl), source="warm-up")
     return {f"{id_prefix}{k}": replay(rt.url, w, model=model, id_prefix=f"{id_prefix}{k}") for k in range(rounds)}
 
 
@@ -344,22 +345,28 @@ def slowdown(rows: list[dict], cm) -> np.ndarray:
 
 
 def step_overhead(rows: list[dict]) -> dict | None:
-    """What a live step costs beyond its model's compute, from a step log: for every step that began while work
-    was waiting (``gap_s`` logged), its own work outside the model forward (``compute_s - model_s``: preparing
-    the batch, sampling, postprocessing) plus the time since the step before ended (``gap_s``: sending tokens,
-    the step log, messages), fitted as ``iteration_s + per_seq_s x sequences that sampled`` by least squares
-    (means, since step times add up to TPOT and busy time; a negative slope counts as none). The profile's
+    """The runtime's own work per step outside its model's compute, in CPU time, from a step log: for every step
+    that began while work was waiting (``gap_s`` logged), its work outside the model forward (``compute_s -
+    model_s``, at the step's CPU share: preparing the batch, sampling, postprocessing) plus the worker thread's
+    CPU time since the step before ended (``gap_cpu_s``: sending tokens, the step log, messages), fitted as
+    ``iteration_s + per_seq_s x sequences that sampled`` by least squares (means, since step times add up to
+    TPOT and busy time; a negative slope counts as none). CPU time, like the profile: the compute slowdown
+    stretches it as it does the model's (ScaledCostModel); the wall time between steps that is not the worker's
+    work (waiting for the GIL or a core while other processes run) depends on the load of the moment and is
+    reported (``wall_s``: the same fit's mean on wall times), not simulated. The profile's
     ``iteration_overhead`` is inside the model forward and not counted here. None without such steps."""
-    rows = [r for r in rows if r.get("gap_s") is not None]
+    rows = [r for r in rows if r.get("gap_s") is not None and r.get("gap_cpu_s") is not None]
     if len(rows) < 2:
         return None
-    o = np.asarray([r["compute_s"] - r["model_s"] + r["gap_s"] for r in rows])
+    share = np.asarray([r["cpu_s"] / r["compute_s"] if r.get("cpu_s") and r["compute_s"] > 0 else 1.0 for r in rows])
+    outside = np.asarray([r["compute_s"] - r["model_s"] for r in rows])
+    gap, gap_cpu = np.asarray([r["gap_s"] for r in rows]), np.asarray([r["gap_cpu_s"] for r in rows])
+    o = np.minimum(share, 1.0) * outside + gap_cpu
     n = np.asarray([r.get("sampled", len(r["decode_ctx"]) + len(r["prefill_tokens"])) for r in rows], np.float64)
     per_seq = max(0.0, float(np.polyfit(n, o, 1)[0])) if np.ptp(n) > 0 else 0.0
-    gap = np.asarray([r["gap_s"] for r in rows])
     return {"iteration_s": max(0.0, float(np.mean(o - per_seq * n))), "per_seq_s": per_seq, "steps": len(rows),
-            "median_s": float(np.median(o)), "gap_cpu_over_wall": float(sum(r["gap_cpu_s"] for r in rows)
-                                                                           / max(gap.sum(), 1e-12))}
+            "wall_s": float(np.mean(outside + gap)), "cpu_s": float(np.mean(o)),
+            "gap_cpu_over_wall": float(gap_cpu.sum() / max(gap.sum(), 1e-12))}
 
 
 def compute_slowdown(rows: list[dict]) -> float | None:
@@ -401,8 +408,8 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
             stats["wall_over_cpu"] = float(np.median(wall / cpu))
             over = step_overhead(rows)
             if over:
-                stats["overhead_ms"] = over["iteration_s"] * 1e3
-                stats["per_seq_overhead_ms"] = over["per_seq_s"] * 1e3
+                stats |= {"overhead_ms": over["iteration_s"] * 1e3, "per_seq_overhead_ms": over["per_seq_s"] * 1e3,
+                          "overhead_cpu_ms_mean": over["cpu_s"] * 1e3, "overhead_wall_ms_mean": over["wall_s"] * 1e3}
         out[wid] = stats
     return out
 
@@ -422,7 +429,11 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
     try:
         warm_up(rt, dep, dep.model)
         start = time.time()
-        burst = warm_up(rt, dep, dep.model, rounds=3, isl=(64, 512, 200, 1024), osl=16, id_prefix="burst")
+        # one client (its connections reused, as in the replay) at about the rate the rule picks here (1-2 req/s
+        # per worker): a denser burst (4 prompts in 0.15 s) measured the contention of its own arrivals, not the
+        # replay's (bench run at 17:52: the worker waited 0.6 ms between steps off CPU against 0.1 ms in the replay
+        # after it; wall/CPU 1.075 against 1.000; TTFT overhead 8.2 ms, the replay ~2 ms less)
+        burst = warm_up(rt, dep, dep.model, isl=(64, 512, 200, 1024) * 3, osl=32, id_prefix="burst", spacing_s=0.5)
         end = time.time()
     finally:
         rt.stop()
@@ -433,10 +444,12 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
            "ttft_overhead_s": request_overhead_s(burst, rt.run_dir / "requests.jsonl"),
            "iteration_overhead_s": over["iteration_s"], "per_seq_overhead_s": over["per_seq_s"],
            "overhead_steps": over.get("steps", 0), "gap_cpu_over_wall": over.get("gap_cpu_over_wall"),
+           "overhead_cpu_ms_mean": over.get("cpu_s", 0.0) * 1e3, "overhead_wall_ms_mean": over.get("wall_s", 0.0) * 1e3,
            "compute_slowdown": compute_slowdown([r for rows in steps for r in rows]) or 1.0}
     log(f"slowdown: real step compute is {out['median']:.2f}x the profile's prediction (p95 {out['p95']:.2f}x) "
-        f"on this machine now; wall/CPU {out['compute_slowdown']:.3f}; a step's own time outside the model "
-        f"{out['iteration_overhead_s'] * 1e3:.3f} ms + {out['per_seq_overhead_s'] * 1e3:.4f} ms per sequence")
+        f"on this machine now; wall/CPU {out['compute_slowdown']:.3f}; a step's own CPU time outside the model "
+        f"{out['iteration_overhead_s'] * 1e3:.3f} ms + {out['per_seq_overhead_s'] * 1e3:.4f} ms per sequence "
+        f"(mean {out['overhead_cpu_ms_mean']:.3f} ms; wall {out['overhead_wall_ms_mean']:.3f} ms)")
     return out
 
 
@@ -577,8 +590,8 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
     if need_step:
         opts = replace(opts, **{k: slow[k] if getattr(opts, k) is None else getattr(opts, k)
                                 for k in ("iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown")})
-        log(f"raw: the simulated steps take the profile's times x {opts.compute_slowdown:.3f} (wall/CPU) + "
-            f"{opts.iteration_overhead_s * 1e3:.3f} ms + {opts.per_seq_overhead_s * 1e3:.4f} ms per sequence")
+        log(f"raw: a simulated step takes (the profile's time + {opts.iteration_overhead_s * 1e3:.3f} ms + "
+            f"{opts.per_seq_overhead_s * 1e3:.4f} ms per sequence) x {opts.compute_slowdown:.3f} (wall/CPU)")
     cms = cost_models(dep, profile_dir, opts)
     sim_dep = sim_deployment(dep, profile_dir)
     w, dropped = servable(workload, dep)
