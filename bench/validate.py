@@ -64,7 +64,21 @@ def main() -> None:
                      + ", ".join(f"{w} {s.get('overrun_share', 0):.1%}" for w, s in live.items()) if paced else ""))
             print("step compute / profile (median): " + ", ".join(
                 f"{w} {s['compute_over_profile']:.2f}x = CPU time {s['cpu_over_profile']:.2f}x * wall/CPU "
-                f"{s['wall_over_cpu']:.2f}x" for w, s in live.items() if "compute_over_profile" in s))
+                f"{s['wall_over_cpu']:.2f}x (CPU time / profile: prefill steps "
+                f"{s.get('cpu_over_profile_prefill_steps', float('nan')):.2f}x, decode steps "
+                f"{s.get('cpu_over_profile_decode_steps', float('nan')):.2f}x)"
+                for w, s in live.items() if "compute_over_profile" in s))
+            if not paced:
+                costs, slow, nan = doc["raw_step_costs"], doc["measured_slowdown"] or {}, float("nan")
+                print(f"simulated step = (profile + {costs['iteration_overhead_ms']:.3f} ms + "
+                      f"{costs['per_seq_overhead_ms']:.4f} ms/seq) x {costs['compute_slowdown']:.3f} wall/CPU, "
+                      f"measured in the burst (its step overhead mean {slow.get('overhead_cpu_ms_mean', nan):.3f} "
+                      f"ms CPU, {slow.get('overhead_wall_ms_mean', nan):.3f} ms wall)")
+                print("the replays' own steps: " + "; ".join(", ".join(
+                    f"{w} {s['overhead_ms']:.3f} ms + {s['per_seq_overhead_ms']:.4f} ms/seq (mean "
+                    f"{s['overhead_cpu_ms_mean']:.3f} ms CPU, {s['overhead_wall_ms_mean']:.3f} wall), wall/CPU "
+                    f"{s['wall_over_cpu']:.3f}, busy {s['busy_share']:.0%}"
+                    for w, s in rep.items() if "overhead_ms" in s) for rep in doc["utilization"]["live"]))
             diff = doc["per_request"]
             print("per request, live - sim (median): " + ", ".join(
                 f"{m.upper()} {diff[f'{m}_live_minus_sim_ms']['p50']:+.1f} ms" for m in ("ttft", "tpot")
