@@ -69,15 +69,16 @@ def main() -> None:
                 f"{s.get('cpu_over_profile_decode_steps', float('nan')):.2f}x)"
                 for w, s in live.items() if "compute_over_profile" in s))
             if not paced:
-                costs, slow, nan = doc["raw_step_costs"], doc["measured_slowdown"] or {}, float("nan")
-                print(f"simulated step = (profile + {costs['iteration_overhead_ms']:.3f} ms + "
-                      f"{costs['per_seq_overhead_ms']:.4f} ms/seq) x {costs['compute_slowdown']:.3f} wall/CPU, "
-                      f"measured in the burst (its step overhead mean {slow.get('overhead_cpu_ms_mean', nan):.3f} "
-                      f"ms CPU, {slow.get('overhead_wall_ms_mean', nan):.3f} ms wall)")
+                costs, over = doc["raw_step_costs"], (doc["measured_slowdown"] or {}).get("overhead") or {}
+                print(f"simulated step = profile x {costs['compute_slowdown']:.3f} wall/CPU + "
+                      f"{costs['iteration_overhead_ms']:.3f} ms + {costs['per_seq_overhead_ms']:.4f} ms/seq, measured "
+                      f"in the burst (of which the worker's own CPU {over.get('cpu_iteration_s', 0) * 1e3:.3f} ms + "
+                      f"{over.get('cpu_per_seq_s', 0) * 1e3:.4f} ms/seq; up to {over.get('max_seqs', 0)} seqs)")
                 print("the replays' own steps: " + "; ".join(", ".join(
-                    f"{w} {s['overhead_ms']:.3f} ms + {s['per_seq_overhead_ms']:.4f} ms/seq (mean "
-                    f"{s['overhead_cpu_ms_mean']:.3f} ms CPU, {s['overhead_wall_ms_mean']:.3f} wall), wall/CPU "
-                    f"{s['wall_over_cpu']:.3f}, busy {s['busy_share']:.0%}"
+                    f"{w} {s['overhead_ms']:.3f} ms + {s['per_seq_overhead_ms']:.4f} ms/seq (own CPU "
+                    f"{s['own_overhead_ms']:.3f} + {s['own_per_seq_overhead_ms']:.4f}/seq; up to {s['max_seqs']} "
+                    f"seqs), "
+                    f"wall/CPU {s['wall_over_cpu']:.3f}, busy {s['busy_share']:.0%}"
                     for w, s in rep.items() if "overhead_ms" in s) for rep in doc["utilization"]["live"]))
             diff = doc["per_request"]
             print("per request, live - sim (median): " + ", ".join(

@@ -21,15 +21,18 @@ same scaled cost model, so only the dynamics (batching, queueing, transfer, rout
 compute overran their pace is reported.
 
 What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), so it does
-not carry the load of the moment it was made. A short burst on the unpaced runtime just before the replay
-measures the rest from the step log (``measure_slowdown``): (a) the runtime's own time around its model's
-compute, outside anything the profile timed: preparing the batch, sampling and postprocessing inside the
-step, and between steps while work waits sending the tokens, writing the step log and handling messages
-(``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per sequence that samples); (b) the
-compute slowdown, wall over CPU time of the steps (``compute_slowdown``: the share of a core other
-processes took). Raw mode's simulation, and the rate rule, take the profile's times x (b) + (a) through
-``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json`` reports them
-(``raw_step_costs``) and the same quantities measured on the live replay's own steps, to set beside them.
+not carry the load of the moment it was made. A burst on the unpaced runtime just before the replay
+measures the rest from the step log (``measure_slowdown``), in two parts: requests spaced at about the
+replay's rate, then 16 short ones per worker at once that stream together. (b) The compute slowdown, wall
+over CPU time of the spaced part's steps (``compute_slowdown``: the share of a core other processes took).
+(a) The wall time a step takes beyond its model's compute at that slowdown, from the end of the step before
+(``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per sequence that samples): the
+runtime's own work around the model (preparing the batch, sampling, postprocessing; between steps sending
+the tokens, the step log, messages) and the time the worker waits for a core while the frontend and the
+client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule, take the profile's
+times x (b) + (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json``
+reports them (``raw_step_costs``, ``measured_slowdown.overhead`` with the worker's own CPU time split out) and
+the same fit on the live replay's own steps, to set beside them.
 
 Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
 back. The burst before the replay measures it (client TTFT minus the TTFT inside the workers, from the
@@ -81,9 +84,9 @@ class ValidateOptions:
     pace_scale: float | None = None  # None: measured (pace_scale_for(measure_slowdown(...)))
     ttft_overhead_s: float | None = None  # the runtime's per-request overhead; None: measured (request_overhead_s)
     # Raw mode's step costs beyond the profile (None: measured in the burst before the replay, measure_slowdown):
-    iteration_overhead_s: float | None = None  # a live step's own time outside its model's compute (step_overhead)
+    iteration_overhead_s: float | None = None  # a live step's time beyond its model's compute (step_overhead)
     per_seq_overhead_s: float | None = None  # ... and per sequence that samples
-    compute_slowdown: float | None = None  # wall over CPU time of the steps' compute (compute_slowdown)
+    compute_slowdown: float | None = None  # wall over CPU time of the steps' compute at low load (compute_slowdown)
     target_util: float = 0.5  # rate rule: the simulated busiest pool's busy share
     rate: float | None = None  # a fixed arrival rate (req/s) instead of the rate rule
     profile: str | None = None  # a profile directory to use as it is
@@ -160,7 +163,7 @@ def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> di
     """The cost model of every pool, carrying the runtime's measured per-request overhead as the simulator's
     ``ttft_overhead_s`` term. Paced: the profile's times ``pace_scale`` (the paced steps follow that timeline,
     their time between steps included). Raw: what a live step costs, the profile's times the compute slowdown
-    plus the runtime's own time around the model's compute (``iteration_overhead_s`` + ``per_seq_overhead_s``
+    plus the time a step takes beyond its model's compute (``iteration_overhead_s`` + ``per_seq_overhead_s``
     for every sequence that samples), as measured in the burst before the replay."""
     from profiler.paced import overheads, paced_cost_model  # noqa: PLC0415
 
@@ -287,7 +290,7 @@ def start_runtime(dep: Deployment, run_dir: Path, profile_dir: Path, opts: Valid
 
 
 def warm_up(rt: Runtime, dep: Deployment, model: str, rounds: int = 1, isl: tuple[int, ...] = (64, 512),
-            osl: int = 4, id_prefix: str = "warmup", spacing_s: float = 0.05) -> dict:
+            osl: int | tuple[int, ...] = 4, id_prefix: str = "warmup", spacing_s: float = 0.05) -> dict:
     """A few requests on every worker, ``spacing_s`` apart (per worker): first calls pay one-off costs. Returns
     each round's replay by its request id prefix."""
     from runtime.replay_client import replay  # noqa: PLC0415
@@ -295,7 +298,8 @@ def warm_up(rt: Runtime, dep: Deployment, model: str, rounds: int = 1, isl: tupl
 
     replicas = max(p.replicas for p in dep.pools.values())
     n = len(isl) * replicas
-    w = Workload(make_requests(np.arange(n) * spacing_s / replicas, np.resize(isl, n), osl), source="warm-up")
+    w = Workload(make_requests(np.arange(n) * spacing_s / replicas, np.resize(isl, n), np.resize(osl, n)),
+                 source="warm-up")
     return {f"{id_prefix}{k}": replay(rt.url, w, model=model, id_prefix=f"{id_prefix}{k}") for k in range(rounds)}
 
 
@@ -344,37 +348,44 @@ def slowdown(rows: list[dict], cm) -> np.ndarray:
     return np.asarray([r["compute_s"] for r in rows]) / np.asarray(pred)
 
 
-def step_overhead(rows: list[dict]) -> dict | None:
-    """The runtime's own work per step outside its model's compute, in CPU time, from a step log: for every step
-    that began while work was waiting (``gap_s`` logged), its work outside the model forward (``compute_s -
-    model_s``, at the step's CPU share: preparing the batch, sampling, postprocessing) plus the worker thread's
-    CPU time since the step before ended (``gap_cpu_s``: sending tokens, the step log, messages), fitted as
-    ``iteration_s + per_seq_s x sequences that sampled`` by least squares (means, since step times add up to
-    TPOT and busy time; a negative slope counts as none). CPU time, like the profile: the compute slowdown
-    stretches it as it does the model's (ScaledCostModel); the wall time between steps that is not the worker's
-    work (waiting for the GIL or a core while other processes run) depends on the load of the moment and is
-    reported (``wall_s``: the same fit's mean on wall times), not simulated. The profile's
-    ``iteration_overhead`` is inside the model forward and not counted here. None without such steps."""
+def step_overhead(rows: list[dict], scale: float = 1.0) -> dict | None:
+    """What a live step takes beyond its model's compute, from a step log, per sequence that samples: for every
+    step that began while work was waiting (``gap_s`` logged), the wall time from the end of the step before to
+    its own end (``gap_s + compute_s``) less its model's CPU time (``model_s`` at the step's CPU share) times
+    ``scale`` (the compute slowdown the simulation applies to the profile), fitted as ``iteration_s + per_seq_s x
+    sequences`` by least squares (means: step times add up to TPOT and busy time; a negative slope counts as
+    none). It holds the runtime's own work around the model (preparing the batch, sampling, postprocessing in
+    the step; sending tokens, the step log, messages between steps: ``cpu_*``, the same fit on the worker
+    thread's CPU time) and the time the worker waits for a core or the GIL while the frontend and the client,
+    on the same CPU, stream its tokens (``wait_*``: the rest), which grows with the sequences streaming. The
+    profile's ``iteration_overhead`` is inside the model forward and not counted here. None without such
+    steps."""
     rows = [r for r in rows if r.get("gap_s") is not None and r.get("gap_cpu_s") is not None]
     if len(rows) < 2:
         return None
-    share = np.asarray([r["cpu_s"] / r["compute_s"] if r.get("cpu_s") and r["compute_s"] > 0 else 1.0 for r in rows])
-    outside = np.asarray([r["compute_s"] - r["model_s"] for r in rows])
-    gap, gap_cpu = np.asarray([r["gap_s"] for r in rows]), np.asarray([r["gap_cpu_s"] for r in rows])
-    o = np.minimum(share, 1.0) * outside + gap_cpu
+    col = {k: np.asarray([r[k] for r in rows], np.float64) for k in ("compute_s", "model_s", "gap_s", "gap_cpu_s")}
+    share = np.minimum(1.0, np.asarray([r.get("cpu_s") or r["compute_s"] for r in rows]) / col["compute_s"])
+    wall = col["gap_s"] + col["compute_s"] - scale * share * col["model_s"]
+    own = share * (col["compute_s"] - col["model_s"]) + col["gap_cpu_s"]
     n = np.asarray([r.get("sampled", len(r["decode_ctx"]) + len(r["prefill_tokens"])) for r in rows], np.float64)
-    per_seq = max(0.0, float(np.polyfit(n, o, 1)[0])) if np.ptp(n) > 0 else 0.0
-    return {"iteration_s": max(0.0, float(np.mean(o - per_seq * n))), "per_seq_s": per_seq, "steps": len(rows),
-            "wall_s": float(np.mean(outside + gap)), "cpu_s": float(np.mean(o)),
-            "gap_cpu_over_wall": float(gap_cpu.sum() / max(gap.sum(), 1e-12))}
+
+    def fit(o: np.ndarray) -> tuple[float, float]:
+        per_seq = max(0.0, float(np.polyfit(n, o, 1)[0])) if np.ptp(n) > 0 else 0.0
+        return max(0.0, float(np.mean(o - per_seq * n))), per_seq
+
+    (it, ps), (cpu_it, cpu_ps) = fit(wall), fit(own)
+    return {"iteration_s": it, "per_seq_s": ps, "cpu_iteration_s": cpu_it, "cpu_per_seq_s": cpu_ps,
+            "wait_iteration_s": it - cpu_it, "wait_per_seq_s": ps - cpu_ps, "steps": len(rows),
+            "max_seqs": int(n.max()), "wall_s": float(wall.mean()), "cpu_s": float(own.mean()),
+            "gap_cpu_over_wall": float(col["gap_cpu_s"].sum() / max(col["gap_s"].sum(), 1e-12))}
 
 
 def compute_slowdown(rows: list[dict]) -> float | None:
-    """Wall over this thread's CPU time of the steps' compute (sums over the steps, at least 1): how much longer
-    the model's work took than on a core of its own, the share other processes took."""
-    wall = sum(r["compute_s"] for r in rows if r.get("cpu_s"))
-    cpu = sum(r["cpu_s"] for r in rows if r.get("cpu_s"))
-    return max(1.0, wall / cpu) if cpu > 0 else None
+    """Wall over this thread's CPU time of the steps' compute, the median over steps (at least 1): how much longer
+    the model's work took than on a core of its own, the share other processes took. The median: a burst of a
+    few seconds must not take one long step that another process preempted for the share of a whole replay."""
+    ratios = [r["compute_s"] / r["cpu_s"] for r in rows if r.get("cpu_s")]
+    return max(1.0, float(np.median(ratios))) if ratios else None
 
 
 POOL_OF_ROLE = {"agg": "workers", "prefill": "prefill", "decode": "decode"}
@@ -386,7 +397,7 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
     from: median step compute over the profile's prediction (``base``), split into CPU time over prediction
     (the profile's own error; also for steps with and without a prompt chunk) and wall over CPU time (the
     share of the core other processes took); the live steps' overhead outside the model (step_overhead, to
-    set beside the burst's that the simulation used); when paced, the share of steps whose compute alone took
+    set beside the burst's that the simulation used; raw only); when paced, the share of steps whose compute alone took
     longer than their pace."""
     out = {}
     for wid, rows in read_steps(run_dir, start_wall, end_wall).items():
@@ -406,10 +417,11 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
                 if m.any():
                     stats[f"cpu_over_profile_{name}_steps"] = float(np.median((cpu / wall * ratio)[m]))
             stats["wall_over_cpu"] = float(np.median(wall / cpu))
-            over = step_overhead(rows)
+            over = None if paced else step_overhead(rows, getattr(cm, "scale", 1.0))
             if over:
                 stats |= {"overhead_ms": over["iteration_s"] * 1e3, "per_seq_overhead_ms": over["per_seq_s"] * 1e3,
-                          "overhead_cpu_ms_mean": over["cpu_s"] * 1e3, "overhead_wall_ms_mean": over["wall_s"] * 1e3}
+                          "own_overhead_ms": over["cpu_iteration_s"] * 1e3,
+                          "own_per_seq_overhead_ms": over["cpu_per_seq_s"] * 1e3, "max_seqs": over["max_seqs"]}
         out[wid] = stats
     return out
 
@@ -426,30 +438,37 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
 
     cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
     rt = start_runtime(dep, opts.out_dir / "slowdown", profile_dir, replace(opts, paced=False))
+    replicas = max(p.replicas for p in dep.pools.values())
     try:
         warm_up(rt, dep, dep.model)
-        start = time.time()
-        # one client (its connections reused, as in the replay) at about the rate the rule picks here (1-2 req/s
-        # per worker): a denser burst (4 prompts in 0.15 s) measured the contention of its own arrivals, not the
-        # replay's (bench run at 17:52: the worker waited 0.6 ms between steps off CPU against 0.1 ms in the replay
-        # after it; wall/CPU 1.075 against 1.000; TTFT overhead 8.2 ms, the replay ~2 ms less)
-        burst = warm_up(rt, dep, dep.model, isl=(64, 512, 200, 1024) * 3, osl=32, id_prefix="burst", spacing_s=0.5)
-        end = time.time()
+        t0 = time.time()
+        # Spaced: one client (its connections reused, as in the replay) at about the rate the rule picks here
+        # (2 req/s per worker): the slowdown, the per-request overhead, the step at low load. (A denser burst, 4
+        # prompts in 0.15 s, measured the contention of its own arrivals: bench run at 17:52, the worker waited
+        # 0.6 ms off CPU between steps, the replay after it 0.1 ms; wall/CPU 1.075 against 1.000; TTFT overhead
+        # 8.2 ms, the replay ~2 ms less.)
+        spaced = warm_up(rt, dep, dep.model, isl=(64, 512, 200, 1024) * 3, osl=32, id_prefix="burst", spacing_s=0.5)
+        t1 = time.time()
+        # Streaming: 16 short prompts per worker at once, ending 16 tokens apart, so that steps of 1 to 16
+        # sequences stream their tokens through the frontend and the client as a loaded replay's do.
+        warm_up(rt, dep, dep.model, isl=(64,) * 16, osl=(64, 48, 32, 16), id_prefix="stream", spacing_s=0.002)
+        t2 = time.time()
     finally:
         rt.stop()
-    steps = [rows for rows in read_steps(rt.run_dir, start, end).values() if rows]
-    ratios = np.concatenate([slowdown(rows, cm) for rows in steps])
-    over = step_overhead([r for rows in steps for r in rows]) or {"iteration_s": 0.0, "per_seq_s": 0.0}
+    low = [r for rows in read_steps(rt.run_dir, t0, t1).values() for r in rows]
+    steps = [rows for rows in read_steps(rt.run_dir, t0, t2).values() if rows]
+    ratios = np.concatenate([slowdown(rows, cm) for rows in read_steps(rt.run_dir, t0, t1).values() if rows])
+    scale = compute_slowdown(low) or 1.0
+    over = step_overhead([r for rows in steps for r in rows], scale) or {"iteration_s": 0.0, "per_seq_s": 0.0}
     out = {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios),
-           "ttft_overhead_s": request_overhead_s(burst, rt.run_dir / "requests.jsonl"),
-           "iteration_overhead_s": over["iteration_s"], "per_seq_overhead_s": over["per_seq_s"],
-           "overhead_steps": over.get("steps", 0), "gap_cpu_over_wall": over.get("gap_cpu_over_wall"),
-           "overhead_cpu_ms_mean": over.get("cpu_s", 0.0) * 1e3, "overhead_wall_ms_mean": over.get("wall_s", 0.0) * 1e3,
-           "compute_slowdown": compute_slowdown([r for rows in steps for r in rows]) or 1.0}
+           "ttft_overhead_s": request_overhead_s(spaced, rt.run_dir / "requests.jsonl"),
+           "compute_slowdown": scale, "iteration_overhead_s": over["iteration_s"],
+           "per_seq_overhead_s": over["per_seq_s"], "overhead": {k: v for k, v in over.items()}}
     log(f"slowdown: real step compute is {out['median']:.2f}x the profile's prediction (p95 {out['p95']:.2f}x) "
-        f"on this machine now; wall/CPU {out['compute_slowdown']:.3f}; a step's own CPU time outside the model "
-        f"{out['iteration_overhead_s'] * 1e3:.3f} ms + {out['per_seq_overhead_s'] * 1e3:.4f} ms per sequence "
-        f"(mean {out['overhead_cpu_ms_mean']:.3f} ms; wall {out['overhead_wall_ms_mean']:.3f} ms)")
+        f"on this machine now, wall/CPU {scale:.3f}; a step takes {over['iteration_s'] * 1e3:.3f} ms + "
+        f"{over['per_seq_s'] * 1e3:.4f} ms per sequence beyond its model's compute, of which the worker's own work "
+        f"{over.get('cpu_iteration_s', 0) * 1e3:.3f} ms + {over.get('cpu_per_seq_s', 0) * 1e3:.4f} ms/seq "
+        f"({replicas} worker(s) per pool, sequences up to {over.get('max_seqs', 0)})")
     return out
 
 
@@ -590,8 +609,8 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
     if need_step:
         opts = replace(opts, **{k: slow[k] if getattr(opts, k) is None else getattr(opts, k)
                                 for k in ("iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown")})
-        log(f"raw: a simulated step takes (the profile's time + {opts.iteration_overhead_s * 1e3:.3f} ms + "
-            f"{opts.per_seq_overhead_s * 1e3:.4f} ms per sequence) x {opts.compute_slowdown:.3f} (wall/CPU)")
+        log(f"raw: a simulated step takes the profile's time x {opts.compute_slowdown:.3f} (wall/CPU) + "
+            f"{opts.iteration_overhead_s * 1e3:.3f} ms + {opts.per_seq_overhead_s * 1e3:.4f} ms per sequence")
     cms = cost_models(dep, profile_dir, opts)
     sim_dep = sim_deployment(dep, profile_dir)
     w, dropped = servable(workload, dep)

@@ -16,14 +16,14 @@ from profiler.roofline import Efficiency
 
 @dataclass
 class ScaledCostModel:
-    """``scale`` x (``base``'s iteration time + ``eff``'s per-iteration overhead: ``iteration_overhead_s`` and
-    ``per_seq_overhead_s`` for every sequence that samples, as in roofline), the overhead being work ``base`` did
-    not time; transfers as ``base``'s. ``eff`` also carries the per-request terms (``ttft_overhead_s``, read by
-    the simulator via roofline.request_terms). In ``pdsim validate``: paced, ``scale`` is the pace and there is
-    no overhead (the paced runtime's steps follow the cost model's timeline); raw, ``scale`` is the measured
-    compute slowdown (wall over CPU time) and ``eff`` the runtime's own CPU time around its model's compute and
-    its per-request overhead. ``overheads`` builds an ``eff`` with only what is given (Efficiency's defaults
-    are another engine's)."""
+    """``base``'s iteration time x ``scale``, plus ``eff``'s per-iteration overhead (``iteration_overhead_s`` and
+    ``per_seq_overhead_s`` for every sequence that samples, as in roofline), time ``base`` did not count;
+    transfers as ``base``'s. ``eff`` also carries the per-request terms (``ttft_overhead_s``, read by the
+    simulator via roofline.request_terms). In ``pdsim validate``: paced, ``scale`` is the pace and there is no
+    overhead (the paced runtime's steps follow the cost model's timeline); raw, ``scale`` is the measured compute
+    slowdown (wall over CPU time) and ``eff`` the wall time a live step took beyond its model's compute and the
+    per-request overhead. ``overheads`` builds an ``eff`` with only what is given (Efficiency's defaults are
+    another engine's)."""
 
     base: CostModel
     scale: float = 1.0
@@ -37,11 +37,11 @@ class ScaledCostModel:
         if batch.empty:
             return 0.0
         last = len(batch.prefill_tokens) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
-        return self.scale * (self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last))
+        return self.scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
-        return self.scale * (self.base.decode_steps_s(n_seqs, ctx_sum, steps) + (self._overhead_s(n_seqs)
-                                                                                 if n_seqs else 0.0))
+        return self.scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps) + (self._overhead_s(n_seqs)
+                                                                               if n_seqs else 0.0)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
         return self.base.transfer_s(kv_bytes, link)
