@@ -8,9 +8,9 @@ memory, all-reduce) and fixed costs (per iteration, per sequence per iteration, 
 first token) per engine, fitted on the dense agg rows by least squares on log(predicted / measured) of
 mean TTFT and TPOT with a soft-L1 loss (a few rows are pathological: queues of tens of seconds). First
 the analytic closed-loop steady state (planner.calibrate.closed_loop_estimate, clients out of step) over every dense
-agg row of the engine; an engine whose clients stay in lock-step (prefill-first: SGLang) then goes through
-the simulator itself (planner.replay.predict_cases) on an evenly spread subsample, starting from there
-(``--sim-rows N`` does that for every engine).
+agg row of the engine; then the simulator itself replays the benchmark as it ran (planner.replay.predict_cases:
+the measured phase's opening burst, then the steady state, in lock-step on a prefill-first engine) on an evenly
+spread subsample of ``--sim-rows`` rows, starting from there.
 """
 
 from __future__ import annotations
@@ -39,14 +39,13 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon
 # that the fit used attention as a knob for TTFT that grows with ISL, which queueing behind prefills explains
 FACTORS = {
     "gemm_compute": (0.2, 1.0), "gemm_memory": (0.3, 1.0), "attn_compute": (0.3, 1.0), "attn_memory": (0.2, 1.0),
-    "comm": (0.1, 1.0), "iteration_overhead_s": (1e-4, 0.03), "per_seq_overhead_s": (1e-7, 1e-3),
-    "ttft_overhead_s": (1e-4, 0.3), "ttft_wait_iterations": (1e-2, 40.0),
+    "comm": (0.1, 1.0), "iteration_overhead_s": (1e-4, 0.03), "layer_overhead_s": (1e-7, 2e-4),
+    "per_seq_overhead_s": (1e-7, 1e-3),
+    "ttft_overhead_s": (1e-4, 0.3), "ttft_wait_prefills": (1e-2, 20.0),
 }
-# A prefill-first engine (SGLang) keeps its clients in lock-step, which the steady state cannot express:
-# its factors are fitted by simulating this many rows, over these factors (the rest from the first stage).
-LOCKSTEP_SIM_ROWS = 40
-SIM_FACTORS = ("gemm_compute", "gemm_memory", "attn_compute", "iteration_overhead_s", "per_seq_overhead_s",
-               "ttft_overhead_s")
+# The steady state cannot express the benchmark's opening burst nor a prefill-first engine's lock-step: the
+# factors are refitted by simulating this many rows of each engine.
+SIM_ROWS = 80
 
 
 def dense_agg_cases(df: pd.DataFrame, gpu_name: str) -> list:
@@ -104,38 +103,42 @@ def main() -> None:
     ap.add_argument("--gpu", default="h100-sxm")
     ap.add_argument("--out", default=str(FIT_FILE))
     ap.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
-    ap.add_argument("--sim-rows", type=int, default=0, help="rows per engine in a simulator stage (default 0: none)")
-    ap.add_argument("--sim-steps", type=int, default=8, help="least-squares steps of the simulator stage")
+    ap.add_argument("--sim-rows", type=int, default=SIM_ROWS,
+                    help=f"rows per engine in the simulator stage (default {SIM_ROWS}; 0: steady state only)")
+    ap.add_argument("--sim-steps", type=int, default=12, help="least-squares steps of the simulator stage")
+    ap.add_argument("--engines", default="", help="comma list of engines to refit (default: all); the others keep "
+                    "their factors from --out")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     df = load_benchmark(args.data)
     cases = dense_agg_cases(df, args.gpu)
-    engines: dict[str, dict] = {}
-    report: dict[str, dict] = {}
+    old = json.loads(Path(args.out).read_text()) if args.engines and Path(args.out).exists() else {}
+    engines: dict[str, dict] = old.get("engines", {})
+    report: dict[str, dict] = old.get("fit_error", {})
+    chosen = {e.strip() for e in args.engines.split(",") if e.strip()}
     for engine in sorted({c.engine for c in cases}):
+        if chosen and engine not in chosen:
+            continue
         mine = [c for c in cases if c.engine == engine]
         meas = np.array([[df.iloc[c.row].silicon_ttft_ms, df.iloc[c.row].silicon_tpot_ms] for c in mine]) * 1e-3
+        # a prefill-first engine keeps its clients in lock-step: no arrival finds it busy, so no admission wait
+        lockstep = any(p.prefill_first for p in mine[0].deployment.pools.values())
+        names = tuple(n for n in FACTORS if not (lockstep and n == "ttft_wait_prefills"))
         start = replace(ENGINE_EFFICIENCY.get(engine, Efficiency()), ttft_overhead_s=0.03, per_seq_overhead_s=1e-5,
-                        ttft_wait_iterations=2.0)
+                        layer_overhead_s=2e-5, ttft_wait_prefills=0.0 if lockstep else 1.0)
         t0 = time.time()
         before = predict(mine, start, args.gpu)
-        eff = fit_engine(mine, meas, start, args.gpu)
+        eff = fit_engine(mine, meas, start, args.gpu, names=names)
         after = predict(mine, eff, args.gpu)
-        lockstep = any(p.prefill_first for p in mine[0].deployment.pools.values())
-        rows = args.sim_rows or (LOCKSTEP_SIM_ROWS if lockstep else 0)
-        if rows:  # the steady state assumes clients out of step: a prefill-first engine is fitted by simulation
-            pick = np.linspace(0, len(mine) - 1, min(rows, len(mine))).round().astype(int)
+        if args.sim_rows:  # the benchmark as it ran: the opening burst, lock-step where the engine keeps it
+            pick = np.linspace(0, len(mine) - 1, min(args.sim_rows, len(mine))).round().astype(int)
             sub = [mine[i] for i in pick]
-            if lockstep:
-                eff = replace(eff, ttft_overhead_s=start.ttft_overhead_s, ttft_wait_iterations=FACTORS[
-                    "ttft_wait_iterations"][0])
-            names = SIM_FACTORS if lockstep else tuple(FACTORS)
             eff = fit_engine(sub, meas[pick], eff, args.gpu, jobs=args.jobs, max_nfev=args.sim_steps, names=names)
             before = simulated(sub, start, args.jobs)
             after = simulated(sub, eff, args.jobs)
             meas = meas[pick]
         e_b, e_a = ape(before, meas), ape(after, meas)
-        report[engine] = {"rows": len(mine), "simulated_rows": rows and len(meas),
+        report[engine] = {"rows": len(mine), "simulated_rows": len(meas) if args.sim_rows else 0,
                           "seconds": round(time.time() - t0, 1),
                           "ttft_median_ape": round(float(np.median(e_a[:, 0])), 1),
                           "tpot_median_ape": round(float(np.median(e_a[:, 1])), 1),
@@ -149,9 +152,10 @@ def main() -> None:
     doc = {"version": 1, "gpu": args.gpu, "data": Path(args.data).name, "rows": "dense agg rows",
            "created": datetime.now(UTC).strftime("%Y-%m-%d"), "method": "bench/calibrate.py: soft-L1 least squares "
            "on log(pred/measured) mean TTFT and TPOT; analytic closed loop (clients out of step), then "
-           "simulation of a subsample for prefill-first engines (clients in lock-step)",
-           "engines": engines,
-           "fit_error": report}
+           "simulation of an evenly spread subsample of the benchmark as it ran (opening burst, then steady "
+           "state; lock-step on prefill-first engines)",
+           "engines": dict(sorted(engines.items())),
+           "fit_error": dict(sorted(report.items()))}
     if not args.dry_run:
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.out}")

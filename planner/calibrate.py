@@ -257,12 +257,16 @@ def _decode_s(cm: CostModel, n: int, ctx: int) -> float:
     return cm.iteration_s(Batch.of(decode_ctx=[ctx] * n)) if n > 0 else 0.0
 
 
-def ttft_extra_s(cms: dict[str, CostModel], tpot_s: float, agg: bool = True) -> float:
+def ttft_extra_s(cms: dict[str, CostModel], isl: int, agg: bool = True) -> float:
     """What a request's TTFT holds besides the engine's iterations, as the simulator models it: the frontend
-    time (``ttft_overhead_s``) and, on an aggregated engine, ``ttft_wait_iterations`` steps before its prompt
-    is admitted (profiler.roofline.request_terms; 0 for cost models without them)."""
-    terms = [request_terms(cm) for cm in cms.values()]
-    return max((o + (w * tpot_s if agg else 0.0) for o, w in terms), default=0.0)
+    time (``ttft_overhead_s``) and, on an aggregated engine, ``ttft_wait_prefills`` times its prompt's prefill
+    run alone before the prompt is admitted (profiler.roofline.request_terms; 0 for cost models without them)."""
+    out = 0.0
+    for cm in cms.values():
+        overhead_s, wait = request_terms(cm)
+        solo_s = cm.iteration_s(Batch.of(prefill=[(isl, 0)])) if agg and wait else 0.0
+        out = max(out, overhead_s + wait * solo_s)
+    return out
 
 
 def _steps_s(cm: CostModel, n_dec: np.ndarray, ctx: float, chunk: np.ndarray, cached: np.ndarray) -> np.ndarray:
@@ -339,7 +343,7 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
         pool, cm = dep.workers, cms["workers"]
         ttft, tpot = agg_steady_state(cm, pool, isl, osl, concurrency / pool.replicas,
                                       min(pool.max_seqs, seats["workers"]))
-        return ttft + ttft_extra_s(cms, tpot), tpot
+        return ttft + ttft_extra_s(cms, isl), tpot
     pf, dc = dep.prefill, dep.decode
     pcm, dcm = cms["prefill"], cms["decode"]
     service = sum(pcm.iteration_s(Batch.of(prefill=[c])) for c in _chunks(isl, pf))
@@ -350,7 +354,7 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
     b = max(1, min(round(n), dc.max_seqs, seats["decode"]))
     tpot = _decode_s(dcm, b, ctx)
     decode_wait = (n - b) * steps * tpot / b if n > b else 0.0
-    fixed = transfer + tpot + decode_wait + ttft_extra_s(cms, tpot, agg=False)
+    fixed = transfer + tpot + decode_wait + ttft_extra_s(cms, isl, agg=False)
     ttft = service + fixed
     for _ in range(30):  # fixed point: the arrival rate of a closed loop depends on its own latency
         cycle = ttft + steps * tpot

@@ -257,8 +257,13 @@ def replay_benchmark_cmd(
     models: list[str] = typer.Option(None, "--models", help="Only rows of these models (repeatable)."),
     out: str = typer.Option("replay", "--out", help="Folder for rows.csv, summary.json and report.html."),
     requests_per_client: int = typer.Option(4, "--requests-per-client", min=2,
-                                            help="Requests each client sends; the first round is warm-up."),
-    lockstep: bool = typer.Option(False, "--lockstep", help="Start all clients together (default: out of step)."),
+                                            help="Requests per client in the steady-state simulation; the first "
+                                            "round is warm-up."),
+    rounds: int = typer.Option(10, "--rounds", min=1, help="Requests per client in the benchmark's measured "
+                               "phase, which opens with every client sending at once (aiperf --request-count / "
+                               "concurrency)."),
+    lockstep: bool = typer.Option(False, "--lockstep", help="Keep clients in step after the opening burst "
+                                  "(default: out of step on decode-first engines)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Simulate rows in this many processes."),
 ) -> None:
     """Simulate every row of a measured benchmark file and report the error of TTFT and TPOT."""
@@ -271,7 +276,8 @@ def replay_benchmark_cmd(
     df = select_models(load_benchmark(file), models)
     if df.empty:
         fail(f"no rows of {', '.join(models)} in {file}")
-    result = replay(df, gpu_name=gpu, requests_per_client=requests_per_client, stagger=not lockstep, jobs=jobs)
+    result = replay(df, gpu_name=gpu, requests_per_client=requests_per_client, rounds=rounds, stagger=not lockstep,
+                    jobs=jobs)
     paths = write_replay(result, out, source=f"{file} on {gpu}")
     typer.echo(format_summary(result.summary))
     typer.echo(f"wrote {paths['rows']}, {paths['summary']}, {paths['report']}")

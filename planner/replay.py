@@ -284,20 +284,27 @@ class Replay:
 
 
 # ---- simulation -------------------------------------------------------------------------------
-REQUESTS_PER_CLIENT = 4  # the first round is warm-up; three measured rounds reach steady state
+REQUESTS_PER_CLIENT = 4  # steady state: the first round is warm-up; three measured rounds reach it
+# Requests each client sends in the benchmark's measured phase (NVIDIA's aiperf / genai-perf recipes:
+# --request-count 10 x concurrency after a warm-up of 2 x concurrency).
+BENCHMARK_ROUNDS = 10
 
 
-def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT, stagger: bool = True,
-                  seed: int = 0, efficiency=None) -> tuple[float, float]:
-    """Mean (TTFT s, TPOT s) of the measured requests of a case's closed loop, simulated.
+def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT, rounds: int = BENCHMARK_ROUNDS,
+                  stagger: bool = True, seed: int = 0, efficiency=None) -> tuple[float, float]:
+    """Mean (TTFT s, TPOT s) over the benchmark's measured phase of a case's closed loop, simulated.
 
-    The benchmark's clients start together. On an engine that runs decodes first (vLLM, TRT-LLM) the real
-    clients drift out of step (arrival jitter splits the waves the deterministic model would keep), so with
-    ``stagger`` they start one at a time, ``E2E / clients`` apart (E2E from the analytic steady state). On
-    a prefill-first engine (SGLang) every wave is prefilled before anyone decodes, so all finish together
-    and the lock-step holds: those clients start together whatever ``stagger`` says. The frontend time and
-    admission wait (Efficiency.ttft_overhead_s, ttft_wait_iterations) are the simulator's, as for any caller.
-    ``efficiency`` replaces the engine's fitted factors (what bench/calibrate.py varies).
+    The benchmark (aiperf) waits for every warm-up request to finish before the measured phase, so that phase
+    opens with all clients sending at once: a burst whose prompts queue behind each other. Each client then
+    sends ``rounds - 1`` more; the mean over the phase is (burst + (rounds - 1) x steady state) / rounds, per
+    request. The burst is simulated as it happens (all clients at t=0, the first request of each measured).
+    The steady state: on an engine that runs decodes first (vLLM, TRT-LLM) the real clients drift out of step
+    after the burst (arrival jitter splits the waves a deterministic model would keep), so with ``stagger`` they
+    start one at a time, ``E2E / clients`` apart (E2E from the analytic steady state). On a prefill-first
+    engine (SGLang) every wave is prefilled before anyone decodes, so all finish together and the lock-step
+    holds: there the burst is every round. The frontend time and admission wait (Efficiency.ttft_overhead_s,
+    ttft_wait_prefills) are the simulator's, as for any caller. ``efficiency`` replaces the engine's fitted
+    factors (what bench/calibrate.py varies).
     """
     from profiler.roofline import RooflineCostModel, engine_efficiency  # noqa: PLC0415
     from simulator import simulate  # noqa: PLC0415
@@ -308,17 +315,24 @@ def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT,
     spec, gpu = CATALOG[case.model], resolve_gpu(dep.gpu)
     cms = {name: RooflineCostModel(spec, gpu, p.tp, dep.dtype, dep.resolved_kv_dtype, eff)
            for name, p in dep.pools.items()}
-    wl = synthetic_workload(requests=c * requests_per_client, isl=case.isl, osl=case.osl, concurrency=c,
-                            warmup_requests=c, seed=seed)
-    gap = 0.0
-    if stagger and c > 1 and not any(p.prefill_first for p in dep.pools.values()):
-        gap = _cycle_estimate_s(case, cms) / c
-    res = simulate(dep, wl, seed=seed, cost_models=cms, closed_loop_stagger_s=gap)
-    r = res.requests
-    m = r[r["measured"] & (r["outcome"] == "ok")]
-    if m.empty:
-        m = r[r["outcome"] == "ok"]
-    return float(m["ttft_s"].mean()), float(m["tpot_s"].mean())
+
+    def run(rounds_run: int, gap: float = 0.0) -> pd.DataFrame:
+        wl = synthetic_workload(requests=c * rounds_run, isl=case.isl, osl=case.osl, concurrency=c, seed=seed)
+        r = simulate(dep, wl, seed=seed, cost_models=cms, closed_loop_stagger_s=gap).requests
+        return r.assign(client_round=np.arange(len(r)) // c)  # rows are sent in order, a round of c at a time
+
+    lockstep = not stagger or c == 1 or any(p.prefill_first for p in dep.pools.values())
+    together = run(requests_per_client if lockstep else 2)
+    burst = together[(together["client_round"] == 0) & (together["outcome"] == "ok")]
+    if lockstep:
+        steady = together[(together["client_round"] > 0) & (together["outcome"] == "ok")]
+    else:
+        spread = run(requests_per_client, _cycle_estimate_s(case, cms) / c)
+        steady = spread[(spread["client_round"] > 0) & (spread["outcome"] == "ok")]
+    if burst.empty or steady.empty:
+        return float("nan"), float("nan")
+    w = 1.0 / max(rounds, 1)
+    return tuple(float(w * burst[m].mean() + (1 - w) * steady[m].mean()) for m in ("ttft_s", "tpot_s"))
 
 
 def _cycle_estimate_s(case: Case, cms: dict) -> float:
@@ -330,10 +344,11 @@ def _cycle_estimate_s(case: Case, cms: dict) -> float:
 
 
 def _predict_one(args: tuple) -> tuple[int, float, float, str]:
-    case, requests_per_client, stagger, efficiency = args
+    case, requests_per_client, rounds, stagger, efficiency = args
     try:
         eff = efficiency.get(case.engine) if isinstance(efficiency, dict) else efficiency
-        ttft, tpot = simulate_case(case, requests_per_client=requests_per_client, stagger=stagger, efficiency=eff)
+        ttft, tpot = simulate_case(case, requests_per_client=requests_per_client, rounds=rounds, stagger=stagger,
+                                   efficiency=eff)
     except InputError as e:  # the simulator refused the deployment: a reason, never a crash
         return case.row, float("nan"), float("nan"), f"simulator: {e}"
     if not (np.isfinite(ttft) and np.isfinite(tpot)):
@@ -341,10 +356,11 @@ def _predict_one(args: tuple) -> tuple[int, float, float, str]:
     return case.row, ttft, tpot, ""
 
 
-def predict_cases(cases: list[Case], *, requests_per_client: int = REQUESTS_PER_CLIENT, stagger: bool = True,
-                  efficiency=None, jobs: int = 1) -> dict[int, tuple[float, float, str]]:
+def predict_cases(cases: list[Case], *, requests_per_client: int = REQUESTS_PER_CLIENT,
+                  rounds: int = BENCHMARK_ROUNDS, stagger: bool = True, efficiency=None,
+                  jobs: int = 1) -> dict[int, tuple[float, float, str]]:
     """Simulate every case that is not skipped: ``{row: (ttft_s, tpot_s, skip_reason)}``; ``jobs`` processes."""
-    todo = [(c, requests_per_client, stagger, efficiency) for c in cases if not c.skipped]
+    todo = [(c, requests_per_client, rounds, stagger, efficiency) for c in cases if not c.skipped]
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp  # noqa: PLC0415
 
@@ -356,11 +372,11 @@ def predict_cases(cases: list[Case], *, requests_per_client: int = REQUESTS_PER_
 
 
 def replay(df: pd.DataFrame, *, gpu_name: str = "h100-sxm", requests_per_client: int = REQUESTS_PER_CLIENT,
-           stagger: bool = True, jobs: int = 1) -> Replay:
+           rounds: int = BENCHMARK_ROUNDS, stagger: bool = True, jobs: int = 1) -> Replay:
     """Predict every row of a benchmark table; rows pdsim cannot express keep their skip reason."""
     df = df.reset_index(drop=True)
     cases = [row_case(r, i, gpu_name) for i, (_, r) in enumerate(df.iterrows())]
-    pred = predict_cases(cases, requests_per_client=requests_per_client, stagger=stagger, jobs=jobs)
+    pred = predict_cases(cases, requests_per_client=requests_per_client, rounds=rounds, stagger=stagger, jobs=jobs)
     rows = df.copy()
     rows["pdsim_model"] = [c.model or "unknown" for c in cases]
     rows["pred_ttft_ms"] = [pred[c.row][0] * 1e3 if c.row in pred else np.nan for c in cases]

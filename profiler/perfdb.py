@@ -233,7 +233,8 @@ class PerfDBCostModel:
         if m.sliding_layers:
             t = t + m.sliding_layers * (pf_s[1] + self._decode_attn_s(n_dec, np.minimum(ctx_mean, m.sliding_window)))
         lm = self._gemm_s(np.maximum(n_logits, 1), *self._lm)
-        return t + lm + self.eff.iteration_overhead_s + self.eff.per_seq_overhead_s * n_logits
+        e = self.eff
+        return t + lm + e.iteration_overhead_s + e.layer_overhead_s * m.layers + e.per_seq_overhead_s * n_logits
 
     # ---- CostModel -----------------------------------------------------------------------------
     def iteration_s(self, batch: Batch) -> float:

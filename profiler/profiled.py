@@ -137,8 +137,9 @@ class ProfiledCostModel:
         # any other engine's scheduler is not what was timed, so it keeps its named (fitted) fixed cost.
         over = rows[rows.op == "iteration_overhead"]
         self.measured_overhead_s = float(over.median_s.median()) if len(over) else 0.0
+        fixed = engine_efficiency(engine)
         self.overhead_s = (self.measured_overhead_s if engine == RUNTIME_ENGINE
-                           else engine_efficiency(engine).iteration_overhead_s)
+                           else fixed.iteration_overhead_s + fixed.layer_overhead_s * model.layers)
         self._tok_hi = float(self.roof_tokens_s(self.token_curve.hi))
         self._lm_hi = float(self.roof_logits_s(self.logits_curve.hi))
 

@@ -30,14 +30,19 @@ class Efficiency:
     attn_memory: float = 0.75  # of HBM bandwidth when decode attention reads KV
     comm: float = 0.70  # of NVLink bandwidth in all-reduce
     iteration_overhead_s: float = 2.0e-3  # scheduling, launch, sampling per iteration
+    # Per layer per iteration, whatever the batch: kernel launches and the small kernels (norms, RoPE, residuals)
+    # and all-reduce latencies a layer costs; what separates a 64-layer model's decode step from a 32-layer one's.
+    layer_overhead_s: float = 0.0
     per_seq_overhead_s: float = 0.0  # per-sequence bookkeeping per iteration
     # Per request, outside any iteration: HTTP, tokenisation, routing, the first token's trip back. The
     # simulator delivers a request to its worker this long after it arrives (simulator/sim.py).
     ttft_overhead_s: float = 0.0
-    # Iterations a new request waits, beyond the one in flight, before an aggregated worker admits its prompt
-    # (input handling under load: the engine takes new requests between steps while streaming every running
-    # sequence's output). The simulator waits round(this) iterations (simulator/worker.py).
-    ttft_wait_iterations: float = 0.0
+    # How long a new request waits before an aggregated worker admits its prompt, in prompts' worth of prefill:
+    # this many times its own prompt's prefill run alone (simulator/worker.py). Real clients are partly in step
+    # (requests that finish together come back together and queue behind each other's prompts); a closed loop
+    # whose clients are out of step has no such wait. Measured TTFT at fixed concurrency scales with the
+    # prompt's prefill time, not with the decode step, and does not move with OSL (bench/calibrate.py fits it).
+    ttft_wait_prefills: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,10 +67,10 @@ def engine_efficiency(engine: str) -> Efficiency:
 
 
 def request_terms(cost) -> tuple[float, float]:
-    """(ttft_overhead_s, ttft_wait_iterations) of a pool's cost model: its Efficiency's, or zero for a cost
+    """(ttft_overhead_s, ttft_wait_prefills) of a pool's cost model: its Efficiency's, or zero for a cost
     model without one (a measured profile). The one place the simulator reads them."""
     eff = getattr(cost, "eff", None)
-    return (eff.ttft_overhead_s, eff.ttft_wait_iterations) if isinstance(eff, Efficiency) else (0.0, 0.0)
+    return (eff.ttft_overhead_s, eff.ttft_wait_prefills) if isinstance(eff, Efficiency) else (0.0, 0.0)
 
 
 class RooflineCostModel:
@@ -160,7 +165,8 @@ class RooflineCostModel:
         t = t + self._attn_layers_s(pairs, pf_ctx_read, n_dec, dec_ctx_sum, mx, mn)
         t = t + self._allreduce_s(tokens)
         t = t + self._linear_s(n_logits, self._lm_w, self._wb_lm, h, mx)
-        return t + self.eff.iteration_overhead_s + self.eff.per_seq_overhead_s * n_logits
+        e = self.eff
+        return t + e.iteration_overhead_s + e.layer_overhead_s * m.layers + e.per_seq_overhead_s * n_logits
 
     # ---- CostModel ---------------------------------------------------------------------------
     def iteration_s(self, batch: Batch) -> float:

@@ -58,9 +58,10 @@ class Worker:
         self.chunk_tokens = pool.prefill_chunk_tokens if pool.chunked_prefill else None
         self.prefill_first = pool.prefill_first and role == "agg"
         self.cost = cost
-        # iterations a new prompt waits beyond the one in flight (Efficiency.ttft_wait_iterations; agg engines)
-        self.admit_wait = round(request_terms(cost)[1]) if role == "agg" else 0
-        self.not_before: dict[int, int] = {}  # waiting request -> iteration count from which it may be admitted
+        # a new prompt's wait before admission, in multiples of its own prefill run alone
+        # (Efficiency.ttft_wait_prefills; agg engines)
+        self.admit_wait = request_terms(cost)[1] if role == "agg" else 0.0
+        self.not_before: dict[int, float] = {}  # waiting request -> time from which it may be admitted
         self.B = block_tokens
         self.kv = BlockManager(kv_blocks, block_tokens)
         self.cache = None  # PrefixCache (simulator/kv.py), set when requests carry hash chains
@@ -82,8 +83,9 @@ class Worker:
     def add(self, r: int) -> None:
         """A routed request to prefill here."""
         if self.admit_wait and len(self.running):  # an idle engine takes it at once
-            done = self.iterations if self.run is None else self.iterations + self.run.steps_by(self.env.now) - 1
-            self.not_before[r] = done + 1 + self.admit_wait
+            wait_s = self.admit_wait * self.cost.iteration_s(Batch.of(prefill=[(int(self.S.isl[r]), 0)]))
+            self.not_before[r] = self.env.now + wait_s
+            self.env.timeout(wait_s).callbacks.append(lambda _ev: self.notify())  # cut a decode run short then
         self.waiting.append(r)
         self.notify()
 
@@ -144,7 +146,7 @@ class Worker:
                     continue
                 if self.reserving:  # blocks a preemption freed may let a transfer in
                     self.try_reserve()
-                if self.not_before and self.waiting:  # no iteration will come to count the wait down
+                if self.not_before and self.waiting:  # idle: an idle engine takes it at once
                     self.not_before.clear()
                     continue
                 self.wake = env.event()
@@ -211,7 +213,7 @@ class Worker:
         n_running = len(self.running)
         while self.waiting and n_running < self.max_seqs and budget > 0:
             r = self.waiting[0]
-            if self.not_before and self.not_before.get(r, 0) > self.iterations:
+            if self.not_before and self.not_before.get(r, 0.0) > self.env.now:
                 break
             c = self._chunk(r, budget, empty=not n_dec and not pf, shrink=False)
             if c <= 0:
@@ -322,9 +324,6 @@ class Worker:
         comp = S.computed[dec]
         gen = S.generated[dec]
         k = k_done = int((S.osl[dec] - gen).min())
-        if self.not_before and self.waiting:  # stop where the next waiting prompt may be admitted
-            gate = self.not_before.get(self.waiting[0], 0) - self.iterations
-            k = min(k, gate) if gate > 0 else k
         run = DecodeRun(env.now, comp, S.blocks[dec], B, k)
         # Hold an upper bound on the blocks steps 2..k need (each sequence at most ceil((k-1)/B) more) and settle
         # the exact count when the run ends; where the bound does not fit, find the most steps that do.

@@ -137,6 +137,37 @@ def test_predicted_tpot_falls_as_osl_grows_prefill_interference_amortised():
     assert tpot[0] > tpot[1] > tpot[2]
 
 
+def test_the_measured_phase_opens_with_every_client_at_once():
+    """aiperf drains its warm-up before measuring, so the measured phase opens with a burst of all clients whose
+    prompts queue behind each other; its weight in the mean is one round of ``rounds``."""
+    case = row_case(agg_row(c=64, isl=2048, osl=256), 0)
+    burst, steady = simulate_case(case, rounds=1), simulate_case(case, rounds=10**9)
+    assert burst[0] > 3 * steady[0]  # 64 prompts of 2048 tokens at once: most wait for many others' prefills
+    for rounds in (2, 10):
+        mixed = simulate_case(case, rounds=rounds)
+        for m in (0, 1):
+            assert mixed[m] == pytest.approx(burst[m] / rounds + steady[m] * (1 - 1 / rounds), rel=1e-6)
+    one = row_case(agg_row(c=1), 0)  # one client: nothing queues, the burst is the steady state
+    assert simulate_case(one, rounds=1)[0] == pytest.approx(simulate_case(one, rounds=10)[0], rel=1e-9)
+
+
+def test_layer_overhead_is_paid_once_per_layer_per_iteration():
+    from dataclasses import replace
+
+    from profiler.costmodel import Batch
+    from profiler.roofline import RooflineCostModel
+
+    base = engine_efficiency("vllm")
+    for model in ("llama-3.1-8b", "qwen3-32b"):
+        cms = [RooflineCostModel(CATALOG[model], resolve_gpu("h100-sxm"), 2, "bf16", None,
+                                 replace(base, layer_overhead_s=x)) for x in (0.0, 5e-5)]
+        for b in (Batch.of(decode_ctx=[1000] * 8), Batch.of(prefill=[(512, 0)], decode_ctx=[300])):
+            extra = cms[1].iteration_s(b) - cms[0].iteration_s(b)
+            assert extra == pytest.approx(5e-5 * CATALOG[model].layers, rel=1e-9)
+        np.testing.assert_allclose(cms[1].decode_steps_s(8, 8000, 3) - cms[0].decode_steps_s(8, 8000, 3),
+                                   5e-5 * CATALOG[model].layers, rtol=1e-9)
+
+
 def test_fitted_factors_are_the_roofline_default():
     fit = json.loads(FIT_FILE.read_text())
     for engine, factors in fit["engines"].items():
@@ -200,7 +231,7 @@ def test_prefill_first_engine_keeps_a_wave_in_lock_step():
     from traces.synthetic import synthetic_workload
 
     # the scheduling alone (request terms zero): a frontend delay shifts when KV runs short in this tight cache
-    eff = replace(engine_efficiency("sglang"), ttft_overhead_s=0.0, ttft_wait_iterations=0.0)
+    eff = replace(engine_efficiency("sglang"), ttft_overhead_s=0.0, ttft_wait_prefills=0.0)
     cm = RooflineCostModel(CATALOG["qwen3-32b"], resolve_gpu("h100-sxm"), 4, "bf16", "bf16", eff)
 
     def run(prefill_first: bool, clients: int):
@@ -250,7 +281,7 @@ def _terms_setup(overhead_s: float, wait: float):
     from profiler.roofline import RooflineCostModel
     from simulator.deployment import Deployment, PoolSpec
 
-    eff = replace(engine_efficiency("vllm"), ttft_overhead_s=overhead_s, ttft_wait_iterations=wait)
+    eff = replace(engine_efficiency("vllm"), ttft_overhead_s=overhead_s, ttft_wait_prefills=wait)
     cm = RooflineCostModel(CATALOG["llama-3.1-8b"], resolve_gpu("h100-sxm"), 1, "bf16", "bf16", eff)
     return Deployment("llama-3.1-8b", gpu="h100-sxm", dtype="bf16", workers=PoolSpec(max_seqs=64)), cm
 
@@ -268,7 +299,9 @@ def test_a_request_reaches_its_worker_after_the_frontend_time():
     np.testing.assert_allclose(r["arrival_s"][1:], r["last_token_s"][:-1])  # the client waits for it too
 
 
-def test_a_new_prompt_waits_its_iterations_behind_running_decodes_and_fast_forward_agrees():
+def test_a_new_prompt_waits_its_prefills_behind_running_decodes_and_fast_forward_agrees():
+    """ttft_wait_prefills = 3: a prompt reaching a busy engine is admitted at the first step boundary after three
+    times its own prefill run alone; an idle engine takes it at once; stepping and fast-forward agree."""
     from profiler.costmodel import Batch
     from simulator import simulate
     from traces.workload import Workload, make_requests
@@ -284,10 +317,11 @@ def test_a_new_prompt_waits_its_iterations_behind_running_decodes_and_fast_forwa
     base = simulate(dep, wl, cost_models={"workers": cm0}).requests
     r = ff.requests
     assert (r["prefill_start_s"][:2] == 0).all()  # an idle engine takes prompts at once
-    step_s = cm0.iteration_s(Batch.of(decode_ctx=[700, 600, 300]))  # about one step of this batch
+    step_s = 1.1 * cm0.iteration_s(Batch.of(prefill=[(800, 0)], decode_ctx=[700, 600, 300]))  # a step, at most
+    solo = np.array([cm0.iteration_s(Batch.of(prefill=[(n, 0)])) for n in (1000, 300)])
     wait, wait0 = (x["prefill_start_s"][[2, 4]] - x["arrival_s"][[2, 4]] for x in (r, base))
-    assert (wait0 < 1.1 * step_s).all()  # without the term: the end of the step in flight
-    assert (wait > 3 * step_s).all() and (wait < 4.2 * step_s).all()  # with it: three steps more
+    assert (wait0 < step_s).all()  # without the term: the end of the step in flight
+    assert (wait >= 3 * solo).all() and (wait < 3 * solo + step_s).all()  # with it: then the next step boundary
 
 
 def test_a_cost_model_without_request_terms_behaves_as_zero():
@@ -308,12 +342,14 @@ def test_a_cost_model_without_request_terms_behaves_as_zero():
 def test_estimate_and_simulation_agree_on_the_request_terms():
     """The analytic closed loop (calibration, emit) holds the same frontend time and admission wait."""
     from planner.calibrate import closed_loop_estimate
+    from profiler.costmodel import Batch
 
     dep, cm0 = _terms_setup(0.0, 0.0)
     _, cm = _terms_setup(0.05, 4.0)
     t0, p0 = closed_loop_estimate(dep, {"workers": cm0}, 1000, 200, 16)
     t1, p1 = closed_loop_estimate(dep, {"workers": cm}, 1000, 200, 16)
-    assert p1 == pytest.approx(p0, rel=1e-9) and t1 - t0 == pytest.approx(0.05 + 4 * p1, rel=0.1)
+    solo = cm.iteration_s(Batch.of(prefill=[(1000, 0)]))
+    assert p1 == pytest.approx(p0, rel=1e-9) and t1 - t0 == pytest.approx(0.05 + 4 * solo, rel=1e-9)
 
 
 @pytest.mark.parametrize("model", ["llama-3.1-8b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss-120b"])

@@ -100,7 +100,9 @@ def test_the_measured_overhead_is_the_runtimes_and_other_engines_keep_their_own(
     runtime = ProfiledCostModel(prof, model=TINY, gpu=local_cpu(), tp=1, dtype="fp32", engine="pdsim-runtime")
     vllm = ProfiledCostModel(prof, model=TINY, gpu=local_cpu(), tp=1, dtype="fp32", engine="vllm")
     assert runtime.iteration_s(b) == pytest.approx(ops_only + 7e-4, rel=1e-12)
-    assert vllm.iteration_s(b) == pytest.approx(ops_only + engine_efficiency("vllm").iteration_overhead_s, rel=1e-12)
+    fixed = engine_efficiency("vllm")
+    assert vllm.iteration_s(b) == pytest.approx(ops_only + fixed.iteration_overhead_s + fixed.layer_overhead_s
+                                                 * TINY.layers, rel=1e-12)
 
 
 def test_monotone_in_tokens_and_context(cm):
