@@ -54,9 +54,10 @@ class CostModel(Protocol):
         """Seconds one iteration over ``batch`` takes."""
         ...
 
-    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
+    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
         """Seconds of each of ``steps`` pure-decode iterations of ``n_seqs`` sequences whose contexts
-        sum to ``ctx_sum`` at the first step and grow by one token per sequence per step."""
+        sum to ``ctx_sum`` at the first step and grow by one token per sequence per step; ``ctx_max`` is the
+        longest of them at the first step, for an engine that pads its batch to it (None: not known)."""
         ...
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:

@@ -39,8 +39,8 @@ class ScaledCostModel:
         last = len(batch.prefill_tokens) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
         return self.scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
 
-    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
-        return self.scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps) + (self._overhead_s(n_seqs)
+    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
+        return self.scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (self._overhead_s(n_seqs)
                                                                                if n_seqs else 0.0)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:

@@ -247,7 +247,7 @@ class PerfDBCostModel:
         n_last = len(c) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
         return float(self._time(batch.tokens, pf, n_dec, ctx, n_dec + n_last))
 
-    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
+    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
         ctx = (ctx_sum + n_seqs * np.arange(steps, dtype=np.float64)) / max(n_seqs, 1)
         return np.asarray(self._time(n_seqs, (0.0, 0.0), n_seqs, ctx, n_seqs), dtype=np.float64) * np.ones(steps)
 

@@ -137,6 +137,9 @@ class ProfiledCostModel:
         # any other engine's scheduler is not what was timed, so it keeps its named (fitted) fixed cost.
         over = rows[rows.op == "iteration_overhead"]
         self.measured_overhead_s = float(over.median_s.median()) if len(over) else 0.0
+        # The bundled runtime batches decode attention over contexts padded to the longest (runtime/model.py
+        # decode_step): every sequence of a step costs the longest one's attention. Paged engines do not pad.
+        self.pads_decode = engine == RUNTIME_ENGINE
         fixed = engine_efficiency(engine)
         self.overhead_s = (self.measured_overhead_s if engine == RUNTIME_ENGINE
                            else fixed.iteration_overhead_s + fixed.layer_overhead_s * model.layers)
@@ -223,7 +226,8 @@ class ProfiledCostModel:
             pairs = float((c * p + c * (c + 1) / 2).sum()) / n_chunks
             attn += self.prefill_attn_s(n_chunks, (math.sqrt(1 + 8 * pairs) - 1) / 2)
         if n_dec:
-            attn += self.decode_attn_s(n_dec, float(batch.decode_ctx.sum()) / n_dec)
+            ctx = batch.decode_ctx.max() if self.pads_decode else batch.decode_ctx.sum() / n_dec
+            attn += self.decode_attn_s(n_dec, float(ctx))
         n_last = n_chunks if batch.prefill_last_chunks is None else batch.prefill_last_chunks
         tokens = batch.tokens
         return (self.tokens_s(tokens) + self.model.layers * attn + self.logits_s(n_dec + n_last)
@@ -232,12 +236,13 @@ class ProfiledCostModel:
     def _allreduce_s(self, tokens: int) -> float:
         return float(self.roof._allreduce_s(tokens)) if self.tp > 1 else 0.0
 
-    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
+    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
         if n_seqs == 0 or steps == 0:
             return np.zeros(steps)
-        mean_ctx = (ctx_sum + n_seqs * np.arange(steps, dtype=np.float64)) / n_seqs
+        grow = np.arange(steps, dtype=np.float64)
+        ctx = ctx_max + grow if self.pads_decode and ctx_max is not None else (ctx_sum + n_seqs * grow) / n_seqs
         fixed = self.tokens_s(n_seqs) + self.logits_s(n_seqs) + self._allreduce_s(n_seqs) + self.overhead_s
-        return fixed + self.model.layers * self.decode_attn_s(n_seqs, mean_ctx)
+        return fixed + self.model.layers * self.decode_attn_s(n_seqs, ctx)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
         return transfer_s(kv_bytes, link)

@@ -186,7 +186,7 @@ class RooflineCostModel:
         return float(self._time(pf_tokens + n_dec, pairs, pf_read, float(n_dec), float(batch.decode_ctx.sum()),
                                 float(n_dec + n_last), max, min))
 
-    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
+    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
         # the first step on floats, then only decode attention changes (it reads a longer context each step)
         n, c0 = float(n_seqs), float(ctx_sum)
         first = self._time(n, 0.0, 0.0, n, c0, n, max, min)

@@ -341,7 +341,7 @@ class Worker:
             hold = run.growth(k)
         kv.allocate(hold, evict=False)  # cached blocks in the way go step by step (PrefixCache.trim)
         run.hold = hold
-        steps = self.cost.decode_steps_s(n, int(comp.sum()) + n, k)
+        steps = self.cost.decode_steps_s(n, int(comp.sum()) + n, k, int(comp.max()) + 1)
         run.cum = cum = np.cumsum(steps)
         run.steps, run.dec = steps, dec
         t0 = run.t0

@@ -125,10 +125,25 @@ def test_a_noisy_measurement_never_makes_more_tokens_cheaper():
 
 
 def test_decode_steps_match_iteration_by_iteration(cm):
-    steps = cm.decode_steps_s(n_seqs=4, ctx_sum=400, steps=50)
+    steps = cm.decode_steps_s(n_seqs=4, ctx_sum=400, steps=50, ctx_max=101)
     one_by_one = [cm.iteration_s(Batch.of(decode_ctx=[100 + k, 99 + k, 101 + k, 100 + k])) for k in range(50)]
     np.testing.assert_allclose(steps, one_by_one, rtol=1e-9)
     assert np.all(np.diff(steps) >= 0)
+
+
+def test_the_bundled_runtime_pays_decode_attention_over_padded_contexts():
+    """runtime/model.py pads a step's decode contexts to the longest: the runtime's profiled costs price every
+    sequence at the longest context (stepping and fast-forward alike); a paged engine's stay per sequence."""
+    runtime = ProfiledCostModel(synthetic_profile(), model=TINY, gpu=local_cpu(), tp=1, dtype="fp32",
+                                engine="pdsim-runtime")
+    paged = ProfiledCostModel(synthetic_profile(), model=TINY, gpu=local_cpu(), tp=1, dtype="fp32", engine="vllm")
+    mixed, longest = Batch.of(decode_ctx=[40, 60, 900, 80]), Batch.of(decode_ctx=[900] * 4)
+    assert runtime.iteration_s(mixed) == pytest.approx(runtime.iteration_s(longest), rel=1e-12)
+    assert paged.iteration_s(mixed) < paged.iteration_s(longest)
+    steps = runtime.decode_steps_s(4, 1080, 5, ctx_max=900)
+    one_by_one = [runtime.iteration_s(Batch.of(decode_ctx=[40 + k, 60 + k, 900 + k, 80 + k])) for k in range(5)]
+    np.testing.assert_allclose(steps, one_by_one, rtol=1e-9)
+    np.testing.assert_allclose(paged.decode_steps_s(4, 1080, 5, ctx_max=900), paged.decode_steps_s(4, 1080, 5))
 
 
 def test_beyond_the_measured_range_scales_by_the_roofline_and_says_so():

@@ -86,7 +86,7 @@ class Const:
     def iteration_s(self, batch: Batch) -> float:
         return 0.01 * batch.tokens
 
-    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
+    def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
         return np.full(steps, 0.01 * n_seqs)
 
     def transfer_s(self, kv_bytes, link) -> float:
