@@ -87,6 +87,8 @@ class ValidateOptions:
     iteration_overhead_s: float | None = None  # a live step's time beyond its model's compute (step_overhead)
     per_seq_overhead_s: float | None = None  # ... and per sequence that samples
     compute_slowdown: float | None = None  # wall over CPU time of the steps' compute at low load (compute_slowdown)
+    pool_slowdown: dict | None = None  # the same per pool where the burst measured it (over compute_slowdown)
+    kv_handoff_s: float | None = None  # disagg: a finished prompt's KV gathered and handed to the sender (kv_handoff_s)
     target_util: float = 0.5  # rate rule: the simulated busiest pool's busy share
     rate: float | None = None  # a fixed arrival rate (req/s) instead of the rate rule
     profile: str | None = None  # a profile directory to use as it is
@@ -171,15 +173,17 @@ def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> di
     ttft_s = opts.ttft_overhead_s or 0.0
     if opts.paced:
         cm = ScaledCostModel(base, opts.pace_scale, overheads(ttft_s=ttft_s))
-    else:
-        cm = ScaledCostModel(base, opts.compute_slowdown or 1.0,
-                             overheads(opts.iteration_overhead_s or 0.0, opts.per_seq_overhead_s or 0.0, ttft_s))
-    return {name: cm for name in dep.pools}
+        return {name: cm for name in dep.pools}
+    step = overheads(opts.iteration_overhead_s or 0.0, opts.per_seq_overhead_s or 0.0, ttft_s)
+    pools = opts.pool_slowdown or {}
+    return {name: ScaledCostModel(base, pools.get(name) or opts.compute_slowdown or 1.0, step) for name in dep.pools}
 
 
-def sim_deployment(dep: Deployment, profile_dir: Path) -> Deployment:
+def sim_deployment(dep: Deployment, profile_dir: Path, handoff_s: float = 0.0) -> Deployment:
     """The deployment as the simulator should see it here: a disagg KV link with the bandwidth and latency
-    the profile measured for a copy between two processes (the runtime's workers share one machine)."""
+    the profile measured for a copy between two processes (the runtime's workers share one machine), the
+    latency plus ``handoff_s``, the prefill worker's time from a prompt's last step to sending its KV (raw
+    mode: measured, kv_handoff_s; the paced runtime's steps hold it in their pace)."""
     if dep.topology != "disagg":
         return dep
     from profiler.profile import load_profile  # noqa: PLC0415
@@ -190,7 +194,7 @@ def sim_deployment(dep: Deployment, profile_dir: Path) -> Deployment:
         return dep
     big = ipc.iloc[-1]
     link = KVLinkSpec(bandwidth_gb_s=float(big.bytes / big.median_s / 1e9),
-                      latency_us=float(ipc.iloc[0].median_s * 1e6), placement="intra")
+                      latency_us=float((ipc.iloc[0].median_s + handoff_s) * 1e6), placement="intra")
     return replace(dep, kv_link=link)
 
 
@@ -330,6 +334,25 @@ def request_overhead_s(replays: dict, log_path: Path) -> float | None:
     return float(np.median(d)) if d else None
 
 
+def kv_handoff_s(log_path: Path, id_prefix: str) -> float | None:
+    """Disagg: the median time from a prompt's last prefill step to its KV leaving the prefill worker (gathering
+    the prompt's KV from the cache, handing it to the sender thread), over the requests of ``id_prefix`` in the
+    request log: what the prefill worker spends on a transfer besides the copy the profile timed."""
+    d = []
+    for line in log_path.read_text().splitlines() if log_path.exists() else []:
+        rec = json.loads(line)
+        if rec["request_id"].startswith(id_prefix) and rec["outcome"] == "ok" and len(rec["attempts"]) == 1:
+            a = rec["attempts"][0]
+            if "transfer" in a and a["transfer"].get("send_start") and a.get("prefill", {}).get("first_token"):
+                d.append(a["transfer"]["send_start"] - a["prefill"]["first_token"])
+    return max(0.0, float(np.median(d))) if d else None
+
+
+def pool_of(worker: str) -> str:
+    """The pool a worker's step log belongs to (``prefill-0`` -> prefill, ``agg-1`` -> workers)."""
+    return POOL_OF_ROLE[worker.rsplit("-", 1)[0]]
+
+
 def read_steps(run_dir: Path, start_wall: float, end_wall: float) -> dict[str, list[dict]]:
     """Each worker's step log rows that started in [start_wall, end_wall)."""
     out = {}
@@ -447,7 +470,7 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
         # prompts in 0.15 s, measured the contention of its own arrivals: bench run at 17:52, the worker waited
         # 0.6 ms off CPU between steps, the replay after it 0.1 ms; wall/CPU 1.075 against 1.000; TTFT overhead
         # 8.2 ms, the replay ~2 ms less.)
-        spaced = warm_up(rt, dep, dep.model, isl=(64, 512, 200, 1024) * 3, osl=32, id_prefix="burst", spacing_s=0.5)
+        spaced = warm_up(rt, dep, dep.model, isl=(64, 512, 200, 1024) * 4, osl=32, id_prefix="burst", spacing_s=0.5)
         t1 = time.time()
         # Streaming: 16 short prompts per worker at once, ending 16 tokens apart, so that steps of 1 to 16
         # sequences stream their tokens through the frontend and the client as a loaded replay's do.
@@ -455,14 +478,21 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
         t2 = time.time()
     finally:
         rt.stop()
-    low = [r for rows in read_steps(rt.run_dir, t0, t1).values() for r in rows]
+    by_worker = read_steps(rt.run_dir, t0, t1)
+    low = [r for rows in by_worker.values() for r in rows]
+    per_pool: dict[str, list[dict]] = {}
+    for worker, rows in by_worker.items():
+        per_pool.setdefault(pool_of(worker), []).extend(rows)
     steps = [rows for rows in read_steps(rt.run_dir, t0, t2).values() if rows]
     ratios = np.concatenate([slowdown(rows, cm) for rows in read_steps(rt.run_dir, t0, t1).values() if rows])
     scale = compute_slowdown(low) or 1.0
     over = step_overhead([r for rows in steps for r in rows], scale) or {"iteration_s": 0.0, "per_seq_s": 0.0}
     out = {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios),
            "ttft_overhead_s": request_overhead_s(spaced, rt.run_dir / "requests.jsonl"),
-           "compute_slowdown": scale, "iteration_overhead_s": over["iteration_s"],
+           "compute_slowdown": scale, "pool_slowdown": {p: compute_slowdown(rows) or scale
+                                                         for p, rows in sorted(per_pool.items())},
+           "kv_handoff_s": kv_handoff_s(rt.run_dir / "requests.jsonl", "burst"),
+           "iteration_overhead_s": over["iteration_s"],
            "per_seq_overhead_s": over["per_seq_s"], "overhead": {k: v for k, v in over.items()}}
     log(f"slowdown: real step compute is {out['median']:.2f}x the profile's prediction (p95 {out['p95']:.2f}x) "
         f"on this machine now, wall/CPU {scale:.3f}; a step takes {over['iteration_s'] * 1e3:.3f} ms + "
@@ -608,11 +638,16 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
             "workers (HTTP, frontend); the simulation adds it too (ttft_overhead_s)")
     if need_step:
         opts = replace(opts, **{k: slow[k] if getattr(opts, k) is None else getattr(opts, k)
-                                for k in ("iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown")})
-        log(f"raw: a simulated step takes the profile's time x {opts.compute_slowdown:.3f} (wall/CPU) + "
-            f"{opts.iteration_overhead_s * 1e3:.3f} ms + {opts.per_seq_overhead_s * 1e3:.4f} ms per sequence")
+                                for k in ("iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown",
+                                          "pool_slowdown", "kv_handoff_s")})
+        pools = ", ".join(f"{p} {x:.3f}" for p, x in (opts.pool_slowdown or {}).items())
+        log(f"raw: a simulated step takes the profile's time x {opts.compute_slowdown:.3f} (wall/CPU; per pool: "
+            f"{pools or 'the same'}) + {opts.iteration_overhead_s * 1e3:.3f} ms + "
+            f"{opts.per_seq_overhead_s * 1e3:.4f} ms per sequence"
+            + (f"; a KV transfer starts {opts.kv_handoff_s * 1e3:.2f} ms after its prompt's last step"
+               if dep.topology == "disagg" and opts.kv_handoff_s else ""))
     cms = cost_models(dep, profile_dir, opts)
-    sim_dep = sim_deployment(dep, profile_dir)
+    sim_dep = sim_deployment(dep, profile_dir, 0.0 if opts.paced else opts.kv_handoff_s or 0.0)
     w, dropped = servable(workload, dep)
     rate = opts.rate
     if rate is None:  # on the very costs the simulation of the run uses, so the live busy share is the target
@@ -631,7 +666,8 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         "ttft_overhead_ms": opts.ttft_overhead_s * 1e3,
         "raw_step_costs": None if opts.paced else {
             "iteration_overhead_ms": opts.iteration_overhead_s * 1e3, "per_seq_overhead_ms":
-            opts.per_seq_overhead_s * 1e3, "compute_slowdown": opts.compute_slowdown},
+            opts.per_seq_overhead_s * 1e3, "compute_slowdown": opts.compute_slowdown,
+            "pool_slowdown": opts.pool_slowdown, "kv_handoff_ms": (opts.kv_handoff_s or 0.0) * 1e3},
         "repeats": opts.repeats,
         "deployment": dep.to_dict(),
         "simulated_kv_link": sim_dep.to_dict().get("kv_link"),

@@ -332,6 +332,39 @@ def test_validates_simulation_carries_the_overhead_in_the_simulators_own_term(tm
             assert cms["decode"].iteration_s(b) == pytest.approx(1.25 * base.iteration_s(b) + 0.0004 + 3 * 0.00003)
 
 
+def test_raw_simulation_takes_each_pools_measured_slowdown_and_the_kv_handoff(tmp_path, tiny_profile):
+    from planner.validate import ValidateOptions, cost_models, sim_deployment
+    from profiler.paced import paced_cost_model
+    from simulator.deployment import parse_deployment
+
+    dep = parse_deployment(DISAGG)
+    base = paced_cost_model(str(tiny_profile), "tiny", "fp32")
+    b = Batch.of(prefill=[(64, 0)])
+    opts = ValidateOptions(out_dir=tmp_path, ttft_overhead_s=0.0, iteration_overhead_s=0.0, per_seq_overhead_s=0.0,
+                           compute_slowdown=1.1, pool_slowdown={"prefill": 1.3})
+    cms = cost_models(dep, tiny_profile, opts)
+    assert cms["prefill"].iteration_s(b) == pytest.approx(1.3 * base.iteration_s(b))
+    assert cms["decode"].iteration_s(b) == pytest.approx(1.1 * base.iteration_s(b))  # not measured: the overall
+    plain, handed = sim_deployment(dep, tiny_profile), sim_deployment(dep, tiny_profile, 0.002)
+    assert handed.kv_link.latency_s == pytest.approx(plain.kv_link.latency_s + 0.002)
+    assert handed.kv_link.bandwidth_bytes_s == plain.kv_link.bandwidth_bytes_s
+
+
+def test_kv_handoff_is_the_median_time_from_the_last_prefill_step_to_sending(tmp_path):
+    from planner.validate import kv_handoff_s, pool_of
+
+    def rec(rid, done, sent, outcome="ok"):
+        return json.dumps({"request_id": rid, "outcome": outcome, "attempts": [
+            {"prefill": {"first_token": done}, "transfer": {"send_start": sent}}]})
+
+    log = tmp_path / "requests.jsonl"
+    log.write_text("\n".join([rec("burst0-0", 1.0, 1.001), rec("burst0-1", 2.0, 2.003), rec("burst0-2", 3.0, 3.002),
+                              rec("warmup0-0", 4.0, 4.5), rec("burst0-3", 5.0, 5.9, "failed")]) + "\n")
+    assert kv_handoff_s(log, "burst") == pytest.approx(0.002)
+    assert kv_handoff_s(tmp_path / "none.jsonl", "burst") is None
+    assert [pool_of(w) for w in ("agg-0", "prefill-1", "decode-12")] == ["workers", "prefill", "decode"]
+
+
 def test_the_runtimes_cost_model_has_the_runtimes_measured_iteration_overhead(tiny_profile):
     from profiler.paced import paced_cost_model
 
