@@ -316,15 +316,21 @@ def worker_ttft_s(attempt: dict) -> float | None:
     return None if first is None or end is None else end - first["queued"]
 
 
-def request_overhead_s(replays: dict, log_path: Path) -> float | None:
-    """The runtime's own per-request overhead: the median over requests of the client's TTFT (from sending)
-    minus the TTFT inside the workers (``worker_ttft_s``): HTTP, the frontend, and the hops to the first worker
-    and back with the first token, which the simulator's ``ttft_overhead_s`` stands for."""
+def single_attempts(log_path: Path) -> dict[str, dict]:
+    """The request log's requests that finished ok at their first attempt: ``{request_id: attempt}``."""
     recs = {}
     for line in log_path.read_text().splitlines() if log_path.exists() else []:
         rec = json.loads(line)
         if rec["outcome"] == "ok" and len(rec["attempts"]) == 1:
             recs[rec["request_id"]] = rec["attempts"][0]
+    return recs
+
+
+def request_overhead_s(replays: dict, log_path: Path) -> float | None:
+    """The runtime's own per-request overhead: the median over requests of the client's TTFT (from sending)
+    minus the TTFT inside the workers (``worker_ttft_s``): HTTP, the frontend, and the hops to the first worker
+    and back with the first token, which the simulator's ``ttft_overhead_s`` stands for."""
+    recs = single_attempts(log_path)
     d = []
     for prefix, r in replays.items():
         for row in r.requests[r.requests["outcome"] == "ok"].itertuples():
@@ -338,13 +344,9 @@ def kv_handoff_s(log_path: Path, id_prefix: str) -> float | None:
     """Disagg: the median time from a prompt's last prefill step to its KV leaving the prefill worker (gathering
     the prompt's KV from the cache, handing it to the sender thread), over the requests of ``id_prefix`` in the
     request log: what the prefill worker spends on a transfer besides the copy the profile timed."""
-    d = []
-    for line in log_path.read_text().splitlines() if log_path.exists() else []:
-        rec = json.loads(line)
-        if rec["request_id"].startswith(id_prefix) and rec["outcome"] == "ok" and len(rec["attempts"]) == 1:
-            a = rec["attempts"][0]
-            if "transfer" in a and a["transfer"].get("send_start") and a.get("prefill", {}).get("first_token"):
-                d.append(a["transfer"]["send_start"] - a["prefill"]["first_token"])
+    d = [a["transfer"]["send_start"] - a["prefill"]["first_token"] for rid, a in single_attempts(log_path).items()
+         if rid.startswith(id_prefix) and a.get("transfer", {}).get("send_start")
+         and a.get("prefill", {}).get("first_token")]
     return max(0.0, float(np.median(d))) if d else None
 
 

@@ -86,6 +86,8 @@ class Worker:
             wait_s = self.admit_wait * self.cost.iteration_s(Batch.of(prefill=[(int(self.S.isl[r]), 0)]))
             self.not_before[r] = self.env.now + wait_s
             self.env.timeout(wait_s).callbacks.append(lambda _ev: self.notify())  # cut a decode run short then
+            self.waiting.append(r)
+            return  # nothing to do before then
         self.waiting.append(r)
         self.notify()
 
