@@ -69,11 +69,16 @@ def main() -> None:
                 f"{s.get('cpu_over_profile_decode_steps', float('nan')):.2f}x)"
                 for w, s in live.items() if "compute_over_profile" in s))
             if not paced:
-                costs, over = doc["raw_step_costs"], (doc["measured_slowdown"] or {}).get("overhead") or {}
-                print(f"simulated step = profile x {costs['compute_slowdown']:.3f} wall/CPU + "
-                      f"{costs['iteration_overhead_ms']:.3f} ms + {costs['per_seq_overhead_ms']:.4f} ms/seq, measured "
-                      f"in the burst (of which the worker's own CPU {over.get('cpu_iteration_s', 0) * 1e3:.3f} ms + "
-                      f"{over.get('cpu_per_seq_s', 0) * 1e3:.4f} ms/seq; up to {over.get('max_seqs', 0)} seqs)")
+                costs, where = doc["raw_step_costs"], doc["costs_measured_in"]
+                over = ((doc["rehearsal"] if where == "rehearsal" else doc["measured_slowdown"]) or {}).get(
+                    "overhead") or {}
+                pools = ", ".join(f"{k} {x:.3f}" for k, x in (costs["pool_slowdown"] or {}).items())
+                print(f"simulated step = profile x {costs['compute_slowdown']:.3f} ({pools}) + "
+                      f"{costs['iteration_overhead_ms']:.3f} ms + {costs['per_seq_overhead_ms']:.4f} ms/seq"
+                      + (f", KV hand-off {costs['kv_handoff_ms']:.2f} ms" if topology == "disagg" else "")
+                      + f", measured in the {where} (of which the worker's own CPU "
+                      f"{over.get('cpu_iteration_s', 0) * 1e3:.3f} ms + {over.get('cpu_per_seq_s', 0) * 1e3:.4f} "
+                      f"ms/seq; up to {over.get('max_seqs', 0)} seqs)")
                 print("the replays' own steps: " + "; ".join(", ".join(
                     f"{w} {s['overhead_ms']:.3f} ms + {s['per_seq_overhead_ms']:.4f} ms/seq (own CPU "
                     f"{s['own_overhead_ms']:.3f} + {s['own_per_seq_overhead_ms']:.4f}/seq; up to {s['max_seqs']} "

@@ -461,6 +461,9 @@ def validate_cmd(
                                             "profile (default: 2 x the p95 slowdown measured here now)."),
     target_util: float = typer.Option(0.5, "--target-util", min=0.01, max=0.95, help="Rate rule: the busiest "
                                       "simulated pool's busy share."),
+    rehearsal: float = typer.Option(30.0, "--rehearsal", min=0.0, help="Raw mode: seconds of the workload after "
+                                    "the slice, replayed once first to measure the runtime's costs under the "
+                                    "replay's load (0: measure them in a short burst only)."),
     profile: str | None = typer.Option(None, "--profile", help="Profile directory to use (default: cached or "
                                        "measured now)."),
     profile_cache: str | None = typer.Option(None, "--profile-cache", help="Where profiles are cached "
@@ -493,6 +496,7 @@ def validate_cmd(
         workload = synthetic_workload(requests=n, isl=isl, osl=osl, rate=rate or 1.0, seed=seed)
     opts = ValidateOptions(out_dir=Path(out), duration_s=duration, repeats=repeats, paced=paced,
                            pace_scale=pace_scale, target_util=target_util, rate=rate, profile=profile,
+                           rehearsal_s=rehearsal,
                            profile_cache=Path(profile_cache) if profile_cache else DEFAULT_CACHE,
                            full_profile=full_profile, seed=seed)
     try:

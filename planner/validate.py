@@ -20,22 +20,28 @@ same scaled cost model, so only the dynamics (batching, queueing, transfer, rout
 ``pace_scale`` must exceed the real compute's slowdown on this machine, and the share of steps whose
 compute overran their pace is reported.
 
-What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), so it does
-not carry the load of the moment it was made. A burst on the unpaced runtime just before the replay
-measures the rest from the step log (``measure_slowdown``), in two parts: requests spaced at about the
-replay's rate, then 16 short ones per worker at once that stream together. (b) The compute slowdown, wall
-over CPU time of the spaced part's steps (``compute_slowdown``: the share of a core other processes took).
-(a) The wall time a step takes beyond its model's compute at that slowdown, from the end of the step before
-(``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per sequence that samples): the
-runtime's own work around the model (preparing the batch, sampling, postprocessing; between steps sending
-the tokens, the step log, messages) and the time the worker waits for a core while the frontend and the
-client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule, take the profile's
-times x (b) + (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json``
-reports them (``raw_step_costs``, ``measured_slowdown.overhead`` with the worker's own CPU time split out) and
-the same fit on the live replay's own steps, to set beside them.
+What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), alone on a
+core, so it does not carry the load of the moment the runtime runs. A burst on the unpaced runtime measures
+the rest from the step log (``measure_slowdown``: requests spaced at about the replay's rate, then 16 short
+ones per worker at once that stream together), and the rate rule runs on it; then a rehearsal measures it
+again under the replay's own load (``rehearsal_s`` seconds of the workload right after the replayed slice:
+other requests, the same rate, replayed once on the live runtime before the measured replays), and the
+simulation of the run takes the rehearsal's figures (``--rehearsal 0``: the burst's). (b) The compute
+slowdown: the model forward's wall time over the profile's prediction for its batch, the median over steps,
+per pool (``model_slowdown``: the core share other processes took, and the caches and memory bus the live
+forward shares with the frontend, the client and the other workers). (a) The wall time a step takes beyond
+its model's forward, from the end of the step before (``step_overhead``: ``iteration_overhead_s`` +
+``per_seq_overhead_s`` per sequence that samples): the runtime's own work around the model (preparing the
+batch, sampling, postprocessing; between steps sending the tokens, the step log, messages) and the time the
+worker waits for a core while the frontend and the client, on the same CPU, stream its tokens. Raw mode's
+simulation, and the rate rule, take the profile's times x (b) + (a) through ``ScaledCostModel`` with the
+overheads in its ``Efficiency``; ``validate.json`` reports them (``raw_step_costs``, where they were measured,
+the burst's and the rehearsal's ``overhead`` with the worker's own CPU time split out) and the same fit on the
+live replay's own steps, to set beside them. One scalar per pool calibrates the profile's level; how cost
+varies with the batch's shape stays the profile's, and the dynamics the simulator's.
 
 Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
-back. The burst before the replay measures it (client TTFT minus the TTFT inside the workers, from the
+back. The rehearsal (or the burst) measures it (client TTFT minus the TTFT inside the workers, from the
 request log) and the simulation of the run gets it through the simulator's own term for it
 (``Efficiency.ttft_overhead_s``, carried by the cost model), so both sides count the same TTFT.
 """
@@ -71,6 +77,10 @@ from traces.workload import Workload
 METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 # Issue 6's targets: |relative error| per percentile of TTFT and TPOT (raw: or within the repeat spread).
 TARGETS = {"paced": {"p50": 0.05, "p90": 0.05, "p99": 0.10}, "raw": {"p50": 0.15, "p90": 0.15}}
+# What raw mode's simulation adds to the profile, measured (burst, then rehearsal) unless given.
+RAW_COSTS = ("ttft_overhead_s", "iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown", "pool_slowdown",
+             "kv_handoff_s")
+MIN_REHEARSAL_REQUESTS = 10  # fewer finished rehearsal requests: raw mode keeps the burst's measurements
 RUNTIME_KV_TOKENS = 32768  # the runtime's default KV cache per worker (runtime/serve.py)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pdsim" / "profiles"
 
@@ -86,9 +96,12 @@ class ValidateOptions:
     # Raw mode's step costs beyond the profile (None: measured in the burst before the replay, measure_slowdown):
     iteration_overhead_s: float | None = None  # a live step's time beyond its model's compute (step_overhead)
     per_seq_overhead_s: float | None = None  # ... and per sequence that samples
-    compute_slowdown: float | None = None  # wall over CPU time of the steps' compute at low load (compute_slowdown)
-    pool_slowdown: dict | None = None  # the same per pool where the burst measured it (over compute_slowdown)
+    compute_slowdown: float | None = None  # the model forward's wall time over the profile's (model_slowdown)
+    pool_slowdown: dict | None = None  # the same per pool where measured (over compute_slowdown)
     kv_handoff_s: float | None = None  # disagg: a finished prompt's KV gathered and handed to the sender (kv_handoff_s)
+    # Raw: seconds of the workload after the replayed slice, replayed once before it to measure the costs above
+    # (and ttft_overhead_s) under the replay's load, in place of the burst's (0: the burst's).
+    rehearsal_s: float = 30.0
     target_util: float = 0.5  # rate rule: the simulated busiest pool's busy share
     rate: float | None = None  # a fixed arrival rate (req/s) instead of the rate rule
     profile: str | None = None  # a profile directory to use as it is
@@ -166,7 +179,7 @@ def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> di
     ``ttft_overhead_s`` term. Paced: the profile's times ``pace_scale`` (the paced steps follow that timeline,
     their time between steps included). Raw: what a live step costs, the profile's times the compute slowdown
     plus the time a step takes beyond its model's compute (``iteration_overhead_s`` + ``per_seq_overhead_s``
-    for every sequence that samples), as measured in the burst before the replay."""
+    for every sequence that samples), as measured in the rehearsal or the burst before the replay."""
     from profiler.paced import overheads, paced_cost_model  # noqa: PLC0415
 
     base = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
@@ -364,27 +377,31 @@ def read_steps(run_dir: Path, start_wall: float, end_wall: float) -> dict[str, l
     return out
 
 
-def slowdown(rows: list[dict], cm) -> np.ndarray:
-    """Each step's real compute over what ``cm`` predicts for its batch."""
+def predicted_s(rows: list[dict], cm) -> np.ndarray:
+    """What ``cm`` predicts for each step's batch."""
     from profiler.costmodel import Batch  # noqa: PLC0415
 
-    pred = [cm.iteration_s(Batch(np.asarray(r["prefill_tokens"], np.int64), np.asarray(r["prefill_cached"], np.int64),
-                                 np.asarray(r["decode_ctx"], np.int64))) for r in rows]
-    return np.asarray([r["compute_s"] for r in rows]) / np.asarray(pred)
+    return np.asarray([cm.iteration_s(Batch(np.asarray(r["prefill_tokens"], np.int64),
+                                             np.asarray(r["prefill_cached"], np.int64),
+                                             np.asarray(r["decode_ctx"], np.int64))) for r in rows])
+
+
+def slowdown(rows: list[dict], cm) -> np.ndarray:
+    """Each step's real compute over what ``cm`` predicts for its batch."""
+    return np.asarray([r["compute_s"] for r in rows]) / predicted_s(rows, cm)
 
 
 def step_overhead(rows: list[dict], scale: float = 1.0) -> dict | None:
-    """What a live step takes beyond its model's compute, from a step log, per sequence that samples: for every
-    step that began while work was waiting (``gap_s`` logged), the wall time from the end of the step before to
-    its own end (``gap_s + compute_s``) less its model's CPU time (``model_s`` at the step's CPU share) times
-    ``scale`` (the compute slowdown the simulation applies to the profile), fitted as ``iteration_s + per_seq_s x
-    sequences`` by least squares (means: step times add up to TPOT and busy time; a negative slope counts as
-    none). It holds the runtime's own work around the model (preparing the batch, sampling, postprocessing in
-    the step; sending tokens, the step log, messages between steps: ``cpu_*``, the same fit on the worker
-    thread's CPU time) and the time the worker waits for a core or the GIL while the frontend and the client,
-    on the same CPU, stream its tokens (``wait_*``: the rest), which grows with the sequences streaming. The
-    profile's ``iteration_overhead`` is inside the model forward and not counted here. None without such
-    steps."""
+    """What a live step takes beyond its model's compute, from a step log, per sequence that samples: for every step
+    that began while work was waiting (``gap_s`` logged), the wall time from the end of the step before to its own end
+    (``gap_s + compute_s``) less its model's CPU time (``model_s`` at the step's CPU share) times ``scale`` (wall over
+    CPU time, compute_slowdown: so, about the forward's wall time), fitted as ``iteration_s + per_seq_s x sequences`` by
+    least squares (means: step times add up to TPOT and busy time; a negative slope counts as none). It holds the
+    runtime's own work around the model (preparing the batch, sampling, postprocessing in the step; sending tokens, the
+    step log, messages between steps: ``cpu_*``, the same fit on the worker thread's CPU time) and the time the worker
+    waits for a core or the GIL while the frontend and the client, on the same CPU, stream its tokens (``wait_*``: the
+    rest), which grows with the sequences streaming. The profile's ``iteration_overhead`` is inside the model forward
+    and not counted here. None without such steps."""
     rows = [r for r in rows if r.get("gap_s") is not None and r.get("gap_cpu_s") is not None]
     if len(rows) < 2:
         return None
@@ -411,6 +428,16 @@ def compute_slowdown(rows: list[dict]) -> float | None:
     few seconds must not take one long step that another process preempted for the share of a whole replay."""
     ratios = [r["compute_s"] / r["cpu_s"] for r in rows if r.get("cpu_s")]
     return max(1.0, float(np.median(ratios))) if ratios else None
+
+
+def model_slowdown(rows: list[dict], cm: CostModel) -> float | None:
+    """The steps' model forward (wall time, ``model_s``) over what ``cm`` predicts for their batch, the median
+    over steps: the profile's op timings hold for the ops alone on an idle core, while a live forward shares the
+    caches and the memory bus with the frontend, the client and the other workers (measured: a profile made
+    again at 19:55 timed its ops within 3 % of the one from 17:48, while the live decode steps took 1.34x its
+    CPU time at 19:50 and 1.01x at 19:00). None without such steps."""
+    rows = [r for r in rows if r.get("model_s")]
+    return float(np.median(np.asarray([r["model_s"] for r in rows]) / predicted_s(rows, cm))) if rows else None
 
 
 POOL_OF_ROLE = {"agg": "workers", "prefill": "prefill", "decode": "decode"}
@@ -451,14 +478,40 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
     return out
 
 
+def runtime_costs(run_dir: Path, low: tuple[float, float], window: tuple[float, float], replays: dict,
+                  id_prefix: str, cm: CostModel) -> dict:
+    """What raw mode's simulation adds to the profile, from a run's step and request logs: the compute slowdown
+    (model_slowdown, over all workers' steps and per pool; wall over CPU time too) and the steps' slowdown against
+    ``cm`` in the wall window ``low``; the steps' overhead beyond their model (step_overhead) in ``window``; the
+    per-request overhead (request_overhead_s) and the disagg KV hand-off (kv_handoff_s) of the requests of ``replays``
+    (``{id_prefix: replay}``)."""
+    by_worker = {w: rows for w, rows in read_steps(run_dir, *low).items() if rows}
+    per_pool: dict[str, list[dict]] = {}
+    for worker, rows in by_worker.items():
+        per_pool.setdefault(pool_of(worker), []).extend(rows)
+    steps = [r for rows in read_steps(run_dir, *window).values() for r in rows]
+    ratios = np.concatenate([slowdown(rows, cm) for rows in by_worker.values()] or [np.ones(1)])
+    low_rows = [r for rows in by_worker.values() for r in rows]
+    wall_over_cpu = compute_slowdown(low_rows) or 1.0
+    over = step_overhead(steps, wall_over_cpu) or {"iteration_s": 0.0, "per_seq_s": 0.0}
+    scale = model_slowdown(low_rows, cm) or wall_over_cpu
+    return {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios),
+            "ttft_overhead_s": request_overhead_s(replays, run_dir / "requests.jsonl"),
+            "wall_over_cpu": wall_over_cpu, "compute_slowdown": scale,
+            "pool_slowdown": {p: model_slowdown(rows, cm) or scale for p, rows in sorted(per_pool.items())},
+            "kv_handoff_s": kv_handoff_s(run_dir / "requests.jsonl", id_prefix),
+            "iteration_overhead_s": over["iteration_s"], "per_seq_overhead_s": over["per_seq_s"], "overhead": over}
+
+
 def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, log: Log) -> dict:
     """How much slower than the profile's prediction the runtime's steps compute on this machine now: the
     median and 95th percentile of (real step compute / prediction), measured on the unpaced runtime under a
     short burst after its warm-up. Other processes on a shared CPU take their share, so this is often > 1.
     The same burst measures what raw mode's simulation adds to the profile: the runtime's per-request overhead
     (``ttft_overhead_s``, request_overhead_s), its own time around each step's model compute
-    (``iteration_overhead_s``, ``per_seq_overhead_s``: step_overhead) and the compute slowdown (wall over CPU
-    time: compute_slowdown), over the steps of all workers."""
+    (``iteration_overhead_s``, ``per_seq_overhead_s``: step_overhead) and the compute slowdown (the model
+    forward's wall time over the profile's prediction: model_slowdown), over the steps of all workers and per
+    pool (runtime_costs)."""
     from profiler.paced import paced_cost_model  # noqa: PLC0415
 
     cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
@@ -480,25 +533,13 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
         t2 = time.time()
     finally:
         rt.stop()
-    by_worker = read_steps(rt.run_dir, t0, t1)
-    low = [r for rows in by_worker.values() for r in rows]
-    per_pool: dict[str, list[dict]] = {}
-    for worker, rows in by_worker.items():
-        per_pool.setdefault(pool_of(worker), []).extend(rows)
-    steps = [rows for rows in read_steps(rt.run_dir, t0, t2).values() if rows]
-    ratios = np.concatenate([slowdown(rows, cm) for rows in read_steps(rt.run_dir, t0, t1).values() if rows])
-    scale = compute_slowdown(low) or 1.0
-    over = step_overhead([r for rows in steps for r in rows], scale) or {"iteration_s": 0.0, "per_seq_s": 0.0}
-    out = {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios),
-           "ttft_overhead_s": request_overhead_s(spaced, rt.run_dir / "requests.jsonl"),
-           "compute_slowdown": scale, "pool_slowdown": {p: compute_slowdown(rows) or scale
-                                                         for p, rows in sorted(per_pool.items())},
-           "kv_handoff_s": kv_handoff_s(rt.run_dir / "requests.jsonl", "burst"),
-           "iteration_overhead_s": over["iteration_s"],
-           "per_seq_overhead_s": over["per_seq_s"], "overhead": {k: v for k, v in over.items()}}
+    out = runtime_costs(rt.run_dir, (t0, t1), (t0, t2), spaced, "burst", cm)
+    over = out["overhead"]
     log(f"slowdown: real step compute is {out['median']:.2f}x the profile's prediction (p95 {out['p95']:.2f}x) "
-        f"on this machine now, wall/CPU {scale:.3f}; a step takes {over['iteration_s'] * 1e3:.3f} ms + "
-        f"{over['per_seq_s'] * 1e3:.4f} ms per sequence beyond its model's compute, of which the worker's own work "
+        f"on this machine now, model forward {out['compute_slowdown']:.3f}x, wall/CPU {out['wall_over_cpu']:.3f}; "
+        "a step takes "
+        f"{over['iteration_s'] * 1e3:.3f} ms + {over['per_seq_s'] * 1e3:.4f} ms per sequence beyond its model's "
+        "compute, of which the worker's own work "
         f"{over.get('cpu_iteration_s', 0) * 1e3:.3f} ms + {over.get('cpu_per_seq_s', 0) * 1e3:.4f} ms/seq "
         f"({replicas} worker(s) per pool, sequences up to {over.get('max_seqs', 0)})")
     return out
@@ -514,32 +555,60 @@ def pace_scale_for(slow: dict) -> float:
     return max(1.5, math.ceil(2 * slow["p95"] * 4) / 4)
 
 
-def run_live(dep: Deployment, w: Workload, profile_dir: Path, cms: dict, opts: ValidateOptions, log: Log):
-    """Replay ``w`` on the live runtime ``opts.repeats`` times (one server, warmed up); replays and worker stats."""
+def run_live(dep: Deployment, w: Workload, profile_dir: Path, opts: ValidateOptions, log: Log,
+             rehearsal: Workload | None = None) -> tuple[list, list[tuple[float, float]], Path, dict | None]:
+    """Replay ``w`` on the live runtime ``opts.repeats`` times (one server, warmed up), after replaying
+    ``rehearsal`` once on it when given. Returns the replays, each replay's wall window (for step_stats), the
+    run's folder, and what the rehearsal measured (runtime_costs) or None."""
     from profiler.paced import paced_cost_model  # noqa: PLC0415
     from runtime.replay_client import replay  # noqa: PLC0415
 
-    base = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
     rt = start_runtime(dep, opts.out_dir / "live", profile_dir, opts)
-    replays, workers = [], []
+    replays, windows, rehearsed = [], [], None
     try:
         log(f"live: runtime ready at {rt.url}; warming up")
         warm_up(rt, dep, dep.model)
+        if rehearsal is not None:
+            log(f"live: rehearsal: {len(rehearsal)} other requests of the workload at the same rate over "
+                f"{rehearsal.duration_s:.0f} s, to measure the runtime's costs under the replay's load")
+            r = replay(rt.url, rehearsal, model=dep.model, seed=opts.seed, id_prefix="rehearsal")
+            window = (r.start_wall, _end_wall(r))
+            ok = int((r.requests["outcome"] == "ok").sum())
+            if ok >= MIN_REHEARSAL_REQUESTS:
+                cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
+                rehearsed = runtime_costs(rt.run_dir, window, window, {"rehearsal": r}, "rehearsal", cm)
+                rehearsed["requests"] = ok
+            else:
+                log(f"live: only {ok} rehearsal requests finished; raw mode keeps the burst's costs")
         for i in range(opts.repeats):
             log(f"live: replay {i + 1}/{opts.repeats}: {len(w)} requests over {w.duration_s:.0f} s")
             r = replay(rt.url, w, model=dep.model, seed=opts.seed, id_prefix=f"r{i}")
-            end = r.start_wall + float(np.nanmax(r.requests["last_token_s"].to_numpy(), initial=0.0))
-            workers.append(step_stats(rt.run_dir, r.start_wall, end, cms, opts.paced, base))
+            windows.append((r.start_wall, _end_wall(r)))
             replays.append(r)
             bad = int((r.requests["outcome"] != "ok").sum())
             if bad:
                 log(f"live: {bad} requests failed, e.g. {r.requests.loc[r.requests.outcome != 'ok', 'error'].iloc[0]}")
     finally:
         rt.stop()
-    return replays, workers
+    return replays, windows, rt.run_dir, rehearsed
 
 
-# ---- 4. comparison -------------------------------------------------------------------------------
+def _end_wall(r) -> float:
+    """A replay's wall clock at its last token."""
+    return r.start_wall + float(np.nanmax(r.requests["last_token_s"].to_numpy(), initial=0.0))
+
+
+def rehearsal_slice(w: Workload, rate: float, opts: ValidateOptions) -> Workload | None:
+    """Raw mode's rehearsal: the ``opts.rehearsal_s`` seconds of the rescaled workload right after the replayed
+    slice (other requests, the same rate and burstiness); None when off, paced, or the workload ends first."""
+    if opts.paced or opts.rehearsal_s <= 0:
+        return None
+    try:
+        return time_window(rescale(w, rate=rate), opts.duration_s, opts.duration_s + opts.rehearsal_s)
+    except InputError:
+        return None
+
+
 def live_stats(r) -> dict:
     ok = r.requests[r.requests["outcome"] == "ok"]
     return {"ttft_ms": stats_ms(ok["ttft_s"].to_numpy()), "tpot_ms": stats_ms(ok["tpot_s"].to_numpy()),
@@ -629,6 +698,7 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
     need_scale, need_rate = opts.paced and opts.pace_scale is None, opts.rate is None
     need_overhead = opts.ttft_overhead_s is None
     need_step = not opts.paced and None in (opts.iteration_overhead_s, opts.per_seq_overhead_s, opts.compute_slowdown)
+    measured = [k for k in RAW_COSTS if getattr(opts, k) is None]  # what the burst (or rehearsal) sets
     slow = (measure_slowdown(dep, profile_dir, opts, log) if need_scale or need_rate or need_overhead or need_step
             else None)
     if need_scale:
@@ -636,28 +706,31 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         log(f"pace: every step lasts {opts.pace_scale:g} x the profile's prediction")
     if need_overhead:
         opts = replace(opts, ttft_overhead_s=max(0.0, slow["ttft_overhead_s"] or 0.0))
-        log(f"overhead: the runtime adds {opts.ttft_overhead_s * 1e3:.1f} ms to each request's TTFT outside its "
-            "workers (HTTP, frontend); the simulation adds it too (ttft_overhead_s)")
     if need_step:
-        opts = replace(opts, **{k: slow[k] if getattr(opts, k) is None else getattr(opts, k)
-                                for k in ("iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown",
-                                          "pool_slowdown", "kv_handoff_s")})
-        pools = ", ".join(f"{p} {x:.3f}" for p, x in (opts.pool_slowdown or {}).items())
-        log(f"raw: a simulated step takes the profile's time x {opts.compute_slowdown:.3f} (wall/CPU; per pool: "
-            f"{pools or 'the same'}) + {opts.iteration_overhead_s * 1e3:.3f} ms + "
-            f"{opts.per_seq_overhead_s * 1e3:.4f} ms per sequence"
-            + (f"; a KV transfer starts {opts.kv_handoff_s * 1e3:.2f} ms after its prompt's last step"
-               if dep.topology == "disagg" and opts.kv_handoff_s else ""))
+        opts = replace(opts, **{k: slow[k] for k in measured if k != "ttft_overhead_s"})
     cms = cost_models(dep, profile_dir, opts)
     sim_dep = sim_deployment(dep, profile_dir, 0.0 if opts.paced else opts.kv_handoff_s or 0.0)
     w, dropped = servable(workload, dep)
     rate = opts.rate
     if rate is None:  # on the very costs the simulation of the run uses, so the live busy share is the target
         rate = carryable_rate(w, sim_dep, cms, opts.target_util, opts.duration_s, log)[0]
+    rehearsal = rehearsal_slice(w, rate, opts) if measured else None
     w = _slice(w, rate, opts.duration_s)
     log(f"workload: {len(w)} requests at {rate:.3g} req/s over {w.duration_s:.0f} s ({dropped} too long dropped)")
+    replays, windows, run_dir, rehearsed = run_live(dep, w, profile_dir, opts, log, rehearsal)
+    costs_from = "burst" if slow else "given"
+    if rehearsed:
+        rehearsed["ttft_overhead_s"] = max(0.0, rehearsed["ttft_overhead_s"] or 0.0)
+        opts = replace(opts, **{k: rehearsed[k] for k in measured if rehearsed[k] is not None})
+        costs_from = "rehearsal"
+        cms = cost_models(dep, profile_dir, opts)
+        sim_dep = sim_deployment(dep, profile_dir, opts.kv_handoff_s or 0.0)
+    log_costs(dep, opts, costs_from, log)
     sim = simulate(sim_dep, w, seed=opts.seed, cost_models=cms)
-    replays, workers = run_live(dep, w, profile_dir, cms, opts, log)
+    from profiler.paced import paced_cost_model  # noqa: PLC0415
+
+    base = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
+    workers = [step_stats(run_dir, a, b, cms, opts.paced, base) for a, b in windows]
     metrics = compare([live_stats(r) for r in replays], sim.summary(), opts.paced)
     rows = per_request(replays, sim.requests)
     rows.to_csv(opts.out_dir / "requests.csv", index=False, float_format="%.6g")
@@ -675,6 +748,9 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         "simulated_kv_link": sim_dep.to_dict().get("kv_link"),
         "profile": str(profile_dir),
         "measured_slowdown": slow,
+        "rehearsal": rehearsed and {"requests": rehearsed["requests"], "seconds": opts.rehearsal_s,
+                                    "overhead": rehearsed["overhead"]},
+        "costs_measured_in": costs_from,
         "workload": {"source": w.source, "requests": len(w), "rate_rps": rate, "duration_s": opts.duration_s,
                      "dropped_too_long": dropped, "rate_rule": None if opts.rate is not None
                      else f"busiest simulated pool {opts.target_util:.0%} busy"},
@@ -689,6 +765,21 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
 
     write_validate_report(doc, rows, replays, sim, opts.out_dir / "validate.html")
     return doc
+
+
+def log_costs(dep: Deployment, opts: ValidateOptions, source: str, log: Log) -> None:
+    """What the simulation adds to the profile, and where it was measured."""
+    log(f"overhead ({source}): the runtime adds {opts.ttft_overhead_s * 1e3:.1f} ms to each request's TTFT outside "
+        "its workers (HTTP, frontend); the simulation adds it too (ttft_overhead_s)")
+    if opts.paced:
+        return
+    pools = ", ".join(f"{p} {x:.3f}" for p, x in (opts.pool_slowdown or {}).items())
+    log(f"raw ({source}): a simulated step takes the profile's time x {opts.compute_slowdown:.3f} (live forward "
+        f"over profile; per "
+        f"pool: {pools or 'the same'}) + {opts.iteration_overhead_s * 1e3:.3f} ms + "
+        f"{opts.per_seq_overhead_s * 1e3:.4f} ms per sequence"
+        + (f"; a KV transfer starts {opts.kv_handoff_s * 1e3:.2f} ms after its prompt's last step"
+           if dep.topology == "disagg" and opts.kv_handoff_s else ""))
 
 
 def error_table(doc: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from planner.validate import (
     compare,
     compute_slowdown,
     error_table,
+    model_slowdown,
     pace_scale_for,
+    rehearsal_slice,
     request_overhead_s,
     servable,
     step_overhead,
@@ -141,6 +144,27 @@ def test_compute_slowdown_is_the_median_wall_over_cpu_time_of_the_steps_and_neve
     assert compute_slowdown([step_row(1, 0.0, None, 0.004, cpu_share=c) for c in shares]) == pytest.approx(1.25)
     assert compute_slowdown([step_row(1, 0.0, None, cpu_share=1.01)]) == 1.0  # clock granularity, not a faster core
     assert compute_slowdown([{**step_row(1, 0.0, None), "cpu_s": 0.0}]) is None
+
+
+def test_model_slowdown_is_the_median_live_forward_over_the_profiles_prediction():
+    # Const predicts 0.01 s per token: forwards of 1.2x, 1.3x and 1.5x (a preempted one) its prediction
+    rows = [step_row(n, 0.002, None, model_s=0.01 * n * x) for n, x in ((1, 1.2), (4, 1.3), (2, 1.5))]
+    assert model_slowdown(rows, Const()) == pytest.approx(1.3)
+    assert model_slowdown([step_row(1, 0.0, None, model_s=0.009)], Const()) == pytest.approx(0.9)  # may be < 1
+    assert model_slowdown([{**step_row(1, 0.0, None), "model_s": 0.0}], Const()) is None
+
+
+def test_the_rehearsal_is_the_workload_right_after_the_replayed_slice_at_the_same_rate(tmp_path):
+    from planner.validate import ValidateOptions, _slice
+
+    w = Workload(make_requests(np.arange(100) * 1.0, np.arange(100) + 10, np.full(100, 5)), source="t")
+    opts = ValidateOptions(out_dir=tmp_path, duration_s=10.0, rehearsal_s=5.0)
+    r, replayed = rehearsal_slice(w, 2.0, opts), _slice(w, 2.0, 10.0)
+    assert len(replayed) == 20 and len(r) == 10  # at 2 req/s: 20 requests in 10 s, then the next 10 in 5 s
+    assert r.requests["isl"].tolist() == list(range(30, 40)) and r.requests["arrival_s"].iloc[0] == 0.0
+    assert rehearsal_slice(w, 2.0, replace(opts, rehearsal_s=0.0)) is None
+    assert rehearsal_slice(w, 2.0, replace(opts, paced=True)) is None  # a paced step holds its pace
+    assert rehearsal_slice(w, 2.0, replace(opts, duration_s=60.0)) is None  # nothing left after the slice
 
 
 def test_scaled_cost_model_adds_the_measured_overhead_per_step_and_per_sampling_sequence():
@@ -412,13 +436,15 @@ def run_validate(tmp_path: Path, dep: dict, profile: Path, *extra: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_agg_raw_end_to_end(tmp_path, tiny_profile):
-    doc = run_validate(tmp_path, AGG, tiny_profile, "--repeats", "2")  # the rate rule picks the rate
+    # the rate rule picks the rate; a rehearsal of the 6 s after the slice measures the costs under its load
+    doc = run_validate(tmp_path, AGG, tiny_profile, "--repeats", "2", "--rehearsal", "6")
     assert doc["mode"] == "raw" and len(doc["metrics"]["ttft_ms"]["p50"]["live_repeats"]) == 2
     assert doc["measured_slowdown"]["steps"] > 10 and doc["workload"]["rate_rule"]
-    # what a live step costs beyond the profile, measured in the burst and given to the simulation
+    # what a live step costs beyond the profile, measured in the rehearsal and given to the simulation
+    assert doc["costs_measured_in"] == "rehearsal" and doc["rehearsal"]["requests"] >= 10
     costs = doc["raw_step_costs"]
     assert 0 < costs["iteration_overhead_ms"] < 20 and costs["per_seq_overhead_ms"] >= 0
-    assert costs["compute_slowdown"] >= 1.0
+    assert 0.3 < costs["compute_slowdown"] < 10  # the live forward over the profile, on a shared CPU
     assert all(s["own_overhead_ms"] > 0 for s in doc["utilization"]["live"][0].values())  # the replay's, beside it
     # Raw compute on a shared CPU can be several times slower than profiled: a loose bound only
     for m in ("ttft_ms", "tpot_ms"):
