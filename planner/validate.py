@@ -141,8 +141,10 @@ def profile_clock(dep: Deployment) -> str:
 
 
 def profile_key(dep: Deployment, full: bool) -> str:
-    """Cache key: model, dtype, device, torch version and clock (the profile holds for exactly these)."""
+    """Cache key: model, dtype, device, torch version, clock and the runtime's revision (the profile holds for
+    exactly these)."""
     from profiler.device import device_identity  # noqa: PLC0415
+    from profiler.profiled import RUNTIME_REVISION  # noqa: PLC0415
 
     try:
         torch_version = version("torch")
@@ -150,7 +152,8 @@ def profile_key(dep: Deployment, full: bool) -> str:
         torch_version = "unknown"
     device = re.sub(r"[^a-z0-9]+", "-", str(device_identity(runtime_device(dep))["name"]).lower()).strip("-")
     clock = "-cpuclock" if profile_clock(dep) == "cpu" else ""
-    return f"{dep.model}-{dep.dtype}-{device}-torch{torch_version}-{'full' if full else 'quick'}{clock}"
+    return (f"{dep.model}-{dep.dtype}-{device}-torch{torch_version}-{'full' if full else 'quick'}{clock}"
+            f"-r{RUNTIME_REVISION}")
 
 
 def profile_for(dep: Deployment, opts: ValidateOptions, log: Log) -> Path:
@@ -445,12 +448,11 @@ POOL_OF_ROLE = {"agg": "workers", "prefill": "prefill", "decode": "decode"}
 
 def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, paced: bool,
                base: CostModel | None = None) -> dict:
-    """Per worker over [start, end): busy share (sum of step durations / window); where the raw error comes
-    from: median step compute over the profile's prediction (``base``), split into CPU time over prediction
-    (the profile's own error; also for steps with and without a prompt chunk) and wall over CPU time (the
-    share of the core other processes took); the live steps' overhead outside the model (step_overhead, to
-    set beside the burst's that the simulation used; raw only); when paced, the share of steps whose compute alone took
-    longer than their pace."""
+    """Per worker over [start, end): busy share (sum of step durations / window); where the raw error comes from: median
+    step compute over the profile's prediction (``base``), split into CPU time over prediction (the profile's own error;
+    also for steps with and without a prompt chunk) and wall over CPU time (the share of the core other processes took);
+    the live steps' overhead outside the model (step_overhead, to set beside the rehearsal's or the burst's that the
+    simulation used; raw only); when paced, the share of steps whose compute alone took longer than their pace."""
     out = {}
     for wid, rows in read_steps(run_dir, start_wall, end_wall).items():
         stats = {"steps": len(rows), "busy_share": sum(r["duration_s"] for r in rows) / max(end_wall - start_wall,
@@ -469,7 +471,7 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
                 if m.any():
                     stats[f"cpu_over_profile_{name}_steps"] = float(np.median((cpu / wall * ratio)[m]))
             stats["wall_over_cpu"] = float(np.median(wall / cpu))
-            over = None if paced else step_overhead(rows, getattr(cm, "scale", 1.0))
+            over = None if paced else step_overhead(rows, compute_slowdown(rows) or 1.0)
             if over:
                 stats |= {"overhead_ms": over["iteration_s"] * 1e3, "per_seq_overhead_ms": over["per_seq_s"] * 1e3,
                           "own_overhead_ms": over["cpu_iteration_s"] * 1e3,

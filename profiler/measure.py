@@ -29,7 +29,8 @@ from profiler.device import device_identity
 from profiler.errors import InputError
 from profiler.models import ModelSpec
 from profiler.profile import COLUMNS, SHAPE_COLUMNS, Profile, pdsim_version
-from runtime.model import apply_rope, attend_decode, attend_prefill, rope_tables, torch_threads
+from profiler.profiled import RUNTIME_REVISION
+from runtime.model import apply_rope, attend_decode, attend_prefill, gather, keep_heap, rope_tables, torch_threads
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -374,22 +375,27 @@ def attn_prefill_op(m: ModelSpec, dtype: str, device: str, gen: torch.Generator)
 def attn_decode_op(m: ModelSpec, dtype: str, device: str, gen: torch.Generator) -> Callable:
     """One token for each of ``batch`` sequences over ``ctx_len`` cached tokens: the paged-cache gather and
     ``attend_decode``, as the runtime runs them."""
+    from runtime.serve import default_kv_tokens  # noqa: PLC0415
+
     act = TORCH_DTYPES[dtype]
+    cache_blocks = default_kv_tokens(m) // BLOCK_TOKENS
 
     def make(batch: int, ctx_len: int):
         blocks = math.ceil(ctx_len / BLOCK_TOKENS)
-        slots_n = batch * blocks * BLOCK_TOKENS
+        slots_n = max(batch * blocks, cache_blocks) * BLOCK_TOKENS
         kc, vc = (torch.randn(slots_n, m.kv_heads, m.head_dim, generator=gen, device=device, dtype=act)
                   for _ in range(2))
-        # Each sequence's blocks scattered over the cache, as after a while of serving.
-        perm = torch.randperm(batch * blocks, generator=gen, device=device).view(batch, blocks)
+        # Each sequence's blocks scattered over a cache the size of a worker's, as after a while of serving
+        # (a cache of only the blocks in use would stay in the CPU's caches: 1.1-1.3x faster).
+        perm = torch.randperm(slots_n // BLOCK_TOKENS, generator=gen, device=device)[:batch * blocks]
+        perm = perm.view(batch, blocks)
         ctx = (perm[:, :, None] * BLOCK_TOKENS + torch.arange(BLOCK_TOKENS, device=device)).view(batch, -1)[:, :ctx_len]
         mask = torch.ones(batch, ctx_len, dtype=torch.bool, device=device)
         q = torch.randn(batch, m.heads, m.head_dim, generator=gen, device=device, dtype=act)
         out = torch.empty_like(q)
 
         def run():
-            out[:] = attend_decode(q, kc[ctx], vc[ctx], mask)
+            out[:] = attend_decode(q, gather(kc, ctx), gather(vc, ctx), mask)
         return run
     return make
 
@@ -525,6 +531,7 @@ def profile_model(model: ModelSpec, device: str = "cpu", tp: int = 1, dtype: str
     grid = grid or grid_for(model, device, quick)
     grid = replace(grid, clock=clock or grid.clock)
     check_clock(grid.clock, device, threads)
+    keep_heap()  # as the runtime's workers run
     with torch_threads(threads) if threads is not None else nullcontext():
         return measure_all(model, device, tp, dtype, quick, grid, seed, log)
 
@@ -574,5 +581,5 @@ def measure_all(model: ModelSpec, device: str, tp: int, dtype: str, quick: bool,
            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "seed": seed,
            "date": datetime.now(UTC).isoformat(timespec="seconds"), "grid": asdict(grid), "quick": quick,
            "duration_s": round(time.perf_counter() - started, 2), "pdsim_version": pdsim_version(),
-           "kv_block_tokens": BLOCK_TOKENS}
+           "kv_block_tokens": BLOCK_TOKENS, "runtime_revision": RUNTIME_REVISION}
     return Profile(table, {"device": ident, "runs": [run]})

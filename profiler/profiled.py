@@ -27,6 +27,9 @@ from profiler.profile import Profile, load_profile
 from profiler.roofline import RooflineCostModel, engine_efficiency
 
 RUNTIME_ENGINE = "pdsim-runtime"  # the engine whose model the profiler times (runtime/model.py)
+# How runtime/model.py computes; a profile of an older revision timed other ops (``pdsim validate`` keys its
+# profile cache by it). 2: gathers by index_select (runtime.model.gather), tensors kept on the heap (keep_heap).
+RUNTIME_REVISION = 2
 # How many times each per-token op runs per layer of each kind.
 ATTN_LAYER_OPS = {"rmsnorm": 2, "qkv": 1, "rope": 1, "kv_write": 1, "o": 1, "add": 2}
 DENSE_MLP_OPS = {"gate_up": 1, "swiglu": 1, "down": 1}

@@ -22,7 +22,7 @@ from profiler.measure import BLOCK_TOKENS, TORCH_DTYPES, Grid, check_clock, time
 from profiler.models import ModelSpec
 from profiler.profile import Profile
 from profiler.profiled import RUNTIME_ENGINE, ProfiledCostModel
-from runtime.model import KVCache, StepInput, build_model, decode_step, torch_threads
+from runtime.model import KVCache, StepInput, build_model, decode_step, keep_heap, torch_threads
 
 PREFILL_CASES = ((1, 24), (1, 100), (1, 400), (2, 48), (3, 160), (4, 96))
 DECODE_CASES = ((1, 40), (1, 700), (3, 200), (6, 90), (12, 500), (24, 1500), (48, 300))
@@ -99,6 +99,7 @@ def verify_profile(profile: Profile, model_name: str | None = None, dtype: str |
     check_clock(grid.clock, device, threads)
     cost = ProfiledCostModel(profile, model=spec, gpu=gpu_for(run["device"]), tp=1, dtype=run["dtype"],
                              engine=RUNTIME_ENGINE)
+    keep_heap()  # as the runtime's workers run
     need_tokens = max([b * s for b, s in prefill_cases] + [b * c for b, c in decode_cases])
     spec = replace(spec, max_context=max(spec.max_context, need_tokens))
     model = build_model(spec, seed=seed, dtype=TORCH_DTYPES[run["dtype"]], device=device)

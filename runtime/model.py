@@ -10,6 +10,8 @@ pieces the profiler times on their own are ``Attention.qkv``, ``attend_prefill``
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +24,25 @@ from profiler.models import ModelSpec
 
 ROPE_THETA = 10000.0
 NORM_EPS = 1e-5
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+HEAP_MMAP_THRESHOLD_BYTES = 32 * 2**20  # the largest glibc allows on 64-bit
+HEAP_TRIM_THRESHOLD_BYTES = 2**30
+
+
+def keep_heap() -> bool:
+    """Serve tensors up to 32 MB from the heap and keep freed memory there (glibc's mallopt). By default glibc
+    maps each large tensor afresh and unmaps it once freed, so every forward faults its temporaries' pages in
+    again: a decode step of the tiny model, 16 sequences x 256 tokens, took 14.4 ms of CPU time that way and
+    6.2 ms with this (48 x 300: 52.9 -> 17.9 ms), while an op timed alone in a loop (the profile) reuses its
+    buffers and never pays it. Call once per process before the model runs (workers, the profiler, verify);
+    False where the C library is not glibc. (With ``gather``, profiler.profiled.RUNTIME_REVISION 2.)"""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD_BYTES)
+                    and libc.mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD_BYTES))
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 class RMSNorm(nn.Module):
@@ -68,6 +89,12 @@ def attend_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     return out[:, :, 0]
 
 
+def gather(t: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``t[slots]`` for ``slots`` of any shape, by ``index_select``: on a CPU several times faster than advanced
+    indexing (16 sequences x 256 slots of the tiny model's cache: 0.06 ms against 0.34 ms)."""
+    return t.index_select(0, slots.reshape(-1)).view(*slots.shape, *t.shape[1:])
+
+
 @dataclass
 class StepInput:
     """A flat batch: decode tokens first, then prefill chunks. Slots index the paged cache
@@ -103,7 +130,7 @@ class KVCache:
 
     def read(self, slots: torch.Tensor) -> torch.Tensor:
         """K and V of ``slots`` across all layers, [2, layers, n, kv_heads, d] (what a transfer moves)."""
-        return torch.stack((self.k[:, slots], self.v[:, slots]))
+        return torch.stack((self.k.index_select(1, slots), self.v.index_select(1, slots)))
 
     def load(self, slots: torch.Tensor, kv: torch.Tensor) -> None:
         """Write a transferred ``read`` result into ``slots``."""
@@ -134,12 +161,12 @@ class Attention(nn.Module):
         nd = step.n_decode
         if nd:
             ctx = step.decode_ctx_slots
-            out[:nd] = attend_decode(q[:nd], cache.k[layer, ctx], cache.v[layer, ctx], step.decode_mask)
+            out[:nd] = attend_decode(q[:nd], gather(cache.k[layer], ctx), gather(cache.v[layer], ctx), step.decode_mask)
         for start, n, cached, ctx_slots in step.prefill:
             if cached == 0:  # the chunk's own K and V are the whole context
                 kc, vc = k[start:start + n], v[start:start + n]
             else:
-                kc, vc = cache.k[layer, ctx_slots], cache.v[layer, ctx_slots]
+                kc, vc = gather(cache.k[layer], ctx_slots), gather(cache.v[layer], ctx_slots)
             out[start:start + n] = attend_prefill(q[start:start + n], kc, vc, cached)
         return self.wo(out.flatten(1))
 

@@ -48,8 +48,7 @@ def default_deployment() -> Deployment:
 
 def worker_configs(dep: Deployment, opts: ServeOptions) -> list[WorkerConfig]:
     spec = resolve_model(dep.model)
-    kv_bytes_per_token = spec.layers * 2 * spec.kv_heads * spec.head_dim * 4  # fp32 cache on CPU
-    kv_tokens = opts.kv_tokens or min(32768, (256 << 20) // kv_bytes_per_token)
+    kv_tokens = opts.kv_tokens or default_kv_tokens(spec)
     roles = {"workers": "agg", "prefill": "prefill", "decode": "decode"}
     out = []
     for pool_name, pool in dep.pools.items():
@@ -58,6 +57,11 @@ def worker_configs(dep: Deployment, opts: ServeOptions) -> list[WorkerConfig]:
                              where=f"{pool_name}.tp")
         out += [_config(dep, pool, roles[pool_name], i, opts, kv_tokens) for i in range(pool.replicas)]
     return out
+
+
+def default_kv_tokens(spec, elem_bytes: int = 4) -> int:
+    """A worker's KV cache in tokens when not given: 256 MiB of K and V (fp32 on a CPU), at most 32768."""
+    return min(32768, (256 << 20) // (spec.layers * 2 * spec.kv_heads * spec.head_dim * elem_bytes))
 
 
 def _config(dep: Deployment, pool: PoolSpec, role: str, i: int, opts: ServeOptions, kv_tokens: int) -> WorkerConfig:

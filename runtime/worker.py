@@ -29,7 +29,7 @@ import torch
 
 from profiler.costmodel import Batch
 from runtime.engine import Engine, StepResult
-from runtime.model import load_model
+from runtime.model import keep_heap, load_model
 from runtime.scheduler import SchedulerConfig
 from runtime.sequence import Sequence
 from runtime.wire import Conn, connect
@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None, pace_s: Callable[[Batch], float] | None 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops workers; Ctrl-C reaches it alone
     cfg = WorkerConfig(**json.loads((argv or sys.argv[1:])[0]))
     torch.set_num_threads(1)
+    keep_heap()
     if pace_s is None and cfg.pace_profile:
         from profiler.paced import paced_cost_model
 

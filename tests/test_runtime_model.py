@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from profiler.models import CATALOG
-from runtime.model import KVCache, StepInput, build_model, decode_step, prefill_step, torch_threads
+from runtime.model import KVCache, StepInput, build_model, decode_step, gather, keep_heap, prefill_step, torch_threads
 
 SPEC = CATALOG["tiny"]
 
@@ -79,3 +79,22 @@ def test_kv_read_and_load_round_trip_moves_a_sequence():
     here = model(decode_step([3], [torch.cat((src, torch.tensor([9])))]), cache)
     there = model(decode_step([3], [torch.cat((dst, torch.tensor([49])))]), cache)
     torch.testing.assert_close(here, there)
+
+
+def test_gather_is_advanced_indexing_by_index_select():
+    cache = torch.randn(64, 2, 8)
+    slots = torch.tensor([[5, 6, 7, 40], [1, 0, 63, 63]])
+    assert torch.equal(gather(cache, slots), cache[slots])
+    kv = KVCache(SPEC, 8, 4, torch.float32)
+    kv.k.normal_()
+    kv.v.normal_()
+    flat = torch.tensor([3, 17, 9])
+    assert torch.equal(kv.read(flat), torch.stack((kv.k[:, flat], kv.v[:, flat])))
+
+
+def test_keep_heap_sets_glibcs_thresholds_on_linux():
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_heap() is True
