@@ -136,3 +136,15 @@ def test_temperature_sampling_is_seeded():
     b = run(Engine(MODEL, SchedulerConfig(), 64, 16), seqs(temperature=1.0, seed=5))
     c = run(Engine(MODEL, SchedulerConfig(), 64, 16), seqs(temperature=1.0, seed=6))
     assert a == b and a != c
+
+
+def test_free_list_starts_in_a_seeded_random_order_and_hands_out_every_block_once():
+    a, b = BlockManager(256, 16), BlockManager(256, 16)
+    assert list(a.free_blocks) == list(b.free_blocks) != sorted(a.free_blocks)  # as after hours of serving
+    assert sorted(a.free_blocks) == list(range(256)) and list(BlockManager(256, 16, seed=1).free_blocks) != list(
+        a.free_blocks)
+    seq = Sequence("s", [1] * 40, 40, 1)
+    a.grow(seq, 40)
+    assert len(set(seq.block_table)) == 3 and a.used == 3
+    a.free(seq)
+    assert a.used == 0 and sorted(a.free_blocks) == list(range(256))
