@@ -486,11 +486,13 @@ def to_table(rows: list[dict], model: ModelSpec, dtype: str, tp: int) -> pd.Data
 
 
 def iteration_overhead(ops: Profile, model: ModelSpec, rank: ModelSpec, tp: int, dtype: str, device: str,
-                       grid: Grid, seed: int) -> dict:
+                       grid: Grid, seed: int, sweep: Sweep | None = None) -> dict:
     """The per-iteration cost no op carries (Python dispatch, module calls, views, index arithmetic): a whole
     decode step of one sequence through the runtime's model with 1 and with up to 4 layers, minus the
     composition of the measured ops, extended to the model's layers as ``fixed + per_layer x layers``. Only
-    that many layers of one rank's shapes are ever built."""
+    that many layers of one rank's shapes are ever built. The whole step runs after ``sweep`` churned the
+    caches, as each op was timed: a step timed hot against ops timed cold came out faster than its ops (the
+    overhead clamped to zero) while live single-sequence decode steps took 1.15-1.2x the composition."""
     from profiler.gpus import local_cpu  # noqa: PLC0415
     from profiler.profiled import ProfiledCostModel  # noqa: PLC0415
     from runtime.model import KVCache, build_model, decode_step  # noqa: PLC0415
@@ -505,7 +507,8 @@ def iteration_overhead(ops: Profile, model: ModelSpec, rank: ModelSpec, tp: int,
         step = decode_step([1], [torch.arange(ctx, device=device)], device)
         with torch.inference_mode():
             whole = time_op(lambda net=net, step=step, cache=cache: net(step, cache), device,
-                            replace(grid, warmup=5, repeats=max(grid.repeats, 60), budget_s=max(grid.budget_s, 0.5)))
+                            replace(grid, warmup=5, repeats=max(grid.repeats, 60), budget_s=max(grid.budget_s, 0.5)),
+                            sweep.before(1) if sweep is not None else None)
         cm = ProfiledCostModel(ops, model=replace(model, layers=layers), gpu=local_cpu(), tp=tp, dtype=dtype)
         composed = cm.tokens_s(1) + layers * cm.decode_attn_s(1, ctx) + cm.logits_s(1)
         steps[layers] = {q: getattr(whole, q) - composed for q in ("median_s", "p10_s", "p90_s")}
@@ -574,7 +577,7 @@ def measure_all(model: ModelSpec, device: str, tp: int, dtype: str, quick: bool,
     log("kv_copy")
     table = to_table(rows, model, dtype, tp)
     if dtype != "fp8":  # the runtime's model has no fp8 path to time whole
-        over = iteration_overhead(Profile(table), model, m, tp, dtype, device, grid, seed)
+        over = iteration_overhead(Profile(table), model, m, tp, dtype, device, grid, seed, sweep)
         table = pd.concat([table, to_table([over], model, dtype, tp)], ignore_index=True)
         log(f"iteration_overhead: {over['median_s'] * 1e3:.3f} ms")
     run = {"model": model.name, "model_spec": model.to_dict(), "dtype": dtype, "tp": tp, "device": ident,

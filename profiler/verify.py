@@ -18,7 +18,7 @@ from profiler.costmodel import Batch
 from profiler.errors import InputError
 from profiler.gpus import CATALOG as GPU_CATALOG
 from profiler.gpus import GPUSpec, local_cpu
-from profiler.measure import BLOCK_TOKENS, TORCH_DTYPES, Grid, check_clock, time_op
+from profiler.measure import BLOCK_TOKENS, TORCH_DTYPES, Grid, Sweep, check_clock, time_op
 from profiler.models import ModelSpec
 from profiler.profile import Profile
 from profiler.profiled import RUNTIME_ENGINE, ProfiledCostModel
@@ -105,16 +105,17 @@ def verify_profile(profile: Profile, model_name: str | None = None, dtype: str |
     model = build_model(spec, seed=seed, dtype=TORCH_DTYPES[run["dtype"]], device=device)
     cache = KVCache(spec, math.ceil(need_tokens / BLOCK_TOKENS) + 1, BLOCK_TOKENS, TORCH_DTYPES[run["dtype"]],
                     device)
+    sweep = Sweep(spec, run["dtype"], device)  # each step finds the caches churned, as its ops did when timed
     rows = []
     with torch_threads(threads), torch.inference_mode():
         for b, s in prefill_cases:
             step = prefill_batch_step(b, s, device)
-            t = time_op(lambda step=step: model(step, cache), device, grid)
+            t = time_op(lambda step=step: model(step, cache), device, grid, sweep.before(b * s))
             rows.append(("prefill", b, s, t.median_s, t.p10_s, cost.iteration_s(Batch.of(prefill=[(s, 0)] * b))))
         for b, c in decode_cases:
             ctx = [torch.arange(i * c, (i + 1) * c, device=device) for i in range(b)]
             step = decode_step([1] * b, ctx, device)
-            t = time_op(lambda step=step: model(step, cache), device, grid)
+            t = time_op(lambda step=step: model(step, cache), device, grid, sweep.before(b))
             rows.append(("decode", b, c, t.median_s, t.p10_s, cost.iteration_s(Batch.of(decode_ctx=[c] * b))))
     table = pd.DataFrame(rows, columns=["kind", "batch", "length", "measured_s", "measured_p10_s", "composed_s"])
     table["rel_err"] = table.composed_s / table.measured_s - 1
