@@ -72,7 +72,9 @@ def main() -> None:
                 costs, where = doc["raw_step_costs"], doc["costs_measured_in"]
                 over = ((doc["rehearsal"] if where == "rehearsal" else doc["measured_slowdown"]) or {}).get(
                     "overhead") or {}
-                pools = ", ".join(f"{k} {x:.3f}" for k, x in (costs["pool_slowdown"] or {}).items())
+                dec = costs.get("pool_decode_slowdown") or {}
+                pools = ", ".join(f"{k} {x:.3f}" + (f", decode-only steps {dec[k]:.3f}" if k in dec else "")
+                                  for k, x in (costs["pool_slowdown"] or {}).items())
                 print(f"simulated step = profile x {costs['compute_slowdown']:.3f} ({pools}) + "
                       f"{costs['iteration_overhead_ms']:.3f} ms + {costs['per_seq_overhead_ms']:.4f} ms/seq"
                       + (f", KV hand-off {costs['kv_handoff_ms']:.2f} ms" if topology == "disagg" else "")

@@ -20,25 +20,26 @@ same scaled cost model, so only the dynamics (batching, queueing, transfer, rout
 ``pace_scale`` must exceed the real compute's slowdown on this machine, and the share of steps whose
 compute overran their pace is reported.
 
-What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), alone on a
-core, so it does not carry the load of the moment the runtime runs. A burst on the unpaced runtime measures
-the rest from the step log (``measure_slowdown``: requests spaced at about the replay's rate, then 16 short
-ones per worker at once that stream together), and the rate rule runs on it; then a rehearsal measures it
-again under the replay's own load (``rehearsal_s`` seconds of the workload right after the replayed slice:
-other requests, the same rate, replayed once on the live runtime before the measured replays), and the
-simulation of the run takes the rehearsal's figures (``--rehearsal 0``: the burst's). (b) The compute
-slowdown: the model forward's wall time over the profile's prediction for its batch, the median over steps,
-per pool (``model_slowdown``: the core share other processes took, and the caches and memory bus the live
-forward shares with the frontend, the client and the other workers). (a) The wall time a step takes beyond
-its model's forward, from the end of the step before (``step_overhead``: ``iteration_overhead_s`` +
-``per_seq_overhead_s`` per sequence that samples): the runtime's own work around the model (preparing the
-batch, sampling, postprocessing; between steps sending the tokens, the step log, messages) and the time the
-worker waits for a core while the frontend and the client, on the same CPU, stream its tokens. Raw mode's
-simulation, and the rate rule, take the profile's times x (b) + (a) through ``ScaledCostModel`` with the
-overheads in its ``Efficiency``; ``validate.json`` reports them (``raw_step_costs``, where they were measured,
-the burst's and the rehearsal's ``overhead`` with the worker's own CPU time split out) and the same fit on the
-live replay's own steps, to set beside them. One scalar per pool calibrates the profile's level; how cost
-varies with the batch's shape stays the profile's, and the dynamics the simulator's.
+What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), alone on a core,
+so it does not carry the load of the moment the runtime runs. A burst on the unpaced runtime measures the rest
+from the step log (``measure_slowdown``: requests spaced at about the replay's rate, then 16 short ones per worker
+at once that stream together), and the rate rule runs on it; then a rehearsal measures it again under the replay's
+own load (``rehearsal_s`` seconds of the workload right after the replayed slice: other requests, the same rate,
+replayed once on the live runtime before the measured replays), and the simulation of the run takes the
+rehearsal's figures (``--rehearsal 0``: the burst's). (b) The compute slowdown: the model forward's wall time over
+the profile's prediction for its batch, the median over steps, per pool, for steps with prompt tokens and for
+decode-only steps apart (``model_slowdown``: the core share other processes took, and the caches and memory bus
+the live forward shares with the frontend, the client and the other workers; small decode steps lose more to cold
+caches than compute-bound prefills: 1.16 against 1.08). (a) The wall time a step takes beyond its model's forward,
+from the end of the step before (``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per sequence
+that samples): the runtime's own work around the model (preparing the batch, sampling, postprocessing; between
+steps sending the tokens, the step log, messages) and the time the worker waits for a core while the frontend and
+the client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule, take the profile's times
+x (b) + (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json`` reports them
+(``raw_step_costs``, where they were measured, the burst's and the rehearsal's ``overhead`` with the worker's own
+CPU time split out) and the same fit on the live replay's own steps, to set beside them. Two scalars per pool
+calibrates the profile's level; how cost varies with the batch's shape stays the profile's, and the dynamics the
+simulator's.
 
 Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
 back. The rehearsal (or the burst) measures it (client TTFT minus the TTFT inside the workers, from the
@@ -79,7 +80,7 @@ METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 TARGETS = {"paced": {"p50": 0.05, "p90": 0.05, "p99": 0.10}, "raw": {"p50": 0.15, "p90": 0.15}}
 # What raw mode's simulation adds to the profile, measured (burst, then rehearsal) unless given.
 RAW_COSTS = ("ttft_overhead_s", "iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown", "pool_slowdown",
-             "kv_handoff_s")
+             "pool_decode_slowdown", "kv_handoff_s")
 MIN_REHEARSAL_REQUESTS = 10  # fewer finished rehearsal requests: raw mode keeps the burst's measurements
 RUNTIME_KV_TOKENS = 32768  # the runtime's default KV cache per worker (runtime/serve.py)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pdsim" / "profiles"
@@ -97,7 +98,8 @@ class ValidateOptions:
     iteration_overhead_s: float | None = None  # a live step's time beyond its model's compute (step_overhead)
     per_seq_overhead_s: float | None = None  # ... and per sequence that samples
     compute_slowdown: float | None = None  # the model forward's wall time over the profile's (model_slowdown)
-    pool_slowdown: dict | None = None  # the same per pool where measured (over compute_slowdown)
+    pool_slowdown: dict | None = None  # the same per pool where measured (over compute_slowdown), steps with prompts
+    pool_decode_slowdown: dict | None = None  # ... and steps of decodes alone (over pool_slowdown)
     kv_handoff_s: float | None = None  # disagg: a finished prompt's KV gathered and handed to the sender (kv_handoff_s)
     # Raw: seconds of the workload after the replayed slice, replayed once before it to measure the costs above
     # (and ttft_overhead_s) under the replay's load, in place of the burst's (0: the burst's).
@@ -191,8 +193,9 @@ def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> di
         cm = ScaledCostModel(base, opts.pace_scale, overheads(ttft_s=ttft_s))
         return {name: cm for name in dep.pools}
     step = overheads(opts.iteration_overhead_s or 0.0, opts.per_seq_overhead_s or 0.0, ttft_s)
-    pools = opts.pool_slowdown or {}
-    return {name: ScaledCostModel(base, pools.get(name) or opts.compute_slowdown or 1.0, step) for name in dep.pools}
+    pools, decode = opts.pool_slowdown or {}, opts.pool_decode_slowdown or {}
+    return {name: ScaledCostModel(base, pools.get(name) or opts.compute_slowdown or 1.0, step, decode.get(name))
+            for name in dep.pools}
 
 
 def sim_deployment(dep: Deployment, profile_dir: Path, handoff_s: float = 0.0) -> Deployment:
@@ -500,7 +503,10 @@ def runtime_costs(run_dir: Path, low: tuple[float, float], window: tuple[float, 
     return {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios),
             "ttft_overhead_s": request_overhead_s(replays, run_dir / "requests.jsonl"),
             "wall_over_cpu": wall_over_cpu, "compute_slowdown": scale,
-            "pool_slowdown": {p: model_slowdown(rows, cm) or scale for p, rows in sorted(per_pool.items())},
+            "pool_slowdown": {p: model_slowdown([r for r in rows if r["prefill_tokens"]], cm)
+                              or model_slowdown(rows, cm) or scale for p, rows in sorted(per_pool.items())},
+            "pool_decode_slowdown": {p: x for p, rows in sorted(per_pool.items())
+                                     if (x := model_slowdown([r for r in rows if not r["prefill_tokens"]], cm))},
             "kv_handoff_s": kv_handoff_s(run_dir / "requests.jsonl", id_prefix),
             "iteration_overhead_s": over["iteration_s"], "per_seq_overhead_s": over["per_seq_s"], "overhead": over}
 
@@ -744,7 +750,8 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         "raw_step_costs": None if opts.paced else {
             "iteration_overhead_ms": opts.iteration_overhead_s * 1e3, "per_seq_overhead_ms":
             opts.per_seq_overhead_s * 1e3, "compute_slowdown": opts.compute_slowdown,
-            "pool_slowdown": opts.pool_slowdown, "kv_handoff_ms": (opts.kv_handoff_s or 0.0) * 1e3},
+            "pool_slowdown": opts.pool_slowdown, "pool_decode_slowdown": opts.pool_decode_slowdown,
+            "kv_handoff_ms": (opts.kv_handoff_s or 0.0) * 1e3},
         "repeats": opts.repeats,
         "deployment": dep.to_dict(),
         "simulated_kv_link": sim_dep.to_dict().get("kv_link"),
@@ -775,7 +782,9 @@ def log_costs(dep: Deployment, opts: ValidateOptions, source: str, log: Log) -> 
         "its workers (HTTP, frontend); the simulation adds it too (ttft_overhead_s)")
     if opts.paced:
         return
-    pools = ", ".join(f"{p} {x:.3f}" for p, x in (opts.pool_slowdown or {}).items())
+    decode = opts.pool_decode_slowdown or {}
+    pools = ", ".join(f"{p} {x:.3f}" + (f" (decode-only steps {decode[p]:.3f})" if p in decode else "")
+                      for p, x in (opts.pool_slowdown or {}).items())
     log(f"raw ({source}): a simulated step takes the profile's time x {opts.compute_slowdown:.3f} (live forward "
         f"over profile; per "
         f"pool: {pools or 'the same'}) + {opts.iteration_overhead_s * 1e3:.3f} ms + "

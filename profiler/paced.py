@@ -17,17 +17,19 @@ from profiler.roofline import Efficiency
 @dataclass
 class ScaledCostModel:
     """``base``'s iteration time x ``scale``, plus ``eff``'s per-iteration overhead (``iteration_overhead_s`` and
-    ``per_seq_overhead_s`` for every sequence that samples, as in roofline), time ``base`` did not count;
-    transfers as ``base``'s. ``eff`` also carries the per-request terms (``ttft_overhead_s``, read by the
-    simulator via roofline.request_terms). In ``pdsim validate``: paced, ``scale`` is the pace and there is no
-    overhead (the paced runtime's steps follow the cost model's timeline); raw, ``scale`` is the measured compute
-    slowdown (wall over CPU time) and ``eff`` the wall time a live step took beyond its model's compute and the
-    per-request overhead. ``overheads`` builds an ``eff`` with only what is given (Efficiency's defaults are
-    another engine's)."""
+    ``per_seq_overhead_s`` for every sequence that samples, as in roofline), time ``base`` did not count; transfers as
+    ``base``'s. ``eff`` also carries the per-request terms (``ttft_overhead_s``, read by the simulator via
+    roofline.request_terms). In ``pdsim validate``: paced, ``scale`` is the pace and there is no overhead (the paced
+    runtime's steps follow the cost model's timeline); raw, ``scale`` is the measured compute slowdown (the live model
+    forward's wall time over the profile's) and ``eff`` the wall time a live step took beyond its model's forward and
+    the per-request overhead. ``overheads`` builds an ``eff`` with only what is given (Efficiency's defaults are another
+    engine's). ``decode_scale``: the scale of iterations without prompt tokens where it differs (raw: small decode steps
+    slow down more than compute-bound prefills); None: ``scale``."""
 
     base: CostModel
     scale: float = 1.0
     eff: Efficiency | None = None
+    decode_scale: float | None = None
 
     def _overhead_s(self, seqs):
         e = self.eff
@@ -37,11 +39,16 @@ class ScaledCostModel:
         if batch.empty:
             return 0.0
         last = len(batch.prefill_tokens) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
-        return self.scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
+        scale = self.scale if len(batch.prefill_tokens) else self._decode_scale
+        return scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
+
+    @property
+    def _decode_scale(self) -> float:
+        return self.scale if self.decode_scale is None else self.decode_scale
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
-        return self.scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (self._overhead_s(n_seqs)
-                                                                               if n_seqs else 0.0)
+        return self._decode_scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (
+            self._overhead_s(n_seqs) if n_seqs else 0.0)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
         return self.base.transfer_s(kv_bytes, link)

@@ -101,6 +101,24 @@ def test_scaled_cost_model_scales_iterations_not_transfers():
     assert s.iteration_s(Batch.of(decode_ctx=[5, 6])) == pytest.approx(0.06)
     assert s.decode_steps_s(2, 11, 3) == pytest.approx([0.06] * 3)
     assert s.transfer_s(1e6, None) == 1.0
+    # raw: decode-only iterations at their own measured slowdown, iterations with a prompt at the pool's
+    d = ScaledCostModel(Const(), 1.0, None, decode_scale=1.5)
+    assert d.iteration_s(Batch.of(decode_ctx=[5, 6])) == pytest.approx(0.03)
+    assert d.decode_steps_s(2, 11, 3) == pytest.approx([0.03] * 3)
+    assert d.iteration_s(Batch.of(prefill=[(10, 0)], decode_ctx=[5])) == pytest.approx(0.11)
+
+
+def test_runtime_costs_split_the_slowdown_of_steps_with_prompts_from_decode_only_steps(tmp_path):
+    from planner.validate import runtime_costs
+
+    # Const predicts 0.01 s per token: prompt steps (10 tokens) at 1.0x, decode-only steps (2 seqs) at 1.4x
+    rows = [{**step_row(0, 0.0, None, model_s=0.1, prefill=(10,)), "start": 1.0 + i} for i in range(3)]
+    rows += [{**step_row(2, 0.0, None, model_s=0.028), "start": 5.0 + i} for i in range(5)]
+    (tmp_path / "steps-agg-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = runtime_costs(tmp_path, (0.0, 20.0), (0.0, 20.0), {}, "x", Const())
+    assert out["pool_slowdown"] == {"workers": pytest.approx(1.0)}
+    assert out["pool_decode_slowdown"] == {"workers": pytest.approx(1.4)}
+    assert out["compute_slowdown"] == pytest.approx(1.4)  # the median step of all: a decode
 
 
 def step_row(n_decode: int, outside_s: float, gap_cpu_s: float | None, model_s: float = 0.004,
