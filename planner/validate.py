@@ -38,7 +38,7 @@ the client, on the same CPU, stream its tokens. Raw mode's simulation, and the r
 x (b) + (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json`` reports them
 (``raw_step_costs``, where they were measured, the burst's and the rehearsal's ``overhead`` with the worker's own
 CPU time split out) and the same fit on the live replay's own steps, to set beside them. Two scalars per pool
-calibrates the profile's level; how cost varies with the batch's shape stays the profile's, and the dynamics the
+calibrate the profile's level; how cost varies with the batch's shape stays the profile's, and the dynamics the
 simulator's.
 
 Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
