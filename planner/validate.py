@@ -440,8 +440,8 @@ def model_slowdown(rows: list[dict], cm: CostModel) -> float | None:
     """The steps' model forward (wall time, ``model_s``) over what ``cm`` predicts for their batch, the median
     over steps: the profile's op timings hold for the ops alone on an idle core, while a live forward shares the
     caches and the memory bus with the frontend, the client and the other workers (measured: a profile made
-    again at 19:55 timed its ops within 3 % of the one from 17:48, while the live decode steps took 1.34x its
-    CPU time at 19:50 and 1.01x at 19:00). None without such steps."""
+    again at 19:55 timed its GEMMs and attention within 4 % of the one from 17:48, while the live decode steps
+    took 1.34x its CPU time at 19:50 and 1.01-1.03x at 18:50-19:25). None without such steps."""
     rows = [r for r in rows if r.get("model_s")]
     return float(np.median(np.asarray([r["model_s"] for r in rows]) / predicted_s(rows, cm))) if rows else None
 

@@ -110,6 +110,11 @@ class StepInput:
     logits_rows: torch.Tensor | None = None  # rows of T that need logits (None: all)
 
 
+def default_kv_tokens(spec: ModelSpec, elem_bytes: int = 4) -> int:
+    """A worker's KV cache in tokens when not given: 256 MiB of K and V (fp32 on a CPU), at most 32768."""
+    return min(32768, (256 << 20) // (spec.layers * 2 * spec.kv_heads * spec.head_dim * elem_bytes))
+
+
 class KVCache:
     """K and V of every layer, one flat slot axis split into fixed-size blocks."""
 

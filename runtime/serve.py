@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from profiler.errors import InputError
 from profiler.models import resolve_model
+from runtime.model import default_kv_tokens
 from runtime.router import WorkerHandle
 from runtime.worker import WorkerConfig
 from simulator.deployment import Deployment, PoolSpec, parse_deployment
@@ -57,11 +58,6 @@ def worker_configs(dep: Deployment, opts: ServeOptions) -> list[WorkerConfig]:
                              where=f"{pool_name}.tp")
         out += [_config(dep, pool, roles[pool_name], i, opts, kv_tokens) for i in range(pool.replicas)]
     return out
-
-
-def default_kv_tokens(spec, elem_bytes: int = 4) -> int:
-    """A worker's KV cache in tokens when not given: 256 MiB of K and V (fp32 on a CPU), at most 32768."""
-    return min(32768, (256 << 20) // (spec.layers * 2 * spec.kv_heads * spec.head_dim * elem_bytes))
 
 
 def _config(dep: Deployment, pool: PoolSpec, role: str, i: int, opts: ServeOptions, kv_tokens: int) -> WorkerConfig:
