@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from planner.validate import DEFAULT_CACHE, ValidateOptions, error_table, validate
+from planner.validate import DEFAULT_CACHE, ValidateOptions, by_size, error_table, validate
 from simulator.deployment import parse_deployment
 from traces.loader import load_trace
 
@@ -73,7 +73,7 @@ def main() -> None:
                 over = ((doc["rehearsal"] if where == "rehearsal" else doc["measured_slowdown"]) or {}).get(
                     "overhead") or {}
                 dec = costs.get("pool_decode_slowdown") or {}
-                pools = ", ".join(f"{k} {x:.3f}" + (f", decode-only steps {dec[k]:.3f}" if k in dec else "")
+                pools = ", ".join(f"{k} {x:.3f}" + (f", decode-only steps {by_size(dec[k])}" if k in dec else "")
                                   for k, x in (costs["pool_slowdown"] or {}).items())
                 print(f"simulated step = profile x {costs['compute_slowdown']:.3f} ({pools}) + "
                       f"{costs['iteration_overhead_ms']:.3f} ms + {costs['per_seq_overhead_ms']:.4f} ms/seq"

@@ -81,6 +81,7 @@ TARGETS = {"paced": {"p50": 0.05, "p90": 0.05, "p99": 0.10}, "raw": {"p50": 0.15
 # What raw mode's simulation adds to the profile, measured (burst, then rehearsal) unless given.
 RAW_COSTS = ("ttft_overhead_s", "iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown", "pool_slowdown",
              "pool_decode_slowdown", "kv_handoff_s")
+MIN_BUCKET_STEPS = 20  # decode_slowdown_by_size: fewer steps of a size, its neighbour's slowdown stands in
 MIN_REHEARSAL_REQUESTS = 10  # fewer finished rehearsal requests: raw mode keeps the burst's measurements
 RUNTIME_KV_TOKENS = 32768  # the runtime's default KV cache per worker (runtime/serve.py)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pdsim" / "profiles"
@@ -99,7 +100,8 @@ class ValidateOptions:
     per_seq_overhead_s: float | None = None  # ... and per sequence that samples
     compute_slowdown: float | None = None  # the model forward's wall time over the profile's (model_slowdown)
     pool_slowdown: dict | None = None  # the same per pool where measured (over compute_slowdown), steps with prompts
-    pool_decode_slowdown: dict | None = None  # ... and steps of decodes alone (over pool_slowdown)
+    # ... and steps of decodes alone, by their size: {pool: [[max_seqs, slowdown], ...]} (decode_slowdown_by_size)
+    pool_decode_slowdown: dict | None = None
     kv_handoff_s: float | None = None  # disagg: a finished prompt's KV gathered and handed to the sender (kv_handoff_s)
     # Raw: seconds of the workload after the replayed slice, replayed once before it to measure the costs above
     # (and ttft_overhead_s) under the replay's load, in place of the burst's (0: the burst's).
@@ -194,7 +196,8 @@ def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> di
         return {name: cm for name in dep.pools}
     step = overheads(opts.iteration_overhead_s or 0.0, opts.per_seq_overhead_s or 0.0, ttft_s)
     pools, decode = opts.pool_slowdown or {}, opts.pool_decode_slowdown or {}
-    return {name: ScaledCostModel(base, pools.get(name) or opts.compute_slowdown or 1.0, step, decode.get(name))
+    return {name: ScaledCostModel(base, pools.get(name) or opts.compute_slowdown or 1.0, step,
+                                  tuple((int(hi), float(x)) for hi, x in decode.get(name) or ()))
             for name in dep.pools}
 
 
@@ -446,6 +449,31 @@ def model_slowdown(rows: list[dict], cm: CostModel) -> float | None:
     return float(np.median(np.asarray([r["model_s"] for r in rows]) / predicted_s(rows, cm))) if rows else None
 
 
+def decode_slowdown_by_size(rows: list[dict], cm: CostModel) -> list[list] | None:
+    """model_slowdown of the decode-only steps among ``rows`` by their number of sequences, in buckets of 1, 2,
+    3-4, 5-8, ... up to the largest step: ``[[max_seqs, slowdown], ...]`` (ScaledCostModel.decode_scales). A
+    live decode step's slowdown depends on its size (measured, agg rehearsal 21:46: 1.26x the profile for
+    one sequence, 1.17x for 3-4, 1.00x for 5-16, 0.92x beyond), and the rehearsal's mix of sizes is not the
+    replay's, so one median over its steps would carry the wrong mix. A bucket with fewer than
+    MIN_BUCKET_STEPS steps takes the nearest measured bucket's figure (the smaller on a tie). None without
+    decode-only steps."""
+    rows = [r for r in rows if r.get("model_s") and not r["prefill_tokens"]]
+    if not rows:
+        return None
+    n = np.asarray([len(r["decode_ctx"]) for r in rows])
+    ratio = np.asarray([r["model_s"] for r in rows]) / predicted_s(rows, cm)
+    edges = [1]
+    while edges[-1] < n.max():
+        edges.append(edges[-1] * 2)
+    lows = [1, *(hi + 1 for hi in edges[:-1])]
+    found = [float(np.median(ratio[m])) if (m := (n >= lo) & (n <= hi)).sum() >= MIN_BUCKET_STEPS else None
+             for lo, hi in zip(lows, edges, strict=True)]
+    known = [i for i, x in enumerate(found) if x is not None]
+    if not known:  # too few steps of any one size: their median over all sizes
+        return [[edges[-1], float(np.median(ratio))]]
+    return [[hi, found[min(known, key=lambda k: (abs(k - i), k))]] for i, hi in enumerate(edges)]
+
+
 POOL_OF_ROLE = {"agg": "workers", "prefill": "prefill", "decode": "decode"}
 
 
@@ -506,7 +534,7 @@ def runtime_costs(run_dir: Path, low: tuple[float, float], window: tuple[float, 
             "pool_slowdown": {p: model_slowdown([r for r in rows if r["prefill_tokens"]], cm)
                               or model_slowdown(rows, cm) or scale for p, rows in sorted(per_pool.items())},
             "pool_decode_slowdown": {p: x for p, rows in sorted(per_pool.items())
-                                     if (x := model_slowdown([r for r in rows if not r["prefill_tokens"]], cm))},
+                                     if (x := decode_slowdown_by_size(rows, cm))},
             "kv_handoff_s": kv_handoff_s(run_dir / "requests.jsonl", id_prefix),
             "iteration_overhead_s": over["iteration_s"], "per_seq_overhead_s": over["per_seq_s"], "overhead": over}
 
@@ -783,7 +811,7 @@ def log_costs(dep: Deployment, opts: ValidateOptions, source: str, log: Log) -> 
     if opts.paced:
         return
     decode = opts.pool_decode_slowdown or {}
-    pools = ", ".join(f"{p} {x:.3f}" + (f" (decode-only steps {decode[p]:.3f})" if p in decode else "")
+    pools = ", ".join(f"{p} {x:.3f}" + (f" (decode-only steps {by_size(decode[p])})" if p in decode else "")
                       for p, x in (opts.pool_slowdown or {}).items())
     log(f"raw ({source}): a simulated step takes the profile's time x {opts.compute_slowdown:.3f} (live forward "
         f"over profile; per "
@@ -791,6 +819,11 @@ def log_costs(dep: Deployment, opts: ValidateOptions, source: str, log: Log) -> 
         f"{opts.per_seq_overhead_s * 1e3:.4f} ms per sequence"
         + (f"; a KV transfer starts {opts.kv_handoff_s * 1e3:.2f} ms after its prompt's last step"
            if dep.topology == "disagg" and opts.kv_handoff_s else ""))
+
+
+def by_size(buckets: list) -> str:
+    """A decode slowdown by size as text: ``1 seq 1.26, <=2 1.26, <=4 1.17, ...``."""
+    return ", ".join(f"{'1 seq' if hi == 1 else f'<={hi}'} {x:.2f}" for hi, x in buckets)
 
 
 def error_table(doc: dict) -> str:

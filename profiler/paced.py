@@ -23,13 +23,15 @@ class ScaledCostModel:
     runtime's steps follow the cost model's timeline); raw, ``scale`` is the measured compute slowdown (the live model
     forward's wall time over the profile's) and ``eff`` the wall time a live step took beyond its model's forward and
     the per-request overhead. ``overheads`` builds an ``eff`` with only what is given (Efficiency's defaults are another
-    engine's). ``decode_scale``: the scale of iterations without prompt tokens where it differs (raw: small decode steps
-    slow down more than compute-bound prefills); None: ``scale``."""
+    engine's). ``decode_scales``: the scale of iterations without prompt tokens where it differs, by their size:
+    ``((max_seqs, scale), ...)`` ascending, a step of n sequences takes the first bucket that holds n (beyond the last:
+    the last); empty: ``scale`` (raw: a live decode step's slowdown depends on its size, small steps losing more to
+    caches that other processes churned in between)."""
 
     base: CostModel
     scale: float = 1.0
     eff: Efficiency | None = None
-    decode_scale: float | None = None
+    decode_scales: tuple[tuple[int, float], ...] = ()
 
     def _overhead_s(self, seqs):
         e = self.eff
@@ -39,15 +41,17 @@ class ScaledCostModel:
         if batch.empty:
             return 0.0
         last = len(batch.prefill_tokens) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
-        scale = self.scale if len(batch.prefill_tokens) else self._decode_scale
+        scale = self.scale if len(batch.prefill_tokens) else self.decode_scale(len(batch.decode_ctx))
         return scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
 
-    @property
-    def _decode_scale(self) -> float:
-        return self.scale if self.decode_scale is None else self.decode_scale
+    def decode_scale(self, n_seqs: int) -> float:
+        """The scale of a decode-only iteration of ``n_seqs`` sequences."""
+        if not self.decode_scales:
+            return self.scale
+        return next((x for hi, x in self.decode_scales if n_seqs <= hi), self.decode_scales[-1][1])
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
-        return self._decode_scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (
+        return self.decode_scale(n_seqs) * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (
             self._overhead_s(n_seqs) if n_seqs else 0.0)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:

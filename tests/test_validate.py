@@ -102,9 +102,11 @@ def test_scaled_cost_model_scales_iterations_not_transfers():
     assert s.decode_steps_s(2, 11, 3) == pytest.approx([0.06] * 3)
     assert s.transfer_s(1e6, None) == 1.0
     # raw: decode-only iterations at their own measured slowdown, iterations with a prompt at the pool's
-    d = ScaledCostModel(Const(), 1.0, None, decode_scale=1.5)
+    d = ScaledCostModel(Const(), 1.0, None, decode_scales=((1, 2.0), (4, 1.5)))
     assert d.iteration_s(Batch.of(decode_ctx=[5, 6])) == pytest.approx(0.03)
     assert d.decode_steps_s(2, 11, 3) == pytest.approx([0.03] * 3)
+    assert d.iteration_s(Batch.of(decode_ctx=[5])) == pytest.approx(0.02)  # one sequence: its own bucket
+    assert d.decode_steps_s(8, 40, 1) == pytest.approx([0.12])  # beyond the last bucket: the last's
     assert d.iteration_s(Batch.of(prefill=[(10, 0)], decode_ctx=[5])) == pytest.approx(0.11)
 
 
@@ -117,8 +119,24 @@ def test_runtime_costs_split_the_slowdown_of_steps_with_prompts_from_decode_only
     (tmp_path / "steps-agg-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = runtime_costs(tmp_path, (0.0, 20.0), (0.0, 20.0), {}, "x", Const())
     assert out["pool_slowdown"] == {"workers": pytest.approx(1.0)}
-    assert out["pool_decode_slowdown"] == {"workers": pytest.approx(1.4)}
+    # five 2-sequence steps are too few for a size of their own: their median over all sizes
+    assert out["pool_decode_slowdown"] == {"workers": [[2, pytest.approx(1.4)]]}
     assert out["compute_slowdown"] == pytest.approx(1.4)  # the median step of all: a decode
+
+
+def test_decode_slowdown_by_size_buckets_steps_by_their_sequences():
+    from planner.validate import MIN_BUCKET_STEPS, decode_slowdown_by_size
+
+    k = MIN_BUCKET_STEPS
+    # Const predicts 0.01 s per sequence: 1 sequence at 1.3x, 3-4 at 1.1x, 5-8 too few (nearest: 3-4),
+    # 9-16 at 0.9x; steps with a prompt are not decode-only steps
+    rows = ([step_row(1, 0.0, None, model_s=0.013)] * k + [step_row(3, 0.0, None, model_s=0.033)] * k
+            + [step_row(6, 0.0, None, model_s=0.01)] * (k - 1) + [step_row(12, 0.0, None, model_s=0.108)] * k
+            + [step_row(2, 0.0, None, model_s=1.0, prefill=(10,))] * k)
+    assert decode_slowdown_by_size(rows, Const()) == [[1, pytest.approx(1.3)], [2, pytest.approx(1.3)],
+                                                      [4, pytest.approx(1.1)], [8, pytest.approx(1.1)],
+                                                      [16, pytest.approx(0.9)]]
+    assert decode_slowdown_by_size(rows[-k:], Const()) is None
 
 
 def step_row(n_decode: int, outside_s: float, gap_cpu_s: float | None, model_s: float = 0.004,
