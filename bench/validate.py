@@ -72,10 +72,10 @@ def main() -> None:
                 costs, where = doc["raw_step_costs"], doc["costs_measured_in"]
                 over = ((doc["rehearsal"] if where == "rehearsal" else doc["measured_slowdown"]) or {}).get(
                     "overhead") or {}
-                dec = costs.get("pool_decode_slowdown") or {}
-                pools = ", ".join(f"{k} {x:.3f}" + (f", decode-only steps {by_size(dec[k])}" if k in dec else "")
-                                  for k, x in (costs["pool_slowdown"] or {}).items())
-                print(f"simulated step = profile x {costs['compute_slowdown']:.3f} ({pools}) + "
+                pools = "; ".join(f"{k}: {what} {by_size(x, unit)}" for what, unit, key in (
+                    ("steps with prompts", "tokens", "pool_slowdown"), ("decode-only", "seqs", "pool_decode_slowdown"))
+                    for k, x in (costs.get(key) or {}).items())
+                print(f"simulated step = profile x slowdown ({pools or costs['compute_slowdown']}) + "
                       f"{costs['iteration_overhead_ms']:.3f} ms + {costs['per_seq_overhead_ms']:.4f} ms/seq"
                       + (f", KV hand-off {costs['kv_handoff_ms']:.2f} ms" if topology == "disagg" else "")
                       + f", measured in the {where} (of which the worker's own CPU "

@@ -81,7 +81,9 @@ TARGETS = {"paced": {"p50": 0.05, "p90": 0.05, "p99": 0.10}, "raw": {"p50": 0.15
 # What raw mode's simulation adds to the profile, measured (burst, then rehearsal) unless given.
 RAW_COSTS = ("ttft_overhead_s", "iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown", "pool_slowdown",
              "pool_decode_slowdown", "kv_handoff_s")
-MIN_BUCKET_STEPS = 20  # decode_slowdown_by_size: fewer steps of a size, its neighbour's slowdown stands in
+# slowdown_by_size: fewer steps of a size than this, a neighbouring size's slowdown stands in
+MIN_BUCKET_STEPS, MIN_PROMPT_BUCKET_STEPS = 20, 5
+PROMPT_BUCKET_TOKENS = 64  # slowdown_by_size: the smallest bucket of steps with prompt tokens
 MIN_REHEARSAL_REQUESTS = 10  # fewer finished rehearsal requests: raw mode keeps the burst's measurements
 RUNTIME_KV_TOKENS = 32768  # the runtime's default KV cache per worker (runtime/serve.py)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pdsim" / "profiles"
@@ -99,8 +101,9 @@ class ValidateOptions:
     iteration_overhead_s: float | None = None  # a live step's time beyond its model's compute (step_overhead)
     per_seq_overhead_s: float | None = None  # ... and per sequence that samples
     compute_slowdown: float | None = None  # the model forward's wall time over the profile's (model_slowdown)
-    pool_slowdown: dict | None = None  # the same per pool where measured (over compute_slowdown), steps with prompts
-    # ... and steps of decodes alone, by their size: {pool: [[max_seqs, slowdown], ...]} (decode_slowdown_by_size)
+    # The same per pool where measured (over compute_slowdown), by step size (slowdown_by_size), for steps with
+    # prompt tokens ({pool: [[max_tokens, slowdown], ...]}) and steps of decodes alone ({pool: [[max_seqs, ...]]}):
+    pool_slowdown: dict | None = None
     pool_decode_slowdown: dict | None = None
     kv_handoff_s: float | None = None  # disagg: a finished prompt's KV gathered and handed to the sender (kv_handoff_s)
     # Raw: seconds of the workload after the replayed slice, replayed once before it to measure the costs above
@@ -195,10 +198,13 @@ def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> di
         cm = ScaledCostModel(base, opts.pace_scale, overheads(ttft_s=ttft_s))
         return {name: cm for name in dep.pools}
     step = overheads(opts.iteration_overhead_s or 0.0, opts.per_seq_overhead_s or 0.0, ttft_s)
-    pools, decode = opts.pool_slowdown or {}, opts.pool_decode_slowdown or {}
-    return {name: ScaledCostModel(base, pools.get(name) or opts.compute_slowdown or 1.0, step,
-                                  tuple((int(hi), float(x)) for hi, x in decode.get(name) or ()))
-            for name in dep.pools}
+    prompt, decode = opts.pool_slowdown or {}, opts.pool_decode_slowdown or {}
+
+    def buckets(given: dict, pool: str) -> tuple[tuple[int, float], ...]:
+        return tuple((int(hi), float(x)) for hi, x in given.get(pool) or ())
+
+    return {name: ScaledCostModel(base, opts.compute_slowdown or 1.0, step, buckets(prompt, name),
+                                  buckets(decode, name)) for name in dep.pools}
 
 
 def sim_deployment(dep: Deployment, profile_dir: Path, handoff_s: float = 0.0) -> Deployment:
@@ -449,24 +455,28 @@ def model_slowdown(rows: list[dict], cm: CostModel) -> float | None:
     return float(np.median(np.asarray([r["model_s"] for r in rows]) / predicted_s(rows, cm))) if rows else None
 
 
-def decode_slowdown_by_size(rows: list[dict], cm: CostModel) -> list[list] | None:
-    """model_slowdown of the decode-only steps among ``rows`` by their number of sequences, in buckets of 1, 2,
-    3-4, 5-8, ... up to the largest step: ``[[max_seqs, slowdown], ...]`` (ScaledCostModel.decode_scales). A
-    live decode step's slowdown depends on its size (measured, agg rehearsal 21:46: 1.26x the profile for
-    one sequence, 1.17x for 3-4, 1.00x for 5-16, 0.92x beyond), and the rehearsal's mix of sizes is not the
-    replay's, so one median over its steps would carry the wrong mix. A bucket with fewer than
-    MIN_BUCKET_STEPS steps takes the nearest measured bucket's figure (the smaller on a tie). None without
-    decode-only steps."""
-    rows = [r for r in rows if r.get("model_s") and not r["prefill_tokens"]]
+def slowdown_by_size(rows: list[dict], cm: CostModel, prompts: bool) -> list[list] | None:
+    """model_slowdown by step size, for the steps with prompt tokens among ``rows`` (``prompts``; size: the step's
+    tokens, buckets of up to 64, 128, 256, ...) or the decode-only ones (size: sequences, buckets of 1, 2, 3-4,
+    5-8, ...), up to the largest step: ``[[max_size, slowdown], ...]`` (ScaledCostModel.prompt_scales and
+    decode_scales). A live step's slowdown depends on its size, and the rehearsal's mix of sizes is not the
+    replay's, so one median over its steps would carry the wrong mix (measured, 21:46: the agg worker's decode
+    steps of one sequence ran 1.26x the profile, of 3-4 1.17x, of 5-16 1.00x, of more 0.92x; 22:24, the disagg
+    prefill worker's prompts of up to 512 tokens 1.23-1.30x, of 513-2048 1.05-1.10x, longer 0.88-0.94x). A bucket
+    with fewer steps than MIN_BUCKET_STEPS (prompts: MIN_PROMPT_BUCKET_STEPS; a rehearsal holds a few dozen
+    prompts) takes the nearest measured bucket's figure (the smaller on a tie). None without such steps."""
+    rows = [r for r in rows if r.get("model_s") and bool(r["prefill_tokens"]) == prompts]
     if not rows:
         return None
-    n = np.asarray([len(r["decode_ctx"]) for r in rows])
+    size = np.asarray([sum(r["prefill_tokens"]) + len(r["decode_ctx"]) if prompts else len(r["decode_ctx"])
+                       for r in rows])
     ratio = np.asarray([r["model_s"] for r in rows]) / predicted_s(rows, cm)
-    edges = [1]
-    while edges[-1] < n.max():
+    edges = [PROMPT_BUCKET_TOKENS if prompts else 1]
+    while edges[-1] < size.max():
         edges.append(edges[-1] * 2)
     lows = [1, *(hi + 1 for hi in edges[:-1])]
-    found = [float(np.median(ratio[m])) if (m := (n >= lo) & (n <= hi)).sum() >= MIN_BUCKET_STEPS else None
+    least = MIN_PROMPT_BUCKET_STEPS if prompts else MIN_BUCKET_STEPS
+    found = [float(np.median(ratio[m])) if (m := (size >= lo) & (size <= hi)).sum() >= least else None
              for lo, hi in zip(lows, edges, strict=True)]
     known = [i for i, x in enumerate(found) if x is not None]
     if not known:  # too few steps of any one size: their median over all sizes
@@ -531,10 +541,9 @@ def runtime_costs(run_dir: Path, low: tuple[float, float], window: tuple[float, 
     return {"median": float(np.median(ratios)), "p95": float(np.percentile(ratios, 95)), "steps": len(ratios),
             "ttft_overhead_s": request_overhead_s(replays, run_dir / "requests.jsonl"),
             "wall_over_cpu": wall_over_cpu, "compute_slowdown": scale,
-            "pool_slowdown": {p: model_slowdown([r for r in rows if r["prefill_tokens"]], cm)
-                              or model_slowdown(rows, cm) or scale for p, rows in sorted(per_pool.items())},
+            "pool_slowdown": {p: x for p, rows in sorted(per_pool.items()) if (x := slowdown_by_size(rows, cm, True))},
             "pool_decode_slowdown": {p: x for p, rows in sorted(per_pool.items())
-                                     if (x := decode_slowdown_by_size(rows, cm))},
+                                     if (x := slowdown_by_size(rows, cm, False))},
             "kv_handoff_s": kv_handoff_s(run_dir / "requests.jsonl", id_prefix),
             "iteration_overhead_s": over["iteration_s"], "per_seq_overhead_s": over["per_seq_s"], "overhead": over}
 
@@ -810,20 +819,20 @@ def log_costs(dep: Deployment, opts: ValidateOptions, source: str, log: Log) -> 
         "its workers (HTTP, frontend); the simulation adds it too (ttft_overhead_s)")
     if opts.paced:
         return
-    decode = opts.pool_decode_slowdown or {}
-    pools = ", ".join(f"{p} {x:.3f}" + (f" (decode-only steps {by_size(decode[p])})" if p in decode else "")
-                      for p, x in (opts.pool_slowdown or {}).items())
-    log(f"raw ({source}): a simulated step takes the profile's time x {opts.compute_slowdown:.3f} (live forward "
-        f"over profile; per "
-        f"pool: {pools or 'the same'}) + {opts.iteration_overhead_s * 1e3:.3f} ms + "
+    pools = "; ".join(f"{p}: {what} {by_size(x, unit)}" for what, unit, given in (
+        ("steps with prompts", "tokens", opts.pool_slowdown), ("decode-only steps", "seqs", opts.pool_decode_slowdown))
+        for p, x in (given or {}).items())
+    log(f"raw ({source}): a simulated step takes the profile's time x the live forward's slowdown over the profile "
+        f"(by pool and step size: {pools or f'{opts.compute_slowdown:.3f} for all'}) + "
+        f"{opts.iteration_overhead_s * 1e3:.3f} ms + "
         f"{opts.per_seq_overhead_s * 1e3:.4f} ms per sequence"
         + (f"; a KV transfer starts {opts.kv_handoff_s * 1e3:.2f} ms after its prompt's last step"
            if dep.topology == "disagg" and opts.kv_handoff_s else ""))
 
 
-def by_size(buckets: list) -> str:
-    """A decode slowdown by size as text: ``1 seq 1.26, <=2 1.26, <=4 1.17, ...``."""
-    return ", ".join(f"{'1 seq' if hi == 1 else f'<={hi}'} {x:.2f}" for hi, x in buckets)
+def by_size(buckets: list, unit: str) -> str:
+    """A slowdown by step size as text: ``<=1 seqs 1.26, <=2 1.26, <=4 1.17, ...``."""
+    return ", ".join(f"<={hi}{f' {unit}' if i == 0 else ''} {x:.2f}" for i, (hi, x) in enumerate(buckets))
 
 
 def error_table(doc: dict) -> str:

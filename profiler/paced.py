@@ -23,14 +23,16 @@ class ScaledCostModel:
     runtime's steps follow the cost model's timeline); raw, ``scale`` is the measured compute slowdown (the live model
     forward's wall time over the profile's) and ``eff`` the wall time a live step took beyond its model's forward and
     the per-request overhead. ``overheads`` builds an ``eff`` with only what is given (Efficiency's defaults are another
-    engine's). ``decode_scales``: the scale of iterations without prompt tokens where it differs, by their size:
-    ``((max_seqs, scale), ...)`` ascending, a step of n sequences takes the first bucket that holds n (beyond the last:
-    the last); empty: ``scale`` (raw: a live decode step's slowdown depends on its size, small steps losing more to
-    caches that other processes churned in between)."""
+    engine's). ``prompt_scales`` and ``decode_scales``: the scale by a step's size where it differs from ``scale``,
+    ``((max_size, scale), ...)`` ascending: iterations with prompt tokens by their tokens, iterations of decodes alone
+    by their sequences; a step takes the first bucket that holds its size (beyond the last: the last); empty:
+    ``scale``. (Raw: a live step's slowdown against the profile depends on its size, small steps losing more to the
+    caches other processes churned in between.)"""
 
     base: CostModel
     scale: float = 1.0
     eff: Efficiency | None = None
+    prompt_scales: tuple[tuple[int, float], ...] = ()
     decode_scales: tuple[tuple[int, float], ...] = ()
 
     def _overhead_s(self, seqs):
@@ -41,17 +43,17 @@ class ScaledCostModel:
         if batch.empty:
             return 0.0
         last = len(batch.prefill_tokens) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
-        scale = self.scale if len(batch.prefill_tokens) else self.decode_scale(len(batch.decode_ctx))
+        scale = (self._scale(self.prompt_scales, batch.tokens) if len(batch.prefill_tokens)
+                 else self._scale(self.decode_scales, len(batch.decode_ctx)))
         return scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
 
-    def decode_scale(self, n_seqs: int) -> float:
-        """The scale of a decode-only iteration of ``n_seqs`` sequences."""
-        if not self.decode_scales:
+    def _scale(self, buckets: tuple[tuple[int, float], ...], size: int) -> float:
+        if not buckets:
             return self.scale
-        return next((x for hi, x in self.decode_scales if n_seqs <= hi), self.decode_scales[-1][1])
+        return next((x for hi, x in buckets if size <= hi), buckets[-1][1])
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
-        return self.decode_scale(n_seqs) * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (
+        return self._scale(self.decode_scales, n_seqs) * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (
             self._overhead_s(n_seqs) if n_seqs else 0.0)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:

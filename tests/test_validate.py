@@ -107,7 +107,12 @@ def test_scaled_cost_model_scales_iterations_not_transfers():
     assert d.decode_steps_s(2, 11, 3) == pytest.approx([0.03] * 3)
     assert d.iteration_s(Batch.of(decode_ctx=[5])) == pytest.approx(0.02)  # one sequence: its own bucket
     assert d.decode_steps_s(8, 40, 1) == pytest.approx([0.12])  # beyond the last bucket: the last's
-    assert d.iteration_s(Batch.of(prefill=[(10, 0)], decode_ctx=[5])) == pytest.approx(0.11)
+    assert d.iteration_s(Batch.of(prefill=[(10, 0)], decode_ctx=[5])) == pytest.approx(0.11)  # no prompt buckets
+    # ... and iterations with a prompt by their tokens (prompt chunks plus decodes)
+    p = ScaledCostModel(Const(), 1.0, None, prompt_scales=((64, 1.2), (128, 0.5)))
+    assert p.iteration_s(Batch.of(prefill=[(10, 0)], decode_ctx=[5])) == pytest.approx(0.132)
+    assert p.iteration_s(Batch.of(prefill=[(100, 0)])) == pytest.approx(0.5)
+    assert p.iteration_s(Batch.of(decode_ctx=[5, 6])) == pytest.approx(0.02)  # decodes alone: ``scale``
 
 
 def test_runtime_costs_split_the_slowdown_of_steps_with_prompts_from_decode_only_steps(tmp_path):
@@ -118,25 +123,31 @@ def test_runtime_costs_split_the_slowdown_of_steps_with_prompts_from_decode_only
     rows += [{**step_row(2, 0.0, None, model_s=0.028), "start": 5.0 + i} for i in range(5)]
     (tmp_path / "steps-agg-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = runtime_costs(tmp_path, (0.0, 20.0), (0.0, 20.0), {}, "x", Const())
-    assert out["pool_slowdown"] == {"workers": pytest.approx(1.0)}
+    assert out["pool_slowdown"] == {"workers": [[64, pytest.approx(1.0)]]}  # three 10-token prompts
     # five 2-sequence steps are too few for a size of their own: their median over all sizes
     assert out["pool_decode_slowdown"] == {"workers": [[2, pytest.approx(1.4)]]}
     assert out["compute_slowdown"] == pytest.approx(1.4)  # the median step of all: a decode
 
 
-def test_decode_slowdown_by_size_buckets_steps_by_their_sequences():
-    from planner.validate import MIN_BUCKET_STEPS, decode_slowdown_by_size
+def test_slowdown_by_size_buckets_decode_steps_by_sequences_and_prompt_steps_by_tokens():
+    from planner.validate import MIN_BUCKET_STEPS, MIN_PROMPT_BUCKET_STEPS, slowdown_by_size
 
     k = MIN_BUCKET_STEPS
     # Const predicts 0.01 s per sequence: 1 sequence at 1.3x, 3-4 at 1.1x, 5-8 too few (nearest: 3-4),
     # 9-16 at 0.9x; steps with a prompt are not decode-only steps
     rows = ([step_row(1, 0.0, None, model_s=0.013)] * k + [step_row(3, 0.0, None, model_s=0.033)] * k
             + [step_row(6, 0.0, None, model_s=0.01)] * (k - 1) + [step_row(12, 0.0, None, model_s=0.108)] * k
-            + [step_row(2, 0.0, None, model_s=1.0, prefill=(10,))] * k)
-    assert decode_slowdown_by_size(rows, Const()) == [[1, pytest.approx(1.3)], [2, pytest.approx(1.3)],
+            + [step_row(2, 0.0, None, model_s=0.12, prefill=(10,))] * k)
+    assert slowdown_by_size(rows, Const(), False) == [[1, pytest.approx(1.3)], [2, pytest.approx(1.3)],
                                                       [4, pytest.approx(1.1)], [8, pytest.approx(1.1)],
                                                       [16, pytest.approx(0.9)]]
-    assert decode_slowdown_by_size(rows[-k:], Const()) is None
+    assert slowdown_by_size(rows[-k:], Const(), False) is None
+    # steps with prompts by their tokens (prompt plus decodes): 12 at 1.0x (bucket <= 64), 300 at 1.2x (<= 512)
+    p = MIN_PROMPT_BUCKET_STEPS
+    prompts = ([step_row(2, 0.0, None, model_s=0.12, prefill=(10,))] * p
+               + [step_row(0, 0.0, None, model_s=3.6, prefill=(300,))] * p)
+    assert slowdown_by_size(prompts + rows, Const(), True) == [
+        [64, pytest.approx(1.0)], [128, pytest.approx(1.0)], [256, pytest.approx(1.2)], [512, pytest.approx(1.2)]]
 
 
 def step_row(n_decode: int, outside_s: float, gap_cpu_s: float | None, model_s: float = 0.004,
@@ -401,10 +412,15 @@ def test_raw_simulation_takes_each_pools_measured_slowdown_and_the_kv_handoff(tm
     base = paced_cost_model(str(tiny_profile), "tiny", "fp32")
     b = Batch.of(prefill=[(64, 0)])
     opts = ValidateOptions(out_dir=tmp_path, ttft_overhead_s=0.0, iteration_overhead_s=0.0, per_seq_overhead_s=0.0,
-                           compute_slowdown=1.1, pool_slowdown={"prefill": 1.3})
+                           compute_slowdown=1.1, pool_slowdown={"prefill": [[64, 1.3], [128, 1.2]]},
+                           pool_decode_slowdown={"decode": [[1, 1.4]]})
     cms = cost_models(dep, tiny_profile, opts)
     assert cms["prefill"].iteration_s(b) == pytest.approx(1.3 * base.iteration_s(b))
+    b100 = Batch.of(prefill=[(100, 0)])
+    assert cms["prefill"].iteration_s(b100) == pytest.approx(1.2 * base.iteration_s(b100))
     assert cms["decode"].iteration_s(b) == pytest.approx(1.1 * base.iteration_s(b))  # not measured: the overall
+    one = Batch.of(decode_ctx=[100])
+    assert cms["decode"].iteration_s(one) == pytest.approx(1.4 * base.iteration_s(one))
     plain, handed = sim_deployment(dep, tiny_profile), sim_deployment(dep, tiny_profile, 0.002)
     assert handed.kv_link.latency_s == pytest.approx(plain.kv_link.latency_s + 0.002)
     assert handed.kv_link.bandwidth_bytes_s == plain.kv_link.bandwidth_bytes_s
