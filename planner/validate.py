@@ -20,26 +20,26 @@ same scaled cost model, so only the dynamics (batching, queueing, transfer, rout
 ``pace_scale`` must exceed the real compute's slowdown on this machine, and the share of steps whose
 compute overran their pace is reported.
 
-What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), alone on a core,
-so it does not carry the load of the moment the runtime runs. A burst on the unpaced runtime measures the rest
-from the step log (``measure_slowdown``: requests spaced at about the replay's rate, then 16 short ones per worker
-at once that stream together), and the rate rule runs on it; then a rehearsal measures it again under the replay's
-own load (``rehearsal_s`` seconds of the workload right after the replayed slice: other requests, the same rate,
-replayed once on the live runtime before the measured replays), and the simulation of the run takes the
-rehearsal's figures (``--rehearsal 0``: the burst's). (b) The compute slowdown: the model forward's wall time over
-the profile's prediction for its batch, the median over steps, per pool, for steps with prompt tokens and for
-decode-only steps apart (``model_slowdown``: the core share other processes took, and the caches and memory bus
-the live forward shares with the frontend, the client and the other workers; small decode steps lose more to cold
-caches than compute-bound prefills: 1.16 against 1.08). (a) The wall time a step takes beyond its model's forward,
-from the end of the step before (``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per sequence
-that samples): the runtime's own work around the model (preparing the batch, sampling, postprocessing; between
-steps sending the tokens, the step log, messages) and the time the worker waits for a core while the frontend and
-the client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule, take the profile's times
-x (b) + (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json`` reports them
+What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), alone on a core, so
+it does not carry the load of the moment the runtime runs. A burst on the unpaced runtime measures the rest from the
+step log (``measure_slowdown``: requests spaced at about the replay's rate, then 16 short ones per worker at once
+that stream together), and the rate rule runs on it; then a rehearsal measures it again under the replay's own load
+(``rehearsal_s`` seconds of the workload right after the replayed slice: other requests, the same rate, replayed
+once on the live runtime before the measured replays), and the simulation of the run takes the rehearsal's figures
+(``--rehearsal 0``: the burst's). (b) The compute slowdown: the model forward's wall time over the profile's
+prediction for its batch, the median over steps, per pool and by step size, steps with prompt tokens by their tokens
+and decode-only steps by their sequences (``slowdown_by_size``, ``model_slowdown``: the core share other processes
+took, and the caches and memory bus the live forward shares with the frontend, the client and the other workers,
+which cost small steps more than large ones). (a) The wall time a step takes beyond its model's forward, from the
+end of the step before (``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per sequence that
+samples): the runtime's own work around the model (preparing the batch, sampling, postprocessing; between steps
+sending the tokens, the step log, messages) and the time the worker waits for a core while the frontend and the
+client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule, take the profile's times x (b)
++ (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json`` reports them
 (``raw_step_costs``, where they were measured, the burst's and the rehearsal's ``overhead`` with the worker's own
-CPU time split out) and the same fit on the live replay's own steps, to set beside them. Two scalars per pool
-calibrate the profile's level; how cost varies with the batch's shape stays the profile's, and the dynamics the
-simulator's.
+CPU time split out) and the same fit on the live replay's own steps, to set beside them. The slowdown by size
+calibrates the profile's level for each size of step; how cost varies with the context stays the profile's, and the
+dynamics the simulator's.
 
 Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
 back. The rehearsal (or the burst) measures it (client TTFT minus the TTFT inside the workers, from the
