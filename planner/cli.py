@@ -462,8 +462,9 @@ def validate_cmd(
     target_util: float = typer.Option(0.5, "--target-util", min=0.01, max=0.95, help="Rate rule: the busiest "
                                       "simulated pool's busy share."),
     rehearsal: float = typer.Option(30.0, "--rehearsal", min=0.0, help="Raw mode: seconds of the workload after "
-                                    "the slice, replayed once first to measure the runtime's costs under the "
-                                    "replay's load (0: measure them in a short burst only)."),
+                                    "the slice replayed before each replay (the next such window each time) to "
+                                    "measure the runtime's costs under the replay's load (0: measure them in a "
+                                    "short burst only)."),
     profile: str | None = typer.Option(None, "--profile", help="Profile directory to use (default: cached or "
                                        "measured now)."),
     profile_cache: str | None = typer.Option(None, "--profile-cache", help="Where profiles are cached "
@@ -492,7 +493,8 @@ def validate_cmd(
             fail("pdsim validate needs --trace FILE, or --isl N and --osl N (with --rate R or the rate rule)")
         from traces.synthetic import synthetic_workload
 
-        n = max(2, math.ceil((rate or 50.0) * duration * 4))  # enough for the rate rule to cut from
+        # enough for the rate rule to cut from, and for the rehearsals after the slice
+        n = max(2, math.ceil((rate or 50.0) * (duration * 4 + repeats * rehearsal)))
         workload = synthetic_workload(requests=n, isl=isl, osl=osl, rate=rate or 1.0, seed=seed)
     opts = ValidateOptions(out_dir=Path(out), duration_s=duration, repeats=repeats, paced=paced,
                            pace_scale=pace_scale, target_util=target_util, rate=rate, profile=profile,

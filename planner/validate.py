@@ -106,8 +106,9 @@ class ValidateOptions:
     pool_slowdown: dict | None = None
     pool_decode_slowdown: dict | None = None
     kv_handoff_s: float | None = None  # disagg: a finished prompt's KV gathered and handed to the sender (kv_handoff_s)
-    # Raw: seconds of the workload after the replayed slice, replayed once before it to measure the costs above
-    # (and ttft_overhead_s) under the replay's load, in place of the burst's (0: the burst's).
+    # Raw: seconds of the workload after the replayed slice replayed before each replay (other requests each
+    # time: rehearsal_slices) to measure the costs above (and ttft_overhead_s) under the replay's load, in place of
+    # the burst's (0: the burst's).
     rehearsal_s: float = 30.0
     target_util: float = 0.5  # rate rule: the simulated busiest pool's busy share
     rate: float | None = None  # a fixed arrival rate (req/s) instead of the rate rule
@@ -383,12 +384,12 @@ def pool_of(worker: str) -> str:
     return POOL_OF_ROLE[worker.rsplit("-", 1)[0]]
 
 
-def read_steps(run_dir: Path, start_wall: float, end_wall: float) -> dict[str, list[dict]]:
-    """Each worker's step log rows that started in [start_wall, end_wall)."""
+def read_steps(run_dir: Path, windows: list[tuple[float, float]]) -> dict[str, list[dict]]:
+    """Each worker's step log rows that started in one of the wall windows [start, end)."""
     out = {}
     for path in sorted(run_dir.glob("steps-*.jsonl")):
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        out[path.stem.removeprefix("steps-")] = [r for r in rows if start_wall <= r["start"] < end_wall]
+        out[path.stem.removeprefix("steps-")] = [r for r in rows if any(a <= r["start"] < b for a, b in windows)]
     return out
 
 
@@ -495,7 +496,7 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
     the live steps' overhead outside the model (step_overhead, to set beside the rehearsal's or the burst's that the
     simulation used; raw only); when paced, the share of steps whose compute alone took longer than their pace."""
     out = {}
-    for wid, rows in read_steps(run_dir, start_wall, end_wall).items():
+    for wid, rows in read_steps(run_dir, [(start_wall, end_wall)]).items():
         stats = {"steps": len(rows), "busy_share": sum(r["duration_s"] for r in rows) / max(end_wall - start_wall,
                                                                                             1e-9)}
         if rows:
@@ -521,18 +522,19 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
     return out
 
 
-def runtime_costs(run_dir: Path, low: tuple[float, float], window: tuple[float, float], replays: dict,
+def runtime_costs(run_dir: Path, low: list[tuple[float, float]], window: list[tuple[float, float]], replays: dict,
                   id_prefix: str, cm: CostModel) -> dict:
     """What raw mode's simulation adds to the profile, from a run's step and request logs: the compute slowdown
-    (model_slowdown, over all workers' steps and per pool; wall over CPU time too) and the steps' slowdown against
-    ``cm`` in the wall window ``low``; the steps' overhead beyond their model (step_overhead) in ``window``; the
+    (model_slowdown, over all workers' steps and per pool and step size; wall over CPU time too) and the steps'
+    slowdown against ``cm`` in the wall windows ``low``; the steps' overhead beyond their model (step_overhead) in
+    ``window``; the
     per-request overhead (request_overhead_s) and the disagg KV hand-off (kv_handoff_s) of the requests of ``replays``
     (``{id_prefix: replay}``)."""
-    by_worker = {w: rows for w, rows in read_steps(run_dir, *low).items() if rows}
+    by_worker = {w: rows for w, rows in read_steps(run_dir, low).items() if rows}
     per_pool: dict[str, list[dict]] = {}
     for worker, rows in by_worker.items():
         per_pool.setdefault(pool_of(worker), []).extend(rows)
-    steps = [r for rows in read_steps(run_dir, *window).values() for r in rows]
+    steps = [r for rows in read_steps(run_dir, window).values() for r in rows]
     ratios = np.concatenate([slowdown(rows, cm) for rows in by_worker.values()] or [np.ones(1)])
     low_rows = [r for rows in by_worker.values() for r in rows]
     wall_over_cpu = compute_slowdown(low_rows) or 1.0
@@ -578,7 +580,7 @@ def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, 
         t2 = time.time()
     finally:
         rt.stop()
-    out = runtime_costs(rt.run_dir, (t0, t1), (t0, t2), spaced, "burst", cm)
+    out = runtime_costs(rt.run_dir, [(t0, t1)], [(t0, t2)], spaced, "burst", cm)
     over = out["overhead"]
     log(f"slowdown: real step compute is {out['median']:.2f}x the profile's prediction (p95 {out['p95']:.2f}x) "
         f"on this machine now, model forward {out['compute_slowdown']:.3f}x, wall/CPU {out['wall_over_cpu']:.3f}; "
@@ -601,31 +603,26 @@ def pace_scale_for(slow: dict) -> float:
 
 
 def run_live(dep: Deployment, w: Workload, profile_dir: Path, opts: ValidateOptions, log: Log,
-             rehearsal: Workload | None = None) -> tuple[list, list[tuple[float, float]], Path, dict | None]:
-    """Replay ``w`` on the live runtime ``opts.repeats`` times (one server, warmed up), after replaying
-    ``rehearsal`` once on it when given. Returns the replays, each replay's wall window (for step_stats), the
-    run's folder, and what the rehearsal measured (runtime_costs) or None."""
+             rehearsals: list[Workload] | None = None) -> tuple[list, list[tuple[float, float]], Path, dict | None]:
+    """Replay ``w`` on the live runtime ``opts.repeats`` times (one server, warmed up), each replay after the
+    rehearsal of its index in ``rehearsals`` where there is one. Returns the replays, each replay's wall window
+    (for step_stats), the run's folder, and what the rehearsals measured together (runtime_costs) or None."""
     from profiler.paced import paced_cost_model  # noqa: PLC0415
     from runtime.replay_client import replay  # noqa: PLC0415
 
+    rehearsals = rehearsals or []
     rt = start_runtime(dep, opts.out_dir / "live", profile_dir, opts)
-    replays, windows, rehearsed = [], [], None
+    replays, windows, rehearsed, rehearsed_runs = [], [], None, {}
     try:
         log(f"live: runtime ready at {rt.url}; warming up")
         warm_up(rt, dep, dep.model)
-        if rehearsal is not None:
-            log(f"live: rehearsal: {len(rehearsal)} other requests of the workload at the same rate over "
-                f"{rehearsal.duration_s:.0f} s, to measure the runtime's costs under the replay's load")
-            r = replay(rt.url, rehearsal, model=dep.model, seed=opts.seed, id_prefix="rehearsal")
-            window = (r.start_wall, _end_wall(r))
-            ok = int((r.requests["outcome"] == "ok").sum())
-            if ok >= MIN_REHEARSAL_REQUESTS:
-                cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
-                rehearsed = runtime_costs(rt.run_dir, window, window, {"rehearsal": r}, "rehearsal", cm)
-                rehearsed["requests"] = ok
-            else:
-                log(f"live: only {ok} rehearsal requests finished; raw mode keeps the burst's costs")
         for i in range(opts.repeats):
+            if i < len(rehearsals):
+                part = rehearsals[i]
+                log(f"live: rehearsal {i + 1}/{len(rehearsals)}: {len(part)} other requests of the workload at the "
+                    f"same rate over {part.duration_s:.0f} s, to measure the runtime's costs under the replay's load")
+                rehearsed_runs[f"rehearsal{i}"] = replay(rt.url, part, model=dep.model, seed=opts.seed,
+                                                         id_prefix=f"rehearsal{i}")
             log(f"live: replay {i + 1}/{opts.repeats}: {len(w)} requests over {w.duration_s:.0f} s")
             r = replay(rt.url, w, model=dep.model, seed=opts.seed, id_prefix=f"r{i}")
             windows.append((r.start_wall, _end_wall(r)))
@@ -633,6 +630,14 @@ def run_live(dep: Deployment, w: Workload, profile_dir: Path, opts: ValidateOpti
             bad = int((r.requests["outcome"] != "ok").sum())
             if bad:
                 log(f"live: {bad} requests failed, e.g. {r.requests.loc[r.requests.outcome != 'ok', 'error'].iloc[0]}")
+        ok = sum(int((r.requests["outcome"] == "ok").sum()) for r in rehearsed_runs.values())
+        if rehearsed_runs and ok >= MIN_REHEARSAL_REQUESTS:
+            cm = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
+            spans = [(r.start_wall, _end_wall(r)) for r in rehearsed_runs.values()]
+            rehearsed = runtime_costs(rt.run_dir, spans, spans, rehearsed_runs, "rehearsal", cm)
+            rehearsed |= {"requests": ok, "parts": len(spans)}
+        elif rehearsed_runs:
+            log(f"live: only {ok} rehearsal requests finished; raw mode keeps the burst's costs")
     finally:
         rt.stop()
     return replays, windows, rt.run_dir, rehearsed
@@ -643,15 +648,23 @@ def _end_wall(r) -> float:
     return r.start_wall + float(np.nanmax(r.requests["last_token_s"].to_numpy(), initial=0.0))
 
 
-def rehearsal_slice(w: Workload, rate: float, opts: ValidateOptions) -> Workload | None:
-    """Raw mode's rehearsal: the ``opts.rehearsal_s`` seconds of the rescaled workload right after the replayed
-    slice (other requests, the same rate and burstiness); None when off, paced, or the workload ends first."""
+def rehearsal_slices(w: Workload, rate: float, opts: ValidateOptions) -> list[Workload]:
+    """Raw mode's rehearsals, one before each replay: consecutive ``opts.rehearsal_s``-second windows of the
+    rescaled workload right after the replayed slice (other requests, the same rate and burstiness), as many as
+    there are repeats and the workload holds; none when off or paced. One before each replay rather than all
+    at first: the machine's speed drifts over minutes (the disagg prefill worker in a rehearsal at 22:55 ran prompts
+    of up to 256 tokens at 1.94x the profile and of 257-2048 at 1.29-1.35x; in the three replays after it 1.10-1.31x
+    and 0.96-1.11x), and the rehearsals' steps taken together span the replays' time."""
     if opts.paced or opts.rehearsal_s <= 0:
-        return None
-    try:
-        return time_window(rescale(w, rate=rate), opts.duration_s, opts.duration_s + opts.rehearsal_s)
-    except InputError:
-        return None
+        return []
+    whole, out = rescale(w, rate=rate), []
+    for i in range(opts.repeats):
+        start = opts.duration_s + i * opts.rehearsal_s
+        try:
+            out.append(time_window(whole, start, start + opts.rehearsal_s))
+        except InputError:
+            break
+    return out
 
 
 def live_stats(r) -> dict:
@@ -759,10 +772,10 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
     rate = opts.rate
     if rate is None:  # on the very costs the simulation of the run uses, so the live busy share is the target
         rate = carryable_rate(w, sim_dep, cms, opts.target_util, opts.duration_s, log)[0]
-    rehearsal = rehearsal_slice(w, rate, opts) if measured else None
+    rehearsals = rehearsal_slices(w, rate, opts) if measured else []
     w = _slice(w, rate, opts.duration_s)
     log(f"workload: {len(w)} requests at {rate:.3g} req/s over {w.duration_s:.0f} s ({dropped} too long dropped)")
-    replays, windows, run_dir, rehearsed = run_live(dep, w, profile_dir, opts, log, rehearsal)
+    replays, windows, run_dir, rehearsed = run_live(dep, w, profile_dir, opts, log, rehearsals)
     costs_from = "burst" if slow else "given"
     if rehearsed:
         rehearsed["ttft_overhead_s"] = max(0.0, rehearsed["ttft_overhead_s"] or 0.0)
@@ -794,8 +807,8 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         "simulated_kv_link": sim_dep.to_dict().get("kv_link"),
         "profile": str(profile_dir),
         "measured_slowdown": slow,
-        "rehearsal": rehearsed and {"requests": rehearsed["requests"], "seconds": opts.rehearsal_s,
-                                    "overhead": rehearsed["overhead"]},
+        "rehearsal": rehearsed and {"requests": rehearsed["requests"], "parts": rehearsed["parts"],
+                                    "seconds_each": opts.rehearsal_s, "overhead": rehearsed["overhead"]},
         "costs_measured_in": costs_from,
         "workload": {"source": w.source, "requests": len(w), "rate_rps": rate, "duration_s": opts.duration_s,
                      "dropped_too_long": dropped, "rate_rule": None if opts.rate is not None

@@ -20,7 +20,7 @@ from planner.validate import (
     error_table,
     model_slowdown,
     pace_scale_for,
-    rehearsal_slice,
+    rehearsal_slices,
     request_overhead_s,
     servable,
     step_overhead,
@@ -122,7 +122,7 @@ def test_runtime_costs_split_the_slowdown_of_steps_with_prompts_from_decode_only
     rows = [{**step_row(0, 0.0, None, model_s=0.1, prefill=(10,)), "start": 1.0 + i} for i in range(3)]
     rows += [{**step_row(2, 0.0, None, model_s=0.028), "start": 5.0 + i} for i in range(5)]
     (tmp_path / "steps-agg-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = runtime_costs(tmp_path, (0.0, 20.0), (0.0, 20.0), {}, "x", Const())
+    out = runtime_costs(tmp_path, [(0.0, 20.0)], [(0.0, 20.0)], {}, "x", Const())
     assert out["pool_slowdown"] == {"workers": [[64, pytest.approx(1.0)]]}  # three 10-token prompts
     # five 2-sequence steps are too few for a size of their own: their median over all sizes
     assert out["pool_decode_slowdown"] == {"workers": [[2, pytest.approx(1.4)]]}
@@ -201,17 +201,20 @@ def test_model_slowdown_is_the_median_live_forward_over_the_profiles_prediction(
     assert model_slowdown([{**step_row(1, 0.0, None), "model_s": 0.0}], Const()) is None
 
 
-def test_the_rehearsal_is_the_workload_right_after_the_replayed_slice_at_the_same_rate(tmp_path):
+def test_the_rehearsals_are_the_workload_right_after_the_replayed_slice_at_the_same_rate(tmp_path):
     from planner.validate import ValidateOptions, _slice
 
     w = Workload(make_requests(np.arange(100) * 1.0, np.arange(100) + 10, np.full(100, 5)), source="t")
-    opts = ValidateOptions(out_dir=tmp_path, duration_s=10.0, rehearsal_s=5.0)
-    r, replayed = rehearsal_slice(w, 2.0, opts), _slice(w, 2.0, 10.0)
-    assert len(replayed) == 20 and len(r) == 10  # at 2 req/s: 20 requests in 10 s, then the next 10 in 5 s
-    assert r.requests["isl"].tolist() == list(range(30, 40)) and r.requests["arrival_s"].iloc[0] == 0.0
-    assert rehearsal_slice(w, 2.0, replace(opts, rehearsal_s=0.0)) is None
-    assert rehearsal_slice(w, 2.0, replace(opts, paced=True)) is None  # a paced step holds its pace
-    assert rehearsal_slice(w, 2.0, replace(opts, duration_s=60.0)) is None  # nothing left after the slice
+    opts = ValidateOptions(out_dir=tmp_path, duration_s=10.0, rehearsal_s=5.0, repeats=2)
+    parts, replayed = rehearsal_slices(w, 2.0, opts), _slice(w, 2.0, 10.0)
+    # at 2 req/s: 20 requests in 10 s, then the next 10 in 5 s before the first replay, the 10 after before the second
+    assert len(replayed) == 20 and [len(r) for r in parts] == [10, 10]
+    assert parts[0].requests["isl"].tolist() == list(range(30, 40)) and parts[0].requests["arrival_s"].iloc[0] == 0.0
+    assert parts[1].requests["isl"].tolist() == list(range(40, 50))
+    assert len(rehearsal_slices(w, 2.0, replace(opts, repeats=9))) == 8  # as many as the workload holds (50 s)
+    assert rehearsal_slices(w, 2.0, replace(opts, rehearsal_s=0.0)) == []
+    assert rehearsal_slices(w, 2.0, replace(opts, paced=True)) == []  # a paced step holds its pace
+    assert rehearsal_slices(w, 2.0, replace(opts, duration_s=60.0)) == []  # nothing left after the slice
 
 
 def test_scaled_cost_model_adds_the_measured_overhead_per_step_and_per_sampling_sequence():
@@ -488,12 +491,18 @@ def run_validate(tmp_path: Path, dep: dict, profile: Path, *extra: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_agg_raw_end_to_end(tmp_path, tiny_profile):
-    # the rate rule picks the rate; a rehearsal of the 6 s after the slice measures the costs under its load
+    # the rate rule picks the rate; rehearsals of the 6 s after the slice, then the 6 s after those, one before each
+    # replay, measure the costs under its load
     doc = run_validate(tmp_path, AGG, tiny_profile, "--repeats", "2", "--rehearsal", "6")
     assert doc["mode"] == "raw" and len(doc["metrics"]["ttft_ms"]["p50"]["live_repeats"]) == 2
     assert doc["measured_slowdown"]["steps"] > 10 and doc["workload"]["rate_rule"]
     # what a live step costs beyond the profile, measured in the rehearsal and given to the simulation
     assert doc["costs_measured_in"] == "rehearsal" and doc["rehearsal"]["requests"] >= 10
+    assert doc["rehearsal"]["parts"] == 2
+    log = [json.loads(x) for x in (tmp_path / "out" / "live" / "requests.jsonl").read_text().splitlines()]
+    order = [r["request_id"].split("-")[0] for r in sorted(log, key=lambda r: r["arrival_s"])]
+    firsts = [p for i, p in enumerate(order) if i == 0 or order[i - 1] != p]
+    assert firsts[-4:] == ["rehearsal0", "r0", "rehearsal1", "r1"]
     costs = doc["raw_step_costs"]
     assert 0 < costs["iteration_overhead_ms"] < 20 and costs["per_seq_overhead_ms"] >= 0
     assert 0.3 < costs["compute_slowdown"] < 10  # the live forward over the profile, on a shared CPU
