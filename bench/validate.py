@@ -87,6 +87,11 @@ def main() -> None:
                     f"seqs), "
                     f"wall/CPU {s['wall_over_cpu']:.3f}, busy {s['busy_share']:.0%}"
                     for w, s in rep.items() if "overhead_ms" in s) for rep in doc["utilization"]["live"]))
+                print("the replays' own slowdown by size: " + "; ".join(", ".join(
+                    f"{w} " + " / ".join(by_size(x, unit) for key, unit in (("prompt_steps", "tokens"),
+                                                                             ("decode_steps", "seqs"))
+                                         if (x := s["slowdown_by_size"].get(key)))
+                    for w, s in rep.items() if s.get("slowdown_by_size")) for rep in doc["utilization"]["live"]))
             diff = doc["per_request"]
             print("per request, live - sim (median): " + ", ".join(
                 f"{m.upper()} {diff[f'{m}_live_minus_sim_ms']['p50']:+.1f} ms" for m in ("ttft", "tpot")

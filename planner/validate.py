@@ -493,8 +493,9 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
     """Per worker over [start, end): busy share (sum of step durations / window); where the raw error comes from: median
     step compute over the profile's prediction (``base``), split into CPU time over prediction (the profile's own error;
     also for steps with and without a prompt chunk) and wall over CPU time (the share of the core other processes took);
-    the live steps' overhead outside the model (step_overhead, to set beside the rehearsal's or the burst's that the
-    simulation used; raw only); when paced, the share of steps whose compute alone took longer than their pace."""
+    the live steps' overhead outside the model (step_overhead) and the model forward's slowdown by step size
+    (slowdown_by_size), to set beside the rehearsals' or the burst's that the simulation used (raw only); when paced,
+    the share of steps whose compute alone took longer than their pace."""
     out = {}
     for wid, rows in read_steps(run_dir, [(start_wall, end_wall)]).items():
         stats = {"steps": len(rows), "busy_share": sum(r["duration_s"] for r in rows) / max(end_wall - start_wall,
@@ -513,6 +514,9 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
                 if m.any():
                     stats[f"cpu_over_profile_{name}_steps"] = float(np.median((cpu / wall * ratio)[m]))
             stats["wall_over_cpu"] = float(np.median(wall / cpu))
+            if not paced and base is not None:  # as the rehearsals measured it for the simulation
+                stats["slowdown_by_size"] = {"prompt_steps": slowdown_by_size(rows, base, True),
+                                             "decode_steps": slowdown_by_size(rows, base, False)}
             over = None if paced else step_overhead(rows, compute_slowdown(rows) or 1.0)
             if over:
                 stats |= {"overhead_ms": over["iteration_s"] * 1e3, "per_seq_overhead_ms": over["per_seq_s"] * 1e3,

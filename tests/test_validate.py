@@ -507,6 +507,7 @@ def test_agg_raw_end_to_end(tmp_path, tiny_profile):
     assert 0 < costs["iteration_overhead_ms"] < 20 and costs["per_seq_overhead_ms"] >= 0
     assert 0.3 < costs["compute_slowdown"] < 10  # the live forward over the profile, on a shared CPU
     assert all(s["own_overhead_ms"] > 0 for s in doc["utilization"]["live"][0].values())  # the replay's, beside it
+    assert all(s["slowdown_by_size"]["decode_steps"][0][1] > 0 for s in doc["utilization"]["live"][0].values())
     # Raw compute on a shared CPU can be several times slower than profiled: a loose bound only
     for m in ("ttft_ms", "tpot_ms"):
         assert 0.1 < doc["metrics"][m]["p50"]["sim"] / doc["metrics"][m]["p50"]["live"] < 10
