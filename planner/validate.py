@@ -23,23 +23,23 @@ compute overran their pace is reported.
 What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), alone on a core, so
 it does not carry the load of the moment the runtime runs. A burst on the unpaced runtime measures the rest from the
 step log (``measure_slowdown``: requests spaced at about the replay's rate, then 16 short ones per worker at once
-that stream together), and the rate rule runs on it; then a rehearsal measures it again under the replay's own load
-(``rehearsal_s`` seconds of the workload right after the replayed slice: other requests, the same rate, replayed
-once on the live runtime before the measured replays), and the simulation of the run takes the rehearsal's figures
-(``--rehearsal 0``: the burst's). (b) The compute slowdown: the model forward's wall time over the profile's
-prediction for its batch, the median over steps, per pool and by step size, steps with prompt tokens by their tokens
-and decode-only steps by their sequences (``slowdown_by_size``, ``model_slowdown``: the core share other processes
-took, and the caches and memory bus the live forward shares with the frontend, the client and the other workers,
-which cost small steps more than large ones). (a) The wall time a step takes beyond its model's forward, from the
-end of the step before (``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per sequence that
-samples): the runtime's own work around the model (preparing the batch, sampling, postprocessing; between steps
-sending the tokens, the step log, messages) and the time the worker waits for a core while the frontend and the
-client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule, take the profile's times x (b)
-+ (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json`` reports them
-(``raw_step_costs``, where they were measured, the burst's and the rehearsal's ``overhead`` with the worker's own
-CPU time split out) and the same fit on the live replay's own steps, to set beside them. The slowdown by size
-calibrates the profile's level for each size of step; how cost varies with the context stays the profile's, and the
-dynamics the simulator's.
+that stream together), and the rate rule runs on it; then rehearsals measure it again under the replay's own load
+(before each measured replay, the next ``rehearsal_s`` seconds of the workload after the replayed slice: other
+requests, the same rate; ``rehearsal_slices``), and the simulation of the run takes the rehearsals' figures, their
+steps taken together (``--rehearsal 0``: the burst's). (b) The compute slowdown: the model forward's wall time over
+the profile's prediction for its batch, the median over steps, per pool and by step size, steps with prompt tokens
+by their tokens and decode-only steps by their sequences (``slowdown_by_size``, ``model_slowdown``: the core share
+other processes took, and the caches and memory bus the live forward shares with the frontend, the client and the
+other workers, which cost small steps more than large ones). (a) The wall time a step takes beyond its model's
+forward, from the end of the step before (``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per
+sequence that samples): the runtime's own work around the model (preparing the batch, sampling, postprocessing;
+between steps sending the tokens, the step log, messages) and the time the worker waits for a core while the
+frontend and the client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule, take the
+profile's times x (b) + (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json``
+reports them (``raw_step_costs``, where they were measured, the burst's and the rehearsal's ``overhead`` with the
+worker's own CPU time split out) and the same fit on the live replay's own steps, to set beside them. The slowdown
+by size calibrates the profile's level for each size of step; how cost varies with the context stays the profile's,
+and the dynamics the simulator's.
 
 Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
 back. The rehearsal (or the burst) measures it (client TTFT minus the TTFT inside the workers, from the
@@ -529,11 +529,10 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
 def runtime_costs(run_dir: Path, low: list[tuple[float, float]], window: list[tuple[float, float]], replays: dict,
                   id_prefix: str, cm: CostModel) -> dict:
     """What raw mode's simulation adds to the profile, from a run's step and request logs: the compute slowdown
-    (model_slowdown, over all workers' steps and per pool and step size; wall over CPU time too) and the steps'
-    slowdown against ``cm`` in the wall windows ``low``; the steps' overhead beyond their model (step_overhead) in
-    ``window``; the
-    per-request overhead (request_overhead_s) and the disagg KV hand-off (kv_handoff_s) of the requests of ``replays``
-    (``{id_prefix: replay}``)."""
+    (model_slowdown, over all workers' steps and per pool and step size; wall over CPU time too) and the steps' slowdown
+    against ``cm`` in the wall windows ``low``; the steps' overhead beyond their model (step_overhead) in ``window``;
+    the per-request overhead (request_overhead_s) of the requests of ``replays`` (``{request id prefix: replay}``)
+    and the disagg KV hand-off (kv_handoff_s) of those whose ids start with ``id_prefix``."""
     by_worker = {w: rows for w, rows in read_steps(run_dir, low).items() if rows}
     per_pool: dict[str, list[dict]] = {}
     for worker, rows in by_worker.items():
