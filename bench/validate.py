@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from planner.validate import DEFAULT_CACHE, ValidateOptions, by_size, error_table, validate
+from planner.validate import DEFAULT_CACHE, ValidateOptions, error_table, slowdown_text, validate
 from simulator.deployment import parse_deployment
 from traces.loader import load_trace
 
@@ -72,9 +72,7 @@ def main() -> None:
                 costs, where = doc["raw_step_costs"], doc["costs_measured_in"]
                 over = ((doc["rehearsal"] if where == "rehearsal" else doc["measured_slowdown"]) or {}).get(
                     "overhead") or {}
-                pools = "; ".join(f"{k}: {what} {by_size(x, unit)}" for what, unit, key in (
-                    ("steps with prompts", "tokens", "pool_slowdown"), ("decode-only", "seqs", "pool_decode_slowdown"))
-                    for k, x in (costs.get(key) or {}).items())
+                pools = slowdown_text(costs.get("pool_slowdown"), costs.get("pool_decode_slowdown"))
                 print(f"simulated step = profile x slowdown ({pools or costs['compute_slowdown']}) + "
                       f"{costs['iteration_overhead_ms']:.3f} ms + {costs['per_seq_overhead_ms']:.4f} ms/seq"
                       + (f", KV hand-off {costs['kv_handoff_ms']:.2f} ms" if topology == "disagg" else "")
@@ -87,11 +85,9 @@ def main() -> None:
                     f"seqs), "
                     f"wall/CPU {s['wall_over_cpu']:.3f}, busy {s['busy_share']:.0%}"
                     for w, s in rep.items() if "overhead_ms" in s) for rep in doc["utilization"]["live"]))
-                print("the replays' own slowdown by size: " + "; ".join(", ".join(
-                    f"{w} " + " / ".join(by_size(x, unit) for key, unit in (("prompt_steps", "tokens"),
-                                                                             ("decode_steps", "seqs"))
-                                         if (x := s["slowdown_by_size"].get(key)))
-                    for w, s in rep.items() if s.get("slowdown_by_size")) for rep in doc["utilization"]["live"]))
+                print("the replays' own slowdown by size: " + " | ".join(slowdown_text(
+                    *({w: s["slowdown_by_size"][k] for w, s in rep.items() if s.get("slowdown_by_size")}
+                      for k in ("prompt_steps", "decode_steps"))) for rep in doc["utilization"]["live"]))
             diff = doc["per_request"]
             print("per request, live - sim (median): " + ", ".join(
                 f"{m.upper()} {diff[f'{m}_live_minus_sim_ms']['p50']:+.1f} ms" for m in ("ttft", "tpot")

@@ -835,9 +835,7 @@ def log_costs(dep: Deployment, opts: ValidateOptions, source: str, log: Log) -> 
         "its workers (HTTP, frontend); the simulation adds it too (ttft_overhead_s)")
     if opts.paced:
         return
-    pools = "; ".join(f"{p}: {what} {by_size(x, unit)}" for what, unit, given in (
-        ("steps with prompts", "tokens", opts.pool_slowdown), ("decode-only steps", "seqs", opts.pool_decode_slowdown))
-        for p, x in (given or {}).items())
+    pools = slowdown_text(opts.pool_slowdown, opts.pool_decode_slowdown)
     log(f"raw ({source}): a simulated step takes the profile's time x the live forward's slowdown over the profile "
         f"(by pool and step size: {pools or f'{opts.compute_slowdown:.3f} for all'}) + "
         f"{opts.iteration_overhead_s * 1e3:.3f} ms + "
@@ -846,9 +844,14 @@ def log_costs(dep: Deployment, opts: ValidateOptions, source: str, log: Log) -> 
            if dep.topology == "disagg" and opts.kv_handoff_s else ""))
 
 
-def by_size(buckets: list, unit: str) -> str:
-    """A slowdown by step size as text: ``<=1 seqs 1.26, <=2 1.26, <=4 1.17, ...``."""
-    return ", ".join(f"<={hi}{f' {unit}' if i == 0 else ''} {x:.2f}" for i, (hi, x) in enumerate(buckets))
+def slowdown_text(prompt: dict | None, decode: dict | None) -> str:
+    """Slowdowns by step size (slowdown_by_size) of pools or workers as text, ``{name: buckets}`` for steps with
+    prompts and for decode-only steps: ``prefill: steps with prompts <=64 tokens 1.30, <=128 1.30, ...; decode:
+    decode-only steps <=1 seqs 1.20, <=2 1.32, ...``."""
+    return "; ".join(
+        f"{name}: {what} " + ", ".join(f"<={hi}{f' {unit}' if i == 0 else ''} {x:.2f}" for i, (hi, x) in enumerate(b))
+        for what, unit, given in (("steps with prompts", "tokens", prompt), ("decode-only steps", "seqs", decode))
+        for name, b in (given or {}).items() if b)
 
 
 def error_table(doc: dict) -> str:
