@@ -45,6 +45,12 @@ Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the ho
 back. The rehearsal (or the burst) measures it (client TTFT minus the TTFT inside the workers, from the
 request log) and the simulation of the run gets it through the simulator's own term for it
 (``Efficiency.ttft_overhead_s``, carried by the cost model), so both sides count the same TTFT.
+
+The error split (raw). The rehearsals are not the replays: the machine's speed drifts between them. So raw mode
+simulates the run a second time on the costs measured in the replays themselves (``replay_cost_check``:
+``sim_on_replay_costs`` in validate.json, a column of validate.html), a diagnosis and not a prediction: the error
+left then is the simulator's (batching, queueing, transfer, cost within a size bucket), and its difference from the
+main figures is what measuring the costs minutes apart cost.
 """
 
 from __future__ import annotations
@@ -369,7 +375,7 @@ def request_overhead_s(replays: dict, log_path: Path) -> float | None:
     return float(np.median(d)) if d else None
 
 
-def kv_handoff_s(log_path: Path, id_prefix: str) -> float | None:
+def kv_handoff_s(log_path: Path, id_prefix: str | tuple[str, ...]) -> float | None:
     """Disagg: the median time from a prompt's last prefill step to its KV leaving the prefill worker (gathering
     the prompt's KV from the cache, handing it to the sender thread), over the requests of ``id_prefix`` in the
     request log: what the prefill worker spends on a transfer besides the copy the profile timed."""
@@ -527,7 +533,7 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
 
 
 def runtime_costs(run_dir: Path, low: list[tuple[float, float]], window: list[tuple[float, float]], replays: dict,
-                  id_prefix: str, cm: CostModel) -> dict:
+                  id_prefix: str | tuple[str, ...], cm: CostModel) -> dict:
     """What raw mode's simulation adds to the profile, from a run's step and request logs: the compute slowdown
     (model_slowdown, over all workers' steps and per pool and step size; wall over CPU time too) and the steps' slowdown
     against ``cm`` in the wall windows ``low``; the steps' overhead beyond their model (step_overhead) in ``window``;
@@ -551,6 +557,39 @@ def runtime_costs(run_dir: Path, low: list[tuple[float, float]], window: list[tu
                                      if (x := slowdown_by_size(rows, cm, False))},
             "kv_handoff_s": kv_handoff_s(run_dir / "requests.jsonl", id_prefix),
             "iteration_overhead_s": over["iteration_s"], "per_seq_overhead_s": over["per_seq_s"], "overhead": over}
+
+
+def replay_cost_check(dep: Deployment, w: Workload, replays: list, windows: list[tuple[float, float]], run_dir: Path,
+                      profile_dir: Path, opts: ValidateOptions, live: list[dict], base: CostModel) -> dict:
+    """Raw mode's split of the error: the same simulation again, on the costs measured in the replays themselves
+    (runtime_costs over their own steps and requests, in place of the rehearsals'), compared with the same live
+    figures. What error is left then is the simulator's (batching, queueing, transfer, how cost varies within a
+    size bucket), not the cost measurement's; the difference from the main figures is what the machine's drift
+    between the rehearsals and the replays cost. A diagnosis only: the replays are what is predicted, so their own
+    costs are not a prediction."""
+    from simulator import simulate  # noqa: PLC0415
+
+    prefixes = [f"r{i}" for i in range(len(replays))]
+    costs = runtime_costs(run_dir, windows, windows, dict(zip(prefixes, replays, strict=True)),
+                          tuple(f"{p}-" for p in prefixes), base)
+    found = {k: costs[k] for k in RAW_COSTS if costs[k] is not None}  # what the replays do not show stays as it was
+    if "ttft_overhead_s" in found:
+        found["ttft_overhead_s"] = max(0.0, found["ttft_overhead_s"])
+    own = replace(opts, **found)
+    sim = simulate(sim_deployment(dep, profile_dir, own.kv_handoff_s or 0.0), w, seed=opts.seed,
+                   cost_models=cost_models(dep, profile_dir, own))
+    cells = compare(live, sim.summary(), paced=False)
+    return {"metrics": {m: {p: {k: c[k] for k in ("sim", "rel_error", "within_target") if k in c}
+                            for p, c in cells[m].items()} for m in ("ttft_ms", "tpot_ms")},
+            "costs": raw_costs_doc(own)}
+
+
+def raw_costs_doc(opts: ValidateOptions) -> dict:
+    """What raw mode's simulation adds to the profile, as validate.json reports it (``raw_step_costs``)."""
+    return {"iteration_overhead_ms": opts.iteration_overhead_s * 1e3,
+            "per_seq_overhead_ms": opts.per_seq_overhead_s * 1e3, "compute_slowdown": opts.compute_slowdown,
+            "pool_slowdown": opts.pool_slowdown, "pool_decode_slowdown": opts.pool_decode_slowdown,
+            "kv_handoff_ms": (opts.kv_handoff_s or 0.0) * 1e3, "ttft_overhead_ms": opts.ttft_overhead_s * 1e3}
 
 
 def measure_slowdown(dep: Deployment, profile_dir: Path, opts: ValidateOptions, log: Log) -> dict:
@@ -792,7 +831,9 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
 
     base = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
     workers = [step_stats(run_dir, a, b, cms, opts.paced, base) for a, b in windows]
-    metrics = compare([live_stats(r) for r in replays], sim.summary(), opts.paced)
+    live = [live_stats(r) for r in replays]
+    metrics = compare(live, sim.summary(), opts.paced)
+    check = None if opts.paced else replay_cost_check(dep, w, replays, windows, run_dir, profile_dir, opts, live, base)
     rows = per_request(replays, sim.requests)
     rows.to_csv(opts.out_dir / "requests.csv", index=False, float_format="%.6g")
     doc = _clean({
@@ -800,11 +841,8 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         "mode": "paced" if opts.paced else "raw",
         "pace_scale": opts.pace_scale if opts.paced else None,
         "ttft_overhead_ms": opts.ttft_overhead_s * 1e3,
-        "raw_step_costs": None if opts.paced else {
-            "iteration_overhead_ms": opts.iteration_overhead_s * 1e3, "per_seq_overhead_ms":
-            opts.per_seq_overhead_s * 1e3, "compute_slowdown": opts.compute_slowdown,
-            "pool_slowdown": opts.pool_slowdown, "pool_decode_slowdown": opts.pool_decode_slowdown,
-            "kv_handoff_ms": (opts.kv_handoff_s or 0.0) * 1e3},
+        "raw_step_costs": None if opts.paced else raw_costs_doc(opts),
+        "sim_on_replay_costs": check,
         "repeats": opts.repeats,
         "deployment": dep.to_dict(),
         "simulated_kv_link": sim_dep.to_dict().get("kv_link"),

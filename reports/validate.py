@@ -14,16 +14,22 @@ from reports.html import cdf, figure, page, paragraph, section, table
 NAMES = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E"}
 
 
+def pct(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
 def error_rows(doc: dict) -> list[dict]:
+    """A row per metric and percentile; raw runs add the error of the simulation on the replays' own costs."""
     rows = []
+    check = (doc.get("sim_on_replay_costs") or {}).get("metrics", {})
     for metric, cells in doc["metrics"].items():
         for p, c in cells.items():
             ok = c.get("within_target")
             rows.append({"metric": NAMES[metric], "percentile": p, "live": c["live"], "sim": c["sim"],
-                         "error": None if c["rel_error"] is None else 100 * c["rel_error"],
-                         "spread": None if c["repeat_spread"] is None else 100 * c["repeat_spread"],
-                         "target": None if c.get("target") is None else 100 * c["target"],
-                         "verdict": "" if ok is None else ("within" if ok else "MISSED")})
+                         "error": pct(c["rel_error"]), "spread": pct(c["repeat_spread"]),
+                         "target": pct(c.get("target")),
+                         "verdict": "" if ok is None else ("within" if ok else "MISSED"),
+                         "own_costs_error": pct(check.get(metric, {}).get(p, {}).get("rel_error"))})
     return rows
 
 
@@ -62,10 +68,17 @@ def write_validate_report(doc: dict, rows: pd.DataFrame, replays: list, sim, pat
            f"{wl['rate_rps']:.3g} req/s from {wl['source']}, {doc['repeats']} live repeat(s)")
     cols = [("metric", "metric"), ("percentile", "pct"), ("live", "live ms"), ("sim", "sim ms"),
             ("error", "error %"), ("spread", "repeat spread %"), ("target", "target ±%"), ("verdict", "verdict")]
+    note = ""
+    if doc.get("sim_on_replay_costs"):
+        cols.append(("own_costs_error", "error on the replays' own costs %"))
+        note = (" The last column simulates again on the costs measured in the replays themselves, not in the "
+                "rehearsals: the error left when the costs are measured exactly (the simulator's), a diagnosis, "
+                "not a prediction.")
     sections = [
         section("Error", paragraph("error = (simulated - live) / live; live is the median over repeats, spread "
-                                   "is (max - min) / median of the repeats. CDFs show the first repeat."),
-                table(error_rows(doc), cols, formats={"error": "+.1f", "spread": ".1f", "target": ".0f"})),
+                                   "is (max - min) / median of the repeats. CDFs show the first repeat." + note),
+                table(error_rows(doc), cols, formats={"error": "+.1f", "spread": ".1f", "target": ".0f",
+                                                      "own_costs_error": "+.1f"})),
         *[section(NAMES[m], figure(cdf({"live": np.asarray(a, float) * 1e3, "simulated": np.asarray(b, float) * 1e3},
                                        f"{NAMES[m]} (ms)", title=f"{NAMES[m]}: live vs simulated")))
           for m, (a, b) in series.items()],

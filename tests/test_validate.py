@@ -429,6 +429,47 @@ def test_raw_simulation_takes_each_pools_measured_slowdown_and_the_kv_handoff(tm
     assert handed.kv_link.bandwidth_bytes_s == plain.kv_link.bandwidth_bytes_s
 
 
+def test_the_error_split_simulates_again_on_the_replays_own_costs(tmp_path, tiny_profile):
+    from types import SimpleNamespace
+
+    from planner.validate import ValidateOptions, replay_cost_check
+    from profiler.paced import paced_cost_model
+    from simulator.deployment import parse_deployment
+
+    dep = parse_deployment(AGG)
+    base = paced_cost_model(str(tiny_profile), "tiny", "fp32")
+    one = base.iteration_s(Batch.of(decode_ctx=[100]))
+    # the replay's decode steps of one sequence ran 2x the profile; the rehearsals had measured 1x
+    rows = [{**step_row(1, 0.0, None, model_s=2.0 * one), "start": 10.0 + 0.1 * i} for i in range(40)]
+    rows += [{**step_row(1, 0.0, None, model_s=one), "start": 1.0 + 0.1 * i} for i in range(40)]  # a rehearsal's
+    (tmp_path / "steps-agg-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    opts = ValidateOptions(out_dir=tmp_path, ttft_overhead_s=0.005, iteration_overhead_s=0.0, per_seq_overhead_s=0.0,
+                           compute_slowdown=1.0, pool_decode_slowdown={"workers": [[1, 1.0]]})
+    w = Workload(make_requests([0.0, 5.0], 32, 40), source="t")
+    replay = SimpleNamespace(requests=pd.DataFrame(columns=["request_id", "outcome", "first_token_s", "sent_s"]))
+    live = [stats(20.0, 4.0)]
+    out = replay_cost_check(dep, w, [replay], [(10.0, 15.0)], tmp_path, tiny_profile, opts, live, base)
+    assert out["costs"]["pool_decode_slowdown"] == {"workers": [[1, pytest.approx(2.0)]]}  # the replay's steps only
+    assert out["costs"]["ttft_overhead_ms"] == pytest.approx(5.0)  # not in the replay's log: as it was
+    tpot = out["metrics"]["tpot_ms"]["p50"]
+    assert tpot["rel_error"] == pytest.approx((tpot["sim"] - 4.0) / 4.0)
+    # one request at a time: every decode step holds one sequence, at the replay's 2x the profile
+    assert tpot["sim"] == pytest.approx(2.0 * one * 1e3, rel=0.05)
+    assert set(out["metrics"]) == {"ttft_ms", "tpot_ms"} and "within_target" in tpot
+
+
+def test_the_reports_error_table_adds_the_error_on_the_replays_own_costs_for_raw_runs():
+    from reports.validate import error_rows
+
+    metrics = compare([stats(100.0, 10.0)], stats(110.0, 9.0), paced=False)
+    own = compare([stats(100.0, 10.0)], stats(104.0, 10.5), paced=False)
+    raw = error_rows({"metrics": metrics, "sim_on_replay_costs": {"metrics": own}})
+    ttft50 = next(r for r in raw if r["metric"] == "TTFT" and r["percentile"] == "p50")
+    assert ttft50["error"] == pytest.approx(10.0) and ttft50["own_costs_error"] == pytest.approx(4.0)
+    paced = error_rows({"metrics": metrics, "sim_on_replay_costs": None})
+    assert all(r["own_costs_error"] is None for r in paced)
+
+
 def test_kv_handoff_is_the_median_time_from_the_last_prefill_step_to_sending(tmp_path):
     from planner.validate import kv_handoff_s, pool_of
 
@@ -511,6 +552,13 @@ def test_agg_raw_end_to_end(tmp_path, tiny_profile):
     # Raw compute on a shared CPU can be several times slower than profiled: a loose bound only
     for m in ("ttft_ms", "tpot_ms"):
         assert 0.1 < doc["metrics"][m]["p50"]["sim"] / doc["metrics"][m]["p50"]["live"] < 10
+    # the error split: the same simulation on the replays' own costs, beside the rehearsals'
+    check = doc["sim_on_replay_costs"]
+    assert check["costs"]["pool_decode_slowdown"]["workers"] != costs["pool_decode_slowdown"]["workers"]
+    for m in ("ttft_ms", "tpot_ms"):
+        cell = check["metrics"][m]["p50"]
+        assert cell["rel_error"] == pytest.approx((cell["sim"] - doc["metrics"][m]["p50"]["live"])
+                                                  / doc["metrics"][m]["p50"]["live"])
 
 
 @pytest.mark.slow
@@ -520,5 +568,6 @@ def test_disagg_paced_end_to_end(tmp_path, tiny_profile):
     doc = run_validate(tmp_path, DISAGG, tiny_profile, "--paced", "--pace-scale", "20", "--rate", "1.5")
     assert doc["mode"] == "paced" and doc["pace_scale"] == 20 and doc["measured_slowdown"]["ttft_overhead_s"] > 0
     assert doc["simulated_kv_link"]["bandwidth_gb_s"] > 0  # the profile's measured copy between processes
+    assert doc["sim_on_replay_costs"] is None  # raw mode's error split: the paced steps follow the profile
     for m in ("ttft_ms", "tpot_ms"):  # a loose bound for a short run
         assert abs(doc["metrics"][m]["p50"]["rel_error"]) < 0.25
