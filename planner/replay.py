@@ -159,8 +159,6 @@ def row_case(row: pd.Series, i: int, gpu_name: str = "h100-sxm") -> Case:
     base = replace(base, dtype=dtype)
     if dtype not in ("bf16", "fp16", "fp8", "fp4"):
         return replace(base, skip_reason=f"unsupported precision {dtype!r}")
-    if not gpu.supports(dtype):
-        return replace(base, skip_reason=f"{dtype} weights need {dtype} tensor cores; {gpu.name} has none")
     c = concurrency_of(row)
     if not c:
         return replace(base, skip_reason="no concurrency: agg batch_size or disagg silicon_concurrency missing")

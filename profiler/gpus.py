@@ -32,19 +32,21 @@ class GPUSpec:
     max_tp_per_node: int = 8
 
     def flops(self, dtype: str) -> float:
-        """Peak dense FLOP/s for GEMMs whose weights are in ``dtype``."""
+        """Peak dense FLOP/s for GEMMs whose weights are in ``dtype``. Weights in a format the GPU has no tensor
+        cores for run weight-only (``weight_only``): the kernel dequantizes them to bf16 as it loads them (W8A16 or
+        W4A16, as vLLM's Marlin and MXFP4 kernels do on Ampere and Hopper), so the GEMM reads the format's bytes
+        at the bf16 rate."""
         if dtype == "fp4" and self.fp4_flops:
             return self.fp4_flops
-        if dtype in ("fp8", "fp4") and self.fp8_flops:
+        if dtype == "fp8" and self.fp8_flops:
             return self.fp8_flops
         if dtype == "fp32":
             return self.bf16_flops / 2  # tf32 tensor cores
         return self.bf16_flops
 
-    def supports(self, dtype: str) -> bool:
-        return dtype in ("bf16", "fp16", "fp32") or (dtype == "fp8" and self.fp8_flops > 0) or (
-            dtype == "fp4" and self.fp4_flops > 0
-        )
+    def weight_only(self, dtype: str) -> bool:
+        """Whether ``dtype`` weights run weight-only here: a quantized format without tensor cores of its own."""
+        return (dtype == "fp8" and not self.fp8_flops) or (dtype == "fp4" and not self.fp4_flops)
 
     def to_dict(self) -> dict:
         return asdict(self)

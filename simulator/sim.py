@@ -58,8 +58,6 @@ class Simulation:
         self.dep, self.workload, self.seed = dep, workload, seed
         model = resolve_model(dep.model)
         gpu = resolve_gpu(dep.gpu)
-        if not gpu.supports(dep.dtype):
-            raise InputError(f"{gpu.name} has no {dep.dtype} tensor cores; use bf16", where="dtype")
         if not dep.pools:
             raise InputError("the deployment has no pools")
         kv_dtype = dep.resolved_kv_dtype

@@ -228,3 +228,13 @@ def test_two_objectives_run_nsga2(tmp_path):
     for f in front:
         assert not any(g["tok_s_per_gpu"] > f["tok_s_per_gpu"] and g["tok_s_per_user"] > f["tok_s_per_user"]
                        for g in front)
+
+
+def test_the_header_says_when_the_weights_run_weight_only():
+    from planner.terminal import header
+
+    base = dict(model="llama-3.1-8b", isl=512, osl=128, ttft_ms=500, tpot_ms=50)
+    assert "weight-only" in header(PlanRequest(**base, gpu="a100", dtype="fp8")).splitlines()[0]
+    assert "weight-only" not in header(PlanRequest(**base, gpu="h100", dtype="fp8"))
+    space, _, _ = build(PlanRequest(**base, gpu="a100", dtype="fp8"))  # planned, not refused
+    assert space.dtype == "fp8" and enumerate_units(space)

@@ -189,3 +189,19 @@ def test_one_shape_and_many_shapes_give_the_same_times(cm):
     a, b = rng.uniform(1, 16, 50), rng.uniform(16, 1024, 50)
     np.testing.assert_allclose([cm.decode_attn.at(x, y) for x, y in zip(a, b, strict=True)], cm.decode_attn(a, b),
                                rtol=1e-12)
+
+
+def test_weights_without_tensor_cores_of_their_own_run_weight_only_at_the_bf16_rate():
+    from profiler.roofline import RooflineCostModel
+
+    a100, h100, b200 = resolve_gpu("a100"), resolve_gpu("h100"), resolve_gpu("b200")
+    assert a100.weight_only("fp8") and a100.flops("fp8") == a100.flops("bf16")
+    assert h100.weight_only("fp4") and h100.flops("fp4") == h100.flops("bf16")
+    assert not h100.weight_only("fp8") and h100.flops("fp8") == h100.fp8_flops > h100.flops("bf16")
+    assert not b200.weight_only("fp4") and b200.flops("fp4") > b200.flops("fp8")
+    m = CATALOG["llama-3.1-8b"]
+    bf16, fp8 = RooflineCostModel(m, a100, 1, "bf16"), RooflineCostModel(m, a100, 1, "fp8")
+    # W8A16 on an A100: a long prompt is compute-bound at the bf16 rate, a small decode step reads half the bytes
+    prompt, decode = Batch.of(prefill=[(8192, 0)]), Batch.of(decode_ctx=[512] * 4)
+    assert fp8.iteration_s(prompt) == pytest.approx(bf16.iteration_s(prompt), rel=0.05)
+    assert fp8.iteration_s(decode) < 0.7 * bf16.iteration_s(decode)
