@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from planner.validate import DEFAULT_CACHE, ValidateOptions, error_table, slowdown_text, validate
+from planner.validate import DEFAULT_CACHE, ValidateOptions, error_split_text, error_table, slowdown_text, validate
 from simulator.deployment import parse_deployment
 from traces.loader import load_trace
 
@@ -88,13 +88,8 @@ def main() -> None:
                 print("the replays' own slowdown by size: " + " | ".join(slowdown_text(
                     *({w: s["slowdown_by_size"][k] for w, s in rep.items() if s.get("slowdown_by_size")}
                       for k in ("prompt_steps", "decode_steps"))) for rep in doc["utilization"]["live"]))
-            check = doc["sim_on_replay_costs"]
-            if check:
-                cells = [(m, p, c) for m in ("ttft_ms", "tpot_ms") for p, c in check["metrics"][m].items()
-                         if "within_target" in c]
-                print("simulated again on the replays' own costs (the error left with the costs measured exactly): "
-                      + ", ".join(f"{m[:-3].upper()} {p} {c['rel_error']:+.1%}" for m, p, c in cells)
-                      + f" ({sum(c['within_target'] for *_, c in cells)}/{len(cells)} within target)")
+            if split := error_split_text(doc):
+                print(split)
             diff = doc["per_request"]
             print("per request, live - sim (median): " + ", ".join(
                 f"{m.upper()} {diff[f'{m}_live_minus_sim_ms']['p50']:+.1f} ms" for m in ("ttft", "tpot")

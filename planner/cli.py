@@ -475,7 +475,7 @@ def validate_cmd(
     """Replay a workload on the live runtime and in the simulator, and report the error per metric."""
     from pathlib import Path
 
-    from planner.validate import DEFAULT_CACHE, ValidateOptions, error_table, validate
+    from planner.validate import DEFAULT_CACHE, ValidateOptions, error_split_text, error_table, validate
     from simulator.deployment import load_deployment
     from traces.transforms import time_window
 
@@ -506,6 +506,8 @@ def validate_cmd(
     except RuntimeError as e:  # the runtime or the profiler failed to start
         fail(str(e), code=1)
     typer.echo(error_table(doc))
+    if split := error_split_text(doc):
+        typer.echo(split)
     typer.echo(f"wrote {Path(out) / 'validate.json'} and {Path(out) / 'validate.html'}")
 
 

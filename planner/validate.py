@@ -892,6 +892,17 @@ def slowdown_text(prompt: dict | None, decode: dict | None) -> str:
         for name, b in (given or {}).items() if b)
 
 
+def error_split_text(doc: dict) -> str | None:
+    """Raw mode's error split (``sim_on_replay_costs``) as one line; None when paced."""
+    check = doc.get("sim_on_replay_costs")
+    if not check:
+        return None
+    cells = [(m, p, c) for m in ("ttft_ms", "tpot_ms") for p, c in check["metrics"][m].items() if "within_target" in c]
+    return ("simulated again on the replays' own costs (the error left with the costs measured exactly): "
+            + ", ".join(f"{m[:-3].upper()} {p} {c['rel_error']:+.1%}" for m, p, c in cells)
+            + f" ({sum(c['within_target'] for *_, c in cells)}/{len(cells)} within target)")
+
+
 def error_table(doc: dict) -> str:
     """The metrics as aligned lines: live, sim and error per metric and percentile."""
 

@@ -571,3 +571,12 @@ def test_disagg_paced_end_to_end(tmp_path, tiny_profile):
     assert doc["sim_on_replay_costs"] is None  # raw mode's error split: the paced steps follow the profile
     for m in ("ttft_ms", "tpot_ms"):  # a loose bound for a short run
         assert abs(doc["metrics"][m]["p50"]["rel_error"]) < 0.25
+
+
+def test_the_error_split_is_one_line_for_raw_runs_and_none_when_paced():
+    from planner.validate import error_split_text
+
+    own = compare([stats(100.0, 10.0)], stats(104.0, 12.0), paced=False)
+    line = error_split_text({"sim_on_replay_costs": {"metrics": own}})
+    assert "TTFT p50 +4.0%" in line and "TPOT p50 +20.0%" in line and "(2/4 within target)" in line
+    assert error_split_text({"sim_on_replay_costs": None}) is None
