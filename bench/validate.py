@@ -28,6 +28,10 @@ DEPLOYMENTS = {
 }
 
 
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trace", default=str(TRACE))
@@ -88,6 +92,13 @@ def main() -> None:
                 print("the replays' own slowdown by size: " + " | ".join(slowdown_text(
                     *({w: s["slowdown_by_size"][k] for w, s in rep.items() if s.get("slowdown_by_size")}
                       for k in ("prompt_steps", "decode_steps"))) for rep in doc["utilization"]["live"]))
+                co = [f"{w} {k.split('_')[0]} steps {fmt(c['others_idle'])} / {fmt(c['others_busy'])} "
+                      f"({c['steps_idle']} / {c['steps_busy']} steps)"
+                      for rep in doc["utilization"]["live"] for w, s in rep.items()
+                      for k, c in (s.get("co_activity") or {}).items()]
+                if co:
+                    print("the replays' steps over their size's median, the other workers idle / busy: "
+                          + "; ".join(co))
             if split := error_split_text(doc):
                 print(split)
             diff = doc["per_request"]

@@ -75,7 +75,7 @@ import pandas as pd
 from profiler.costmodel import CostModel
 from profiler.errors import InputError
 from profiler.models import resolve_model
-from profiler.paced import ScaledCostModel
+from profiler.paced import ScaledCostModel, bucket_scale
 from simulator.deployment import Deployment, KVLinkSpec
 from simulator.metrics import PERCENTILES, stats_ms
 from traces.transforms import rescale, time_window
@@ -492,6 +492,57 @@ def slowdown_by_size(rows: list[dict], cm: CostModel, prompts: bool) -> list[lis
 
 
 POOL_OF_ROLE = {"agg": "workers", "prefill": "prefill", "decode": "decode"}
+CO_IDLE, CO_BUSY = 0.25, 0.75  # co_activity: the other workers busy for less / more than this share of a step
+
+
+def busy_share(steps: list[dict], others: list[dict]) -> np.ndarray:
+    """For each step of ``steps``, the share of its duration during which a step of ``others`` was running (the
+    union of their spans)."""
+    spans = sorted((r["start"], r["start"] + r["duration_s"]) for r in others)
+    merged: list[list[float]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    starts = np.asarray([m[0] for m in merged])
+    ends = np.asarray([m[1] for m in merged])
+    cum = np.concatenate([[0.0], np.cumsum(ends - starts)])
+
+    def covered(t: float) -> float:  # busy seconds of the others before time t
+        i = int(np.searchsorted(starts, t, side="right"))
+        return float(cum[i - 1] + min(t, ends[i - 1]) - starts[i - 1]) if i else 0.0
+
+    return np.asarray([(covered(r["start"] + r["duration_s"]) - covered(r["start"])) / r["duration_s"]
+                       if r["duration_s"] > 0 else 0.0 for r in steps])
+
+
+def co_activity(rows: list[dict], others: list[dict], cm: CostModel) -> dict | None:
+    """How a worker's steps run while the run's other workers compute on the same CPU: each step's model forward over
+    the profile (as slowdown_by_size), over its size's median, and the median of that for the steps during which the
+    others were busy less than CO_IDLE of the time (``others_idle``) and more than CO_BUSY (``others_busy``), for
+    steps with prompts and decode-only steps (a diagnosis: the simulation takes each size's median over both). None
+    without other workers."""
+    rows = [r for r in rows if r.get("model_s")]
+    if not others or not rows:
+        return None
+    share = busy_share(rows, others)
+    out = {}
+    for kind, prompts in (("prompt_steps", True), ("decode_steps", False)):
+        m = np.asarray([bool(r["prefill_tokens"]) == prompts for r in rows])
+        kept = [r for r, k in zip(rows, m, strict=True) if k]
+        table = slowdown_by_size(kept, cm, prompts)
+        if not table:
+            continue
+        size = [sum(r["prefill_tokens"]) + len(r["decode_ctx"]) if prompts else len(r["decode_ctx"]) for r in kept]
+        rel = (np.asarray([r["model_s"] for r in kept]) / predicted_s(kept, cm)
+               / np.asarray([bucket_scale(table, s) for s in size]))
+        busy = share[m]
+        idle, full = busy < CO_IDLE, busy > CO_BUSY
+        out[kind] = {"others_idle": float(np.median(rel[idle])) if idle.any() else None,
+                     "others_busy": float(np.median(rel[full])) if full.any() else None,
+                     "steps_idle": int(idle.sum()), "steps_busy": int(full.sum())}
+    return out or None
 
 
 def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, paced: bool,
@@ -500,10 +551,12 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
     step compute over the profile's prediction (``base``), split into CPU time over prediction (the profile's own error;
     also for steps with and without a prompt chunk) and wall over CPU time (the share of the core other processes took);
     the live steps' overhead outside the model (step_overhead) and the model forward's slowdown by step size
-    (slowdown_by_size), to set beside the rehearsals' or the burst's that the simulation used (raw only); when paced,
+    (slowdown_by_size), to set beside the rehearsals' or the burst's that the simulation used, and how the steps ran
+    while the other workers computed (co_activity; raw only); when paced,
     the share of steps whose compute alone took longer than their pace."""
     out = {}
-    for wid, rows in read_steps(run_dir, [(start_wall, end_wall)]).items():
+    by_worker = read_steps(run_dir, [(start_wall, end_wall)])
+    for wid, rows in by_worker.items():
         stats = {"steps": len(rows), "busy_share": sum(r["duration_s"] for r in rows) / max(end_wall - start_wall,
                                                                                             1e-9)}
         if rows:
@@ -523,6 +576,8 @@ def step_stats(run_dir: Path, start_wall: float, end_wall: float, cms: dict, pac
             if not paced and base is not None:  # as the rehearsals measured it for the simulation
                 stats["slowdown_by_size"] = {"prompt_steps": slowdown_by_size(rows, base, True),
                                              "decode_steps": slowdown_by_size(rows, base, False)}
+                stats["co_activity"] = co_activity(rows, [r for w, rs in by_worker.items() if w != wid for r in rs],
+                                                   base)
             over = None if paced else step_overhead(rows, compute_slowdown(rows) or 1.0)
             if over:
                 stats |= {"overhead_ms": over["iteration_s"] * 1e3, "per_seq_overhead_ms": over["per_seq_s"] * 1e3,

@@ -48,9 +48,7 @@ class ScaledCostModel:
         return scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
 
     def _scale(self, buckets: tuple[tuple[int, float], ...], size: int) -> float:
-        if not buckets:
-            return self.scale
-        return next((x for hi, x in buckets if size <= hi), buckets[-1][1])
+        return bucket_scale(buckets, size, self.scale)
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
         return self._scale(self.decode_scales, n_seqs) * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (
@@ -58,6 +56,14 @@ class ScaledCostModel:
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
         return self.base.transfer_s(kv_bytes, link)
+
+
+def bucket_scale(buckets, size: int, default: float = 1.0) -> float:
+    """The scale of the first ``(max_size, scale)`` bucket that holds ``size`` (ascending; beyond the last: the
+    last's); ``default`` without buckets."""
+    if not buckets:
+        return default
+    return next((x for hi, x in buckets if size <= hi), buckets[-1][1])
 
 
 def overheads(iteration_s: float = 0.0, per_seq_s: float = 0.0, ttft_s: float = 0.0) -> Efficiency:

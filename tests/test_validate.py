@@ -470,6 +470,32 @@ def test_the_reports_error_table_adds_the_error_on_the_replays_own_costs_for_raw
     assert all(r["own_costs_error"] is None for r in paced)
 
 
+def test_busy_share_is_the_part_of_each_step_the_other_workers_computed():
+    from planner.validate import busy_share
+
+    def span(start, dur):
+        return {"start": start, "duration_s": dur}
+
+    others = [span(0.0, 1.0), span(0.5, 1.0), span(3.0, 1.0)]  # busy over [0, 1.5) and [3, 4)
+    steps = [span(1.0, 1.0), span(2.0, 1.0), span(3.5, 0.25), span(5.0, 0.0)]
+    assert busy_share(steps, others) == pytest.approx([0.5, 0.0, 1.0, 0.0])
+
+
+def test_co_activity_splits_each_sizes_slowdown_by_whether_the_other_workers_computed():
+    from planner.validate import co_activity
+
+    # Const predicts 0.01 s per token: one-sequence decode steps alone at 1.0x, beside the other worker's steps 1.5x
+    alone = [{**step_row(1, 0.0, None, model_s=0.010), "start": 100.0 + i} for i in range(30)]
+    beside = [{**step_row(1, 0.0, None, model_s=0.015), "start": 200.0 + i} for i in range(30)]
+    others = [{"start": 200.0 + i - 0.001, "duration_s": 0.02} for i in range(30)]
+    out = co_activity(alone + beside, others, Const())
+    d = out["decode_steps"]
+    assert d["steps_idle"] == 30 and d["steps_busy"] == 30 and "prompt_steps" not in out
+    # over the size's median (the simulation's figure, 1.25x here): below it alone, above it beside the other
+    assert d["others_idle"] == pytest.approx(1.0 / 1.25) and d["others_busy"] == pytest.approx(1.5 / 1.25)
+    assert co_activity(alone, [], Const()) is None  # one worker: nothing beside it
+
+
 def test_kv_handoff_is_the_median_time_from_the_last_prefill_step_to_sending(tmp_path):
     from planner.validate import kv_handoff_s, pool_of
 
