@@ -253,7 +253,8 @@ def simulate_cmd(
 @app.command("replay-benchmark")
 def replay_benchmark_cmd(
     file: str = typer.Argument(..., help="Measured results in aiconfigurator's silicon CSV format."),
-    system: str = typer.Option("h100-sxm", "--system", help="GPU the rows ran on."),
+    system: str | None = typer.Option(None, "--system", help="GPU the rows ran on (default: each row's system "
+                                      "column, e.g. h100_sxm, b200_sxm)."),
     models: list[str] = typer.Option(None, "--models", help="Only rows of these models (repeatable)."),
     out: str = typer.Option("replay", "--out", help="Folder for rows.csv, summary.json and report.html."),
     requests_per_client: int = typer.Option(4, "--requests-per-client", min=2,
@@ -270,15 +271,15 @@ def replay_benchmark_cmd(
     from planner.replay import format_summary, load_benchmark, replay, select_models, write_replay
     from profiler.gpus import canonical_gpu_name
 
-    gpu = canonical_gpu_name(system.replace("_", "-"))
-    if gpu is None:
+    gpu = None if system is None else canonical_gpu_name(system)
+    if system is not None and gpu is None:
         fail(f"--system: unknown GPU {system!r}")
     df = select_models(load_benchmark(file), models)
     if df.empty:
         fail(f"no rows of {', '.join(models)} in {file}")
     result = replay(df, gpu_name=gpu, requests_per_client=requests_per_client, rounds=rounds, stagger=not lockstep,
                     jobs=jobs)
-    paths = write_replay(result, out, source=f"{file} on {gpu}")
+    paths = write_replay(result, out, source=f"{file} on {gpu or 'the GPUs its rows name'}")
     typer.echo(format_summary(result.summary))
     typer.echo(f"wrote {paths['rows']}, {paths['summary']}, {paths['report']}")
 

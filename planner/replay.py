@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import InputError
-from profiler.gpus import GPUSpec, resolve_gpu
+from profiler.gpus import GPUSpec, canonical_gpu_name, resolve_gpu
 from profiler.memory import RESERVE_BYTES, activation_bytes, memory_fit, weight_bytes_per_gpu
 from profiler.models import CATALOG, canonical_model_name
 from simulator.deployment import Deployment, KVLinkSpec, PoolSpec
@@ -145,8 +145,9 @@ def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int) -> tuple[Pool
     return pool, tp * dp, dp, why
 
 
-def row_case(row: pd.Series, i: int, gpu_name: str = "h100-sxm") -> Case:
-    """The deployment and closed loop a row describes, or the reason pdsim cannot express it."""
+def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
+    """The deployment and closed loop a row describes, or the reason pdsim cannot express it; on ``gpu_name``, or
+    (None) on the GPU the row's ``system`` column names."""
     model = canonical_model_name(str(row["model_path"]))
     base = Case(row=i, model=model or "", engine=str(row["backend"]).lower(), mode=str(row["mode"]),
                 isl=int(row["isl"]), osl=int(row["osl"]))
@@ -154,6 +155,13 @@ def row_case(row: pd.Series, i: int, gpu_name: str = "h100-sxm") -> Case:
         return replace(base, skip_reason=f"unknown model {row['model_path']!r} (not in the catalog)")
     if base.engine not in ENGINES:
         return replace(base, skip_reason=f"unknown engine {row['backend']!r}")
+    if gpu_name is None:
+        system = row.get("system")
+        if not isinstance(system, str) or not system.strip():
+            return replace(base, skip_reason="no GPU system in the row (pass --system)")
+        gpu_name = canonical_gpu_name(system)
+        if gpu_name is None:
+            return replace(base, skip_reason=f"unknown GPU system {system!r} (not in the GPU catalog)")
     gpu = resolve_gpu(gpu_name)
     dtype = weight_dtype(row)
     base = replace(base, dtype=dtype)
@@ -369,9 +377,10 @@ def predict_cases(cases: list[Case], *, requests_per_client: int = REQUESTS_PER_
     return {row: (ttft, tpot, why) for row, ttft, tpot, why in out}
 
 
-def replay(df: pd.DataFrame, *, gpu_name: str = "h100-sxm", requests_per_client: int = REQUESTS_PER_CLIENT,
+def replay(df: pd.DataFrame, *, gpu_name: str | None = None, requests_per_client: int = REQUESTS_PER_CLIENT,
            rounds: int = BENCHMARK_ROUNDS, stagger: bool = True, jobs: int = 1) -> Replay:
-    """Predict every row of a benchmark table; rows pdsim cannot express keep their skip reason."""
+    """Predict every row of a benchmark table (on ``gpu_name``, or each on the GPU its ``system`` column names);
+    rows pdsim cannot express keep their skip reason."""
     df = df.reset_index(drop=True)
     cases = [row_case(r, i, gpu_name) for i, (_, r) in enumerate(df.iterrows())]
     pred = predict_cases(cases, requests_per_client=requests_per_client, rounds=rounds, stagger=stagger, jobs=jobs)

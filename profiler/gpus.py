@@ -67,6 +67,24 @@ CATALOG: dict[str, GPUSpec] = {
         GPUSpec("b200", bf16_flops=2250 * TB, fp8_flops=4500 * TB, fp4_flops=9000 * TB, hbm_bytes=180 * GB,
                 hbm_bw_bytes_s=8000 * GB, nvlink_bw_bytes_s=900 * GB, nvlink_latency_s=3e-6,
                 internode_bw_bytes_s=50 * GB, internode_latency_s=5e-6, price_per_hour=5.5),
+        # Blackwell in NVL72 racks: one NVLink domain of 72 GPUs, so a TP group stays on NVLink up to 72
+        GPUSpec("gb200", bf16_flops=2500 * TB, fp8_flops=5000 * TB, fp4_flops=10000 * TB, hbm_bytes=186 * GB,
+                hbm_bw_bytes_s=8000 * GB, nvlink_bw_bytes_s=900 * GB, nvlink_latency_s=3e-6,
+                internode_bw_bytes_s=50 * GB, internode_latency_s=5e-6, max_tp_per_node=72),
+        # Blackwell Ultra: fp4 up (HGX B300 13 PF dense, GB300 15 PF), 288 GB HBM3e, ConnectX-8 (800 Gb/s) per GPU
+        GPUSpec("b300", bf16_flops=2250 * TB, fp8_flops=4500 * TB, fp4_flops=13000 * TB, hbm_bytes=288 * GB,
+                hbm_bw_bytes_s=8000 * GB, nvlink_bw_bytes_s=900 * GB, nvlink_latency_s=3e-6,
+                internode_bw_bytes_s=100 * GB, internode_latency_s=5e-6),
+        GPUSpec("gb300", bf16_flops=2500 * TB, fp8_flops=5000 * TB, fp4_flops=15000 * TB, hbm_bytes=279 * GB,
+                hbm_bw_bytes_s=8000 * GB, nvlink_bw_bytes_s=900 * GB, nvlink_latency_s=3e-6,
+                internode_bw_bytes_s=100 * GB, internode_latency_s=5e-6, max_tp_per_node=72),
+        # Hopper export parts: H20 (cut compute, 96 GB HBM3 at 4.0 TB/s), H800 (H100 compute, NVLink 400 GB/s)
+        GPUSpec("h20", bf16_flops=148 * TB, fp8_flops=296 * TB, fp4_flops=0, hbm_bytes=96 * GB,
+                hbm_bw_bytes_s=4000 * GB, nvlink_bw_bytes_s=450 * GB, nvlink_latency_s=3e-6,
+                internode_bw_bytes_s=50 * GB, internode_latency_s=5e-6),
+        GPUSpec("h800", bf16_flops=989 * TB, fp8_flops=1979 * TB, fp4_flops=0, hbm_bytes=80 * GiB,
+                hbm_bw_bytes_s=3350 * GB, nvlink_bw_bytes_s=200 * GB, nvlink_latency_s=3e-6,
+                internode_bw_bytes_s=50 * GB, internode_latency_s=5e-6),
         GPUSpec("l40s", bf16_flops=181 * TB, fp8_flops=362 * TB, fp4_flops=0, hbm_bytes=48 * GB,
                 hbm_bw_bytes_s=864 * GB, nvlink_bw_bytes_s=32 * GB, nvlink_latency_s=10e-6,
                 internode_bw_bytes_s=12.5 * GB, internode_latency_s=10e-6, price_per_hour=1.0),
@@ -78,6 +96,8 @@ ALIASES = {
     "h100": "h100-sxm", "h100_sxm": "h100-sxm", "h100-sxm5": "h100-sxm",
     "h200": "h200-sxm", "h200_sxm": "h200-sxm",
     "b200_sxm": "b200", "b200-sxm": "b200",
+    "gb200-sxm": "gb200", "gb200-nvl72": "gb200", "b300-sxm": "b300", "gb300-sxm": "gb300", "gb300-nvl72": "gb300",
+    "h20-sxm": "h20", "h800-sxm": "h800",
     "l40s-48g": "l40s",
 }
 
@@ -105,7 +125,7 @@ def local_cpu() -> GPUSpec:
 
 
 def canonical_gpu_name(name: str) -> str | None:
-    key = name.strip().lower().replace(" ", "-")
+    key = name.strip().lower().replace(" ", "-").replace("_", "-")
     if key in CATALOG or key == "cpu":
         return key
     return ALIASES.get(key)

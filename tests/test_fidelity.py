@@ -368,3 +368,31 @@ def test_roofline_scalar_and_vector_paths_agree(model):
         one = [cm.iteration_s(Batch.of(prefill=[(512, 100)])),
                cm.iteration_s(Batch.of(prefill=[(300, 0)], decode_ctx=[2000] * 5))]
         np.testing.assert_allclose(mixed, one, rtol=1e-12)
+
+
+def test_each_row_runs_on_the_gpu_its_system_column_names_unless_one_is_given():
+    b300 = row_case(agg_row(system="b300_sxm"), 0)
+    assert not b300.skipped and b300.deployment.gpu == "b300"
+    assert row_case(agg_row(system="b300_sxm"), 1, "h200-sxm").deployment.gpu == "h200-sxm"  # --system overrides
+    assert "unknown GPU system 'mi300x'" in row_case(agg_row(system="mi300x"), 2).skip_reason
+    assert "pass --system" in row_case(agg_row(system=np.nan), 3).skip_reason
+
+
+@pytest.mark.parametrize("system, name", [("h100_sxm", "h100-sxm"), ("B200_SXM", "b200"), ("gb200_sxm", "gb200"),
+                                          ("b300_sxm", "b300"), ("gb300", "gb300"), ("h20_sxm", "h20"),
+                                          ("h800_sxm", "h800"), ("h200_sxm", "h200-sxm")])
+def test_benchmark_system_names_map_to_the_gpu_catalog(system, name):
+    from profiler.gpus import canonical_gpu_name, resolve_gpu
+
+    assert canonical_gpu_name(system) == name
+    gpu = resolve_gpu(name)
+    assert gpu.bf16_flops > 0 and gpu.hbm_bw_bytes_s > 0 and gpu.hbm_bytes > 0
+
+
+def test_blackwell_ultra_has_more_fp4_and_memory_and_nvl72_keeps_tp_on_nvlink():
+    from profiler.gpus import resolve_gpu
+
+    b200, b300, gb200 = resolve_gpu("b200"), resolve_gpu("b300"), resolve_gpu("gb200")
+    assert b300.fp4_flops > b200.fp4_flops and b300.hbm_bytes > b200.hbm_bytes
+    assert b300.fp8_flops == b200.fp8_flops and b300.bf16_flops == b200.bf16_flops
+    assert gb200.max_tp_per_node == 72 and b200.max_tp_per_node == 8
