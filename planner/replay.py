@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import InputError
-from profiler.gpus import GPUSpec, canonical_gpu_name, resolve_gpu
+from profiler.gpus import GPUSpec, MiB, canonical_gpu_name, resolve_gpu
 from profiler.memory import RESERVE_BYTES, activation_bytes, memory_fit, weight_bytes_per_gpu
 from profiler.models import CATALOG, canonical_model_name
 from simulator.deployment import Deployment, KVLinkSpec, PoolSpec
@@ -35,21 +35,50 @@ class EngineDefaults:
 
     max_batch_tokens: int = 8192  # vLLM max_num_batched_tokens, SGLang chunked_prefill_size, TRT-LLM max_num_tokens
     chunked_prefill: bool = True  # TRT-LLM's PyTorch backend runs whole prompts unless told otherwise
-    memory_fraction: float = 0.90  # vLLM gpu_memory_utilization, SGLang mem_fraction_static (share of all HBM)
+    memory_fraction: float = 0.90  # vLLM gpu_memory_utilization (share of all HBM; SGLang: sglang_memory_defaults)
     of_free_memory: bool = False  # TRT-LLM: free_gpu_memory_fraction of what weights and activations leave
     prefill_first: bool = False  # SGLang: waiting prompts run in prefill-only iterations before the decodes
 
 
 ENGINES: dict[str, EngineDefaults] = {
     "vllm": EngineDefaults(),
-    "sglang": EngineDefaults(memory_fraction=0.88, prefill_first=True),
+    "sglang": EngineDefaults(prefill_first=True),
     "trtllm": EngineDefaults(chunked_prefill=False, memory_fraction=0.90, of_free_memory=True),
 }
+
+
+# A row that ran where the engine's default memory share holds its weights but not one request's KV: its
+# operator raised the share (SGLang says "not enough memory, increase --mem-fraction-static"), taken as this.
+RAISED_MEMORY_FRACTION = 0.95
+
+
+def sglang_memory_defaults(gpu: GPUSpec, tp: int) -> tuple[int, float]:
+    """SGLang's defaults on ``gpu`` (server_args._handle_gpu_memory_settings): (chunked_prefill_size,
+    mem_fraction_static). The chunk and the CUDA-graph batch limit grow with the device's memory; the fraction is
+    what is left after reserving 512 MiB of metadata, 1.5 MiB per chunk token of prefill activations, 2 MiB per
+    CUDA-graph batch slot and 1 GiB per 8 GPUs of parallelism, at least 10 GiB on a GPU of over 60 GiB."""
+    mem = gpu.hbm_bytes / MiB
+    if mem < 20 * 1024:
+        chunk, graph_bs = 2048, 8
+    elif mem < 35 * 1024:
+        chunk, graph_bs = 2048, 24 if tp < 4 else 80
+    elif mem < 60 * 1024:
+        chunk, graph_bs = 4096, 32 if tp < 4 else 160
+    elif mem < 160 * 1024:
+        chunk, graph_bs = 8192, 256 if tp < 4 else 512
+    else:
+        chunk, graph_bs = 16384, 512
+    reserved = 512 + max(chunk, 2048) * 1.5 + graph_bs * 2 + tp / 8 * 1024
+    if mem > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    return chunk, round((mem - reserved) / mem, 3)
 
 
 def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: str, max_batch_tokens: int) -> float:
     """The share of HBM the engine's KV cache and everything else may use, as profiler.memory counts it."""
     e = ENGINES.get(engine, EngineDefaults())
+    if engine == "sglang":
+        return sglang_memory_defaults(gpu, tp)[1]
     if not e.of_free_memory:
         return e.memory_fraction
     used = weight_bytes_per_gpu(model, dtype, tp) + activation_bytes(model, tp, max_batch_tokens) + RESERVE_BYTES
@@ -128,7 +157,7 @@ def concurrency_of(row: pd.Series) -> int | None:
     return int(seats) if seats else None
 
 
-def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int) -> tuple[PoolSpec, int, int, str]:
+def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int, gpu: GPUSpec) -> tuple[PoolSpec, int, int, str]:
     """(pool, GPUs per worker, attention-DP ranks, skip reason)."""
     tp = int(_num(row, f"{prefix}tp_size"))
     dp = int(_num(row, f"{prefix}attention_dp_size"))
@@ -140,7 +169,8 @@ def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int) -> tuple[Pool
         why = f"pipeline parallelism (pp={pp}) is not modelled"
     elif dp > 1:
         why = f"attention data parallelism (dp={dp}) is not modelled"
-    pool = PoolSpec(replicas=workers, tp=tp * dp, max_batch_tokens=e.max_batch_tokens,
+    chunk = sglang_memory_defaults(gpu, tp * dp)[0] if engine == "sglang" else e.max_batch_tokens
+    pool = PoolSpec(replicas=workers, tp=tp * dp, max_batch_tokens=chunk,
                     max_seqs=max(1, max_seqs), chunked_prefill=e.chunked_prefill, prefill_first=e.prefill_first)
     return pool, tp * dp, dp, why
 
@@ -173,11 +203,11 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
     base = replace(base, concurrency=c)
     spec = CATALOG[model]
     if base.mode == "agg":
-        pool, gpus, _, why = _pool(row, "", base.engine, c)
+        pool, gpus, _, why = _pool(row, "", base.engine, c, gpu)
         pools = {"workers": pool}
     elif base.mode == "disagg":
-        pf, _, _, why_p = _pool(row, "prefill_", base.engine, int(_num(row, "prefill_batch_size")))
-        dec, _, _, why_d = _pool(row, "decode_", base.engine, int(_num(row, "decode_batch_size", c)))
+        pf, _, _, why_p = _pool(row, "prefill_", base.engine, int(_num(row, "prefill_batch_size")), gpu)
+        dec, _, _, why_d = _pool(row, "decode_", base.engine, int(_num(row, "decode_batch_size", c)), gpu)
         pf = replace(pf, chunked_prefill=False)  # a prefill worker runs whole prompts
         why = why_p or why_d
         pools = {"prefill": pf, "decode": dec}
@@ -188,13 +218,19 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
     if max(p.tp for p in pools.values()) > 2 * gpu.max_tp_per_node:
         return replace(base, skip_reason="a worker spans more than two nodes")
     kv_dtype = kv_cache_dtype(row)
+    raised = False
     for name, p in pools.items():
         util = engine_memory_utilization(base.engine, spec, gpu, p.tp, dtype, p.max_batch_tokens)
         fit = memory_fit(spec, gpu, p.tp, dtype, kv_dtype, p.max_batch_tokens, util)
+        if fit.kv_tokens < base.isl + base.osl and util < RAISED_MEMORY_FRACTION:
+            raised = True
+            fit = memory_fit(spec, gpu, p.tp, dtype, kv_dtype, p.max_batch_tokens, RAISED_MEMORY_FRACTION)
         if fit.kv_tokens < base.isl + base.osl:
             return replace(base, skip_reason=f"{name} pool: model says out of memory ({fit.kv_tokens} KV tokens)")
     util = engine_memory_utilization(base.engine, spec, gpu, max(p.tp for p in pools.values()), dtype,
                                      max(p.max_batch_tokens for p in pools.values()))
+    if raised:
+        util = max(util, RAISED_MEMORY_FRACTION)
     inter = any(p.tp > gpu.max_tp_per_node for p in pools.values())
     link = KVLinkSpec(bandwidth_gb_s=(gpu.internode_bw_bytes_s if inter else gpu.nvlink_bw_bytes_s) / 1e9,
                       latency_us=(gpu.internode_latency_s if inter else gpu.nvlink_latency_s) * 1e6,

@@ -1,6 +1,8 @@
 """GPUSpec: a GPU's published datasheet figures, and the local CPU.
 
-FLOP/s are dense (no sparsity), per GPU. Interconnect bandwidths are per GPU, per direction.
+FLOP/s are dense (no sparsity), per GPU. Interconnect bandwidths are per GPU, per direction. Memory is what the
+device reports (nvidia-smi's MiB: an H200 has 143,771 MiB, 150.8 GB, where its datasheet says 141 GB), not the
+marketing figure, since engines size their KV cache from the reported memory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass
 from profiler.errors import InputError
 
 GiB = 1 << 30
+MiB = 1 << 20
 GB = 1e9
 TB = 1e12
 
@@ -61,25 +64,25 @@ CATALOG: dict[str, GPUSpec] = {
         GPUSpec("h100-sxm", bf16_flops=989 * TB, fp8_flops=1979 * TB, fp4_flops=0, hbm_bytes=80 * GiB,
                 hbm_bw_bytes_s=3350 * GB, nvlink_bw_bytes_s=450 * GB, nvlink_latency_s=3e-6,
                 internode_bw_bytes_s=50 * GB, internode_latency_s=5e-6, price_per_hour=2.5),
-        GPUSpec("h200-sxm", bf16_flops=989 * TB, fp8_flops=1979 * TB, fp4_flops=0, hbm_bytes=141 * GB,
+        GPUSpec("h200-sxm", bf16_flops=989 * TB, fp8_flops=1979 * TB, fp4_flops=0, hbm_bytes=143771 * MiB,
                 hbm_bw_bytes_s=4800 * GB, nvlink_bw_bytes_s=450 * GB, nvlink_latency_s=3e-6,
                 internode_bw_bytes_s=50 * GB, internode_latency_s=5e-6, price_per_hour=3.5),
-        GPUSpec("b200", bf16_flops=2250 * TB, fp8_flops=4500 * TB, fp4_flops=9000 * TB, hbm_bytes=180 * GB,
+        GPUSpec("b200", bf16_flops=2250 * TB, fp8_flops=4500 * TB, fp4_flops=9000 * TB, hbm_bytes=183359 * MiB,
                 hbm_bw_bytes_s=8000 * GB, nvlink_bw_bytes_s=900 * GB, nvlink_latency_s=3e-6,
                 internode_bw_bytes_s=50 * GB, internode_latency_s=5e-6, price_per_hour=5.5),
         # Blackwell in NVL72 racks: one NVLink domain of 72 GPUs, so a TP group stays on NVLink up to 72
-        GPUSpec("gb200", bf16_flops=2500 * TB, fp8_flops=5000 * TB, fp4_flops=10000 * TB, hbm_bytes=186 * GB,
+        GPUSpec("gb200", bf16_flops=2500 * TB, fp8_flops=5000 * TB, fp4_flops=10000 * TB, hbm_bytes=189471 * MiB,
                 hbm_bw_bytes_s=8000 * GB, nvlink_bw_bytes_s=900 * GB, nvlink_latency_s=3e-6,
                 internode_bw_bytes_s=50 * GB, internode_latency_s=5e-6, max_tp_per_node=72),
         # Blackwell Ultra: fp4 up (HGX B300 13 PF dense, GB300 15 PF), 288 GB HBM3e, ConnectX-8 (800 Gb/s) per GPU
-        GPUSpec("b300", bf16_flops=2250 * TB, fp8_flops=4500 * TB, fp4_flops=13000 * TB, hbm_bytes=288 * GB,
+        GPUSpec("b300", bf16_flops=2250 * TB, fp8_flops=4500 * TB, fp4_flops=13000 * TB, hbm_bytes=275040 * MiB,
                 hbm_bw_bytes_s=8000 * GB, nvlink_bw_bytes_s=900 * GB, nvlink_latency_s=3e-6,
                 internode_bw_bytes_s=100 * GB, internode_latency_s=5e-6),
-        GPUSpec("gb300", bf16_flops=2500 * TB, fp8_flops=5000 * TB, fp4_flops=15000 * TB, hbm_bytes=279 * GB,
+        GPUSpec("gb300", bf16_flops=2500 * TB, fp8_flops=5000 * TB, fp4_flops=15000 * TB, hbm_bytes=284208 * MiB,
                 hbm_bw_bytes_s=8000 * GB, nvlink_bw_bytes_s=900 * GB, nvlink_latency_s=3e-6,
                 internode_bw_bytes_s=100 * GB, internode_latency_s=5e-6, max_tp_per_node=72),
         # Hopper export parts: H20 (cut compute, 96 GB HBM3 at 4.0 TB/s), H800 (H100 compute, NVLink 400 GB/s)
-        GPUSpec("h20", bf16_flops=148 * TB, fp8_flops=296 * TB, fp4_flops=0, hbm_bytes=96 * GB,
+        GPUSpec("h20", bf16_flops=148 * TB, fp8_flops=296 * TB, fp4_flops=0, hbm_bytes=97871 * MiB,
                 hbm_bw_bytes_s=4000 * GB, nvlink_bw_bytes_s=450 * GB, nvlink_latency_s=3e-6,
                 internode_bw_bytes_s=50 * GB, internode_latency_s=5e-6),
         GPUSpec("h800", bf16_flops=989 * TB, fp8_flops=1979 * TB, fp4_flops=0, hbm_bytes=80 * GiB,

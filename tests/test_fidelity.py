@@ -396,3 +396,38 @@ def test_blackwell_ultra_has_more_fp4_and_memory_and_nvl72_keeps_tp_on_nvlink():
     assert b300.fp4_flops > b200.fp4_flops and b300.hbm_bytes > b200.hbm_bytes
     assert b300.fp8_flops == b200.fp8_flops and b300.bf16_flops == b200.bf16_flops
     assert gb200.max_tp_per_node == 72 and b200.max_tp_per_node == 8
+
+
+def test_sglang_sizes_its_chunk_and_memory_share_by_the_devices_memory():
+    from planner.replay import sglang_memory_defaults
+
+    h100, h200, b200 = resolve_gpu("h100-sxm"), resolve_gpu("h200-sxm"), resolve_gpu("b200")
+    chunk, frac = sglang_memory_defaults(h100, 1)  # 512 + 8192 x 1.5 + 256 x 2 + 128 MiB reserved of 81920 MiB
+    assert chunk == 8192 and frac == pytest.approx(1 - 13440 / 81920, abs=1e-3)
+    assert sglang_memory_defaults(h100, 8)[1] < frac  # more parallelism, more reserved
+    assert sglang_memory_defaults(b200, 8)[0] == 16384 and sglang_memory_defaults(h200, 8)[0] == 8192
+    assert frac < sglang_memory_defaults(h200, 1)[1] < 1  # the same reserve of a larger memory
+    assert sglang_memory_defaults(b200, 1)[1] < sglang_memory_defaults(h200, 1)[1]  # twice the chunk's activations
+    row = agg_row(model="Qwen/Qwen3-32B", backend="sglang", tp=1, precision=np.nan, gemm_quant_mode=np.nan,
+                  moe_quant_mode=np.nan)
+    dep = row_case(row, 0).deployment
+    assert dep.gpu_memory_utilization == pytest.approx(frac, abs=1e-3) and dep.workers.max_batch_tokens == 8192
+
+
+def test_a_row_that_ran_where_the_default_memory_share_cannot_hold_one_request_gets_the_raised_share():
+    from planner.replay import RAISED_MEMORY_FRACTION
+
+    # DeepSeek-R1 fp8 on 4 x B200 (168 GB of weights per GPU): SGLang's default share leaves no KV cache
+    row = agg_row(model="deepseek-ai/DeepSeek-R1", backend="sglang", tp=4, system="b200_sxm", isl=8192, osl=1024,
+                  c=8, gemm_quant_mode="fp8", moe_quant_mode="fp8_block")
+    case = row_case(row, 0)
+    assert not case.skipped and case.deployment.gpu_memory_utilization == RAISED_MEMORY_FRACTION
+    # ... on 4 x H200 the weights alone do not fit: out of memory, as before
+    assert "out of memory" in row_case(agg_row(**{**row.to_dict(), "system": "h200_sxm"}), 1).skip_reason
+
+
+def test_gpu_memory_is_what_the_device_reports():
+    from profiler.gpus import MiB
+
+    assert resolve_gpu("h200-sxm").hbm_bytes == 143771 * MiB  # nvidia-smi; the datasheet says 141 GB
+    assert resolve_gpu("b200").hbm_bytes == 183359 * MiB
