@@ -60,10 +60,10 @@ def main() -> None:
     print(f"\nreplayed {s['rows']} rows in {wall:.0f} s ({args.jobs} processes)")
     rows = result.rows[result.rows["skip_reason"] == ""]
     a, n = trend_agreement(rows[rows["mode"] == "agg"], "batch_size", "ttft",
-                           ["pdsim_model", "backend", "tp_size", "isl", "osl"])
+                           ["pdsim_gpu", "pdsim_model", "backend", "tp_size", "isl", "osl"])
     print(f"load effect: TTFT vs concurrency (fixed ISL/OSL/TP) moves as measured in {a}/{n} groups")
     a, n = trend_agreement(rows[rows["mode"] == "agg"], "osl", "tpot",
-                           ["pdsim_model", "backend", "tp_size", "isl", "batch_size"])
+                           ["pdsim_gpu", "pdsim_model", "backend", "tp_size", "isl", "batch_size"])
     print(f"load effect: TPOT vs OSL (fixed ISL/concurrency/TP) moves as measured in {a}/{n} groups")
     if not args.all:
         o = s["overall"]

@@ -291,13 +291,14 @@ def _err_stats(g: pd.DataFrame) -> dict:
 
 
 def summarize(rows: pd.DataFrame) -> dict:
-    """Coverage, skip reasons and median/p90 APE of TTFT and TPOT, overall and per model, engine and mode."""
+    """Coverage, skip reasons and median/p90 APE of TTFT and TPOT, overall and per model, engine, mode and GPU."""
     done = rows[rows["skip_reason"] == ""]
     summary: dict = {"rows": int(len(rows)), "predicted": int(len(done)), "skipped": int(len(rows) - len(done)),
                      "skip_reasons": {k: int(v) for k, v in rows.loc[rows["skip_reason"] != "", "skip_reason"]
                                       .value_counts().items()},
                      "overall": _err_stats(done)}
-    for col, key in (("pdsim_model", "per_model"), ("backend", "per_engine"), ("mode", "per_mode")):
+    for col, key in (("pdsim_model", "per_model"), ("backend", "per_engine"), ("mode", "per_mode"),
+                     ("pdsim_gpu", "per_gpu")):
         summary[key] = {str(k): _err_stats(g) for k, g in done.groupby(col)}
     return summary
 
@@ -313,7 +314,9 @@ def format_summary(s: dict) -> str:
         return f"{name:28s} {e['rows']:5d} " + " ".join(f"{v:9.1f}" if v is not None else f"{'-':>9s}" for v in f)
 
     lines.append(line("overall", s["overall"]))
-    for key in ("per_model", "per_engine", "per_mode"):
+    for key in ("per_model", "per_engine", "per_mode", "per_gpu"):
+        if key == "per_gpu" and len(s[key]) < 2:  # one GPU: the overall line says it
+            continue
         for name, e in s[key].items():
             lines.append(line(f"  {name}", e))
     return "\n".join(lines)
@@ -321,7 +324,7 @@ def format_summary(s: dict) -> str:
 
 @dataclass
 class Replay:
-    rows: pd.DataFrame  # every input column, plus pdsim_model, pred_ttft_ms, pred_tpot_ms, skip_reason
+    rows: pd.DataFrame  # every input column, plus pdsim_model, pdsim_gpu, pred_ttft_ms, pred_tpot_ms, skip_reason
     summary: dict = field(default_factory=dict)
 
 
@@ -422,6 +425,7 @@ def replay(df: pd.DataFrame, *, gpu_name: str | None = None, requests_per_client
     pred = predict_cases(cases, requests_per_client=requests_per_client, rounds=rounds, stagger=stagger, jobs=jobs)
     rows = df.copy()
     rows["pdsim_model"] = [c.model or "unknown" for c in cases]
+    rows["pdsim_gpu"] = [c.deployment.gpu if c.deployment is not None else "" for c in cases]
     rows["pred_ttft_ms"] = [pred[c.row][0] * 1e3 if c.row in pred else np.nan for c in cases]
     rows["pred_tpot_ms"] = [pred[c.row][1] * 1e3 if c.row in pred else np.nan for c in cases]
     rows["skip_reason"] = [c.skip_reason or pred.get(c.row, (0, 0, ""))[2] for c in cases]
@@ -437,7 +441,7 @@ def write_replay(result: Replay, out: str | Path, source: str = "") -> dict[str,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"rows": out / "rows.csv", "summary": out / "summary.json", "report": out / "report.html"}
-    result.rows.drop(columns=["pdsim_model"]).to_csv(paths["rows"], index=False)
+    result.rows.drop(columns=["pdsim_model", "pdsim_gpu"]).to_csv(paths["rows"], index=False)
     paths["summary"].write_text(json.dumps(result.summary, indent=2) + "\n")
     write_replay_report(result.rows, result.summary, paths["report"], source)
     return paths

@@ -39,8 +39,8 @@ def scatter(rows: pd.DataFrame, metric: str) -> go.Figure:
 
 def _error_rows(summary: dict) -> list[dict]:
     rows = [{"group": "overall", **summary["overall"]}]
-    for key in ("per_model", "per_engine", "per_mode"):
-        rows += [{"group": f"{key[4:]}: {k}", **v} for k, v in summary[key].items()]
+    for key in ("per_model", "per_engine", "per_mode", "per_gpu"):
+        rows += [{"group": f"{key[4:]}: {k}", **v} for k, v in summary.get(key, {}).items()]
     return rows
 
 

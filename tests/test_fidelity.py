@@ -431,3 +431,15 @@ def test_gpu_memory_is_what_the_device_reports():
 
     assert resolve_gpu("h200-sxm").hbm_bytes == 143771 * MiB  # nvidia-smi; the datasheet says 141 GB
     assert resolve_gpu("b200").hbm_bytes == 183359 * MiB
+
+
+def test_a_file_of_several_gpus_reports_its_error_per_gpu(tmp_path, capsys):
+    rows = pd.DataFrame([agg_row(c=4), agg_row(c=4, system="h200_sxm"), agg_row(c=8, system="b200_sxm")])
+    src = tmp_path / "rows.csv"
+    rows.to_csv(src, index=False)
+    assert run_app(app, ["replay-benchmark", str(src), "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["per_gpu"]) == {"h100-sxm", "h200-sxm", "b200"}
+    assert "  b200 " in capsys.readouterr().out
+    out = pd.read_csv(tmp_path / "out" / "rows.csv")
+    assert "pdsim_gpu" not in out.columns and list(out.columns[: len(rows.columns)]) == list(rows.columns)
