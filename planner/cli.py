@@ -523,7 +523,8 @@ def plan_cmd(
     tpot: float = typer.Option(..., "--tpot", help="TPOT target, ms, at --percentile."),
     isl: int | None = typer.Option(None, "--isl", help="Prompt tokens per request (not with --trace)."),
     osl: int | None = typer.Option(None, "--osl", help="Output tokens per request (not with --trace)."),
-    gpu: str = typer.Option("h200-sxm", "--gpu", help="GPU type."),
+    gpu: str = typer.Option("h200-sxm", "--gpu", help="GPU type, a name of the catalog in profiler/gpus.py (h100-sxm, "
+                            "h200-sxm, b200, gb200, b300, gb300, a100-80g, l40s, ...)."),
     gpus: int = typer.Option(8, "--gpus", help="GPU budget."),
     dtype: str = typer.Option("bf16", "--dtype", help="Weights: bf16 | fp8 | fp4."),
     rate: float | None = typer.Option(None, "--rate", help="Fixed load: Poisson req/s the deployment must carry."),
