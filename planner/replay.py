@@ -74,6 +74,13 @@ def sglang_memory_defaults(gpu: GPUSpec, tp: int) -> tuple[int, float]:
     return chunk, round((mem - reserved) / mem, 3)
 
 
+def vllm_batch_defaults(gpu: GPUSpec) -> tuple[int, int]:
+    """vLLM's API-server defaults on ``gpu`` (arg_utils, versions 0.8 to 0.27): (max_num_batched_tokens,
+    max_num_seqs), 8192 and 1024 on a GPU of at least 70 GiB other than an A100, else 2048 and 256."""
+    big = gpu.hbm_bytes >= 70 * 1024 * MiB and "a100" not in gpu.name
+    return (8192, 1024) if big else (2048, 256)
+
+
 def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: str, max_batch_tokens: int) -> float:
     """The share of HBM the engine's KV cache and everything else may use, as profiler.memory counts it."""
     e = ENGINES.get(engine, EngineDefaults())
@@ -169,9 +176,14 @@ def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int, gpu: GPUSpec)
         why = f"pipeline parallelism (pp={pp}) is not modelled"
     elif dp > 1:
         why = f"attention data parallelism (dp={dp}) is not modelled"
-    chunk = sglang_memory_defaults(gpu, tp * dp)[0] if engine == "sglang" else e.max_batch_tokens
+    chunk, seats = e.max_batch_tokens, max_seqs
+    if engine == "sglang":
+        chunk = sglang_memory_defaults(gpu, tp * dp)[0]
+    elif engine == "vllm":
+        chunk, most = vllm_batch_defaults(gpu)
+        seats = min(seats, most)  # more clients than that wait in vLLM's queue
     pool = PoolSpec(replicas=workers, tp=tp * dp, max_batch_tokens=chunk,
-                    max_seqs=max(1, max_seqs), chunked_prefill=e.chunked_prefill, prefill_first=e.prefill_first)
+                    max_seqs=max(1, seats), chunked_prefill=e.chunked_prefill, prefill_first=e.prefill_first)
     return pool, tp * dp, dp, why
 
 

@@ -443,3 +443,14 @@ def test_a_file_of_several_gpus_reports_its_error_per_gpu(tmp_path, capsys):
     assert "  b200 " in capsys.readouterr().out
     out = pd.read_csv(tmp_path / "out" / "rows.csv")
     assert "pdsim_gpu" not in out.columns and list(out.columns[: len(rows.columns)]) == list(rows.columns)
+
+
+def test_vllm_batches_by_its_own_defaults_for_the_gpu():
+    from planner.replay import vllm_batch_defaults
+
+    assert vllm_batch_defaults(resolve_gpu("h100-sxm")) == (8192, 1024)
+    assert vllm_batch_defaults(resolve_gpu("a100")) == (2048, 256)  # 80 GB, but vLLM's A100 carve-out
+    assert vllm_batch_defaults(resolve_gpu("l40s")) == (2048, 256)
+    on_a100 = row_case(agg_row(system="a100_sxm", c=512, precision="bf16", gemm_quant_mode=np.nan,
+                               moe_quant_mode=np.nan, model="meta-llama/Llama-3.1-8B-Instruct", tp=1), 0)
+    assert on_a100.deployment.workers.max_batch_tokens == 2048 and on_a100.deployment.workers.max_seqs == 256
