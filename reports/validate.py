@@ -33,6 +33,19 @@ def error_rows(doc: dict) -> list[dict]:
     return rows
 
 
+def co_activity_rows(doc: dict) -> list[dict]:
+    """Per replay, worker and kind of step: the live steps' slowdown over their size's median with the other
+    workers idle and busy (raw runs with more than one worker; validate.json's ``co_activity``)."""
+    out = []
+    for i, rep in enumerate(doc["utilization"]["live"]):
+        for worker, stats in rep.items():
+            for kind, c in (stats.get("co_activity") or {}).items():
+                out.append({"repeat": i + 1, "worker": worker, "steps": kind.split("_")[0],
+                            "idle": c["others_idle"], "busy": c["others_busy"], "n_idle": c["steps_idle"],
+                            "n_busy": c["steps_busy"]})
+    return out
+
+
 def ttft_scatter(rows: pd.DataFrame) -> go.Figure:
     """Simulated vs live TTFT of every request (one colour per repeat), with y = x."""
     fig = go.Figure()
@@ -84,4 +97,13 @@ def write_validate_report(doc: dict, rows: pd.DataFrame, replays: list, sim, pat
           for m, (a, b) in series.items()],
         section("TTFT per request", figure(ttft_scatter(rows))),
     ]
+    if co := co_activity_rows(doc):
+        sections.append(section("Workers sharing the machine", paragraph(
+            "Each live step's model forward over the median of its size's steps, the median for the steps during "
+            "which the other workers computed less than a quarter of the time (idle) and more than three quarters "
+            "(busy). The simulation takes each size's median over both, so a worker slowed by the others' work "
+            "widens the live distributions beyond the simulated ones."),
+            table(co, [("repeat", "repeat"), ("worker", "worker"), ("steps", "steps"), ("idle", "others idle"),
+                       ("busy", "others busy"), ("n_idle", "steps idle"), ("n_busy", "steps busy")],
+                  formats={"idle": ".2f", "busy": ".2f", "n_idle": ",.0f", "n_busy": ",.0f", "repeat": ".0f"})))
     return page("pdsim validate", sections, subtitle=sub).write(path)

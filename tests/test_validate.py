@@ -606,3 +606,13 @@ def test_the_error_split_is_one_line_for_raw_runs_and_none_when_paced():
     line = error_split_text({"sim_on_replay_costs": {"metrics": own}})
     assert "TTFT p50 +4.0%" in line and "TPOT p50 +20.0%" in line and "(2/4 within target)" in line
     assert error_split_text({"sim_on_replay_costs": None}) is None
+
+
+def test_the_report_tables_how_workers_ran_beside_each_other():
+    from reports.validate import co_activity_rows
+
+    c = {"others_idle": 0.9, "others_busy": 1.1, "steps_idle": 50, "steps_busy": 60}
+    doc = {"utilization": {"live": [{"prefill-0": {"co_activity": {"prompt_steps": c}}, "decode-0": {}}]}}
+    assert co_activity_rows(doc) == [{"repeat": 1, "worker": "prefill-0", "steps": "prompt", "idle": 0.9,
+                                      "busy": 1.1, "n_idle": 50, "n_busy": 60}]
+    assert co_activity_rows({"utilization": {"live": [{"agg-0": {"co_activity": None}}]}}) == []
