@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from planner.validate import DEFAULT_CACHE, ValidateOptions, error_split_text, error_table, slowdown_text, validate
+from reports.validate import co_activity_rows
 from simulator.deployment import parse_deployment
 from traces.loader import load_trace
 
@@ -92,10 +93,8 @@ def main() -> None:
                 print("the replays' own slowdown by size: " + " | ".join(slowdown_text(
                     *({w: s["slowdown_by_size"][k] for w, s in rep.items() if s.get("slowdown_by_size")}
                       for k in ("prompt_steps", "decode_steps"))) for rep in doc["utilization"]["live"]))
-                co = [f"{w} {k.split('_')[0]} steps {fmt(c['others_idle'])} / {fmt(c['others_busy'])} "
-                      f"({c['steps_idle']} / {c['steps_busy']} steps)"
-                      for rep in doc["utilization"]["live"] for w, s in rep.items()
-                      for k, c in (s.get("co_activity") or {}).items()]
+                co = [f"{c['worker']} {c['steps']} steps {fmt(c['idle'])} / {fmt(c['busy'])} "
+                      f"({c['n_idle']} / {c['n_busy']} steps)" for c in co_activity_rows(doc)]
                 if co:
                     print("the replays' steps over their size's median, the other workers idle / busy: "
                           + "; ".join(co))

@@ -472,12 +472,22 @@ def slowdown_by_size(rows: list[dict], cm: CostModel, prompts: bool) -> list[lis
     prefill worker's prompts of up to 512 tokens 1.23-1.30x, of 513-2048 1.05-1.10x, longer 0.88-0.94x). A bucket
     with fewer steps than MIN_BUCKET_STEPS (prompts: MIN_PROMPT_BUCKET_STEPS; a rehearsal holds a few dozen
     prompts) takes the nearest measured bucket's figure (the smaller on a tie). None without such steps."""
+    rows, size, ratio = sized_slowdowns(rows, cm, prompts)
+    return size_buckets(size, ratio, prompts) if rows else None
+
+
+def sized_slowdowns(rows: list[dict], cm: CostModel, prompts: bool) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """The steps with prompt tokens among ``rows`` (``prompts``) or the decode-only ones, with a model forward logged;
+    their sizes as slowdown_by_size counts them (tokens, or sequences) and their forward over ``cm``'s prediction."""
     rows = [r for r in rows if r.get("model_s") and bool(r["prefill_tokens"]) == prompts]
-    if not rows:
-        return None
     size = np.asarray([sum(r["prefill_tokens"]) + len(r["decode_ctx"]) if prompts else len(r["decode_ctx"])
-                       for r in rows])
-    ratio = np.asarray([r["model_s"] for r in rows]) / predicted_s(rows, cm)
+                       for r in rows], dtype=np.int64)
+    ratio = np.asarray([r["model_s"] for r in rows]) / predicted_s(rows, cm) if rows else np.zeros(0)
+    return rows, size, ratio
+
+
+def size_buckets(size: np.ndarray, ratio: np.ndarray, prompts: bool) -> list[list]:
+    """slowdown_by_size's buckets of steps of these sizes and slowdowns (at least one step)."""
     edges = [PROMPT_BUCKET_TOKENS if prompts else 1]
     while edges[-1] < size.max():
         edges.append(edges[-1] * 2)
@@ -523,21 +533,16 @@ def co_activity(rows: list[dict], others: list[dict], cm: CostModel) -> dict | N
     others were busy less than CO_IDLE of the time (``others_idle``) and more than CO_BUSY (``others_busy``), for
     steps with prompts and decode-only steps (a diagnosis: the simulation takes each size's median over both). None
     without other workers."""
-    rows = [r for r in rows if r.get("model_s")]
-    if not others or not rows:
+    if not others:
         return None
-    share = busy_share(rows, others)
     out = {}
     for kind, prompts in (("prompt_steps", True), ("decode_steps", False)):
-        m = np.asarray([bool(r["prefill_tokens"]) == prompts for r in rows])
-        kept = [r for r, k in zip(rows, m, strict=True) if k]
-        table = slowdown_by_size(kept, cm, prompts)
-        if not table:
+        kept, size, ratio = sized_slowdowns(rows, cm, prompts)
+        if not kept:
             continue
-        size = [sum(r["prefill_tokens"]) + len(r["decode_ctx"]) if prompts else len(r["decode_ctx"]) for r in kept]
-        rel = (np.asarray([r["model_s"] for r in kept]) / predicted_s(kept, cm)
-               / np.asarray([bucket_scale(table, s) for s in size]))
-        busy = share[m]
+        table = size_buckets(size, ratio, prompts)
+        rel = ratio / np.asarray([bucket_scale(table, s) for s in size])
+        busy = busy_share(kept, others)
         idle, full = busy < CO_IDLE, busy > CO_BUSY
         out[kind] = {"others_idle": float(np.median(rel[idle])) if idle.any() else None,
                      "others_busy": float(np.median(rel[full])) if full.any() else None,

@@ -43,15 +43,13 @@ class ScaledCostModel:
         if batch.empty:
             return 0.0
         last = len(batch.prefill_tokens) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
-        scale = (self._scale(self.prompt_scales, batch.tokens) if len(batch.prefill_tokens)
-                 else self._scale(self.decode_scales, len(batch.decode_ctx)))
+        scale = (bucket_scale(self.prompt_scales, batch.tokens, self.scale) if len(batch.prefill_tokens)
+                 else bucket_scale(self.decode_scales, len(batch.decode_ctx), self.scale))
         return scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
 
-    def _scale(self, buckets: tuple[tuple[int, float], ...], size: int) -> float:
-        return bucket_scale(buckets, size, self.scale)
-
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
-        return self._scale(self.decode_scales, n_seqs) * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (
+        scale = bucket_scale(self.decode_scales, n_seqs, self.scale)
+        return scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (
             self._overhead_s(n_seqs) if n_seqs else 0.0)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
