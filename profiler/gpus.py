@@ -94,11 +94,12 @@ CATALOG: dict[str, GPUSpec] = {
     ]
 }
 
+# Other names of the catalog's GPUs (canonical_gpu_name reads "_" as "-": h100_sxm, b200_sxm).
 ALIASES = {
-    "a100": "a100-80g", "a100-sxm": "a100-80g", "a100_sxm": "a100-80g",
-    "h100": "h100-sxm", "h100_sxm": "h100-sxm", "h100-sxm5": "h100-sxm",
-    "h200": "h200-sxm", "h200_sxm": "h200-sxm",
-    "b200_sxm": "b200", "b200-sxm": "b200",
+    "a100": "a100-80g", "a100-sxm": "a100-80g",
+    "h100": "h100-sxm", "h100-sxm5": "h100-sxm",
+    "h200": "h200-sxm",
+    "b200-sxm": "b200",
     "gb200-sxm": "gb200", "gb200-nvl72": "gb200", "b300-sxm": "b300", "gb300-sxm": "gb300", "gb300-nvl72": "gb300",
     "h20-sxm": "h20", "h800-sxm": "h800",
     "l40s-48g": "l40s",
