@@ -81,6 +81,22 @@ def vllm_batch_defaults(gpu: GPUSpec) -> tuple[int, int]:
     return (8192, 1024) if big else (2048, 256)
 
 
+# TRT-LLM runs whole prompts (no chunking) within max_num_tokens per iteration, and its scheduler stops at the
+# first request that does not fit: with the library's 8192 a prompt of 8192 tokens would never join a running
+# decode batch, yet such rows ran with TTFT near one prefill (Llama-3.1-70B, ISL 8192, on H200 and B200). The
+# configs these benchmarks ran were written by aiconfigurator's generator, whose rule sizes the budget to the
+# workload: the prompt, the decode batch and 1500 tokens of headroom, in whole KV blocks of 32 tokens.
+TRTLLM_BUDGET_HEADROOM_TOKENS = 1500
+TRTLLM_TOKENS_PER_BLOCK = 32
+
+
+def trtllm_max_num_tokens(isl: int, seats: int) -> int:
+    """The max_num_tokens a benchmarked TRT-LLM worker ran with: ``isl + seats + 1500`` rounded up to 32 tokens
+    (a prefill worker: ``seats`` = 0)."""
+    need = isl + seats + TRTLLM_BUDGET_HEADROOM_TOKENS
+    return -(-need // TRTLLM_TOKENS_PER_BLOCK) * TRTLLM_TOKENS_PER_BLOCK
+
+
 def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: str, max_batch_tokens: int) -> float:
     """The share of HBM the engine's KV cache and everything else may use, as profiler.memory counts it."""
     e = ENGINES.get(engine, EngineDefaults())
@@ -182,6 +198,8 @@ def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int, gpu: GPUSpec)
     elif engine == "vllm":
         chunk, most = vllm_batch_defaults(gpu)
         seats = min(seats, most)  # more clients than that wait in vLLM's queue
+    elif engine == "trtllm" and prefix != "decode_":  # a decode worker runs no prompts: the default holds
+        chunk = trtllm_max_num_tokens(int(row["isl"]), 0 if prefix == "prefill_" else max(1, seats))
     pool = PoolSpec(replicas=workers, tp=tp * dp, max_batch_tokens=chunk,
                     max_seqs=max(1, seats), chunked_prefill=e.chunked_prefill, prefill_first=e.prefill_first)
     return pool, tp * dp, dp, why

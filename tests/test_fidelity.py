@@ -454,3 +454,23 @@ def test_vllm_batches_by_its_own_defaults_for_the_gpu():
     on_a100 = row_case(agg_row(system="a100_sxm", c=512, precision="bf16", gemm_quant_mode=np.nan,
                                moe_quant_mode=np.nan, model="meta-llama/Llama-3.1-8B-Instruct", tp=1), 0)
     assert on_a100.deployment.workers.max_batch_tokens == 2048 and on_a100.deployment.workers.max_seqs == 256
+
+
+def test_trtllm_budget_holds_the_prompt_beside_the_decode_batch_so_long_prompts_do_not_starve():
+    from planner.replay import trtllm_max_num_tokens
+
+    assert trtllm_max_num_tokens(1024, 16) == 2560  # 1024 + 16 + 1500 = 2540, in whole blocks of 32
+    case = row_case(agg_row(backend="trtllm", system="h200_sxm", tp=8, isl=8192, osl=64, c=8), 0)
+    pool = case.deployment.workers
+    assert not pool.chunked_prefill and pool.max_batch_tokens >= 8192 + 8
+    disagg = row_case(agg_row(backend="trtllm", mode="disagg", isl=8192, prefill_num_workers=1, prefill_tp_size=8,
+                              prefill_batch_size=1, decode_num_workers=1, decode_tp_size=8, decode_batch_size=8,
+                              silicon_data_source="silicon_concurrency=8"), 0)
+    assert disagg.deployment.pools["prefill"].max_batch_tokens >= 8192
+    # with the library's 8192 a prompt of 8192 tokens never joins a running batch: each waits for it to drain
+    from dataclasses import replace
+
+    starved = replace(case, deployment=replace(case.deployment, workers=replace(pool, max_batch_tokens=8192)))
+    ttft_s, _ = simulate_case(case, requests_per_client=3, rounds=3)
+    starved_ttft_s, _ = simulate_case(starved, requests_per_client=3, rounds=3)
+    assert ttft_s < starved_ttft_s / 3
