@@ -7,6 +7,7 @@ Each command is a thin shell: parse flags, call the package function, print, exi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 
@@ -266,6 +267,7 @@ def replay_benchmark_cmd(
     lockstep: bool = typer.Option(False, "--lockstep", help="Keep clients in step after the opening burst "
                                   "(default: out of step on decode-first engines)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Simulate rows in this many processes."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Simulate every row of a measured benchmark file and report the error of TTFT and TPOT."""
     from planner.replay import format_summary, load_benchmark, replay, select_models, write_replay
@@ -277,8 +279,20 @@ def replay_benchmark_cmd(
     df = select_models(load_benchmark(file), models)
     if df.empty:
         fail(f"no rows of {', '.join(models)} in {file}")
-    result = replay(df, gpu_name=gpu, requests_per_client=requests_per_client, rounds=rounds, stagger=not lockstep,
-                    jobs=jobs)
+    bar = None if quiet else typer.progressbar(length=len(df), label="simulating rows", file=sys.stderr,
+                                               show_pos=True)
+    done = [0]
+
+    def progress(n: int, total: int) -> None:
+        if bar is not None:
+            if done[0] == 0:
+                bar.length = total  # rows skipped before simulating do not count
+            bar.update(n - done[0])
+            done[0] = n
+
+    with bar if bar is not None else contextlib.nullcontext():
+        result = replay(df, gpu_name=gpu, requests_per_client=requests_per_client, rounds=rounds,
+                        stagger=not lockstep, jobs=jobs, progress=progress)
     paths = write_replay(result, out, source=f"{file} on {gpu or 'the GPUs its rows name'}")
     typer.echo(format_summary(result.summary))
     typer.echo(f"wrote {paths['rows']}, {paths['summary']}, {paths['report']}")

@@ -433,26 +433,35 @@ def _predict_one(args: tuple) -> tuple[int, float, float, str]:
 
 def predict_cases(cases: list[Case], *, requests_per_client: int = REQUESTS_PER_CLIENT,
                   rounds: int = BENCHMARK_ROUNDS, stagger: bool = True, efficiency=None,
-                  jobs: int = 1) -> dict[int, tuple[float, float, str]]:
-    """Simulate every case that is not skipped: ``{row: (ttft_s, tpot_s, skip_reason)}``; ``jobs`` processes."""
+                  jobs: int = 1, progress=None) -> dict[int, tuple[float, float, str]]:
+    """Simulate every case that is not skipped: ``{row: (ttft_s, tpot_s, skip_reason)}``; ``jobs`` processes;
+    ``progress(done, total)`` after each case."""
     todo = [(c, requests_per_client, rounds, stagger, efficiency) for c in cases if not c.skipped]
+    out = []
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp  # noqa: PLC0415
 
         with mp.get_context("fork").Pool(jobs) as pool:
-            out = pool.map(_predict_one, todo, chunksize=max(1, len(todo) // (4 * jobs)))
+            for one in pool.imap_unordered(_predict_one, todo, chunksize=max(1, min(16, len(todo) // (4 * jobs)))):
+                out.append(one)
+                if progress is not None:
+                    progress(len(out), len(todo))
     else:
-        out = [_predict_one(t) for t in todo]
+        for t in todo:
+            out.append(_predict_one(t))
+            if progress is not None:
+                progress(len(out), len(todo))
     return {row: (ttft, tpot, why) for row, ttft, tpot, why in out}
 
 
 def replay(df: pd.DataFrame, *, gpu_name: str | None = None, requests_per_client: int = REQUESTS_PER_CLIENT,
-           rounds: int = BENCHMARK_ROUNDS, stagger: bool = True, jobs: int = 1) -> Replay:
+           rounds: int = BENCHMARK_ROUNDS, stagger: bool = True, jobs: int = 1, progress=None) -> Replay:
     """Predict every row of a benchmark table (on ``gpu_name``, or each on the GPU its ``system`` column names);
-    rows pdsim cannot express keep their skip reason."""
+    rows pdsim cannot express keep their skip reason. ``progress(done, total)`` after each simulated row."""
     df = df.reset_index(drop=True)
     cases = [row_case(r, i, gpu_name) for i, (_, r) in enumerate(df.iterrows())]
-    pred = predict_cases(cases, requests_per_client=requests_per_client, rounds=rounds, stagger=stagger, jobs=jobs)
+    pred = predict_cases(cases, requests_per_client=requests_per_client, rounds=rounds, stagger=stagger, jobs=jobs,
+                         progress=progress)
     rows = df.copy()
     rows["pdsim_model"] = [c.model or "unknown" for c in cases]
     rows["pdsim_gpu"] = [c.deployment.gpu if c.deployment is not None else "" for c in cases]

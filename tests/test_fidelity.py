@@ -474,3 +474,11 @@ def test_trtllm_budget_holds_the_prompt_beside_the_decode_batch_so_long_prompts_
     ttft_s, _ = simulate_case(case, requests_per_client=3, rounds=3)
     starved_ttft_s, _ = simulate_case(starved, requests_per_client=3, rounds=3)
     assert ttft_s < starved_ttft_s / 3
+
+
+def test_replay_reports_its_progress_row_by_row():
+    rows = pd.DataFrame([agg_row(c=2, osl=16), agg_row(c=4, osl=16), agg_row(model="no/such-model")])
+    seen = []
+    result = replay(rows, progress=lambda done, total: seen.append((done, total)), requests_per_client=2, rounds=2)
+    assert seen == [(1, 2), (2, 2)]  # the unknown model is skipped before simulating
+    assert result.summary["predicted"] == 2
