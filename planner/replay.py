@@ -124,6 +124,7 @@ class Case:
     dtype: str = ""
     deployment: Deployment | None = None
     skip_reason: str = ""
+    assumed: str = ""  # what the row leaves unsaid and the replay took for it
 
     @property
     def skipped(self) -> bool:
@@ -241,6 +242,12 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
         pf = replace(pf, chunked_prefill=False)  # a prefill worker runs whole prompts
         why = why_p or why_d
         pools = {"prefill": pf, "decode": dec}
+        unsaid = [what for col, what in (("prefill_num_workers", "one prefill worker"),
+                                         ("decode_num_workers", "one decode worker"),
+                                         ("decode_batch_size", "a decode batch of every client"))
+                  if not _num(row, col, 0)]
+        if unsaid:
+            base = replace(base, assumed=", ".join(unsaid) + " (the row does not say)")
     else:
         return replace(base, skip_reason=f"unknown mode {row['mode']!r}")
     if why:
@@ -327,6 +334,9 @@ def summarize(rows: pd.DataFrame) -> dict:
                      "skip_reasons": {k: int(v) for k, v in rows.loc[rows["skip_reason"] != "", "skip_reason"]
                                       .value_counts().items()},
                      "overall": _err_stats(done)}
+    if "assumed" in done:
+        summary["assumptions"] = {k: int(v) for k, v in done.loc[done["assumed"] != "", "assumed"]
+                                  .value_counts().items()}
     for col, key in (("pdsim_model", "per_model"), ("backend", "per_engine"), ("mode", "per_mode"),
                      ("pdsim_gpu", "per_gpu")):
         summary[key] = {str(k): _err_stats(g) for k, g in done.groupby(col)}
@@ -336,6 +346,7 @@ def summarize(rows: pd.DataFrame) -> dict:
 def format_summary(s: dict) -> str:
     lines = [f"rows {s['rows']}: predicted {s['predicted']}, skipped {s['skipped']}"]
     lines += [f"  skipped {n:4d}: {why}" for why, n in s["skip_reasons"].items()]
+    lines += [f"  assumed {n:4d}: {what}" for what, n in s.get("assumptions", {}).items()]
     head = f"{'':28s} {'rows':>5s} {'TTFT med':>9s} {'TTFT p90':>9s} {'TPOT med':>9s} {'TPOT p90':>9s}  (APE %)"
     lines.append(head)
 
@@ -354,7 +365,8 @@ def format_summary(s: dict) -> str:
 
 @dataclass
 class Replay:
-    rows: pd.DataFrame  # every input column, plus pdsim_model, pdsim_gpu, pred_ttft_ms, pred_tpot_ms, skip_reason
+    # every input column, plus pdsim_model, pdsim_gpu, pred_ttft_ms, pred_tpot_ms, skip_reason, assumed
+    rows: pd.DataFrame
     summary: dict = field(default_factory=dict)
 
 
@@ -468,6 +480,7 @@ def replay(df: pd.DataFrame, *, gpu_name: str | None = None, requests_per_client
     rows["pred_ttft_ms"] = [pred[c.row][0] * 1e3 if c.row in pred else np.nan for c in cases]
     rows["pred_tpot_ms"] = [pred[c.row][1] * 1e3 if c.row in pred else np.nan for c in cases]
     rows["skip_reason"] = [c.skip_reason or pred.get(c.row, (0, 0, ""))[2] for c in cases]
+    rows["assumed"] = [c.assumed if c.row in pred and not rows.at[c.row, "skip_reason"] else "" for c in cases]
     return Replay(rows, summarize(rows))
 
 

@@ -57,4 +57,7 @@ def write_replay_report(rows: pd.DataFrame, summary: dict, path: str | Path, sou
         section("TPOT", figure(scatter(rows, "tpot"))),
         section("Skipped rows", bullets(skipped)),
     ]
+    if assumed := summary.get("assumptions"):
+        sections.append(section("Predicted on assumptions", bullets([f"{n} rows: {what}" for what, n in
+                                                                     assumed.items()])))
     return page("pdsim replay-benchmark", sections, subtitle=source).write(path)

@@ -12,12 +12,14 @@ from planner.cli import app, run_app
 from planner.replay import (
     concurrency_of,
     engine_memory_utilization,
+    format_summary,
     kv_cache_dtype,
     load_benchmark,
     replay,
     row_case,
     simulate_case,
     weight_dtype,
+    write_replay,
 )
 from profiler.calibration import FIT_FILE, fitted_factors
 from profiler.errors import InputError
@@ -482,3 +484,19 @@ def test_replay_reports_its_progress_row_by_row():
     result = replay(rows, progress=lambda done, total: seen.append((done, total)), requests_per_client=2, rounds=2)
     assert seen == [(1, 2), (2, 2)]  # the unknown model is skipped before simulating
     assert result.summary["predicted"] == 2
+
+
+def test_what_a_disagg_row_leaves_unsaid_is_reported_as_assumed_not_hidden(tmp_path):
+    said = agg_row(mode="disagg", isl=1024, osl=16, prefill_num_workers=1, prefill_tp_size=4, prefill_batch_size=1,
+                   decode_num_workers=1, decode_tp_size=4, decode_batch_size=4,
+                   silicon_data_source="silicon_concurrency=4")
+    unsaid = said.drop(["prefill_num_workers", "decode_num_workers", "decode_batch_size"])
+    assert row_case(said, 0).assumed == ""
+    assert "one prefill worker, one decode worker" in row_case(unsaid, 1).assumed
+    result = replay(pd.DataFrame([said, unsaid]), requests_per_client=2, rounds=2)
+    assert list(result.rows["assumed"] != "") == [False, True]
+    assert sum(result.summary["assumptions"].values()) == 1
+    assert "assumed    1: one prefill worker" in format_summary(result.summary)
+    paths = write_replay(result, tmp_path / "out")
+    assert "Predicted on assumptions" in paths["report"].read_text()
+    assert pd.read_csv(paths["rows"])["assumed"].notna().tolist() == [False, True]
