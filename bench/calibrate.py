@@ -60,11 +60,12 @@ def predict(cases: list, eff: Efficiency, gpu_name: str) -> np.ndarray:
     cms: dict = {}
     for i, c in enumerate(cases):
         d, p = c.deployment, c.deployment.workers
-        key = (c.model, p.tp, d.dtype, d.kv_dtype)
+        key = (c.model, p.tp, p.attention_dp, d.dtype, d.kv_dtype)
         if key not in cms:
             m = CATALOG[c.model]
-            kv = memory_fit(m, gpu, p.tp, d.dtype, d.kv_dtype, p.max_batch_tokens, d.gpu_memory_utilization).kv_tokens
-            cms[key] = (RooflineCostModel(m, gpu, p.tp, d.dtype, d.kv_dtype, eff), kv)
+            kv = memory_fit(m, gpu, p.attention_tp, d.dtype, d.kv_dtype, p.max_batch_tokens,
+                            d.gpu_memory_utilization, p.attention_dp).kv_tokens
+            cms[key] = (RooflineCostModel(m, gpu, p.tp, d.dtype, d.kv_dtype, eff, p.attention_dp), kv)
         cm, kv = cms[key]
         out[i] = closed_loop_estimate(d, {"workers": cm}, c.isl, c.osl, c.concurrency,
                                       {"workers": max(1, kv // (c.isl + c.osl))})

@@ -248,8 +248,8 @@ def _chunks(isl: int, pool: PoolSpec) -> list[tuple[int, int]]:
 
 def kv_slots(dep: Deployment, pool: PoolSpec, tokens_per_seq: int) -> int:
     """Sequences of ``tokens_per_seq`` whose KV one replica of ``pool`` holds at once (at least one)."""
-    fit = memory_fit(resolve_model(dep.model), resolve_gpu(dep.gpu), pool.tp, dep.dtype, dep.resolved_kv_dtype,
-                     pool.max_batch_tokens, dep.gpu_memory_utilization)
+    fit = memory_fit(resolve_model(dep.model), resolve_gpu(dep.gpu), pool.attention_tp, dep.dtype,
+                     dep.resolved_kv_dtype, pool.max_batch_tokens, dep.gpu_memory_utilization, pool.attention_dp)
     return max(1, fit.kv_tokens // max(tokens_per_seq, 1))
 
 
@@ -381,7 +381,7 @@ def open_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl
 def cost_models(dep: Deployment, eff: Efficiency | None = None, perf_db: str | None = None) -> dict[str, CostModel]:
     model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
     return {name: make_cost_model(model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine, efficiency=eff,
-                                  perf_db=perf_db) for name, pool in dep.pools.items()}
+                                  perf_db=perf_db, attn_dp=pool.attention_dp) for name, pool in dep.pools.items()}
 
 
 def pool_cost_models(dep: Deployment, calibration: str | Path | None = None,

@@ -103,6 +103,9 @@ def placement(dep: Deployment) -> list[Worker]:
     per_node = resolve_gpu(dep.gpu).max_tp_per_node
     workers, node, used, port = [], 0, 0, BASE_PORT
     for role, pool in roles(dep).items():
+        if pool.attention_dp > 1:
+            raise InputError(f"{role}: attention data parallelism (attention_dp={pool.attention_dp}) is simulated "
+                             "but not emitted; emit a deployment without it")
         if pool.tp > per_node:
             raise InputError(f"{role}: TP={pool.tp} spans nodes ({per_node} GPUs each); multi-node replicas "
                              "are not emitted, use TP <= GPUs per node")

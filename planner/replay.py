@@ -97,14 +97,17 @@ def trtllm_max_num_tokens(isl: int, seats: int) -> int:
     return -(-need // TRTLLM_TOKENS_PER_BLOCK) * TRTLLM_TOKENS_PER_BLOCK
 
 
-def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: str, max_batch_tokens: int) -> float:
-    """The share of HBM the engine's KV cache and everything else may use, as profiler.memory counts it."""
+def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: str, max_batch_tokens: int,
+                              attn_dp: int = 1) -> float:
+    """The share of HBM the engine's KV cache and everything else may use, as profiler.memory counts it
+    (``tp``, ``attn_dp`` as memory_fit's)."""
     e = ENGINES.get(engine, EngineDefaults())
     if engine == "sglang":
-        return sglang_memory_defaults(gpu, tp)[1]
+        return sglang_memory_defaults(gpu, tp * attn_dp)[1]
     if not e.of_free_memory:
         return e.memory_fraction
-    used = weight_bytes_per_gpu(model, dtype, tp) + activation_bytes(model, tp, max_batch_tokens) + RESERVE_BYTES
+    used = (weight_bytes_per_gpu(model, dtype, tp, attn_dp) + activation_bytes(model, tp, max_batch_tokens)
+            + RESERVE_BYTES)
     free = max(gpu.hbm_bytes - used, 0.0)
     return min((used + e.memory_fraction * free) / gpu.hbm_bytes, 0.98)
 
@@ -169,41 +172,41 @@ def _num(row: pd.Series, col: str, default: float = 1.0) -> float:
 
 
 def concurrency_of(row: pd.Series) -> int | None:
-    """Clients of the closed loop: agg ``batch_size``; disagg ``silicon_concurrency=N`` in the source, else
-    the decode pool's seats (decode workers x decode batch size)."""
+    """Clients of the closed loop: agg ``batch_size`` per attention-DP rank (aiconfigurator's rows give the
+    batch of one rank: the MiniMax-M2.5 rows at DP4 and batch b measured what the DP1 rows did at 4b clients);
+    disagg ``silicon_concurrency=N`` in the source, else the decode pool's seats (decode workers x decode batch
+    size x its attention-DP ranks)."""
     if row["mode"] == "agg":
-        c = _num(row, "batch_size", 0)
+        c = _num(row, "batch_size", 0) * _num(row, "attention_dp_size")
         return int(c) if c else None
     m = re.search(r"silicon_concurrency=(\d+)", str(row.get("silicon_data_source", "")))
     if m:
         return int(m.group(1))
-    seats = _num(row, "decode_num_workers", 0) * _num(row, "decode_batch_size", 0)
+    seats = (_num(row, "decode_num_workers", 0) * _num(row, "decode_batch_size", 0)
+             * _num(row, "decode_attention_dp_size"))
     return int(seats) if seats else None
 
 
-def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int, gpu: GPUSpec) -> tuple[PoolSpec, int, int, str]:
-    """(pool, GPUs per worker, attention-DP ranks, skip reason)."""
+def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int, gpu: GPUSpec) -> tuple[PoolSpec, str]:
+    """(pool, skip reason). With attention data parallelism each attention group schedules its own share of the
+    sequences with the engine's token budget: the pool's budget is theirs together."""
     tp = int(_num(row, f"{prefix}tp_size"))
     dp = int(_num(row, f"{prefix}attention_dp_size"))
     pp = int(_num(row, f"{prefix}pp_size"))
     workers = int(_num(row, f"{prefix}num_workers")) if prefix else 1
     e = ENGINES.get(engine, EngineDefaults())
-    why = ""
-    if pp > 1:
-        why = f"pipeline parallelism (pp={pp}) is not modelled"
-    elif dp > 1:
-        why = f"attention data parallelism (dp={dp}) is not modelled"
+    why = f"pipeline parallelism (pp={pp}) is not modelled" if pp > 1 else ""
     chunk, seats = e.max_batch_tokens, max_seqs
     if engine == "sglang":
         chunk = sglang_memory_defaults(gpu, tp * dp)[0]
     elif engine == "vllm":
         chunk, most = vllm_batch_defaults(gpu)
-        seats = min(seats, most)  # more clients than that wait in vLLM's queue
+        seats = min(seats, most * dp)  # more clients than that wait in vLLM's queue
     elif engine == "trtllm" and prefix != "decode_":  # a decode worker runs no prompts: the default holds
-        chunk = trtllm_max_num_tokens(int(row["isl"]), 0 if prefix == "prefill_" else max(1, seats))
-    pool = PoolSpec(replicas=workers, tp=tp * dp, max_batch_tokens=chunk,
-                    max_seqs=max(1, seats), chunked_prefill=e.chunked_prefill, prefill_first=e.prefill_first)
-    return pool, tp * dp, dp, why
+        chunk = trtllm_max_num_tokens(int(row["isl"]), 0 if prefix == "prefill_" else max(1, -(-seats // dp)))
+    pool = PoolSpec(replicas=workers, tp=tp * dp, max_batch_tokens=chunk * dp, max_seqs=max(1, seats),
+                    chunked_prefill=e.chunked_prefill, prefill_first=e.prefill_first, attention_dp=dp)
+    return pool, why
 
 
 def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
@@ -234,11 +237,11 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
     base = replace(base, concurrency=c)
     spec = CATALOG[model]
     if base.mode == "agg":
-        pool, gpus, _, why = _pool(row, "", base.engine, c, gpu)
+        pool, why = _pool(row, "", base.engine, c, gpu)
         pools = {"workers": pool}
     elif base.mode == "disagg":
-        pf, _, _, why_p = _pool(row, "prefill_", base.engine, int(_num(row, "prefill_batch_size")), gpu)
-        dec, _, _, why_d = _pool(row, "decode_", base.engine, int(_num(row, "decode_batch_size", c)), gpu)
+        pf, why_p = _pool(row, "prefill_", base.engine, int(_num(row, "prefill_batch_size")), gpu)
+        dec, why_d = _pool(row, "decode_", base.engine, int(_num(row, "decode_batch_size", c)), gpu)
         pf = replace(pf, chunked_prefill=False)  # a prefill worker runs whole prompts
         why = why_p or why_d
         pools = {"prefill": pf, "decode": dec}
@@ -257,15 +260,18 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
     kv_dtype = kv_cache_dtype(row)
     raised = False
     for name, p in pools.items():
-        util = engine_memory_utilization(base.engine, spec, gpu, p.tp, dtype, p.max_batch_tokens)
-        fit = memory_fit(spec, gpu, p.tp, dtype, kv_dtype, p.max_batch_tokens, util)
+        util = engine_memory_utilization(base.engine, spec, gpu, p.attention_tp, dtype, p.max_batch_tokens,
+                                         p.attention_dp)
+        fit = memory_fit(spec, gpu, p.attention_tp, dtype, kv_dtype, p.max_batch_tokens, util, p.attention_dp)
         if fit.kv_tokens < base.isl + base.osl and util < RAISED_MEMORY_FRACTION:
             raised = True
-            fit = memory_fit(spec, gpu, p.tp, dtype, kv_dtype, p.max_batch_tokens, RAISED_MEMORY_FRACTION)
+            fit = memory_fit(spec, gpu, p.attention_tp, dtype, kv_dtype, p.max_batch_tokens, RAISED_MEMORY_FRACTION,
+                             p.attention_dp)
         if fit.kv_tokens < base.isl + base.osl:
             return replace(base, skip_reason=f"{name} pool: model says out of memory ({fit.kv_tokens} KV tokens)")
-    util = engine_memory_utilization(base.engine, spec, gpu, max(p.tp for p in pools.values()), dtype,
-                                     max(p.max_batch_tokens for p in pools.values()))
+    big = max(pools.values(), key=lambda p: p.tp)
+    util = engine_memory_utilization(base.engine, spec, gpu, big.attention_tp, dtype,
+                                     max(p.max_batch_tokens for p in pools.values()), big.attention_dp)
     if raised:
         util = max(util, RAISED_MEMORY_FRACTION)
     inter = any(p.tp > gpu.max_tp_per_node for p in pools.values())
@@ -400,7 +406,7 @@ def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT,
     dep, c = case.deployment, case.concurrency
     eff = efficiency or engine_efficiency(dep.engine)
     spec, gpu = CATALOG[case.model], resolve_gpu(dep.gpu)
-    cms = {name: RooflineCostModel(spec, gpu, p.tp, dep.dtype, dep.resolved_kv_dtype, eff)
+    cms = {name: RooflineCostModel(spec, gpu, p.tp, dep.dtype, dep.resolved_kv_dtype, eff, p.attention_dp)
            for name, p in dep.pools.items()}
 
     def run(rounds_run: int, gap: float = 0.0) -> pd.DataFrame:

@@ -60,11 +60,16 @@ def memory_fit(model: ModelSpec, gpu: GPUSpec, tp: int, dtype: str, kv_dtype: st
 
 
 def require_fit(model: ModelSpec, gpu: GPUSpec, tp: int, dtype: str, kv_dtype: str, max_batch_tokens: int,
-                utilization: float = DEFAULT_UTILIZATION, min_kv_tokens: int = 1, pool: str = "pool") -> MemoryFit:
-    """The fit, or an InputError that says what would fit instead."""
-    fit = memory_fit(model, gpu, tp, dtype, kv_dtype, max_batch_tokens, utilization)
+                utilization: float = DEFAULT_UTILIZATION, min_kv_tokens: int = 1, pool: str = "pool",
+                attn_dp: int = 1) -> MemoryFit:
+    """The fit, or an InputError that says what would fit instead (``tp``, ``attn_dp`` as memory_fit's)."""
+    fit = memory_fit(model, gpu, tp, dtype, kv_dtype, max_batch_tokens, utilization, attn_dp)
     if fit.kv_tokens >= min_kv_tokens:
         return fit
+    if attn_dp > 1:
+        raise InputError(f"{pool}: {model.name} in {dtype} does not fit on {gpu.name} at attention TP={tp} x "
+                         f"DP={attn_dp}: weights need {fit.weights_bytes / GiB:.1f} GiB per GPU, leaving KV room "
+                         f"for {fit.kv_tokens} tokens (need {min_kv_tokens})")
     smallest = next((t for t in (1, 2, 4, 8, 16, 32, 64)
                      if memory_fit(model, gpu, t, dtype, kv_dtype, max_batch_tokens, utilization).kv_tokens
                      >= min_kv_tokens), None)

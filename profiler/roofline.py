@@ -74,11 +74,22 @@ def request_terms(cost) -> tuple[float, float]:
 
 
 class RooflineCostModel:
-    """Cost of one pool's iterations from ModelSpec over GPUSpec; TP divides work and adds all-reduce."""
+    """Cost of one pool's iterations from ModelSpec over GPUSpec; TP divides work and adds all-reduce.
+
+    ``attn_dp`` > 1: attention data parallelism. The replica's ``tp`` GPUs form ``attn_dp`` groups of
+    ``tp / attn_dp``; each group runs the attention (and the dense layers and LM head) of its own share of the
+    batch, its weights split over the group only, and keeps those sequences' KV; the routed experts span all
+    ``tp`` GPUs (expert parallelism), each token sent to its experts' GPUs and back (two all-to-alls per MoE
+    layer). The batch is taken as evenly shared by the groups."""
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, dtype: str = "bf16",
-                 kv_dtype: str | None = None, efficiency: Efficiency | None = None):
+                 kv_dtype: str | None = None, efficiency: Efficiency | None = None, attn_dp: int = 1):
+        if attn_dp < 1 or tp % attn_dp:
+            raise ValueError(f"attention DP {attn_dp} must divide TP {tp}")
         self.model, self.gpu, self.tp, self.dtype = model, gpu, tp, dtype
+        self.attn_dp = attn_dp
+        at = tp // attn_dp  # GPUs of one attention group
+        self._at = at
         self.kv_dtype = kv_dtype or ("bf16" if dtype in ("bf16", "fp16", "fp32") else "fp8")
         self.eff = efficiency or Efficiency()
         m = model
@@ -87,14 +98,14 @@ class RooflineCostModel:
         self._attn_peak = gpu.flops("bf16") if dtype == "fp4" else gpu.flops(dtype)
         self._bw = gpu.hbm_bw_bytes_s
         # Per-GPU weight elements of each layer's op groups.
-        self._attn_w = m.attn_params_per_layer() / tp
-        self._dense_w = m.dense_mlp_params() / tp
+        self._attn_w = m.attn_params_per_layer() / at
+        self._dense_w = m.dense_mlp_params() / at
         self._expert_w = m.expert_params() / tp  # experts are sharded over TP (or EP) as well
         self._wb_attn = wb if dtype != "fp4" else dtype_bytes("bf16")
         self._wb_mlp = wb
-        self._lm_w = m.vocab * m.hidden / tp
+        self._lm_w = m.vocab * m.hidden / at
         self._wb_lm = dtype_bytes("bf16")
-        heads = max(1.0, m.heads / tp)
+        heads = max(1.0, m.heads / at)
         if m.is_mla:
             # Prefill runs MLA expanded (qk 192, v 128); decode absorbs the up-projections and
             # attends over the latent (kv_lora + rope for scores, kv_lora for values).
@@ -103,7 +114,7 @@ class RooflineCostModel:
         else:
             self._pf_attn_flops_per_pair = 4.0 * heads * m.head_dim
             self._dec_attn_flops_per_ctx = 4.0 * heads * m.head_dim
-        self._kv_bytes_layer = m.kv_bytes_per_token_per_gpu(self.kv_dtype, tp) / m.layers
+        self._kv_bytes_layer = m.kv_bytes_per_token_per_gpu(self.kv_dtype, at) / m.layers
         # Sliding-window layers read at most the window; approximated on the mean context.
         self._full_layers = m.layers - m.sliding_layers
 
@@ -123,9 +134,13 @@ class RooflineCostModel:
         return mx(flops / (self._peak * self.eff.gemm_compute), weight_bytes / (self._bw * self.eff.gemm_memory))
 
     def _attn_layers_s(self, pairs, pf_ctx_read, n_dec, dec_ctx_sum, mx=np.maximum, mn=np.minimum):
-        """Attention of all layers: prefill over causal token pairs, decode over the contexts read."""
+        """Attention of all layers: prefill over causal token pairs, decode over the contexts read (one attention
+        group's share of them)."""
         m = self.model
         e = self.eff
+        if self.attn_dp > 1:
+            d = float(self.attn_dp)
+            pairs, pf_ctx_read, n_dec, dec_ctx_sum = pairs / d, pf_ctx_read / d, n_dec / d, dec_ctx_sum / d
         total = 0.0
         for layers, window in ((self._full_layers, 0), (m.sliding_layers, m.sliding_window)):
             if layers == 0:
@@ -141,30 +156,47 @@ class RooflineCostModel:
         return total
 
     def _allreduce_s(self, tokens):
-        if self.tp == 1:
+        """All-reduces of every layer within an attention group (the whole replica without attention DP) over
+        ``tokens``, the group's share of the iteration's tokens."""
+        if self._at == 1:
             return 0.0 * tokens
         bytes_ = tokens * self.model.hidden * ACT_BYTES
         g = self.gpu
-        local = min(self.tp, g.max_tp_per_node)  # GPUs of the ring inside one node
+        local = min(self._at, g.max_tp_per_node)  # GPUs of the ring inside one node
         one = 2.0 * (local - 1) / local * bytes_ / (g.nvlink_bw_bytes_s * self.eff.comm) + g.nvlink_latency_s
-        nodes = -(-self.tp // local)
+        nodes = -(-self._at // local)
         if nodes > 1:  # hierarchical: each GPU carries its 1/local share between nodes over its own NIC
             one = one + (2.0 * (nodes - 1) / nodes * bytes_ / local / (g.internode_bw_bytes_s * self.eff.comm)
                          + g.internode_latency_s)
         return 2.0 * self.model.layers * one
 
+    def _dispatch_s(self, tokens):
+        """Attention DP: each MoE layer sends every token to the GPUs of its experts and back, two all-to-alls
+        over the replica; a GPU moves its share of its group's tokens, each to up to ``active_experts`` GPUs."""
+        m, g = self.model, self.gpu
+        copies = min(m.active_experts, self.tp) * (self.tp - 1) / self.tp
+        bytes_ = tokens / self.attn_dp / self._at * m.hidden * ACT_BYTES * copies
+        inter = self.tp > g.max_tp_per_node
+        bw = g.internode_bw_bytes_s if inter else g.nvlink_bw_bytes_s
+        lat = g.internode_latency_s if inter else g.nvlink_latency_s
+        return 2.0 * m.moe_layers * (bytes_ / (bw * self.eff.comm) + lat)
+
     def _time(self, tokens, pairs, pf_ctx_read, n_dec, dec_ctx_sum, n_logits, mx=np.maximum, mn=np.minimum):
         m = self.model
         h = m.hidden
-        t = self._linear_s(tokens, self._attn_w, self._wb_attn, 2.0 * h, mx) * m.layers
+        own = tokens / self.attn_dp if self.attn_dp > 1 else tokens  # an attention group's tokens
+        t = self._linear_s(own, self._attn_w, self._wb_attn, 2.0 * h, mx) * m.layers
         if m.dense_layers:
-            mlp_io = h + m.intermediate / self.tp
-            t = t + self._linear_s(tokens, self._dense_w, self._wb_mlp, mlp_io, mx) * m.dense_layers
+            mlp_io = h + m.intermediate / self._at
+            t = t + self._linear_s(own, self._dense_w, self._wb_mlp, mlp_io, mx) * m.dense_layers
         if m.moe_layers:
             t = t + self._moe_s(tokens, mx) * m.moe_layers
+            if self.attn_dp > 1:
+                t = t + self._dispatch_s(tokens)
         t = t + self._attn_layers_s(pairs, pf_ctx_read, n_dec, dec_ctx_sum, mx, mn)
-        t = t + self._allreduce_s(tokens)
-        t = t + self._linear_s(n_logits, self._lm_w, self._wb_lm, h, mx)
+        t = t + self._allreduce_s(own)
+        t = t + self._linear_s(n_logits / self.attn_dp if self.attn_dp > 1 else n_logits, self._lm_w, self._wb_lm,
+                               h, mx)
         e = self.eff
         return t + e.iteration_overhead_s + e.layer_overhead_s * m.layers + e.per_seq_overhead_s * n_logits
 
@@ -209,4 +241,4 @@ class RooflineCostModel:
 
     def with_efficiency(self, **changes) -> RooflineCostModel:
         return RooflineCostModel(self.model, self.gpu, self.tp, self.dtype, self.kv_dtype,
-                                 replace(self.eff, **changes))
+                                 replace(self.eff, **changes), self.attn_dp)

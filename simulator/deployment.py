@@ -47,10 +47,21 @@ class PoolSpec:
     # A waiting prompt runs first, in a prefill-only iteration, while the decodes wait (SGLang's default);
     # False: decodes first and prompts fill the rest of the budget (vLLM, TRT-LLM).
     prefill_first: bool = False
+    # Attention data parallelism: the replica's tp GPUs form this many groups, each running the attention of
+    # its own sequences and keeping their KV; the experts span all tp GPUs (profiler.roofline.RooflineCostModel).
+    attention_dp: int = 1
 
     @property
     def gpus(self) -> int:
         return self.replicas * self.tp
+
+    @property
+    def attention_tp(self) -> int:
+        """GPUs of one attention group (the replica's tp without attention data parallelism)."""
+        return self.tp // self.attention_dp
+
+    def label(self) -> str:
+        return f"TP{self.tp}" + (f" (attention DP{self.attention_dp})" if self.attention_dp > 1 else "")
 
     @property
     def prefill_chunk_tokens(self) -> int:
@@ -108,9 +119,9 @@ class Deployment:
     def describe(self) -> str:
         if self.topology == "agg":
             w = self.workers
-            return f"agg {w.replicas}x TP{w.tp}"
+            return f"agg {w.replicas}x {w.label()}"
         p, d = self.prefill, self.decode
-        return f"disagg prefill {p.replicas}x TP{p.tp} + decode {d.replicas}x TP{d.tp}"
+        return f"disagg prefill {p.replicas}x {p.label()} + decode {d.replicas}x {d.label()}"
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"model": self.model, "gpu": self.gpu, "dtype": self.dtype, "topology": self.topology}
@@ -142,6 +153,8 @@ def _pool_dict(pool: PoolSpec) -> dict:
         del d["chunk_size"]
     if not d["prefill_first"]:  # the default; only engines that schedule this way say so
         del d["prefill_first"]
+    if d["attention_dp"] == 1:
+        del d["attention_dp"]
     return d
 
 
@@ -176,9 +189,12 @@ def _parse_pool(data: Any, where: str) -> PoolSpec:
     allowed = {f.name for f in fields(PoolSpec)}
     _check_keys(data, allowed, where)
     kw: dict[str, Any] = {}
-    for key in ("replicas", "tp", "max_batch_tokens", "max_seqs"):
+    for key in ("replicas", "tp", "max_batch_tokens", "max_seqs", "attention_dp"):
         if key in data:
             kw[key] = _positive(data[key], f"{where}.{key}")
+    if kw.get("tp", 1) % kw.get("attention_dp", 1):
+        raise InputError(f"attention_dp {kw['attention_dp']} must divide tp {kw.get('tp', 1)} (the replica's GPUs "
+                         "form that many attention groups)", where=f"{where}.attention_dp")
     if "chunk_size" in data:
         kw["chunk_size"] = _positive(data["chunk_size"], f"{where}.chunk_size", allow_none=True)
     for key in ("chunked_prefill", "prefill_first"):

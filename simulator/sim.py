@@ -82,10 +82,10 @@ class Simulation:
         capacity: dict[str, int] = {}
         wid = 0
         for name, pool in dep.pools.items():
-            fit = require_fit(model, gpu, pool.tp, dep.dtype, kv_dtype, pool.max_batch_tokens,
-                              dep.gpu_memory_utilization, min_kv_tokens=B, pool=name)
+            fit = require_fit(model, gpu, pool.attention_tp, dep.dtype, kv_dtype, pool.max_batch_tokens,
+                              dep.gpu_memory_utilization, min_kv_tokens=B, pool=name, attn_dp=pool.attention_dp)
             cost = (cost_models or {}).get(name) or make_cost_model(model, gpu, pool.tp, dep.dtype, kv_dtype,
-                                                                    dep.engine, profile)
+                                                                    dep.engine, profile, attn_dp=pool.attention_dp)
             capacity[name] = fit.kv_tokens // B
             role = "agg" if name == "workers" else name
             self.pools[name] = [Worker(self, wid + i, name, role, pool, cost, capacity[name], B, fast_forward)
@@ -101,7 +101,7 @@ class Simulation:
         if dep.topology == "disagg":
             self.links = {w.wid: KVLink(self.env, dep.kv_link.bandwidth_bytes_s, dep.kv_link.latency_s)
                           for w in self.pools["prefill"]}
-            ranks = min(dep.prefill.tp, dep.decode.tp)
+            ranks = min(dep.prefill.attention_tp, dep.decode.attention_tp)  # the GPUs holding one sequence's KV
             self.kv_bytes = isl * model.kv_bytes_per_token(kv_dtype) / ranks
         self.serving = self.pools  # the replicas routers pick from; faults and scaling keep their own lists
         self.ops = attach_ops(self)  # None without faults, scaling or autoscaling (simulator/faults.py)

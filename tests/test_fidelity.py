@@ -74,8 +74,7 @@ def test_rows_that_cannot_be_expressed_are_skipped_with_a_reason():
     # fp4 weights on a GPU without fp4 tensor cores ran weight-only (vLLM's MXFP4 kernels on Hopper): predicted
     fp4 = row_case(agg_row(model="openai/gpt-oss-120b", precision="fp4", gemm_quant_mode="nvfp4"), 0)
     assert not fp4.skipped and fp4.deployment.dtype == "fp4"
-    dp = row_case(agg_row(model="MiniMaxAI/MiniMax-M2.5", attention_dp_size=4, moe_ep_size=16), 1)
-    assert "attention data parallelism" in dp.skip_reason
+    assert "pipeline parallelism" in row_case(agg_row(pp_size=2), 1).skip_reason
     assert "unknown model" in row_case(agg_row(model="acme/Frob-7B"), 2).skip_reason
     assert "unknown engine" in row_case(agg_row(backend="tgi"), 3).skip_reason
     ok = row_case(agg_row(), 4)
@@ -197,13 +196,13 @@ def test_replay_of_a_few_rows_end_to_end(tmp_path, capsys):
     rows = pd.DataFrame([agg_row(c=4), agg_row(c=32, isl=2048, osl=256),
                          agg_row(model="meta-llama/Llama-3.1-8B-Instruct", backend="trtllm", tp=1, c=8,
                                  precision=np.nan, gemm_quant_mode=np.nan, moe_quant_mode=np.nan),
-                         agg_row(model="MiniMaxAI/MiniMax-M2.5", attention_dp_size=4, moe_ep_size=16)])
+                         agg_row(pp_size=2)])
     src = tmp_path / "rows.csv"
     rows.to_csv(src, index=False)
     assert run_app(app, ["replay-benchmark", str(src), "--out", str(tmp_path / "out")]) == 0
     out = pd.read_csv(tmp_path / "out" / "rows.csv", keep_default_na=False)
     assert list(out.columns[: len(rows.columns)]) == list(rows.columns)
-    assert (out["skip_reason"][:3] == "").all() and "attention data parallelism" in out["skip_reason"][3]
+    assert (out["skip_reason"][:3] == "").all() and "pipeline parallelism" in out["skip_reason"][3]
     pred = pd.to_numeric(out["pred_ttft_ms"][:3])
     assert (pred > 0).all() and (pd.to_numeric(out["pred_tpot_ms"][:3]) > 0).all()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -500,3 +499,53 @@ def test_what_a_disagg_row_leaves_unsaid_is_reported_as_assumed_not_hidden(tmp_p
     paths = write_replay(result, tmp_path / "out")
     assert "Predicted on assumptions" in paths["report"].read_text()
     assert pd.read_csv(paths["rows"])["assumed"].notna().tolist() == [False, True]
+
+
+def test_attention_dp_rows_are_predicted_each_group_keeping_its_own_sequences():
+    # aiconfigurator's convention: tp x attention_dp GPUs, experts over all of them, batch_size per DP rank
+    case = row_case(agg_row(model="deepseek-ai/DeepSeek-R1", backend="trtllm", tp=1, attention_dp_size=8,
+                            moe_ep_size=8, c=16, isl=1024, osl=64, system="h200_sxm"), 0)
+    pool = case.deployment.workers
+    assert not case.skipped and (pool.tp, pool.attention_dp, pool.attention_tp) == (8, 8, 1)
+    assert case.concurrency == 128 and "attention DP8" in case.deployment.describe()
+    ttft_s, tpot_s = simulate_case(case, requests_per_client=2, rounds=2)
+    assert 0 < ttft_s < 10 and 0 < tpot_s < 1
+
+
+def test_attention_dp_splits_attention_and_its_kv_over_the_groups_not_the_experts():
+    from profiler.roofline import RooflineCostModel
+
+    ds, h200 = CATALOG["deepseek-v3"], resolve_gpu("h200-sxm")
+    eff = engine_efficiency("trtllm")
+    tp8 = RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff)
+    dp8 = RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=8)
+    assert RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=1).decode_steps_s(8, 8000, 1) == \
+        tp8.decode_steps_s(8, 8000, 1)
+    # MLA's latent KV is replicated over TP ranks: with attention DP each GPU reads only its own sequences'
+    n, ctx = 256, 8000
+    assert dp8._attn_layers_s(0.0, 0.0, n, n * ctx) == pytest.approx(tp8._attn_layers_s(0.0, 0.0, n, n * ctx) / 8)
+    assert dp8.decode_steps_s(n, n * ctx, 1)[0] < tp8.decode_steps_s(n, n * ctx, 1)[0]
+    # and the KV room grows with the groups: each keeps only its own sequences
+    tp_fit = memory_fit(ds, h200, 8, "fp8", "fp8", 8192)
+    dp_fit = memory_fit(ds, h200, 1, "fp8", "fp8", 8192, attn_dp=8)
+    assert dp_fit.kv_tokens > 2 * tp_fit.kv_tokens
+    with pytest.raises(ValueError):
+        RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=3)
+
+
+def test_attention_dp_in_a_deployment_file_is_checked_and_not_emitted():
+    from planner.emit import placement
+    from simulator.deployment import parse_deployment
+
+    base = {"model": "deepseek-v3", "gpu": "h200-sxm", "dtype": "fp8", "topology": "agg"}
+    dep = parse_deployment(base | {"workers": {"tp": 8, "attention_dp": 8}})
+    assert dep.workers.attention_tp == 1 and dep.to_dict()["workers"]["attention_dp"] == 8
+    assert "attention_dp" not in parse_deployment(base | {"workers": {"tp": 8}}).to_dict()["workers"]
+    with pytest.raises(InputError, match="attention_dp 3 must divide tp 8"):
+        parse_deployment(base | {"workers": {"tp": 8, "attention_dp": 3}})
+    with pytest.raises(InputError, match="not emitted"):
+        placement(dep)
+    from profiler.factory import make_cost_model
+
+    with pytest.raises(InputError, match="roofline only"):
+        make_cost_model(CATALOG["deepseek-v3"], resolve_gpu("h200-sxm"), 8, "fp8", profile="x", attn_dp=8)
