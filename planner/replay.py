@@ -187,16 +187,20 @@ def concurrency_of(row: pd.Series) -> int | None:
     return int(seats) if seats else None
 
 
-def _pool(row: pd.Series, prefix: str, engine: str, max_seqs: int, gpu: GPUSpec) -> tuple[PoolSpec, str]:
-    """(pool, skip reason). With attention data parallelism each attention group schedules its own share of the
-    sequences with the engine's token budget: the pool's budget is theirs together."""
+def _pool(row: pd.Series, prefix: str, engine: str, clients: int, gpu: GPUSpec) -> tuple[PoolSpec, str]:
+    """(pool, skip reason). The row's batch size is one attention-DP rank's (concurrency_of); without one a
+    prefill worker takes one prompt per rank and a decode worker every client. With attention data parallelism
+    each attention group schedules its own share of the sequences with the engine's token budget: the pool's
+    budget and seats are theirs together."""
     tp = int(_num(row, f"{prefix}tp_size"))
     dp = int(_num(row, f"{prefix}attention_dp_size"))
     pp = int(_num(row, f"{prefix}pp_size"))
     workers = int(_num(row, f"{prefix}num_workers")) if prefix else 1
     e = ENGINES.get(engine, EngineDefaults())
     why = f"pipeline parallelism (pp={pp}) is not modelled" if pp > 1 else ""
-    chunk, seats = e.max_batch_tokens, max_seqs
+    batch = _num(row, f"{prefix}batch_size", 0)
+    seats = int(batch * dp) if batch else (dp if prefix == "prefill_" else clients)
+    chunk = e.max_batch_tokens
     if engine == "sglang":
         chunk = sglang_memory_defaults(gpu, tp * dp)[0]
     elif engine == "vllm":
@@ -240,8 +244,8 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
         pool, why = _pool(row, "", base.engine, c, gpu)
         pools = {"workers": pool}
     elif base.mode == "disagg":
-        pf, why_p = _pool(row, "prefill_", base.engine, int(_num(row, "prefill_batch_size")), gpu)
-        dec, why_d = _pool(row, "decode_", base.engine, int(_num(row, "decode_batch_size", c)), gpu)
+        pf, why_p = _pool(row, "prefill_", base.engine, c, gpu)
+        dec, why_d = _pool(row, "decode_", base.engine, c, gpu)
         pf = replace(pf, chunked_prefill=False)  # a prefill worker runs whole prompts
         why = why_p or why_d
         pools = {"prefill": pf, "decode": dec}

@@ -195,10 +195,11 @@ class RooflineCostModel:
                 t = t + self._dispatch_s(tokens)
         t = t + self._attn_layers_s(pairs, pf_ctx_read, n_dec, dec_ctx_sum, mx, mn)
         t = t + self._allreduce_s(own)
-        t = t + self._linear_s(n_logits / self.attn_dp if self.attn_dp > 1 else n_logits, self._lm_w, self._wb_lm,
-                               h, mx)
+        own_logits = n_logits / self.attn_dp if self.attn_dp > 1 else n_logits  # each group samples its own
+        t = t + self._linear_s(own_logits, self._lm_w, self._wb_lm, h, mx)
         e = self.eff
-        return t + e.iteration_overhead_s + e.layer_overhead_s * m.layers + e.per_seq_overhead_s * n_logits
+        # every attention group's scheduler runs beside the others: the per-sequence cost is of one group's share
+        return t + e.iteration_overhead_s + e.layer_overhead_s * m.layers + e.per_seq_overhead_s * own_logits
 
     # ---- CostModel ---------------------------------------------------------------------------
     def iteration_s(self, batch: Batch) -> float:

@@ -510,6 +510,13 @@ def test_attention_dp_rows_are_predicted_each_group_keeping_its_own_sequences():
     assert case.concurrency == 128 and "attention DP8" in case.deployment.describe()
     ttft_s, tpot_s = simulate_case(case, requests_per_client=2, rounds=2)
     assert 0 < ttft_s < 10 and 0 < tpot_s < 1
+    # a disagg row's batch sizes are per rank too: 32 decode ranks of 16 seat 512 sequences
+    dis = row_case(agg_row(model="deepseek-ai/DeepSeek-R1", backend="sglang", mode="disagg", system="gb200",
+                           prefill_num_workers=2, prefill_tp_size=1, prefill_attention_dp_size=8, prefill_batch_size=1,
+                           decode_num_workers=1, decode_tp_size=1, decode_attention_dp_size=32, decode_batch_size=16,
+                           silicon_data_source="silicon_concurrency=512"), 1)
+    pf, dec = dis.deployment.prefill, dis.deployment.decode
+    assert (pf.tp, pf.attention_dp, pf.max_seqs, dec.tp, dec.attention_dp, dec.max_seqs) == (8, 8, 8, 32, 32, 512)
 
 
 def test_attention_dp_splits_attention_and_its_kv_over_the_groups_not_the_experts():
@@ -531,6 +538,12 @@ def test_attention_dp_splits_attention_and_its_kv_over_the_groups_not_the_expert
     assert dp_fit.kv_tokens > 2 * tp_fit.kv_tokens
     with pytest.raises(ValueError):
         RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=3)
+    # each group's scheduler walks only its own sequences, beside the others
+    from dataclasses import replace
+
+    host = replace(eff, per_seq_overhead_s=1e-3)
+    assert RooflineCostModel(ds, h200, 8, "fp8", "fp8", host).decode_steps_s(800, 800 * 100, 1)[0] > 0.8
+    assert RooflineCostModel(ds, h200, 8, "fp8", "fp8", host, attn_dp=8).decode_steps_s(800, 800 * 100, 1)[0] < 0.2
 
 
 def test_attention_dp_in_a_deployment_file_is_checked_and_not_emitted():
