@@ -259,8 +259,8 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
         return replace(base, skip_reason=f"unknown mode {row['mode']!r}")
     if why:
         return replace(base, skip_reason=why)
-    if max(p.tp for p in pools.values()) > 2 * gpu.max_tp_per_node:
-        return replace(base, skip_reason="a worker spans more than two nodes")
+    if max(p.attention_tp for p in pools.values()) > 2 * gpu.max_tp_per_node:  # experts may span more (all-to-all)
+        return replace(base, skip_reason="a worker's tensor parallelism spans more than two nodes")
     kv_dtype = kv_cache_dtype(row)
     raised = False
     for name, p in pools.items():

@@ -517,6 +517,10 @@ def test_attention_dp_rows_are_predicted_each_group_keeping_its_own_sequences():
                            silicon_data_source="silicon_concurrency=512"), 1)
     pf, dec = dis.deployment.prefill, dis.deployment.decode
     assert (pf.tp, pf.attention_dp, pf.max_seqs, dec.tp, dec.attention_dp, dec.max_seqs) == (8, 8, 8, 32, 32, 512)
+    # experts over eight nodes are an all-to-all; tensor parallelism over more than two nodes is not modelled
+    wide = dict(model="deepseek-ai/DeepSeek-R1", backend="trtllm", system="h200_sxm", c=4)
+    assert not row_case(agg_row(tp=1, attention_dp_size=64, moe_ep_size=64, **wide), 2).skipped
+    assert "spans more than two nodes" in row_case(agg_row(tp=32, moe_ep_size=32, **wide), 3).skip_reason
 
 
 def test_attention_dp_splits_attention_and_its_kv_over_the_groups_not_the_experts():
