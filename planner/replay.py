@@ -490,7 +490,7 @@ def replay(df: pd.DataFrame, *, gpu_name: str | None = None, requests_per_client
     rows["pred_ttft_ms"] = [pred[c.row][0] * 1e3 if c.row in pred else np.nan for c in cases]
     rows["pred_tpot_ms"] = [pred[c.row][1] * 1e3 if c.row in pred else np.nan for c in cases]
     rows["skip_reason"] = [c.skip_reason or pred.get(c.row, (0, 0, ""))[2] for c in cases]
-    rows["assumed"] = [c.assumed if c.row in pred and not rows.at[c.row, "skip_reason"] else "" for c in cases]
+    rows["assumed"] = [c.assumed if not rows.at[c.row, "skip_reason"] else "" for c in cases]
     return Replay(rows, summarize(rows))
 
 

@@ -66,17 +66,18 @@ def require_fit(model: ModelSpec, gpu: GPUSpec, tp: int, dtype: str, kv_dtype: s
     fit = memory_fit(model, gpu, tp, dtype, kv_dtype, max_batch_tokens, utilization, attn_dp)
     if fit.kv_tokens >= min_kv_tokens:
         return fit
+    where, hint = f"TP={tp}", ""
     if attn_dp > 1:
-        raise InputError(f"{pool}: {model.name} in {dtype} does not fit on {gpu.name} at attention TP={tp} x "
-                         f"DP={attn_dp}: weights need {fit.weights_bytes / GiB:.1f} GiB per GPU, leaving KV room "
-                         f"for {fit.kv_tokens} tokens (need {min_kv_tokens})")
-    smallest = next((t for t in (1, 2, 4, 8, 16, 32, 64)
-                     if memory_fit(model, gpu, t, dtype, kv_dtype, max_batch_tokens, utilization).kv_tokens
-                     >= min_kv_tokens), None)
-    hint = f"TP={smallest} would fit" if smallest else "no TP up to 64 fits; use a smaller dtype or a bigger GPU"
+        where = f"attention TP={tp} x DP={attn_dp}"
+    else:
+        smallest = next((t for t in (1, 2, 4, 8, 16, 32, 64)
+                         if memory_fit(model, gpu, t, dtype, kv_dtype, max_batch_tokens, utilization).kv_tokens
+                         >= min_kv_tokens), None)
+        hint = (f"; TP={smallest} would fit" if smallest
+                else "; no TP up to 64 fits; use a smaller dtype or a bigger GPU")
     raise InputError(
-        f"{pool}: {model.name} in {dtype} does not fit on {gpu.name} at TP={tp}: weights need "
+        f"{pool}: {model.name} in {dtype} does not fit on {gpu.name} at {where}: weights need "
         f"{fit.weights_bytes / GiB:.1f} GiB per GPU, activations {fit.activation_bytes / GiB:.1f} GiB, of "
         f"{gpu.hbm_bytes * utilization / GiB:.1f} GiB usable, leaving KV room for {fit.kv_tokens} tokens "
-        f"(need {min_kv_tokens}); {hint}"
+        f"(need {min_kv_tokens}){hint}"
     )

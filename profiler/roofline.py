@@ -175,7 +175,7 @@ class RooflineCostModel:
         over the replica; a GPU moves its share of its group's tokens, each to up to ``active_experts`` GPUs."""
         m, g = self.model, self.gpu
         copies = min(m.active_experts, self.tp) * (self.tp - 1) / self.tp
-        bytes_ = tokens / self.attn_dp / self._at * m.hidden * ACT_BYTES * copies
+        bytes_ = tokens / self.tp * m.hidden * ACT_BYTES * copies  # tp = groups x GPUs of a group
         inter = self.tp > g.max_tp_per_node
         bw = g.internode_bw_bytes_s if inter else g.nvlink_bw_bytes_s
         lat = g.internode_latency_s if inter else g.nvlink_latency_s

@@ -530,8 +530,8 @@ def test_attention_dp_splits_attention_and_its_kv_over_the_groups_not_the_expert
     eff = engine_efficiency("trtllm")
     tp8 = RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff)
     dp8 = RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=8)
-    assert RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=1).decode_steps_s(8, 8000, 1) == \
-        tp8.decode_steps_s(8, 8000, 1)
+    assert RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=1).decode_steps_s(8, 8000, 1)[0] == \
+        tp8.decode_steps_s(8, 8000, 1)[0]
     # MLA's latent KV is replicated over TP ranks: with attention DP each GPU reads only its own sequences'
     n, ctx = 256, 8000
     assert dp8._attn_layers_s(0.0, 0.0, n, n * ctx) == pytest.approx(tp8._attn_layers_s(0.0, 0.0, n, n * ctx) / 8)
@@ -563,6 +563,9 @@ def test_attention_dp_in_a_deployment_file_is_checked_and_not_emitted():
     with pytest.raises(InputError, match="not emitted"):
         placement(dep)
     from profiler.factory import make_cost_model
+    from profiler.memory import require_fit
 
+    with pytest.raises(InputError, match="at attention TP=1 x DP=8: weights need"):  # 8 H100s cannot hold R1 fp8
+        require_fit(CATALOG["deepseek-v3"], resolve_gpu("h100-sxm"), 1, "fp8", "fp8", 8192, attn_dp=8)
     with pytest.raises(InputError, match="roofline only"):
         make_cost_model(CATALOG["deepseek-v3"], resolve_gpu("h200-sxm"), 8, "fp8", profile="x", attn_dp=8)
