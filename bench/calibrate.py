@@ -39,7 +39,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon
 # that the fit used attention as a knob for TTFT that grows with ISL, which queueing behind prefills explains
 FACTORS = {
     "gemm_compute": (0.2, 1.0), "gemm_memory": (0.3, 1.0), "attn_compute": (0.3, 1.0), "attn_memory": (0.2, 1.0),
-    "comm": (0.1, 1.0), "iteration_overhead_s": (1e-4, 0.03), "layer_overhead_s": (1e-7, 2e-4),
+    "comm": (0.1, 1.0), "allreduce_latency_s": (1e-7, 1e-4), "iteration_overhead_s": (1e-4, 0.03),
+    "layer_overhead_s": (1e-7, 2e-4),
     "per_seq_overhead_s": (1e-7, 1e-3),
     "ttft_overhead_s": (1e-4, 0.3), "ttft_wait_prefills": (1e-2, 20.0),
 }

@@ -35,8 +35,9 @@ from profiler.yamlfile import read_yaml
 from simulator.deployment import Deployment, PoolSpec
 
 FIT_DEFAULT = ("gemm_compute", "gemm_memory", "attn_compute", "attn_memory", "iteration_overhead_s", "ttft_overhead_s")
-BOUNDS = {"iteration_overhead_s": (1e-5, 0.05), "per_seq_overhead_s": (1e-7, 1e-3),
-          "ttft_overhead_s": (1e-4, 1.0)}  # others: (0.02, 1.0)
+BOUNDS = {"iteration_overhead_s": (1e-5, 0.05), "per_seq_overhead_s": (1e-7, 1e-3), "layer_overhead_s": (1e-7, 2e-4),
+          "allreduce_latency_s": (1e-7, 1e-4), "ttft_overhead_s": (1e-4, 1.0),
+          "ttft_wait_prefills": (1e-2, 20.0)}  # others (shares of a peak): (0.02, 1.0)
 PRIOR_WEIGHT = 0.01  # pulls factors the data cannot see back to their defaults, barely moves the rest
 POINT_COLUMNS = ("source", "topology", "tp", "replicas", "prefill_tp", "prefill_replicas", "decode_tp",
                  "decode_replicas", "isl", "osl", "concurrency", "ttft_s", "tpot_s", "requests")

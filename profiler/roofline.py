@@ -29,6 +29,9 @@ class Efficiency:
     attn_compute: float = 0.50  # of dense FLOP/s in prefill attention
     attn_memory: float = 0.75  # of HBM bandwidth when decode attention reads KV
     comm: float = 0.70  # of NVLink bandwidth in all-reduce
+    # Per all-reduce call beyond the link's own latency, whatever its size: the collective's launch and
+    # synchronisation across the GPUs (what a decode step's small all-reduces cost; bandwidth prices large ones).
+    allreduce_latency_s: float = 0.0
     iteration_overhead_s: float = 2.0e-3  # scheduling, launch, sampling per iteration
     # Per layer per iteration, whatever the batch: kernel launches and the small kernels (norms, RoPE, residuals)
     # and all-reduce latencies a layer costs; what separates a 64-layer model's decode step from a 32-layer one's.
@@ -163,7 +166,8 @@ class RooflineCostModel:
         bytes_ = tokens * self.model.hidden * ACT_BYTES
         g = self.gpu
         local = min(self._at, g.max_tp_per_node)  # GPUs of the ring inside one node
-        one = 2.0 * (local - 1) / local * bytes_ / (g.nvlink_bw_bytes_s * self.eff.comm) + g.nvlink_latency_s
+        one = (2.0 * (local - 1) / local * bytes_ / (g.nvlink_bw_bytes_s * self.eff.comm) + g.nvlink_latency_s
+               + self.eff.allreduce_latency_s)
         nodes = -(-self._at // local)
         if nodes > 1:  # hierarchical: each GPU carries its 1/local share between nodes over its own NIC
             one = one + (2.0 * (nodes - 1) / nodes * bytes_ / local / (g.internode_bw_bytes_s * self.eff.comm)

@@ -185,3 +185,15 @@ def test_plan_searches_with_the_calibration_and_refuses_a_foreign_one(fitted, tm
                          "--out", str(tmp_path / "p")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "gpu differs" in err[0]
+
+
+def test_every_factor_in_seconds_or_prefills_has_its_own_bounds():
+    """A fitted factor that is not a share of a peak must not get the shares' bounds (0.02-1.0): a per-layer or
+    per-all-reduce cost of 20 ms or more would be a fit that cannot reach the physics."""
+    from dataclasses import fields
+
+    for f in fields(Efficiency):
+        if f.name.endswith("_s") or f.name == "ttft_wait_prefills":
+            lo, hi = cb.BOUNDS[f.name]
+            assert 0 < lo < hi
+    assert cb.BOUNDS["layer_overhead_s"][1] < 1e-3 and cb.BOUNDS["allreduce_latency_s"][1] < 1e-3

@@ -170,6 +170,25 @@ def test_layer_overhead_is_paid_once_per_layer_per_iteration():
                                    5e-5 * CATALOG[model].layers, rtol=1e-9)
 
 
+def test_allreduce_latency_is_paid_per_call_under_tensor_parallelism_only():
+    """Two all-reduces a layer, each paying the engine's per-call latency whatever its size: a decode step's
+    small all-reduces cost it in full, a long prompt's the same absolute amount; one GPU has none."""
+    from dataclasses import replace
+
+    from profiler.costmodel import Batch
+    from profiler.roofline import RooflineCostModel
+
+    base = replace(engine_efficiency("vllm"), allreduce_latency_s=0.0)
+    layers = CATALOG["llama-3.1-70b"].layers
+    for tp, calls in ((1, 0), (2, 2 * layers), (8, 2 * layers)):
+        cms = [RooflineCostModel(CATALOG["llama-3.1-70b"], resolve_gpu("h100-sxm"), tp, "fp8", None,
+                                 replace(base, allreduce_latency_s=x)) for x in (0.0, 1e-5)]
+        for b in (Batch.of(decode_ctx=[1000] * 8), Batch.of(prefill=[(4096, 0)], decode_ctx=[300])):
+            assert cms[1].iteration_s(b) - cms[0].iteration_s(b) == pytest.approx(1e-5 * calls, abs=1e-12)
+        np.testing.assert_allclose(cms[1].decode_steps_s(8, 8000, 3) - cms[0].decode_steps_s(8, 8000, 3),
+                                   1e-5 * calls, atol=1e-12)
+
+
 def test_fitted_factors_are_the_roofline_default():
     fit = json.loads(FIT_FILE.read_text())
     for engine, factors in fit["engines"].items():
