@@ -171,6 +171,12 @@ def _num(row: pd.Series, col: str, default: float = 1.0) -> float:
     return default if math.isnan(v) or v <= 0 else v
 
 
+def _source_concurrency(row: pd.Series) -> int | None:
+    """The clients the row's source names (``silicon_concurrency=N``), or None."""
+    m = re.search(r"silicon_concurrency=(\d+)", str(row.get("silicon_data_source", "")))
+    return int(m.group(1)) if m else None
+
+
 def concurrency_of(row: pd.Series) -> int | None:
     """Clients of the closed loop: agg ``batch_size`` per attention-DP rank (aiconfigurator's rows give the
     batch of one rank: the MiniMax-M2.5 rows at DP4 and batch b measured what the DP1 rows did at 4b clients);
@@ -179,9 +185,8 @@ def concurrency_of(row: pd.Series) -> int | None:
     if row["mode"] == "agg":
         c = _num(row, "batch_size", 0) * _num(row, "attention_dp_size")
         return int(c) if c else None
-    m = re.search(r"silicon_concurrency=(\d+)", str(row.get("silicon_data_source", "")))
-    if m:
-        return int(m.group(1))
+    if said := _source_concurrency(row):
+        return said
     seats = (_num(row, "decode_num_workers", 0) * _num(row, "decode_batch_size", 0)
              * _num(row, "decode_attention_dp_size"))
     return int(seats) if seats else None
@@ -240,9 +245,12 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
         return replace(base, skip_reason="no concurrency: agg batch_size or disagg silicon_concurrency missing")
     base = replace(base, concurrency=c)
     spec = CATALOG[model]
+    unsaid = []
     if base.mode == "agg":
         pool, why = _pool(row, "", base.engine, c, gpu)
         pools = {"workers": pool}
+        if re.search(r"_c_", str(row.get("id", ""))) and _source_concurrency(row) is None:
+            unsaid.append("as many clients as the batch size")  # aiconfigurator's id leaves its c{N} empty
     elif base.mode == "disagg":
         pf, why_p = _pool(row, "prefill_", base.engine, c, gpu)
         dec, why_d = _pool(row, "decode_", base.engine, c, gpu)
@@ -253,10 +261,12 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
                                          ("decode_num_workers", "one decode worker"),
                                          ("decode_batch_size", "a decode batch of every client"))
                   if not _num(row, col, 0)]
-        if unsaid:
-            base = replace(base, assumed=", ".join(unsaid) + " (the row does not say)")
+        if _source_concurrency(row) is None:
+            unsaid.append("as many clients as decode seats")
     else:
         return replace(base, skip_reason=f"unknown mode {row['mode']!r}")
+    if unsaid:
+        base = replace(base, assumed=", ".join(unsaid) + " (the row does not say)")
     if why:
         return replace(base, skip_reason=why)
     if max(p.attention_tp for p in pools.values()) > 2 * gpu.max_tp_per_node:  # experts may span more (all-to-all)

@@ -504,7 +504,7 @@ def test_replay_reports_its_progress_row_by_row():
     assert result.summary["predicted"] == 2
 
 
-def test_what_a_disagg_row_leaves_unsaid_is_reported_as_assumed_not_hidden(tmp_path):
+def test_what_a_row_leaves_unsaid_is_reported_as_assumed_not_hidden(tmp_path):
     said = agg_row(mode="disagg", isl=1024, osl=16, prefill_num_workers=1, prefill_tp_size=4, prefill_batch_size=1,
                    decode_num_workers=1, decode_tp_size=4, decode_batch_size=4,
                    silicon_data_source="silicon_concurrency=4")
@@ -518,6 +518,12 @@ def test_what_a_disagg_row_leaves_unsaid_is_reported_as_assumed_not_hidden(tmp_p
     paths = write_replay(result, tmp_path / "out")
     assert "Predicted on assumptions" in paths["report"].read_text()
     assert pd.read_csv(paths["rows"])["assumed"].notna().tolist() == [False, True]
+    # clients: a disagg row's source names none (the decode seats are taken); an agg row's id leaves c{N} empty
+    seats = row_case(said.drop("silicon_data_source"), 2)
+    assert (seats.concurrency, seats.assumed) == (4, "as many clients as decode seats (the row does not say)")
+    no_c = row_case(agg_row(id="qwen3_32b_h100_sxm_trtllm_agg_4000x1000_c_tp2_epnone_1", c=64), 3)
+    assert (no_c.concurrency, no_c.assumed) == (64, "as many clients as the batch size (the row does not say)")
+    assert row_case(agg_row(id="qwen3_32b_h100_sxm_vllm_agg_1024x128_c64_tp2", c=64), 4).assumed == ""
 
 
 def test_attention_dp_rows_are_predicted_each_group_keeping_its_own_sequences():
