@@ -44,14 +44,23 @@ FACTORS = {
     "per_seq_overhead_s": (1e-7, 1e-3),
     "ttft_overhead_s": (1e-4, 0.3), "ttft_wait_prefills": (1e-2, 20.0),
 }
+# Fitted apart, on the MoE agg rows of an engine with at least MIN_MOE_ROWS of them, the dense factors held: the
+# dense rows cannot see it. Without enough rows the experts run at gemm_compute.
+MOE_FACTORS = ("moe_compute",)
+FACTORS["moe_compute"] = (0.05, 1.0)
+MIN_MOE_ROWS = 20
+# ... and kept only where it cuts those rows' TTFT median APE by this many points: a factor the rows barely see
+# would be a knob, not physics (TRT-LLM's Qwen3-235B rows, 2026-11-29: 30.0 -> 27.9 % at a share of 0.07, with
+# held-out TRT-LLM MoE TTFT p90 85 -> 255 %; vLLM's: 25.6 -> 17.4 % at 0.25, held-out vLLM MoE TTFT 44 -> 33 %)
+MIN_MOE_GAIN = 5.0
 # The steady state cannot express the benchmark's opening burst nor a prefill-first engine's lock-step: the
 # factors are refitted by simulating this many rows of each engine.
 SIM_ROWS = 80
 
 
-def dense_agg_cases(df: pd.DataFrame, gpu_name: str) -> list:
+def agg_cases(df: pd.DataFrame, gpu_name: str) -> list:
     cases = [row_case(r, i, gpu_name) for i, (_, r) in enumerate(df.iterrows())]
-    return [c for c in cases if not c.skipped and c.mode == "agg" and c.model in DENSE_MODELS]
+    return [c for c in cases if not c.skipped and c.mode == "agg"]
 
 
 def predict(cases: list, eff: Efficiency, gpu_name: str) -> np.ndarray:
@@ -99,6 +108,37 @@ def fit_engine(cases: list, meas: np.ndarray, start: Efficiency, gpu_name: str, 
     return eff_at(res.x)
 
 
+def fit_moe(engine: str, cases: list, meas: np.ndarray, dense: Efficiency, args, report: dict) -> Efficiency:
+    """``dense`` with moe_compute fitted on the engine's MoE agg rows (steady state, then simulated on up to
+    ``--sim-rows`` of them), or ``dense`` itself where that gains less than MIN_MOE_GAIN; the fit's error goes to
+    ``report[engine]``."""
+    t0 = time.time()
+    eff = fit_engine(cases, meas, dense, args.gpu, names=MOE_FACTORS)
+    pick = np.arange(len(cases))
+    if args.sim_rows:
+        pick = np.linspace(0, len(cases) - 1, min(args.sim_rows, len(cases))).round().astype(int)
+        sub = [cases[i] for i in pick]
+        eff = fit_engine(sub, meas[pick], eff, args.gpu, jobs=args.jobs, max_nfev=args.sim_steps, names=MOE_FACTORS)
+        before, after = simulated(sub, dense, args.jobs), simulated(sub, eff, args.jobs)
+    else:
+        before, after = predict(cases, dense, args.gpu), predict(cases, eff, args.gpu)
+    e_b, e_a = ape(before, meas[pick]), ape(after, meas[pick])
+    kept = float(np.median(e_b[:, 0]) - np.median(e_a[:, 0])) >= MIN_MOE_GAIN
+    report.setdefault(engine, {}).update({"moe_compute_fitted": round(eff.moe_compute, 4), "moe_compute_kept": kept,
+        "moe_rows": len(cases), "moe_simulated_rows": len(pick) if args.sim_rows else 0,
+        "moe_seconds": round(time.time() - t0, 1),
+        "moe_ttft_median_ape": round(float(np.median(e_a[:, 0])), 1),
+        "moe_tpot_median_ape": round(float(np.median(e_a[:, 1])), 1),
+        "moe_before_ttft_median_ape": round(float(np.median(e_b[:, 0])), 1),
+        "moe_before_tpot_median_ape": round(float(np.median(e_b[:, 1])), 1)})
+    r = report[engine]
+    print(f"{engine:7s} {len(cases):4d} MoE rows  TTFT median APE {r['moe_before_ttft_median_ape']:6.1f}% -> "
+          f"{r['moe_ttft_median_ape']:5.1f}%   TPOT {r['moe_before_tpot_median_ape']:6.1f}% -> "
+          f"{r['moe_tpot_median_ape']:5.1f}%   moe_compute={eff.moe_compute:.4g} "
+          f"{'kept' if kept else f'not kept (gains under {MIN_MOE_GAIN:g} points)'} ({r['moe_seconds']} s)")
+    return eff if kept else dense
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(DATA))
@@ -110,22 +150,38 @@ def main() -> None:
     ap.add_argument("--sim-steps", type=int, default=12, help="least-squares steps of the simulator stage")
     ap.add_argument("--engines", default="", help="comma list of engines to refit (default: all); the others keep "
                     "their factors from --out")
+    ap.add_argument("--moe-only", action="store_true", help="keep the dense factors in --out and fit only the "
+                    "experts' share of peak (moe_compute) on the MoE agg rows")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     df = load_benchmark(args.data)
-    cases = dense_agg_cases(df, args.gpu)
-    old = json.loads(Path(args.out).read_text()) if args.engines and Path(args.out).exists() else {}
+    every = agg_cases(df, args.gpu)
+    cases = [c for c in every if c.model in DENSE_MODELS]
+    old = (json.loads(Path(args.out).read_text()) if (args.engines or args.moe_only) and Path(args.out).exists()
+           else {})
     engines: dict[str, dict] = old.get("engines", {})
     report: dict[str, dict] = old.get("fit_error", {})
     chosen = {e.strip() for e in args.engines.split(",") if e.strip()}
+
+    def measured(rows: list) -> np.ndarray:
+        return np.array([[df.iloc[c.row].silicon_ttft_ms, df.iloc[c.row].silicon_tpot_ms] for c in rows]) * 1e-3
+
     for engine in sorted({c.engine for c in cases}):
         if chosen and engine not in chosen:
             continue
+        moe = [c for c in every if c.engine == engine and c.model not in DENSE_MODELS and CATALOG[c.model].is_moe]
+        if args.moe_only:
+            if len(moe) >= MIN_MOE_ROWS and engine in engines:
+                dense = replace(Efficiency(), **{k: v for k, v in engines[engine].items()
+                                                 if k in Efficiency.__dataclass_fields__})
+                engines[engine] = {k: float(f"{v:.4g}") for k, v in
+                                   fit_moe(engine, moe, measured(moe), dense, args, report).to_dict().items()}
+            continue
         mine = [c for c in cases if c.engine == engine]
-        meas = np.array([[df.iloc[c.row].silicon_ttft_ms, df.iloc[c.row].silicon_tpot_ms] for c in mine]) * 1e-3
+        meas = measured(mine)
         # a prefill-first engine keeps its clients in lock-step: no arrival finds it busy, so no admission wait
         lockstep = any(p.prefill_first for p in mine[0].deployment.pools.values())
-        names = tuple(n for n in FACTORS if not (lockstep and n == "ttft_wait_prefills"))
+        names = tuple(n for n in FACTORS if n not in MOE_FACTORS and not (lockstep and n == "ttft_wait_prefills"))
         start = replace(ENGINE_EFFICIENCY.get(engine, Efficiency()), ttft_overhead_s=0.03, per_seq_overhead_s=1e-5,
                         layer_overhead_s=2e-5, ttft_wait_prefills=0.0 if lockstep else 1.0)
         t0 = time.time()
@@ -146,12 +202,15 @@ def main() -> None:
                           "tpot_median_ape": round(float(np.median(e_a[:, 1])), 1),
                           "before_ttft_median_ape": round(float(np.median(e_b[:, 0])), 1),
                           "before_tpot_median_ape": round(float(np.median(e_b[:, 1])), 1)}
+        if len(moe) >= MIN_MOE_ROWS:
+            eff = fit_moe(engine, moe, measured(moe), eff, args, report)
         engines[engine] = {k: float(f"{v:.4g}") for k, v in eff.to_dict().items()}
         print(f"{engine:7s} {len(mine):4d} rows  TTFT median APE {report[engine]['before_ttft_median_ape']:6.1f}% -> "
               f"{report[engine]['ttft_median_ape']:5.1f}%   TPOT {report[engine]['before_tpot_median_ape']:6.1f}% -> "
               f"{report[engine]['tpot_median_ape']:5.1f}%   ({report[engine]['seconds']} s)")
         print("        " + ", ".join(f"{k}={v:.4g}" for k, v in engines[engine].items()))
-    doc = {"version": 1, "gpu": args.gpu, "data": Path(args.data).name, "rows": "dense agg rows",
+    doc = {"version": 1, "gpu": args.gpu, "data": Path(args.data).name,
+           "rows": "dense agg rows; moe_compute: MoE agg rows",
            "created": datetime.now(UTC).strftime("%Y-%m-%d"), "method": "bench/calibrate.py: soft-L1 least squares "
            "on log(pred/measured) mean TTFT and TPOT; analytic closed loop (clients out of step), then "
            "simulation of an evenly spread subsample of the benchmark as it ran (opening burst, then steady "

@@ -24,7 +24,10 @@ ACT_BYTES = 2.0  # activations travel in bf16 whatever the weight format
 class Efficiency:
     """Shares of datasheet peaks an engine reaches, and its fixed costs."""
 
-    gemm_compute: float = 0.70  # of dense tensor FLOP/s in projections and experts
+    gemm_compute: float = 0.70  # of dense tensor FLOP/s in projections (and experts, unless moe_compute)
+    # Of dense tensor FLOP/s in the routed experts' grouped GEMMs (fused-MoE kernels run far below a dense GEMM's
+    # share: many small per-expert problems, routing and permutation); 0: as gemm_compute.
+    moe_compute: float = 0.0
     gemm_memory: float = 0.85  # of HBM bandwidth when reading weights
     attn_compute: float = 0.50  # of dense FLOP/s in prefill attention
     attn_memory: float = 0.75  # of HBM bandwidth when decode attention reads KV
@@ -134,7 +137,8 @@ class RooflineCostModel:
         touched = m.experts * (1.0 - (1.0 - m.active_experts / m.experts) ** mx(tokens, 0.0))
         weight_bytes = (touched + m.shared_experts * (tokens > 0)) * self._expert_w * self._wb_mlp
         flops = 2.0 * tokens * (m.active_experts + m.shared_experts) * self._expert_w
-        return mx(flops / (self._peak * self.eff.gemm_compute), weight_bytes / (self._bw * self.eff.gemm_memory))
+        share = self.eff.moe_compute or self.eff.gemm_compute
+        return mx(flops / (self._peak * share), weight_bytes / (self._bw * self.eff.gemm_memory))
 
     def _attn_layers_s(self, pairs, pf_ctx_read, n_dec, dec_ctx_sum, mx=np.maximum, mn=np.minimum):
         """Attention of all layers: prefill over causal token pairs, decode over the contexts read (one attention

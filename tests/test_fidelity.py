@@ -189,6 +189,26 @@ def test_allreduce_latency_is_paid_per_call_under_tensor_parallelism_only():
                                    1e-5 * calls, atol=1e-12)
 
 
+def test_experts_run_at_their_own_share_of_peak_and_dense_models_do_not_see_it():
+    from profiler.costmodel import Batch
+    from profiler.roofline import Efficiency, RooflineCostModel
+
+    gpu = resolve_gpu("h100-sxm")
+
+    def cm(model, **kw):
+        return RooflineCostModel(CATALOG[model], gpu, 4, "fp8", "bf16", Efficiency(**kw))
+
+    tokens = 8192.0  # a long prompt: the experts' GEMMs are compute-bound
+    same = cm("qwen3-235b-a22b", gemm_compute=0.6)
+    assert cm("qwen3-235b-a22b", gemm_compute=0.6, moe_compute=0.0)._moe_s(tokens, max) == same._moe_s(tokens, max)
+    slow = cm("qwen3-235b-a22b", gemm_compute=0.6, moe_compute=0.2)
+    assert slow._moe_s(tokens, max) == pytest.approx(3 * same._moe_s(tokens, max), rel=1e-12)
+    assert slow._linear_s(tokens, slow._attn_w, slow._wb_attn, 1.0, max) == same._linear_s(
+        tokens, same._attn_w, same._wb_attn, 1.0, max)  # attention projections keep gemm_compute
+    b = Batch.of(prefill=[(4096, 0)], decode_ctx=[300] * 4)
+    assert cm("llama-3.1-70b", moe_compute=0.2).iteration_s(b) == cm("llama-3.1-70b").iteration_s(b)
+
+
 def test_fitted_factors_are_the_roofline_default():
     fit = json.loads(FIT_FILE.read_text())
     for engine, factors in fit["engines"].items():
