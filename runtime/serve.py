@@ -25,6 +25,11 @@ from simulator.deployment import Deployment, PoolSpec, parse_deployment
 DEFAULT_DEPLOYMENT = {"model": "tiny", "gpu": "cpu", "dtype": "fp32", "topology": "disagg",
                       "prefill": {"replicas": 1}, "decode": {"replicas": 1}}
 API_KEY_ENV = "PDSIM_API_KEY"
+# An idle keep-alive connection is closed after this long: longer than clients keep idle pooled connections
+# (httpx 5 s, aiohttp 15 s), so that a client does not send on a connection the server is closing at that very
+# moment. uvicorn's default is httpx's 5 s; a soak client's ReadError before any byte (CI, 2026-11-29) is that
+# race's signature.
+KEEP_ALIVE_S = 65
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,8 @@ def serve(dep: Deployment | None, opts: ServeOptions) -> None:
 
     app = build_app(fe)
     app.router.lifespan_context = lifespan
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3,
+                                           timeout_keep_alive=KEEP_ALIVE_S))
     # uvicorn re-raises the signal that stopped it; make SIGTERM unwind like Ctrl-C so workers are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

@@ -220,6 +220,31 @@ def test_api_key_guards_everything_but_health(server):
     assert httpx.get(url + "/v1/models", headers=auth()).json()["data"][0]["id"] == "tiny"
 
 
+def test_an_idle_keep_alive_connection_outlives_the_clients_pool_expiry(server):
+    """The server keeps an idle connection open longer than httpx keeps one in its pool (5 s), so a pooled
+    connection is never reused just as the server closes it."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(server[0])
+    request = f"GET /health HTTP/1.1\r\nHost: {u.hostname}\r\n\r\n".encode()
+
+    def response(f) -> bytes:  # status line; headers and the Content-Length body read off the stream
+        status = f.readline()
+        length = 0
+        while (line := f.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        f.read(length)
+        return status
+
+    with socket.create_connection((u.hostname, u.port), timeout=10) as sock, sock.makefile("rb") as f:
+        for idle_s in (0.0, httpx.Limits().keepalive_expiry + 0.5):
+            time.sleep(idle_s)
+            sock.sendall(request)
+            assert response(f).startswith(b"HTTP/1.1 200"), "the server closed the idle connection"
+
+
 def metric(url: str, name: str) -> float:
     text = httpx.get(url + "/metrics", headers=auth()).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{")
