@@ -2,15 +2,18 @@
 profiler/calibration/h100_fit.json, which `profiler.roofline.engine_efficiency` loads by default.
 
     .venv/bin/python bench/calibrate.py [--data ../shared/calibration/silicon_h100_sxm.csv] [--dry-run]
+                                        [--engines vllm,...] [--moe-only] [--out FILE]
 
 Physics, not rows: a few shares of datasheet peaks (GEMM compute and memory, attention compute and
-memory, all-reduce) and fixed costs (per iteration, per sequence per iteration, per request before the
-first token) per engine, fitted on the dense agg rows by least squares on log(predicted / measured) of
-mean TTFT and TPOT with a soft-L1 loss (a few rows are pathological: queues of tens of seconds). First
-the analytic closed-loop steady state (planner.calibrate.closed_loop_estimate, clients out of step) over every dense
-agg row of the engine; then the simulator itself replays the benchmark as it ran (planner.replay.predict_cases:
-the measured phase's opening burst, then the steady state, in lock-step on a prefill-first engine) on an evenly
-spread subsample of ``--sim-rows`` rows, starting from there.
+memory, all-reduce) and fixed costs (per iteration, per layer, per all-reduce call, per sequence per
+iteration, per request before the first token) per engine, fitted on the dense agg rows by least squares on
+log(predicted / measured) of mean TTFT and TPOT with a soft-L1 loss (a few rows are pathological: queues of
+tens of seconds). First the analytic closed-loop steady state (planner.calibrate.closed_loop_estimate,
+clients out of step) over every dense agg row of the engine; then the simulator itself replays the benchmark
+as it ran (planner.replay.predict_cases: the measured phase's opening burst, then the steady state, in
+lock-step on a prefill-first engine) on an evenly spread subsample of ``--sim-rows`` rows, starting from
+there. Then the routed experts' share of peak (moe_compute) alone, the same two ways, on the engine's MoE agg
+rows (kept where it cuts their TTFT error by MIN_MOE_GAIN points).
 """
 
 from __future__ import annotations
@@ -42,12 +45,11 @@ FACTORS = {
     "comm": (0.1, 1.0), "allreduce_latency_s": (1e-7, 1e-4), "iteration_overhead_s": (1e-4, 0.03),
     "layer_overhead_s": (1e-7, 2e-4),
     "per_seq_overhead_s": (1e-7, 1e-3),
-    "ttft_overhead_s": (1e-4, 0.3), "ttft_wait_prefills": (1e-2, 20.0),
+    "ttft_overhead_s": (1e-4, 0.3), "ttft_wait_prefills": (1e-2, 20.0), "moe_compute": (0.05, 1.0),
 }
 # Fitted apart, on the MoE agg rows of an engine with at least MIN_MOE_ROWS of them, the dense factors held: the
 # dense rows cannot see it. Without enough rows the experts run at gemm_compute.
 MOE_FACTORS = ("moe_compute",)
-FACTORS["moe_compute"] = (0.05, 1.0)
 MIN_MOE_ROWS = 20
 # ... and kept only where it cuts those rows' TTFT median APE by this many points: a factor the rows barely see
 # would be a knob, not physics (TRT-LLM's Qwen3-235B rows, 2026-11-29: 30.0 -> 27.9 % at a share of 0.07, with

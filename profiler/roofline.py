@@ -37,7 +37,8 @@ class Efficiency:
     allreduce_latency_s: float = 0.0
     iteration_overhead_s: float = 2.0e-3  # scheduling, launch, sampling per iteration
     # Per layer per iteration, whatever the batch: kernel launches and the small kernels (norms, RoPE, residuals)
-    # and all-reduce latencies a layer costs; what separates a 64-layer model's decode step from a 32-layer one's.
+    # a layer costs (its all-reduces' own: allreduce_latency_s); what separates a 64-layer model's decode step from
+    # a 32-layer one's.
     layer_overhead_s: float = 0.0
     per_seq_overhead_s: float = 0.0  # per-sequence bookkeeping per iteration
     # Per request, outside any iteration: HTTP, tokenisation, routing, the first token's trip back. The
