@@ -52,8 +52,9 @@ FACTORS = {
 MOE_FACTORS = ("moe_compute",)
 MIN_MOE_ROWS = 20
 # ... and kept only where it cuts those rows' TTFT median APE by this many points: a factor the rows barely see
-# would be a knob, not physics (TRT-LLM's Qwen3-235B rows, 2026-11-29: 30.0 -> 27.9 % at a share of 0.07, with
-# held-out TRT-LLM MoE TTFT p90 85 -> 255 %; vLLM's: 25.6 -> 17.4 % at 0.25, held-out vLLM MoE TTFT 44 -> 33 %)
+# would be a knob, not physics (TRT-LLM's Qwen3-235B rows, 2026-11-29: 30.0 -> 27.7 % at a share of 0.09; at
+# 0.07 held-out TRT-LLM MoE TTFT p90 went 85 -> 255 %; vLLM's: 25.6 -> 17.4 % at 0.25, held-out vLLM MoE TTFT
+# 44 -> 33 %)
 MIN_MOE_GAIN = 5.0
 # The steady state cannot express the benchmark's opening burst nor a prefill-first engine's lock-step: the
 # factors are refitted by simulating this many rows of each engine.
@@ -110,33 +111,48 @@ def fit_engine(cases: list, meas: np.ndarray, start: Efficiency, gpu_name: str, 
     return eff_at(res.x)
 
 
+def fit_two_ways(cases: list, meas: np.ndarray, start: Efficiency, names: tuple[str, ...], args,
+                 x0: Efficiency | None = None):
+    """Fit ``names`` on the analytic steady state over every case, then on the simulator over an evenly spread
+    subsample of ``--sim-rows`` of them (0: the steady state only), from ``x0`` (default ``start``). Returns
+    (fitted, predicted at ``start``, predicted fitted, measured), the last three over the rows the last stage
+    saw."""
+    eff = fit_engine(cases, meas, x0 or start, args.gpu, names=names)
+    if not args.sim_rows:
+        return eff, predict(cases, start, args.gpu), predict(cases, eff, args.gpu), meas
+    pick = np.linspace(0, len(cases) - 1, min(args.sim_rows, len(cases))).round().astype(int)
+    sub = [cases[i] for i in pick]
+    eff = fit_engine(sub, meas[pick], eff, args.gpu, jobs=args.jobs, max_nfev=args.sim_steps, names=names)
+    return eff, simulated(sub, start, args.jobs), simulated(sub, eff, args.jobs), meas[pick]
+
+
+def error_report(before: np.ndarray, after: np.ndarray, meas: np.ndarray, prefix: str = "") -> dict:
+    """Median APE of TTFT and TPOT after and before the fit, keyed ``{prefix}[before_]ttft_median_ape``."""
+    return {f"{prefix}{when}{metric}_median_ape": round(float(np.median(ape(pred, meas)[:, i])), 1)
+            for when, pred in (("", after), ("before_", before)) for i, metric in enumerate(("ttft", "tpot"))}
+
+
+def error_line(what: str, r: dict, prefix: str = "") -> str:
+    return (f"{what}  TTFT median APE {r[prefix + 'before_ttft_median_ape']:6.1f}% -> "
+            f"{r[prefix + 'ttft_median_ape']:5.1f}%   TPOT {r[prefix + 'before_tpot_median_ape']:6.1f}% -> "
+            f"{r[prefix + 'tpot_median_ape']:5.1f}%")
+
+
 def fit_moe(engine: str, cases: list, meas: np.ndarray, dense: Efficiency, args, report: dict) -> Efficiency:
-    """``dense`` with moe_compute fitted on the engine's MoE agg rows (steady state, then simulated on up to
-    ``--sim-rows`` of them), or ``dense`` itself where that gains less than MIN_MOE_GAIN; the fit's error goes to
-    ``report[engine]``."""
+    """``dense`` with moe_compute fitted on the engine's MoE agg rows (fit_two_ways), or ``dense`` itself where
+    that gains less than MIN_MOE_GAIN; the fit's error goes to ``report[engine]``."""
     t0 = time.time()
-    eff = fit_engine(cases, meas, dense, args.gpu, names=MOE_FACTORS)
-    pick = np.arange(len(cases))
-    if args.sim_rows:
-        pick = np.linspace(0, len(cases) - 1, min(args.sim_rows, len(cases))).round().astype(int)
-        sub = [cases[i] for i in pick]
-        eff = fit_engine(sub, meas[pick], eff, args.gpu, jobs=args.jobs, max_nfev=args.sim_steps, names=MOE_FACTORS)
-        before, after = simulated(sub, dense, args.jobs), simulated(sub, eff, args.jobs)
-    else:
-        before, after = predict(cases, dense, args.gpu), predict(cases, eff, args.gpu)
-    e_b, e_a = ape(before, meas[pick]), ape(after, meas[pick])
-    kept = float(np.median(e_b[:, 0]) - np.median(e_a[:, 0])) >= MIN_MOE_GAIN
-    report.setdefault(engine, {}).update({"moe_compute_fitted": round(eff.moe_compute, 4), "moe_compute_kept": kept,
-        "moe_rows": len(cases), "moe_simulated_rows": len(pick) if args.sim_rows else 0,
-        "moe_seconds": round(time.time() - t0, 1),
-        "moe_ttft_median_ape": round(float(np.median(e_a[:, 0])), 1),
-        "moe_tpot_median_ape": round(float(np.median(e_a[:, 1])), 1),
-        "moe_before_ttft_median_ape": round(float(np.median(e_b[:, 0])), 1),
-        "moe_before_tpot_median_ape": round(float(np.median(e_b[:, 1])), 1)})
-    r = report[engine]
-    print(f"{engine:7s} {len(cases):4d} MoE rows  TTFT median APE {r['moe_before_ttft_median_ape']:6.1f}% -> "
-          f"{r['moe_ttft_median_ape']:5.1f}%   TPOT {r['moe_before_tpot_median_ape']:6.1f}% -> "
-          f"{r['moe_tpot_median_ape']:5.1f}%   moe_compute={eff.moe_compute:.4g} "
+    dense = replace(dense, moe_compute=0.0)  # the experts at gemm_compute (a refit starts from there too)
+    eff, before, after, seen = fit_two_ways(cases, meas, dense, MOE_FACTORS, args,
+                                            replace(dense, moe_compute=dense.gemm_compute))
+    errors = error_report(before, after, seen, "moe_")
+    kept = errors["moe_before_ttft_median_ape"] - errors["moe_ttft_median_ape"] >= MIN_MOE_GAIN
+    r = report.setdefault(engine, {})
+    r.update({"moe_compute_fitted": round(eff.moe_compute, 4), "moe_compute_kept": kept, "moe_rows": len(cases),
+              "moe_simulated_rows": len(seen) if args.sim_rows else 0, "moe_seconds": round(time.time() - t0, 1),
+              **errors})
+    print(error_line(f"{engine:7s} {len(cases):4d} MoE rows", r, "moe_")
+          + f"   moe_compute={eff.moe_compute:.4g} "
           f"{'kept' if kept else f'not kept (gains under {MIN_MOE_GAIN:g} points)'} ({r['moe_seconds']} s)")
     return eff if kept else dense
 
@@ -174,8 +190,8 @@ def main() -> None:
         moe = [c for c in every if c.engine == engine and c.model not in DENSE_MODELS and CATALOG[c.model].is_moe]
         if args.moe_only:
             if len(moe) >= MIN_MOE_ROWS and engine in engines:
-                dense = replace(Efficiency(), **{k: v for k, v in engines[engine].items()
-                                                 if k in Efficiency.__dataclass_fields__})
+                dense = Efficiency(**{k: v for k, v in engines[engine].items()
+                                      if k in Efficiency.__dataclass_fields__})
                 engines[engine] = {k: float(f"{v:.4g}") for k, v in
                                    fit_moe(engine, moe, measured(moe), dense, args, report).to_dict().items()}
             continue
@@ -187,29 +203,13 @@ def main() -> None:
         start = replace(ENGINE_EFFICIENCY.get(engine, Efficiency()), ttft_overhead_s=0.03, per_seq_overhead_s=1e-5,
                         layer_overhead_s=2e-5, ttft_wait_prefills=0.0 if lockstep else 1.0)
         t0 = time.time()
-        before = predict(mine, start, args.gpu)
-        eff = fit_engine(mine, meas, start, args.gpu, names=names)
-        after = predict(mine, eff, args.gpu)
-        if args.sim_rows:  # the benchmark as it ran: the opening burst, lock-step where the engine keeps it
-            pick = np.linspace(0, len(mine) - 1, min(args.sim_rows, len(mine))).round().astype(int)
-            sub = [mine[i] for i in pick]
-            eff = fit_engine(sub, meas[pick], eff, args.gpu, jobs=args.jobs, max_nfev=args.sim_steps, names=names)
-            before = simulated(sub, start, args.jobs)
-            after = simulated(sub, eff, args.jobs)
-            meas = meas[pick]
-        e_b, e_a = ape(before, meas), ape(after, meas)
-        report[engine] = {"rows": len(mine), "simulated_rows": len(meas) if args.sim_rows else 0,
-                          "seconds": round(time.time() - t0, 1),
-                          "ttft_median_ape": round(float(np.median(e_a[:, 0])), 1),
-                          "tpot_median_ape": round(float(np.median(e_a[:, 1])), 1),
-                          "before_ttft_median_ape": round(float(np.median(e_b[:, 0])), 1),
-                          "before_tpot_median_ape": round(float(np.median(e_b[:, 1])), 1)}
+        eff, before, after, seen = fit_two_ways(mine, meas, start, names, args)
+        report[engine] = {"rows": len(mine), "simulated_rows": len(seen) if args.sim_rows else 0,
+                          "seconds": round(time.time() - t0, 1), **error_report(before, after, seen)}
         if len(moe) >= MIN_MOE_ROWS:
             eff = fit_moe(engine, moe, measured(moe), eff, args, report)
         engines[engine] = {k: float(f"{v:.4g}") for k, v in eff.to_dict().items()}
-        print(f"{engine:7s} {len(mine):4d} rows  TTFT median APE {report[engine]['before_ttft_median_ape']:6.1f}% -> "
-              f"{report[engine]['ttft_median_ape']:5.1f}%   TPOT {report[engine]['before_tpot_median_ape']:6.1f}% -> "
-              f"{report[engine]['tpot_median_ape']:5.1f}%   ({report[engine]['seconds']} s)")
+        print(error_line(f"{engine:7s} {len(mine):4d} rows", report[engine]) + f"   ({report[engine]['seconds']} s)")
         print("        " + ", ".join(f"{k}={v:.4g}" for k, v in engines[engine].items()))
     doc = {"version": 1, "gpu": args.gpu, "data": Path(args.data).name,
            "rows": "dense agg rows; moe_compute: MoE agg rows",
