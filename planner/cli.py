@@ -263,9 +263,10 @@ def replay_benchmark_cmd(
                                             "round is warm-up."),
     rounds: int = typer.Option(10, "--rounds", min=1, help="Requests per client in the benchmark's measured "
                                "phase, which opens with every client sending at once (aiperf --request-count / "
-                               "concurrency)."),
-    lockstep: bool = typer.Option(False, "--lockstep", help="Keep clients in step after the opening burst "
-                                  "(default: out of step on decode-first engines)."),
+                               "concurrency; InferenceMAX --num-prompts / --max-concurrency)."),
+    lockstep: bool = typer.Option(False, "--lockstep", help="Keep fixed-length clients in step after the opening "
+                                  "burst, their waves simulated (default: out of step on decode-first engines, "
+                                  "with the fitted admission wait of what remains of the waves)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Simulate rows in this many processes."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -595,27 +596,33 @@ def plan_cmd(
         if bad := [t.strip() for t in emit.split(",") if t.strip() not in TARGETS]:
             fail(f"--emit: unknown target {bad[0]!r}; known: {', '.join(TARGETS)}")
     folder = Path(out or f"pdsim-plan-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
+    created = not folder.exists()
+    try:  # before the search, so that an unwritable folder fails at once
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"{folder}: cannot create the output folder ({e.strerror})")
-    typer.echo(header(req))
-    if storage:
-        name = study or req.study_name()
-        typer.echo(f"study {name}: more workers join with `pdsim plan-worker --storage {storage} --study {name}`")
-    bar = None if quiet else typer.progressbar(length=trials, label="searching", file=sys.stderr, show_pos=True)
-    done = [0]
+    try:
+        typer.echo(header(req))
+        if storage:
+            name = study or req.study_name()
+            typer.echo(f"study {name}: more workers join with `pdsim plan-worker --storage {storage} --study {name}`")
+        bar = None if quiet else typer.progressbar(length=trials, label="searching", file=sys.stderr, show_pos=True)
+        done = [0]
 
-    def progress(n: int, _total: int) -> None:
-        if bar is not None and n > done[0]:
-            bar.update(n - done[0])
-            done[0] = n
+        def progress(n: int, _total: int) -> None:
+            if bar is not None and n > done[0]:
+                bar.update(n - done[0])
+                done[0] = n
 
-    if bar is not None:
-        with bar:
-            result = plan(req, storage=storage, study_name=study, progress=progress)
-    else:
-        result = plan(req, storage=storage, study_name=study)
+        if bar is not None:
+            with bar:
+                result = plan(req, storage=storage, study_name=study, progress=progress)
+        else:
+            result = plan(req, storage=storage, study_name=study)
+    except BaseException:  # refused (a bad --storage) or interrupted before any output: leave no empty folder
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
     typer.echo(render(result))
     paths = write_outputs(result, folder)
     if emit_check and result.recommendation is not None:

@@ -169,11 +169,13 @@ def test_impossible_targets_exit_3_with_closest_and_misses(tmp_path, capsys):
     (["--model", "llama-3.1-8b", "--isl", "1", "--osl", "1", "--ttft", "1", "--tpot", "1", "--storage",
       "nosuch://x"], "--storage"),
 ])
-def test_bad_input_is_one_line_exit_2(args, words, capsys):
+def test_bad_input_is_one_line_exit_2(args, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     code = run_app(app, ["plan", *args, "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("pdsim: error:") and words in err and "Traceback" not in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # a refused plan leaves no empty output folder behind
 
 
 def test_plan_path_never_imports_torch(tmp_path):
