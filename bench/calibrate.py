@@ -2,7 +2,7 @@
 profiler/calibration/h100_fit.json, which `profiler.roofline.engine_efficiency` loads by default.
 
     .venv/bin/python bench/calibrate.py [--data ../shared/calibration/silicon_h100_sxm.csv] [--dry-run]
-                                        [--engines vllm,...] [--moe-only] [--out FILE]
+                                        [--engines vllm,...] [--moe-only] [--factors a,b] [--out FILE]
 
 Physics, not rows: a few shares of datasheet peaks (GEMM compute and memory, attention compute and
 memory, all-reduce) and fixed costs (per iteration, per layer, per all-reduce call, per sequence per
@@ -67,7 +67,8 @@ def agg_cases(df: pd.DataFrame, gpu_name: str) -> list:
 
 
 def predict(cases: list, eff: Efficiency, gpu_name: str) -> np.ndarray:
-    """(n, 2) predicted mean TTFT and TPOT in seconds, closed-loop steady state (planner.calibrate's estimate)."""
+    """(n, 2) predicted mean TTFT and TPOT in seconds, closed-loop steady state (planner.calibrate's estimate);
+    a client of varied lengths (InferenceMAX's) at its mean lengths, out of step (no admission wait)."""
     gpu = resolve_gpu(gpu_name)
     out = np.empty((len(cases), 2))
     cms: dict = {}
@@ -80,8 +81,9 @@ def predict(cases: list, eff: Efficiency, gpu_name: str) -> np.ndarray:
                             d.gpu_memory_utilization, p.attention_dp).kv_tokens
             cms[key] = (RooflineCostModel(m, gpu, p.tp, d.dtype, d.kv_dtype, eff, p.attention_dp), kv)
         cm, kv = cms[key]
-        out[i] = closed_loop_estimate(d, {"workers": cm}, c.isl, c.osl, c.concurrency,
-                                      {"workers": max(1, kv // (c.isl + c.osl))})
+        out[i] = closed_loop_estimate(d, {"workers": cm}, c.mean_length(c.isl), c.mean_length(c.osl),
+                                      c.concurrency, {"workers": max(1, kv // (c.isl + c.osl))},
+                                      in_step=c.range_ratio >= 1)
     return out
 
 
@@ -170,13 +172,18 @@ def main() -> None:
                     "their factors from --out")
     ap.add_argument("--moe-only", action="store_true", help="keep the dense factors in --out and fit only the "
                     "experts' share of peak (moe_compute) on the MoE agg rows")
+    ap.add_argument("--factors", default="", help="comma list of dense factors to refit, the others kept from --out "
+                    "(e.g. ttft_wait_prefills after a change that moves only what it stands for)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     df = load_benchmark(args.data)
     every = agg_cases(df, args.gpu)
     cases = [c for c in every if c.model in DENSE_MODELS]
-    old = (json.loads(Path(args.out).read_text()) if (args.engines or args.moe_only) and Path(args.out).exists()
-           else {})
+    only = tuple(f.strip() for f in args.factors.split(",") if f.strip())
+    if unknown := [f for f in only if f not in FACTORS or f in MOE_FACTORS]:
+        ap.error(f"--factors: unknown dense factor {unknown[0]!r} (known: {', '.join(FACTORS)})")
+    old = (json.loads(Path(args.out).read_text())
+           if (args.engines or args.moe_only or only) and Path(args.out).exists() else {})
     engines: dict[str, dict] = old.get("engines", {})
     report: dict[str, dict] = old.get("fit_error", {})
     chosen = {e.strip() for e in args.engines.split(",") if e.strip()}
@@ -202,6 +209,11 @@ def main() -> None:
         names = tuple(n for n in FACTORS if n not in MOE_FACTORS and not (lockstep and n == "ttft_wait_prefills"))
         start = replace(ENGINE_EFFICIENCY.get(engine, Efficiency()), ttft_overhead_s=0.03, per_seq_overhead_s=1e-5,
                         layer_overhead_s=2e-5, ttft_wait_prefills=0.0 if lockstep else 1.0)
+        if only:  # the engine's fitted factors, these refitted from where they are
+            if engine not in engines:
+                ap.error(f"--factors: {args.out} has no fit of {engine} to start from")
+            start = Efficiency(**{k: v for k, v in engines[engine].items() if k in Efficiency.__dataclass_fields__})
+            names = tuple(n for n in names if n in only)
         t0 = time.time()
         eff, before, after, seen = fit_two_ways(mine, meas, start, names, args)
         report[engine] = {"rows": len(mine), "simulated_rows": len(seen) if args.sim_rows else 0,

@@ -258,13 +258,15 @@ def _decode_s(cm: CostModel, n: int, ctx: int) -> float:
     return cm.iteration_s(Batch.of(decode_ctx=[ctx] * n)) if n > 0 else 0.0
 
 
-def ttft_extra_s(cms: dict[str, CostModel], isl: int, agg: bool = True) -> float:
+def ttft_extra_s(cms: dict[str, CostModel], isl: int, agg: bool = True, in_step: bool = True) -> float:
     """What a request's TTFT holds besides the engine's iterations, as the simulator models it: the frontend
-    time (``ttft_overhead_s``) and, on an aggregated engine, ``ttft_wait_prefills`` times its prompt's prefill
-    run alone before the prompt is admitted (profiler.roofline.request_terms; 0 for cost models without them)."""
+    time (``ttft_overhead_s``) and, for fixed-length closed-loop clients (``in_step``) of an aggregated engine,
+    ``ttft_wait_prefills`` times its prompt's prefill run alone before the prompt is admitted
+    (profiler.roofline.request_terms; 0 for cost models without them)."""
     out = 0.0
     for cm in cms.values():
         overhead_s, wait = request_terms(cm)
+        wait = wait if in_step else 0.0
         solo_s = cm.iteration_s(Batch.of(prefill=[(isl, 0)])) if agg and wait else 0.0
         out = max(out, overhead_s + wait * solo_s)
     return out
@@ -330,13 +332,15 @@ def agg_steady_state(cm: CostModel, pool: PoolSpec, isl: int, osl: int, clients:
 
 
 def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl: int,
-                         concurrency: int, kv_seats: dict[str, int] | None = None) -> tuple[float, float]:
+                         concurrency: int, kv_seats: dict[str, int] | None = None,
+                         in_step: bool = True) -> tuple[float, float]:
     """Mean (TTFT, TPOT) in seconds of ``concurrency`` clients, each sending its next request (fixed
     ISL/OSL) when the last finishes, in steady state with clients out of phase: the one analytic estimate
     (calibration fits, emit's predictions, the replay's client stagger). Agg: ``agg_steady_state`` per
     replica. Disagg: prefills queue on the prefill pool (M/D/c-like wait), KV crosses the link, decode
-    batches hold the rest. TTFT includes the frontend time and admission wait the simulator models.
-    ``kv_seats``: sequences of isl + osl a replica of each pool holds (computed when not given)."""
+    batches hold the rest. TTFT includes the frontend time and, for fixed-length clients partly in step
+    (``in_step``: a benchmark's), the admission wait the replay of one simulates. ``kv_seats``: sequences of
+    isl + osl a replica of each pool holds (computed when not given)."""
     ctx = isl + osl // 2
     steps = max(osl - 1, 1)
     seats = kv_seats or {name: kv_slots(dep, p, isl + osl) for name, p in dep.pools.items()}
@@ -344,7 +348,7 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
         pool, cm = dep.workers, cms["workers"]
         ttft, tpot = agg_steady_state(cm, pool, isl, osl, concurrency / pool.replicas,
                                       min(pool.max_seqs, seats["workers"]))
-        return ttft + ttft_extra_s(cms, isl), tpot
+        return ttft + ttft_extra_s(cms, isl, in_step=in_step), tpot
     pf, dc = dep.prefill, dep.decode
     pcm, dcm = cms["prefill"], cms["decode"]
     service = sum(pcm.iteration_s(Batch.of(prefill=[c])) for c in _chunks(isl, pf))
@@ -371,11 +375,12 @@ def closed_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, o
 def open_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl: int,
                        rate: float) -> tuple[float, float]:
     """Mean (TTFT, TPOT) at ``rate`` requests/s: the closed-loop estimate at the concurrency Little's law
-    gives (requests in flight = rate x latency), found by fixed point."""
-    ttft, tpot = closed_loop_estimate(dep, cms, isl, osl, 1)
+    gives (requests in flight = rate x latency), found by fixed point; arrivals are not in step (no admission
+    wait)."""
+    ttft, tpot = closed_loop_estimate(dep, cms, isl, osl, 1, in_step=False)
     for _ in range(30):
         c = max(1, round(rate * (ttft + max(osl - 1, 1) * tpot)))
-        ttft, tpot = closed_loop_estimate(dep, cms, isl, osl, c)
+        ttft, tpot = closed_loop_estimate(dep, cms, isl, osl, c, in_step=False)
     return ttft, tpot
 
 

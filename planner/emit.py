@@ -349,22 +349,36 @@ def estimate_predictor(dep: Deployment, calibration: str | Path | None = None, p
 
 def simulation_predictor(dep: Deployment, calibration: str | Path | None = None, perf_db: str | None = None,
                          seed: int = 0, profile=None) -> tuple[Callable[[BenchPoint], tuple[float, float]], str]:
-    """(point -> mean (TTFT s, TPOT s) the simulator gives for exactly that aiperf run, a description): the
-    same clients, warm-up and request count (closed loop), or Poisson arrivals at the rate (open loop).
-    ``profile``: a loaded Profile whose measured costs replace the roofline (as `plan --profile` used)."""
+    """(point -> mean (TTFT s, TPOT s) the simulator gives for exactly that aiperf run, a description): a closed
+    loop as the replay of measured aiperf runs simulates one (planner.replay.simulate_benchmark: the measured
+    phase's opening burst, then the steady state, with the fitted admission wait of fixed-length clients), or
+    Poisson arrivals at the rate (open loop). ``profile``: a loaded Profile whose measured costs replace the
+    roofline (as `plan --profile` used)."""
     from planner import calibrate as cb  # noqa: PLC0415
+    from planner.replay import simulate_benchmark  # noqa: PLC0415
+    from profiler.factory import make_cost_model  # noqa: PLC0415
+    from profiler.gpus import resolve_gpu  # noqa: PLC0415
+    from profiler.models import resolve_model  # noqa: PLC0415
     from simulator import simulate  # noqa: PLC0415
     from traces.synthetic import synthetic_workload  # noqa: PLC0415
 
-    cms = None if profile is not None else cb.pool_cost_models(dep, calibration, perf_db)
+    if profile is None:
+        cms = cb.pool_cost_models(dep, calibration, perf_db)
+    else:
+        model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
+        cms = {name: make_cost_model(model, gpu, pool.tp, dep.dtype, dep.resolved_kv_dtype, dep.engine, profile,
+                                     attn_dp=pool.attention_dp) for name, pool in dep.pools.items()}
     by = "pdsim simulate" + (f", calibration {calibration}" if calibration else "") + (
         f", {perf_db} tables" if perf_db else "") + (", measured profile" if profile is not None else "")
 
     def predict(p: BenchPoint) -> tuple[float, float]:
-        w = synthetic_workload(requests=p.requests + p.warmup, isl=p.isl, osl=p.osl, rate=p.request_rate,
-                               concurrency=p.concurrency, seed=seed, warmup_requests=p.warmup)
-        s = simulate(dep, w, seed=seed, cost_models=cms, profile=profile).summary()
-        return s["ttft_ms"]["mean"] * 1e-3, s["tpot_ms"]["mean"] * 1e-3  # frontend and admission wait included
+        if p.concurrency:
+            return simulate_benchmark(dep, cms, p.isl, p.osl, p.concurrency, seed=seed,
+                                      rounds=max(1, round(p.requests / p.concurrency)))
+        w = synthetic_workload(requests=p.requests + p.warmup, isl=p.isl, osl=p.osl, rate=p.request_rate, seed=seed,
+                               warmup_requests=p.warmup)
+        s = simulate(dep, w, seed=seed, cost_models=cms).summary()
+        return s["ttft_ms"]["mean"] * 1e-3, s["tpot_ms"]["mean"] * 1e-3  # the frontend time included
 
     return predict, by
 

@@ -112,6 +112,31 @@ def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: 
     return min((used + e.memory_fraction * free) / gpu.hbm_bytes, 0.98)
 
 
+# InferenceMAX (SemiAnalysis's nightly serving benchmark) records name the day's file and the model:
+# "source_file=2026-04-06.csv; model=Llama-3.1-70B; ...". Its client (bench_serving/benchmark_serving.py
+# --dataset-name random --random-range-ratio 0.8 --num-prompts 10*CONC --max-concurrency CONC --request-rate inf
+# --ignore-eos) draws each prompt's and each output's length uniformly from [0.8 L, L], and its 10 x CONC
+# requests go through CONC slots that all start at once. Varied lengths keep those clients out of step: no
+# admission wait, which its rows show (vLLM Llama-3.1-70B on H100, 4-8 clients: TTFT 1.2-2.3 prefills against
+# 2.5-3.5 in the fixed-length vLLM Qwen3-32B runs, 4-5.4 in TRT-LLM's).
+INFERENCEMAX_SOURCE = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv;\s*model=")
+INFERENCEMAX_RANGE_RATIO = 0.8
+FIXED_CLIENT = "fixed lengths"
+INFERENCEMAX_CLIENT = f"InferenceMAX [{INFERENCEMAX_RANGE_RATIO:g} L, L]"
+
+
+# Its TRT-LLM recipe (benchmarks/70b_fp8_*_trt_slurm.sh): trtllm-serve --max_num_tokens 16384 and, at ISL = OSL =
+# 1024 below TP8, batch waiting (batch_wait_timeout_iters 20, batch_wait_max_tokens_ratio 0.9).
+INFERENCEMAX_TRTLLM_MAX_NUM_TOKENS = 16384
+INFERENCEMAX_TRTLLM_BATCH_WAIT = {"batch_wait_iters": 20, "batch_wait_tokens_ratio": 0.9}
+
+
+def range_ratio_of(row: pd.Series) -> float:
+    """Lengths of the row's benchmark client, uniform in [ratio x L, L]: 1 (fixed) unless its source is an
+    InferenceMAX record."""
+    return INFERENCEMAX_RANGE_RATIO if INFERENCEMAX_SOURCE.search(str(row.get("silicon_data_source", ""))) else 1.0
+
+
 # ---- rows -> cases ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -128,10 +153,18 @@ class Case:
     deployment: Deployment | None = None
     skip_reason: str = ""
     assumed: str = ""  # what the row leaves unsaid and the replay took for it
+    range_ratio: float = 1.0  # the client's lengths: uniform in [range_ratio x L, L] (1: fixed ISL and OSL)
 
     @property
     def skipped(self) -> bool:
         return bool(self.skip_reason)
+
+    @property
+    def client(self) -> str:
+        return FIXED_CLIENT if self.range_ratio >= 1 else INFERENCEMAX_CLIENT
+
+    def mean_length(self, length: int) -> int:
+        return length if self.range_ratio >= 1 else round((max(1, int(length * self.range_ratio)) + length) / 2)
 
 
 def weight_dtype(row: pd.Series) -> str:
@@ -213,8 +246,13 @@ def _pool(row: pd.Series, prefix: str, engine: str, clients: int, gpu: GPUSpec) 
         seats = min(seats, most * dp)  # more clients than that wait in vLLM's queue
     elif engine == "trtllm" and prefix != "decode_":  # a decode worker runs no prompts: the default holds
         chunk = trtllm_max_num_tokens(int(row["isl"]), 0 if prefix == "prefill_" else max(1, -(-seats // dp)))
+    waiting = {}
+    if engine == "trtllm" and not prefix and range_ratio_of(row) < 1:  # InferenceMAX's recipe
+        chunk = INFERENCEMAX_TRTLLM_MAX_NUM_TOKENS
+        if int(row["isl"]) == int(row["osl"]) == 1024 and tp * dp < 8:
+            waiting = INFERENCEMAX_TRTLLM_BATCH_WAIT
     pool = PoolSpec(replicas=workers, tp=tp * dp, max_batch_tokens=chunk * dp, max_seqs=max(1, seats),
-                    chunked_prefill=e.chunked_prefill, prefill_first=e.prefill_first, attention_dp=dp)
+                    chunked_prefill=e.chunked_prefill, prefill_first=e.prefill_first, attention_dp=dp, **waiting)
     return pool, why
 
 
@@ -223,7 +261,7 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
     (None) on the GPU the row's ``system`` column names."""
     model = canonical_model_name(str(row["model_path"]))
     base = Case(row=i, model=model or "", engine=str(row["backend"]).lower(), mode=str(row["mode"]),
-                isl=int(row["isl"]), osl=int(row["osl"]))
+                isl=int(row["isl"]), osl=int(row["osl"]), range_ratio=range_ratio_of(row))
     if model is None:
         return replace(base, skip_reason=f"unknown model {row['model_path']!r} (not in the catalog)")
     if base.engine not in ENGINES:
@@ -251,6 +289,9 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
         pools = {"workers": pool}
         if re.search(r"_c_", str(row.get("id", ""))) and _source_concurrency(row) is None:
             unsaid.append("as many clients as the batch size")  # aiconfigurator's id leaves its c{N} empty
+        if pool.batch_wait_iters:
+            unsaid.append(f"InferenceMAX's TRT-LLM batch waiting ({pool.batch_wait_iters} iterations or "
+                          f"{pool.batch_wait_tokens_ratio:g} of {pool.max_batch_tokens} tokens)")
     elif base.mode == "disagg":
         pf, why_p = _pool(row, "prefill_", base.engine, c, gpu)
         dec, why_d = _pool(row, "decode_", base.engine, c, gpu)
@@ -358,8 +399,9 @@ def summarize(rows: pd.DataFrame) -> dict:
         summary["assumptions"] = {k: int(v) for k, v in done.loc[done["assumed"] != "", "assumed"]
                                   .value_counts().items()}
     for col, key in (("pdsim_model", "per_model"), ("backend", "per_engine"), ("mode", "per_mode"),
-                     ("pdsim_gpu", "per_gpu")):
-        summary[key] = {str(k): _err_stats(g) for k, g in done.groupby(col)}
+                     ("pdsim_gpu", "per_gpu"), ("client", "per_client")):
+        if col in done:
+            summary[key] = {str(k): _err_stats(g) for k, g in done.groupby(col)}
     return summary
 
 
@@ -375,8 +417,8 @@ def format_summary(s: dict) -> str:
         return f"{name:28s} {e['rows']:5d} " + " ".join(f"{v:9.1f}" if v is not None else f"{'-':>9s}" for v in f)
 
     lines.append(line("overall", s["overall"]))
-    for key in ("per_model", "per_engine", "per_mode", "per_gpu"):
-        if key == "per_gpu" and len(s[key]) < 2:  # one GPU: the overall line says it
+    for key in ("per_model", "per_engine", "per_mode", "per_gpu", "per_client"):
+        if key in ("per_gpu", "per_client") and len(s.get(key, {})) < 2:  # one of them: the overall line says it
             continue
         for name, e in s[key].items():
             lines.append(line(f"  {name}", e))
@@ -385,7 +427,7 @@ def format_summary(s: dict) -> str:
 
 @dataclass
 class Replay:
-    # every input column, plus pdsim_model, pdsim_gpu, pred_ttft_ms, pred_tpot_ms, skip_reason, assumed
+    # every input column, plus pdsim_model, pdsim_gpu, pred_ttft_ms, pred_tpot_ms, skip_reason, assumed, client
     rows: pd.DataFrame
     summary: dict = field(default_factory=dict)
 
@@ -399,55 +441,77 @@ BENCHMARK_ROUNDS = 10
 
 def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT, rounds: int = BENCHMARK_ROUNDS,
                   stagger: bool = True, seed: int = 0, efficiency=None) -> tuple[float, float]:
-    """Mean (TTFT s, TPOT s) over the benchmark's measured phase of a case's closed loop, simulated.
-
-    The benchmark (aiperf) waits for every warm-up request to finish before the measured phase, so that phase
-    opens with all clients sending at once: a burst whose prompts queue behind each other. Each client then
-    sends ``rounds - 1`` more; the mean over the phase is (burst + (rounds - 1) x steady state) / rounds, per
-    request. The burst is simulated as it happens (all clients at t=0, the first request of each measured).
-    The steady state: on an engine that runs decodes first (vLLM, TRT-LLM) the real clients drift out of step
-    after the burst (arrival jitter splits the waves a deterministic model would keep), so with ``stagger`` they
-    start one at a time, ``E2E / clients`` apart (E2E from the analytic steady state). On a prefill-first
-    engine (SGLang) every wave is prefilled before anyone decodes, so all finish together and the lock-step
-    holds: there the burst is every round. The frontend time and admission wait (Efficiency.ttft_overhead_s,
-    ttft_wait_prefills) are the simulator's, as for any caller. ``efficiency`` replaces the engine's fitted
-    factors (what bench/calibrate.py varies).
-    """
+    """Mean (TTFT s, TPOT s) over the benchmark's measured phase of a case's closed loop, simulated
+    (``simulate_benchmark``) on the roofline with the engine's fitted factors, or ``efficiency`` in their place
+    (what bench/calibrate.py varies)."""
     from profiler.roofline import RooflineCostModel, engine_efficiency  # noqa: PLC0415
-    from simulator import simulate  # noqa: PLC0415
-    from traces.synthetic import synthetic_workload  # noqa: PLC0415
 
-    dep, c = case.deployment, case.concurrency
+    dep = case.deployment
     eff = efficiency or engine_efficiency(dep.engine)
     spec, gpu = CATALOG[case.model], resolve_gpu(dep.gpu)
     cms = {name: RooflineCostModel(spec, gpu, p.tp, dep.dtype, dep.resolved_kv_dtype, eff, p.attention_dp)
            for name, p in dep.pools.items()}
+    return simulate_benchmark(dep, cms, case.isl, case.osl, case.concurrency, range_ratio=case.range_ratio,
+                              requests_per_client=requests_per_client, rounds=rounds, stagger=stagger, seed=seed)
 
-    def run(rounds_run: int, gap: float = 0.0) -> pd.DataFrame:
-        wl = synthetic_workload(requests=c * rounds_run, isl=case.isl, osl=case.osl, concurrency=c, seed=seed)
-        r = simulate(dep, wl, seed=seed, cost_models=cms, closed_loop_stagger_s=gap).requests
+
+def simulate_benchmark(dep: Deployment, cms: dict, isl: int, osl: int, clients: int, *, range_ratio: float = 1.0,
+                       requests_per_client: int = REQUESTS_PER_CLIENT, rounds: int = BENCHMARK_ROUNDS,
+                       stagger: bool = True, seed: int = 0) -> tuple[float, float]:
+    """Mean (TTFT s, TPOT s) of a closed-loop benchmark of ``clients`` over its measured phase, simulated with
+    the pools' cost models ``cms``: how the replay predicts a row and emit an aiperf run.
+
+    A client of varied lengths (InferenceMAX's, ``range_ratio`` < 1: uniform in [ratio x L, L]) is simulated as
+    it ran: ``rounds`` x clients requests, every client starting at once; the mean over all.
+
+    A fixed-length client (aiperf) waits for every warm-up request to finish before the measured phase, so that
+    phase opens with all clients sending at once: a burst whose prompts queue behind each other. Each client
+    then sends ``rounds - 1`` more; the mean over the phase is (burst + (rounds - 1) x steady state) / rounds,
+    per request. The burst is simulated as it happens (all clients at t=0, the first request of each measured).
+    The steady state: on an engine that runs decodes first (vLLM, TRT-LLM) the real clients drift partly out of
+    step after the burst (arrival jitter splits the waves a deterministic model would keep), so with
+    ``stagger`` they start one at a time, ``E2E / clients`` apart (E2E from the analytic steady state), and a
+    prompt reaching a busy engine waits the cost model's ``ttft_wait_prefills`` of its own prefills (what
+    remains of the waves). On a prefill-first engine (SGLang) every wave is prefilled before anyone decodes, so
+    all finish together and the lock-step holds: there the burst is every round. The frontend time
+    (``ttft_overhead_s``) is the simulator's, as for any caller.
+    """
+    from planner.calibrate import closed_loop_estimate  # noqa: PLC0415 (calibrate reads rows with row_case)
+    from profiler.roofline import request_terms  # noqa: PLC0415
+    from simulator import simulate  # noqa: PLC0415
+    from traces.synthetic import synthetic_workload  # noqa: PLC0415
+
+    c, metrics = clients, ("ttft_s", "tpot_s")
+    if range_ratio < 1:
+        def lengths(n: int) -> str:
+            return f"uniform:{max(1, int(n * range_ratio))},{n}"
+
+        wl = synthetic_workload(requests=c * max(rounds, 1), isl=lengths(isl), osl=lengths(osl), concurrency=c,
+                                seed=seed)
+        r = simulate(dep, wl, seed=seed, cost_models=cms).requests
+        r = r[r["outcome"] == "ok"]
+        return (float("nan"), float("nan")) if r.empty else tuple(float(r[m].mean()) for m in metrics)
+
+    def run(rounds_run: int, gap: float = 0.0, wait: float = 0.0) -> pd.DataFrame:
+        wl = synthetic_workload(requests=c * rounds_run, isl=isl, osl=osl, concurrency=c, seed=seed)
+        r = simulate(dep, wl, seed=seed, cost_models=cms, closed_loop_stagger_s=gap,
+                     admission_wait_prefills=wait).requests
         return r.assign(client_round=np.arange(len(r)) // c)  # rows are sent in order, a round of c at a time
 
     lockstep = not stagger or c == 1 or any(p.prefill_first for p in dep.pools.values())
-    together = run(requests_per_client if lockstep else 2)
+    wait = 0.0 if lockstep else max(request_terms(cm)[1] for cm in cms.values())
+    together = run(requests_per_client if lockstep else 2, wait=wait)
     burst = together[(together["client_round"] == 0) & (together["outcome"] == "ok")]
     if lockstep:
         steady = together[(together["client_round"] > 0) & (together["outcome"] == "ok")]
     else:
-        spread = run(requests_per_client, _cycle_estimate_s(case, cms) / c)
+        ttft, tpot = closed_loop_estimate(dep, cms, isl, osl, c)  # one client's cycle, E2E
+        spread = run(requests_per_client, (ttft + (osl - 1) * tpot) / c, wait)
         steady = spread[(spread["client_round"] > 0) & (spread["outcome"] == "ok")]
     if burst.empty or steady.empty:
         return float("nan"), float("nan")
     w = 1.0 / max(rounds, 1)
-    return tuple(float(w * burst[m].mean() + (1 - w) * steady[m].mean()) for m in ("ttft_s", "tpot_s"))
-
-
-def _cycle_estimate_s(case: Case, cms: dict) -> float:
-    """One client's request cycle (E2E) from the analytic closed-loop steady state."""
-    from planner.calibrate import closed_loop_estimate  # noqa: PLC0415 (calibrate reads rows with row_case)
-
-    ttft, tpot = closed_loop_estimate(case.deployment, cms, case.isl, case.osl, case.concurrency)
-    return ttft + (case.osl - 1) * tpot
+    return tuple(float(w * burst[m].mean() + (1 - w) * steady[m].mean()) for m in metrics)
 
 
 def _predict_one(args: tuple) -> tuple[int, float, float, str]:
@@ -501,6 +565,7 @@ def replay(df: pd.DataFrame, *, gpu_name: str | None = None, requests_per_client
     rows["pred_tpot_ms"] = [pred[c.row][1] * 1e3 if c.row in pred else np.nan for c in cases]
     rows["skip_reason"] = [c.skip_reason or pred.get(c.row, (0, 0, ""))[2] for c in cases]
     rows["assumed"] = [c.assumed if not rows.at[c.row, "skip_reason"] else "" for c in cases]
+    rows["client"] = [c.client for c in cases]
     return Replay(rows, summarize(rows))
 
 

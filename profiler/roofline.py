@@ -44,11 +44,14 @@ class Efficiency:
     # Per request, outside any iteration: HTTP, tokenisation, routing, the first token's trip back. The
     # simulator delivers a request to its worker this long after it arrives (simulator/sim.py).
     ttft_overhead_s: float = 0.0
-    # How long a new request waits before an aggregated worker admits its prompt, in prompts' worth of prefill:
-    # this many times its own prompt's prefill run alone (simulator/worker.py). Real clients are partly in step
-    # (requests that finish together come back together and queue behind each other's prompts); a closed loop
-    # whose clients are out of step has no such wait. Measured TTFT at fixed concurrency scales with the
-    # prompt's prefill time, not with the decode step, and does not move with OSL (bench/calibrate.py fits it).
+    # Of a benchmark, not of the engine: in a closed loop of fixed-length clients, how long a new request waits
+    # before an aggregated worker admits its prompt, in prompts' worth of prefill (this many times its own
+    # prompt's prefill run alone). Such clients stay partly in step (requests that finish together come back
+    # together and queue behind each other's prompts); clients out of step, or of varied lengths, have no such
+    # wait. Measured TTFT at fixed concurrency scales with the prompt's prefill time, not with the decode step,
+    # and does not move with OSL (bench/calibrate.py fits it). Only the replay of such a benchmark
+    # (planner/replay.py -> simulate(admission_wait_prefills=...)) and the closed-loop estimate of one
+    # (planner/calibrate.py) apply it: traces and open-loop arrivals queue in the simulator as they come.
     ttft_wait_prefills: float = 0.0
 
     def to_dict(self) -> dict:
@@ -75,7 +78,8 @@ def engine_efficiency(engine: str) -> Efficiency:
 
 def request_terms(cost) -> tuple[float, float]:
     """(ttft_overhead_s, ttft_wait_prefills) of a pool's cost model: its Efficiency's, or zero for a cost
-    model without one (a measured profile). The one place the simulator reads them."""
+    model without one (a measured profile). The one place they are read (the simulator reads the first; a
+    benchmark's replay and closed-loop estimate the second)."""
     eff = getattr(cost, "eff", None)
     return (eff.ttft_overhead_s, eff.ttft_wait_prefills) if isinstance(eff, Efficiency) else (0.0, 0.0)
 

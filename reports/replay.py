@@ -39,7 +39,7 @@ def scatter(rows: pd.DataFrame, metric: str) -> go.Figure:
 
 def _error_rows(summary: dict) -> list[dict]:
     rows = [{"group": "overall", **summary["overall"]}]
-    for key in ("per_model", "per_engine", "per_mode", "per_gpu"):
+    for key in ("per_model", "per_engine", "per_mode", "per_gpu", "per_client"):
         rows += [{"group": f"{key[4:]}: {k}", **v} for k, v in summary.get(key, {}).items()]
     return rows
 

@@ -50,6 +50,11 @@ class PoolSpec:
     # Attention data parallelism: the replica's tp GPUs form this many groups, each running the attention of
     # its own sequences and keeping their KV; the experts span all tp GPUs (profiler.roofline.RooflineCostModel).
     attention_dp: int = 1
+    # Batch waiting (TRT-LLM's batch_wait_timeout_iters and batch_wait_max_tokens_ratio): while sequences decode,
+    # new prompts are held back until they and the decodes fill batch_wait_tokens_ratio of max_batch_tokens, or
+    # for batch_wait_iters iterations in a row at most, so that more of them prefill together. 0: at once.
+    batch_wait_iters: int = 0
+    batch_wait_tokens_ratio: float = 0.0
 
     @property
     def gpus(self) -> int:
@@ -155,6 +160,8 @@ def _pool_dict(pool: PoolSpec) -> dict:
         del d["prefill_first"]
     if d["attention_dp"] == 1:
         del d["attention_dp"]
+    if not d["batch_wait_iters"] and not d["batch_wait_tokens_ratio"]:
+        del d["batch_wait_iters"], d["batch_wait_tokens_ratio"]
     return d
 
 
@@ -202,6 +209,14 @@ def _parse_pool(data: Any, where: str) -> PoolSpec:
             if not isinstance(data[key], bool):
                 raise InputError("must be true or false", where=f"{where}.{key}")
             kw[key] = data[key]
+    if data.get("batch_wait_iters"):
+        kw["batch_wait_iters"] = _positive(data["batch_wait_iters"], f"{where}.batch_wait_iters")
+    if "batch_wait_tokens_ratio" in data:
+        ratio = data["batch_wait_tokens_ratio"]
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+            raise InputError(f"must be a share from 0 to 1 of max_batch_tokens, got {ratio!r}",
+                             where=f"{where}.batch_wait_tokens_ratio")
+        kw["batch_wait_tokens_ratio"] = float(ratio)
     return PoolSpec(**kw)
 
 

@@ -37,25 +37,37 @@ MAX_ARRIVAL_S = 1e9  # float seconds resolve ~0.1 us here; at 1e300 s a whole de
 
 def simulate(deployment: Deployment, workload: Workload, *, seed: int = 0, cost_models: dict | None = None,
              profile=None, slo: SLO | None = None, fast_forward: bool = True,
-             closed_loop_stagger_s: float = 0.0) -> SimResult:
+             closed_loop_stagger_s: float = 0.0, admission_wait_prefills: float = 0.0) -> SimResult:
     """Simulate ``workload`` on ``deployment``. ``fast_forward=False`` steps one iteration per event (a debug
-    check of the fast path). The model has no randomness yet; ``seed`` is kept for the features that add it."""
+    check of the fast path). The model has no randomness yet; ``seed`` is kept for the features that add it.
+
+    Two terms of a replayed benchmark's clients (planner/replay.py), zero for any other caller:
+    ``closed_loop_stagger_s`` starts the closed loop's clients this far apart instead of all at once;
+    ``admission_wait_prefills`` holds a prompt that reaches a busy aggregated worker this many times its own
+    prefill run alone before admitting it (fixed-length clients partly in step queue behind each other's
+    prompts: Efficiency.ttft_wait_prefills, fitted on such benchmarks)."""
     sim = Simulation(deployment, workload, seed=seed, cost_models=cost_models, profile=profile,
-                     fast_forward=fast_forward, closed_loop_stagger_s=closed_loop_stagger_s)
+                     fast_forward=fast_forward, closed_loop_stagger_s=closed_loop_stagger_s,
+                     admission_wait_prefills=admission_wait_prefills)
     sim.env.run()
     result = sim.result(slo)
     result.extra["usd_per_gpu_hour"] = usd_per_gpu_hour(deployment.gpu)  # $ per million tokens in the summary
     if sim.ops is not None:  # faults and scaling (simulator/faults.py): outcomes, extra latency against no faults
         annotate(sim, result, lambda d: simulate(d, workload, seed=seed, cost_models=cost_models, profile=profile,
                                                   slo=slo, fast_forward=fast_forward,
-                                                  closed_loop_stagger_s=closed_loop_stagger_s))
+                                                  closed_loop_stagger_s=closed_loop_stagger_s,
+                                                  admission_wait_prefills=admission_wait_prefills))
     return result
 
 
 class Simulation:
     def __init__(self, dep: Deployment, workload: Workload, *, seed: int = 0, cost_models: dict | None = None,
-                 profile=None, fast_forward: bool = True, closed_loop_stagger_s: float = 0.0):
+                 profile=None, fast_forward: bool = True, closed_loop_stagger_s: float = 0.0,
+                 admission_wait_prefills: float = 0.0):
+        if not (np.isfinite(admission_wait_prefills) and admission_wait_prefills >= 0):
+            raise InputError(f"admission_wait_prefills must be >= 0, got {admission_wait_prefills!r}")
         self.dep, self.workload, self.seed = dep, workload, seed
+        self.admission_wait_prefills = float(admission_wait_prefills)  # read by the aggregated workers
         model = resolve_model(dep.model)
         gpu = resolve_gpu(dep.gpu)
         if not dep.pools:

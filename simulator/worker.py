@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from profiler.costmodel import Batch
-from profiler.roofline import request_terms
 from simulator.block_manager import BlockManager, blocks_for
 
 if TYPE_CHECKING:
@@ -57,10 +56,16 @@ class Worker:
         self.max_batch_tokens, self.max_seqs = pool.max_batch_tokens, pool.max_seqs
         self.chunk_tokens = pool.prefill_chunk_tokens if pool.chunked_prefill else None
         self.prefill_first = pool.prefill_first and role == "agg"
+        # batch waiting (PoolSpec.batch_wait_*): iterations in a row that have held new prompts back, the tokens
+        # that end the wait, and whether the iteration being formed holds them back
+        self.batch_wait_iters = pool.batch_wait_iters if pool.attention_dp == 1 else 0  # TRT-LLM: not under DP
+        self.batch_wait_tokens = pool.batch_wait_tokens_ratio * pool.max_batch_tokens
+        self.held_iters = 0
+        self.holding = False
         self.cost = cost
-        # a new prompt's wait before admission, in multiples of its own prefill run alone
-        # (Efficiency.ttft_wait_prefills; agg engines)
-        self.admit_wait = request_terms(cost)[1] if role == "agg" else 0.0
+        # a new prompt's wait before admission, in multiples of its own prefill run alone (a replayed benchmark's
+        # clients partly in step: simulate(admission_wait_prefills=...); agg workers)
+        self.admit_wait = sim.admission_wait_prefills if role == "agg" else 0.0
         self.not_before: dict[int, float] = {}  # waiting request -> time from which it may be admitted
         self.B = block_tokens
         self.kv = BlockManager(kv_blocks, block_tokens)
@@ -159,16 +164,19 @@ class Worker:
             self.step_start_s = env.now  # a death mid-iteration throws the work since then away (faults.py)
             # a batch that the next schedule() would change (a preemption left room for a ready sequence) steps once
             if not pf and self.fast_forward and not (self.ready and len(self.running) < self.max_seqs):
-                if (yield from self.decode_run(dec)):
+                cap = self.batch_wait_iters - self.held_iters if self.holding else None
+                if (yield from self.decode_run(dec, cap)):
                     self.retire()
             else:
                 yield from self.step(dec, pf, chunks)
                 self.retire()
+            self.held_iters = self.held_iters + self.iterations - row[4] if self.holding else 0
             self.series.append((*row[:4], self.iterations - row[4]))
 
     def schedule(self) -> tuple[np.ndarray, list[int], list[int]]:
         """This iteration's batch: decode sequences, prefill sequences and their chunk sizes."""
         S, kv, B = self.S, self.kv, self.B
+        self.holding = False
         room = min(len(self.ready), self.max_seqs - len(self.running))
         if room > 0:
             joining = [self.ready.popleft() for _ in range(room)]
@@ -198,11 +206,29 @@ class Worker:
         kv.allocate(total)
         if total:
             S.blocks[dec] += need
-        pf, chunks = self._prefills(pf_run, self.max_batch_tokens - n_dec, n_dec)
+        self.holding = bool(n_dec and self.waiting and self._batch_waits(n_dec, self.max_batch_tokens - n_dec))
+        pf, chunks = self._prefills(pf_run, self.max_batch_tokens - n_dec, n_dec, admit=not self.holding)
         return dec, pf, chunks
 
-    def _prefills(self, pf_run, budget: int, n_dec: int) -> tuple[list[int], list[int]]:
-        """Prefill chunks under ``budget``: running prompts' next chunks, then waiting prompts in order."""
+    def _batch_waits(self, n_dec: int, budget: int) -> bool:
+        """Batch waiting holds the waiting prompts back this iteration: it has held them fewer than
+        ``batch_wait_iters`` iterations in a row, and the prompts that would join (whole, in order, within the
+        budget and the seats) and the decodes make fewer tokens than ``batch_wait_tokens``."""
+        if self.held_iters >= self.batch_wait_iters:
+            return False
+        S = self.S
+        tokens, seats = 0, self.max_seqs - len(self.running)
+        for r in self.waiting:
+            rest = int(S.target[r] - S.computed[r])
+            if seats <= 0 or tokens + rest > budget:
+                break
+            tokens += rest
+            seats -= 1
+        return tokens + n_dec < self.batch_wait_tokens
+
+    def _prefills(self, pf_run, budget: int, n_dec: int, admit: bool = True) -> tuple[list[int], list[int]]:
+        """Prefill chunks under ``budget``: running prompts' next chunks, then (``admit``) waiting prompts in
+        order."""
         S = self.S
         pf: list[int] = []
         chunks: list[int] = []
@@ -213,7 +239,7 @@ class Worker:
                 pf.append(r)
                 chunks.append(c)
         n_running = len(self.running)
-        while self.waiting and n_running < self.max_seqs and budget > 0:
+        while admit and self.waiting and n_running < self.max_seqs and budget > 0:
             r = self.waiting[0]
             if self.not_before and self.not_before.get(r, 0.0) > self.env.now:
                 break
@@ -317,15 +343,16 @@ class Worker:
         S.first_token_s[first] = now
         S.last_token_s[idx] = now
 
-    def decode_run(self, dec: np.ndarray):
+    def decode_run(self, dec: np.ndarray, cap: int | None = None):
         """Fast-forward: k pure-decode steps in one event, k = steps to the first completion, capped by the
-        free KV blocks; an arrival (``notify``) cuts it short after the step in flight. Returns whether a
-        sequence finished."""
+        free KV blocks and by ``cap`` (the iterations batch waiting may still hold prompts back); an arrival
+        (``notify``) cuts it short after the step in flight. Returns whether a sequence finished."""
         S, kv, env, B = self.S, self.kv, self.env, self.B
         n = len(dec)
         comp = S.computed[dec]
         gen = S.generated[dec]
-        k = k_done = int((S.osl[dec] - gen).min())
+        k_done = int((S.osl[dec] - gen).min())
+        k = min(k_done, cap) if cap else k_done
         run = DecodeRun(env.now, comp, S.blocks[dec], B, k)
         # Hold an upper bound on the blocks steps 2..k need (each sequence at most ceil((k-1)/B) more) and settle
         # the exact count when the run ends; where the bound does not fit, find the most steps that do.

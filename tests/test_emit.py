@@ -7,11 +7,11 @@ import pytest
 import yaml
 
 from planner import emit
+from planner.calibrate import pool_cost_models
 from planner.cli import app, run_app
+from planner.replay import simulate_benchmark
 from profiler.errors import InputError
-from simulator import simulate
 from simulator.deployment import parse_deployment
-from traces.synthetic import synthetic_workload
 
 DISAGG = parse_deployment({
     "model": "llama-3.1-70b", "gpu": "h200-sxm", "dtype": "fp8", "topology": "disagg", "router": "kv_aware",
@@ -156,10 +156,11 @@ def test_cli_writes_the_simulators_forecast_of_each_aiperf_run(tmp_path, capsys)
     assert "Predictions (mean TTFT / TPOT) by pdsim simulate" in script
     # c4 = 4 warm-up + 32 measured requests of 4 clients, exactly what its aiperf command sends
     assert "--concurrency 4 --request-count 32 --warmup-request-count 4 " in script
-    w = synthetic_workload(requests=36, isl=512, osl=64, concurrency=4, seed=0, warmup_requests=4)
-    s = simulate(dep, w, seed=0).summary()
-    ttft = s["ttft_ms"]["mean"]  # the simulator's TTFT holds the frontend time and admission wait
-    assert f"# c4: predicted TTFT {ttft:.1f} ms, TPOT {s['tpot_ms']['mean']:.1f} ms" in script
+    # ... simulated as the replay of measured aiperf runs simulates one: its opening burst, then 7 rounds
+    ttft, tpot = simulate_benchmark(dep, pool_cost_models(dep), 512, 64, 4, rounds=8)
+    assert f"# c4: predicted TTFT {ttft * 1e3:.1f} ms, TPOT {tpot * 1e3:.1f} ms" in script
+    burst, steady = (simulate_benchmark(dep, pool_cost_models(dep), 512, 64, 4, rounds=r) for r in (1, 10**9))
+    assert burst[0] > steady[0] and ttft == pytest.approx(burst[0] / 8 + steady[0] * 7 / 8, rel=1e-6)
     assert run_app(app, ["emit", "--deployment", str(path), "--target", "aiperf", "--out", str(tmp_path)]) == 2
     assert "needs --isl and --osl" in capsys.readouterr().err
 

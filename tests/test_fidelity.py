@@ -2,6 +2,7 @@
 the load effects, and the replay end to end (planner/replay.py, profiler/calibration/)."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from planner.replay import (
     replay,
     row_case,
     simulate_case,
+    trtllm_max_num_tokens,
     weight_dtype,
     write_replay,
 )
@@ -341,20 +343,19 @@ def test_a_request_reaches_its_worker_after_the_frontend_time():
 
 
 def test_a_new_prompt_waits_its_prefills_behind_running_decodes_and_fast_forward_agrees():
-    """ttft_wait_prefills = 3: a prompt reaching a busy engine is admitted at the first step boundary after three
-    times its own prefill run alone; an idle engine takes it at once; stepping and fast-forward agree."""
+    """admission_wait_prefills = 3: a prompt reaching a busy engine is admitted at the first step boundary after
+    three times its own prefill run alone; an idle engine takes it at once; stepping and fast-forward agree."""
     from profiler.costmodel import Batch
     from simulator import simulate
     from traces.workload import Workload, make_requests
 
     wl = Workload(make_requests([0.0, 0.0, 0.3, 0.31, 0.7], [500, 500, 1000, 800, 300], [400, 300, 50, 60, 20]))
-    dep, cm = _terms_setup(0.0, 3.0)
-    ff = simulate(dep, wl, cost_models={"workers": cm})
-    step = simulate(dep, wl, cost_models={"workers": cm}, fast_forward=False)
+    dep, cm0 = _terms_setup(0.0, 0.0)
+    ff = simulate(dep, wl, cost_models={"workers": cm0}, admission_wait_prefills=3.0)
+    step = simulate(dep, wl, cost_models={"workers": cm0}, fast_forward=False, admission_wait_prefills=3.0)
     assert ff.iterations == step.iterations
     cols = ["prefill_start_s", "first_token_s", "last_token_s"]
     np.testing.assert_allclose(ff.requests[cols].to_numpy(), step.requests[cols].to_numpy(), rtol=1e-9, atol=1e-9)
-    _, cm0 = _terms_setup(0.0, 0.0)
     base = simulate(dep, wl, cost_models={"workers": cm0}).requests
     r = ff.requests
     assert (r["prefill_start_s"][:2] == 0).all()  # an idle engine takes prompts at once
@@ -363,6 +364,24 @@ def test_a_new_prompt_waits_its_prefills_behind_running_decodes_and_fast_forward
     wait, wait0 = (x["prefill_start_s"][[2, 4]] - x["arrival_s"][[2, 4]] for x in (r, base))
     assert (wait0 < step_s).all()  # without the term: the end of the step in flight
     assert (wait >= 3 * solo).all() and (wait < 3 * solo + step_s).all()  # with it: then the next step boundary
+    with pytest.raises(InputError, match="admission_wait_prefills must be >= 0"):
+        simulate(dep, wl, cost_models={"workers": cm0}, admission_wait_prefills=-1.0)
+
+
+def test_a_benchmarks_admission_wait_never_reaches_a_trace():
+    """ttft_wait_prefills is what fixed-length benchmark clients in step cost (fitted on them, applied by their
+    replay): a trace's requests queue as they arrive, whatever the engine's fitted value."""
+    from simulator import simulate
+    from traces.synthetic import synthetic_workload
+
+    dep, cm0 = _terms_setup(0.0, 0.0)
+    _, cm = _terms_setup(0.0, 3.0)
+    wl = synthetic_workload(requests=80, isl=1500, osl=100, rate=8.0, seed=4)
+    a = simulate(dep, wl, cost_models={"workers": cm0}).requests
+    b = simulate(dep, wl, cost_models={"workers": cm}).requests
+    pd.testing.assert_frame_equal(a, b)
+    waited = simulate(dep, wl, cost_models={"workers": cm0}, admission_wait_prefills=3.0).requests
+    assert waited["ttft_s"].mean() > 1.5 * a["ttft_s"].mean()
 
 
 def test_a_cost_model_without_request_terms_behaves_as_zero():
@@ -382,7 +401,7 @@ def test_a_cost_model_without_request_terms_behaves_as_zero():
 
 def test_estimate_and_simulation_agree_on_the_request_terms():
     """The analytic closed loop (calibration, emit) holds the same frontend time and admission wait."""
-    from planner.calibrate import closed_loop_estimate
+    from planner.calibrate import closed_loop_estimate, open_loop_estimate
     from profiler.costmodel import Batch
 
     dep, cm0 = _terms_setup(0.0, 0.0)
@@ -391,6 +410,12 @@ def test_estimate_and_simulation_agree_on_the_request_terms():
     t1, p1 = closed_loop_estimate(dep, {"workers": cm}, 1000, 200, 16)
     solo = cm.iteration_s(Batch.of(prefill=[(1000, 0)]))
     assert p1 == pytest.approx(p0, rel=1e-9) and t1 - t0 == pytest.approx(0.05 + 4 * solo, rel=1e-9)
+    # open-loop arrivals (and clients of varied lengths) are not in step: the frontend time only
+    _, frontend_only = _terms_setup(0.05, 0.0)
+    assert open_loop_estimate(dep, {"workers": cm}, 1000, 200, 2.0) == open_loop_estimate(
+        dep, {"workers": frontend_only}, 1000, 200, 2.0)
+    t2, _ = closed_loop_estimate(dep, {"workers": cm}, 1000, 200, 16, in_step=False)
+    assert t2 - t0 == pytest.approx(0.05, rel=1e-9)
 
 
 @pytest.mark.parametrize("model", ["llama-3.1-8b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss-120b"])
@@ -544,6 +569,54 @@ def test_what_a_row_leaves_unsaid_is_reported_as_assumed_not_hidden(tmp_path):
     no_c = row_case(agg_row(id="qwen3_32b_h100_sxm_trtllm_agg_4000x1000_c_tp2_epnone_1", c=64), 3)
     assert (no_c.concurrency, no_c.assumed) == (64, "as many clients as the batch size (the row does not say)")
     assert row_case(agg_row(id="qwen3_32b_h100_sxm_vllm_agg_1024x128_c64_tp2", c=64), 4).assumed == ""
+
+
+INFERENCEMAX = "source_file=2026-04-06.csv; model=Llama-3.1-70B; silicon_concurrency=8; measured=2025-10-29; wip=False"
+
+
+def test_inferencemax_rows_are_replayed_with_its_clients_varied_lengths(tmp_path):
+    """InferenceMAX's client draws every length uniformly from [0.8 L, L] and sends 10 x CONC requests through CONC
+    slots at once: simulated as it ran, its clients fall out of step and no prompt waits for a wave; an aiperf
+    row (fixed lengths) keeps the fitted admission wait of clients partly in step."""
+    from profiler.costmodel import Batch
+    from profiler.roofline import RooflineCostModel
+
+    imax = row_case(agg_row(c=8, isl=8192, osl=1024, tp=8, silicon_data_source=INFERENCEMAX), 0)
+    fixed = row_case(agg_row(c=8, isl=8192, osl=1024, tp=8), 1)
+    assert (imax.range_ratio, fixed.range_ratio) == (0.8, 1.0)
+    assert (imax.mean_length(1024), fixed.mean_length(1024)) == (922, 1024)
+    assert imax.mean_length(1000) == 900 and "InferenceMAX" in imax.client
+    assert row_case(agg_row(silicon_data_source="source_file=/data/h100_sxm/vllm/0.12.0/x.csv"), 2).range_ratio == 1
+    eff = replace(engine_efficiency("vllm"), ttft_wait_prefills=2.0)
+    varied_ttft, varied_tpot = simulate_case(imax, efficiency=eff)
+    fixed_ttft, _ = simulate_case(fixed, efficiency=eff)
+    cm = RooflineCostModel(CATALOG["llama-3.1-70b"], resolve_gpu("h100-sxm"), 8, "fp8", "bf16", eff)
+    solo = cm.iteration_s(Batch.of(prefill=[(8192, 0)]))
+    assert varied_ttft < 2 * solo < fixed_ttft  # the fixed-length client waits two prefills as well as its own
+    assert simulate_case(imax, efficiency=replace(eff, ttft_wait_prefills=0.0)) == (varied_ttft, varied_tpot)
+    result = replay(pd.DataFrame([agg_row(c=4, osl=64, silicon_data_source=INFERENCEMAX), agg_row(c=4, osl=64)]),
+                    requests_per_client=2, rounds=2)
+    assert result.rows["client"].tolist() == [imax.client, fixed.client]
+    assert set(result.summary["per_client"]) == {imax.client, fixed.client}
+    assert "InferenceMAX" in format_summary(result.summary)
+    assert "client: InferenceMAX" in write_replay(result, tmp_path / "out")["report"].read_text()
+
+
+def test_inferencemax_trtllm_rows_run_its_recipe():
+    """InferenceMAX's TRT-LLM recipe: max_num_tokens 16384, and batch waiting (20 iterations or 0.9 of the budget)
+    at 1k/1k below TP8; an aiperf TRT-LLM row keeps the generator's budget and no waiting."""
+    def pool(**kw):
+        case = row_case(agg_row(backend="trtllm", **kw), 0)
+        return case.deployment.workers, case.assumed
+
+    waits, note = pool(tp=4, silicon_data_source=INFERENCEMAX)
+    assert (waits.max_batch_tokens, waits.batch_wait_iters, waits.batch_wait_tokens_ratio) == (16384, 20, 0.9)
+    assert "batch waiting (20 iterations or 0.9 of 16384 tokens)" in note
+    tp8, _ = pool(tp=8, silicon_data_source=INFERENCEMAX)
+    long, _ = pool(tp=4, isl=8192, silicon_data_source=INFERENCEMAX)
+    assert (tp8.batch_wait_iters, long.batch_wait_iters, tp8.max_batch_tokens) == (0, 0, 16384)
+    aiperf, note = pool(tp=4)
+    assert (aiperf.batch_wait_iters, aiperf.max_batch_tokens, note) == (0, trtllm_max_num_tokens(1024, 16), "")
 
 
 def test_attention_dp_rows_are_predicted_each_group_keeping_its_own_sequences():

@@ -393,3 +393,33 @@ def test_decode_worker_frees_a_stuck_sequence_for_the_ready_ones_holding_the_kv(
     osl = [194, 114, 285, 241, 158, 195, 115, 294, 219]
     df = simulate(dep, Workload(make_requests(arrival, isl, osl))).requests
     assert (df["outcome"] == "ok").all() and df["preemptions"].sum() > 0
+
+
+def test_batch_waiting_holds_new_prompts_for_its_iterations_or_until_its_tokens():
+    """TRT-LLM's batch waiting: while sequences decode, a new prompt is held back for batch_wait_iters
+    iterations, unless the waiting prompts and the decodes reach the token share first; an idle engine and a
+    pool without it admit at once; stepping and fast-forward agree."""
+    wl = Workload(make_requests([0.0, 0.5, 0.9, 0.9001, 0.9002], [800, 500, 300, 3000, 3000], [400, 20, 20, 20, 20]))
+    plain = simulate(agg(max_batch_tokens=8192), wl)
+    held = simulate(agg(max_batch_tokens=8192, batch_wait_iters=10, batch_wait_tokens_ratio=0.5), wl)
+    stepped = simulate(agg(max_batch_tokens=8192, batch_wait_iters=10, batch_wait_tokens_ratio=0.5), wl,
+                       fast_forward=False)
+    cols = ["prefill_start_s", "first_token_s", "last_token_s"]
+    np.testing.assert_allclose(held.requests[cols].to_numpy(), stepped.requests[cols].to_numpy(), rtol=1e-9)
+    assert held.iterations == stepped.iterations
+    p, h = plain.requests, held.requests
+    assert h["prefill_start_s"][0] == p["prefill_start_s"][0] == FRONTEND_S  # idle: at once
+    wait = h["prefill_start_s"] - h["arrival_s"]
+    step_s = cost().iteration_s(Batch.of(decode_ctx=[1300]))
+    assert 9 * step_s < wait[1] - FRONTEND_S < 11.5 * step_s  # alone: ten decode iterations, then admitted
+    assert wait[1] - FRONTEND_S > 5 * (p["prefill_start_s"][1] - p["arrival_s"][1] - FRONTEND_S)  # not the step
+    # 300 + 3000 + 3000 waiting tokens and the decodes pass 0.5 x 8192 once the second long prompt is in
+    assert h["prefill_start_s"][4] - h["arrival_s"][4] < FRONTEND_S + 2 * step_s
+    assert h["prefill_start_s"][2] - h["arrival_s"][2] < FRONTEND_S + 2 * step_s
+    d = agg(batch_wait_iters=20, batch_wait_tokens_ratio=0.9).to_dict()["workers"]
+    assert (d["batch_wait_iters"], d["batch_wait_tokens_ratio"]) == (20, 0.9)
+    assert "batch_wait_iters" not in agg().to_dict()["workers"]
+    with pytest.raises(InputError, match="batch_wait_tokens_ratio: must be a share from 0 to 1"):
+        agg(batch_wait_tokens_ratio=1.5)
+    with pytest.raises(InputError, match="batch_wait_iters: must be a whole number"):
+        agg(batch_wait_iters=2.5)
