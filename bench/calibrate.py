@@ -227,8 +227,9 @@ def main() -> None:
            "rows": "dense agg rows; moe_compute: MoE agg rows",
            "created": datetime.now(UTC).strftime("%Y-%m-%d"), "method": "bench/calibrate.py: soft-L1 least squares "
            "on log(pred/measured) mean TTFT and TPOT; analytic closed loop (clients out of step), then "
-           "simulation of an evenly spread subsample of the benchmark as it ran (opening burst, then steady "
-           "state; lock-step on prefill-first engines)",
+           "simulation of an evenly spread subsample of the benchmark as it ran (planner.replay."
+           "simulate_benchmark: fixed lengths: opening burst, then steady state, lock-step on prefill-first "
+           "engines; InferenceMAX's client: its varied lengths, all clients at once)",
            "engines": dict(sorted(engines.items())),
            "fit_error": dict(sorted(report.items()))}
     if not args.dry_run:

@@ -1,10 +1,11 @@
 """Replay measured serving benchmarks (aiconfigurator's ``silicon_*.csv`` format) and score the prediction.
 
 Each row is one real benchmark: a model served by an engine (trtllm, vllm, sglang) in a precision, agg
-(one replica, ``batch_size`` closed-loop clients) or disagg (prefill and decode workers), with fixed
-ISL/OSL and the measured mean TTFT and TPOT. ``row_case`` turns a row into a Deployment and a closed-loop
-workload, or into a skip reason (planner/calibrate.py reads silicon rows with it too); ``replay`` simulates
-every case with ``simulate`` and ``summarize`` scores it.
+(one replica, ``batch_size`` closed-loop clients) or disagg (prefill and decode workers), with its ISL/OSL
+(fixed, or drawn as its client drew them: InferenceMAX's) and the measured mean TTFT and TPOT. ``row_case``
+turns a row into a Deployment and a closed-loop workload, or into a skip reason (planner/calibrate.py reads
+silicon rows with it too); ``replay`` simulates every case as its benchmark ran (``simulate_benchmark``) and
+``summarize`` scores it.
 
 Parallelism convention of the file: a worker has ``tp x attention_dp = moe_tp x moe_ep`` GPUs.
 """
@@ -125,8 +126,10 @@ FIXED_CLIENT = "fixed lengths"
 INFERENCEMAX_CLIENT = f"InferenceMAX [{INFERENCEMAX_RANGE_RATIO:g} L, L]"
 
 
-# Its TRT-LLM recipe (benchmarks/70b_fp8_*_trt_slurm.sh): trtllm-serve --max_num_tokens 16384 and, at ISL = OSL =
-# 1024 below TP8, batch waiting (batch_wait_timeout_iters 20, batch_wait_max_tokens_ratio 0.9).
+# Its TRT-LLM recipe for Llama-3.1-70B (benchmarks/70b_fp8_*_trt_slurm.sh; each model has its own):
+# trtllm-serve --max_num_tokens 16384 and, at ISL = OSL = 1024 below TP8, batch waiting (batch_wait_timeout_iters
+# 20, batch_wait_max_tokens_ratio 0.9).
+INFERENCEMAX_TRTLLM_RECIPE_MODEL = "llama-3.1-70b"
 INFERENCEMAX_TRTLLM_MAX_NUM_TOKENS = 16384
 INFERENCEMAX_TRTLLM_BATCH_WAIT = {"batch_wait_iters": 20, "batch_wait_tokens_ratio": 0.9}
 
@@ -247,7 +250,8 @@ def _pool(row: pd.Series, prefix: str, engine: str, clients: int, gpu: GPUSpec) 
     elif engine == "trtllm" and prefix != "decode_":  # a decode worker runs no prompts: the default holds
         chunk = trtllm_max_num_tokens(int(row["isl"]), 0 if prefix == "prefill_" else max(1, -(-seats // dp)))
     waiting = {}
-    if engine == "trtllm" and not prefix and range_ratio_of(row) < 1:  # InferenceMAX's recipe
+    if (engine == "trtllm" and not prefix and range_ratio_of(row) < 1
+            and canonical_model_name(str(row["model_path"])) == INFERENCEMAX_TRTLLM_RECIPE_MODEL):
         chunk = INFERENCEMAX_TRTLLM_MAX_NUM_TOKENS
         if int(row["isl"]) == int(row["osl"]) == 1024 and tp * dp < 8:
             waiting = INFERENCEMAX_TRTLLM_BATCH_WAIT

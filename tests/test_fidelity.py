@@ -603,8 +603,9 @@ def test_inferencemax_rows_are_replayed_with_its_clients_varied_lengths(tmp_path
 
 
 def test_inferencemax_trtllm_rows_run_its_recipe():
-    """InferenceMAX's TRT-LLM recipe: max_num_tokens 16384, and batch waiting (20 iterations or 0.9 of the budget)
-    at 1k/1k below TP8; an aiperf TRT-LLM row keeps the generator's budget and no waiting."""
+    """InferenceMAX's TRT-LLM recipe for Llama-3.1-70B: max_num_tokens 16384, and batch waiting (20 iterations or
+    0.9 of the budget) at 1k/1k below TP8; another model's rows and an aiperf TRT-LLM row keep the generator's
+    budget and no waiting."""
     def pool(**kw):
         case = row_case(agg_row(backend="trtllm", **kw), 0)
         return case.deployment.workers, case.assumed
@@ -615,6 +616,8 @@ def test_inferencemax_trtllm_rows_run_its_recipe():
     tp8, _ = pool(tp=8, silicon_data_source=INFERENCEMAX)
     long, _ = pool(tp=4, isl=8192, silicon_data_source=INFERENCEMAX)
     assert (tp8.batch_wait_iters, long.batch_wait_iters, tp8.max_batch_tokens) == (0, 0, 16384)
+    other, _ = pool(model="Qwen/Qwen3-32B", tp=4, silicon_data_source=INFERENCEMAX)  # another model: its own recipe
+    assert (other.batch_wait_iters, other.max_batch_tokens) == (0, trtllm_max_num_tokens(1024, 16))
     aiperf, note = pool(tp=4)
     assert (aiperf.batch_wait_iters, aiperf.max_batch_tokens, note) == (0, trtllm_max_num_tokens(1024, 16), "")
 
