@@ -10,10 +10,11 @@ iteration, per request before the first token) per engine, fitted on the dense a
 log(predicted / measured) of mean TTFT and TPOT with a soft-L1 loss (a few rows are pathological: queues of
 tens of seconds). First the analytic closed-loop steady state (planner.calibrate.closed_loop_estimate,
 clients out of step) over every dense agg row of the engine; then the simulator itself replays the benchmark
-as it ran (planner.replay.predict_cases: the measured phase's opening burst, then the steady state, in
-lock-step on a prefill-first engine) on an evenly spread subsample of ``--sim-rows`` rows, starting from
-there. Then the routed experts' share of peak (moe_compute) alone, the same two ways, on the engine's MoE agg
-rows (kept where it cuts their TTFT error by MIN_MOE_GAIN points).
+as it ran (planner.replay.predict_cases: fixed-length clients' opening burst, then the steady state, in
+lock-step on a prefill-first engine; InferenceMAX's clients with their varied lengths) on an evenly spread
+subsample of ``--sim-rows`` rows, starting from there. Then the routed experts' share of peak (moe_compute)
+alone, the same two ways, on the engine's MoE agg rows (kept where it cuts their TTFT error by MIN_MOE_GAIN
+points).
 """
 
 from __future__ import annotations
@@ -191,16 +192,18 @@ def main() -> None:
     def measured(rows: list) -> np.ndarray:
         return np.array([[df.iloc[c.row].silicon_ttft_ms, df.iloc[c.row].silicon_tpot_ms] for c in rows]) * 1e-3
 
+    def stored(engine: str) -> Efficiency:
+        """The engine's factors as --out holds them."""
+        return Efficiency(**{k: v for k, v in engines[engine].items() if k in Efficiency.__dataclass_fields__})
+
     for engine in sorted({c.engine for c in cases}):
         if chosen and engine not in chosen:
             continue
         moe = [c for c in every if c.engine == engine and c.model not in DENSE_MODELS and CATALOG[c.model].is_moe]
         if args.moe_only:
             if len(moe) >= MIN_MOE_ROWS and engine in engines:
-                dense = Efficiency(**{k: v for k, v in engines[engine].items()
-                                      if k in Efficiency.__dataclass_fields__})
                 engines[engine] = {k: float(f"{v:.4g}") for k, v in
-                                   fit_moe(engine, moe, measured(moe), dense, args, report).to_dict().items()}
+                                   fit_moe(engine, moe, measured(moe), stored(engine), args, report).to_dict().items()}
             continue
         mine = [c for c in cases if c.engine == engine]
         meas = measured(mine)
@@ -212,7 +215,7 @@ def main() -> None:
         if only:  # the engine's fitted factors, these refitted from where they are
             if engine not in engines:
                 ap.error(f"--factors: {args.out} has no fit of {engine} to start from")
-            start = Efficiency(**{k: v for k, v in engines[engine].items() if k in Efficiency.__dataclass_fields__})
+            start = stored(engine)
             names = tuple(n for n in names if n in only)
         t0 = time.time()
         eff, before, after, seen = fit_two_ways(mine, meas, start, names, args)

@@ -384,9 +384,12 @@ def open_loop_estimate(dep: Deployment, cms: dict[str, CostModel], isl: int, osl
     return ttft, tpot
 
 
-def cost_models(dep: Deployment, eff: Efficiency | None = None, perf_db: str | None = None) -> dict[str, CostModel]:
+def cost_models(dep: Deployment, eff: Efficiency | None = None, perf_db: str | None = None,
+                profile=None) -> dict[str, CostModel]:
+    """Each pool's cost model (profiler.factory.make_cost_model): the roofline at ``eff`` (default: the engine's
+    fitted factors), ``perf_db`` tables, or a loaded ``profile``'s measurements."""
     model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
-    return {name: make_cost_model(model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine, efficiency=eff,
+    return {name: make_cost_model(model, gpu, pool.tp, dep.dtype, dep.kv_dtype, dep.engine, profile, efficiency=eff,
                                   perf_db=perf_db, attn_dp=pool.attention_dp) for name, pool in dep.pools.items()}
 
 

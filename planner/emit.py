@@ -356,18 +356,10 @@ def simulation_predictor(dep: Deployment, calibration: str | Path | None = None,
     roofline (as `plan --profile` used)."""
     from planner import calibrate as cb  # noqa: PLC0415
     from planner.replay import simulate_benchmark  # noqa: PLC0415
-    from profiler.factory import make_cost_model  # noqa: PLC0415
-    from profiler.gpus import resolve_gpu  # noqa: PLC0415
-    from profiler.models import resolve_model  # noqa: PLC0415
     from simulator import simulate  # noqa: PLC0415
     from traces.synthetic import synthetic_workload  # noqa: PLC0415
 
-    if profile is None:
-        cms = cb.pool_cost_models(dep, calibration, perf_db)
-    else:
-        model, gpu = resolve_model(dep.model), resolve_gpu(dep.gpu)
-        cms = {name: make_cost_model(model, gpu, pool.tp, dep.dtype, dep.resolved_kv_dtype, dep.engine, profile,
-                                     attn_dp=pool.attention_dp) for name, pool in dep.pools.items()}
+    cms = cb.pool_cost_models(dep, calibration, perf_db) if profile is None else cb.cost_models(dep, profile=profile)
     by = "pdsim simulate" + (f", calibration {calibration}" if calibration else "") + (
         f", {perf_db} tables" if perf_db else "") + (", measured profile" if profile is not None else "")
 

@@ -134,6 +134,12 @@ INFERENCEMAX_TRTLLM_MAX_NUM_TOKENS = 16384
 INFERENCEMAX_TRTLLM_BATCH_WAIT = {"batch_wait_iters": 20, "batch_wait_tokens_ratio": 0.9}
 
 
+def length_range(length: int, ratio: float) -> tuple[int, int]:
+    """The lengths a client of ``ratio`` (< 1: uniform in [ratio x L, L], as bench_serving draws them) sends for
+    ``length``: (lowest, highest); ``ratio`` >= 1: ``length`` itself."""
+    return (length, length) if ratio >= 1 else (max(1, int(length * ratio)), length)
+
+
 def range_ratio_of(row: pd.Series) -> float:
     """Lengths of the row's benchmark client, uniform in [ratio x L, L]: 1 (fixed) unless its source is an
     InferenceMAX record."""
@@ -167,7 +173,7 @@ class Case:
         return FIXED_CLIENT if self.range_ratio >= 1 else INFERENCEMAX_CLIENT
 
     def mean_length(self, length: int) -> int:
-        return length if self.range_ratio >= 1 else round((max(1, int(length * self.range_ratio)) + length) / 2)
+        return round(sum(length_range(length, self.range_ratio)) / 2)
 
 
 def weight_dtype(row: pd.Series) -> str:
@@ -448,15 +454,12 @@ def simulate_case(case: Case, *, requests_per_client: int = REQUESTS_PER_CLIENT,
     """Mean (TTFT s, TPOT s) over the benchmark's measured phase of a case's closed loop, simulated
     (``simulate_benchmark``) on the roofline with the engine's fitted factors, or ``efficiency`` in their place
     (what bench/calibrate.py varies)."""
-    from profiler.roofline import RooflineCostModel, engine_efficiency  # noqa: PLC0415
+    from planner.calibrate import cost_models  # noqa: PLC0415 (calibrate reads rows with row_case)
 
     dep = case.deployment
-    eff = efficiency or engine_efficiency(dep.engine)
-    spec, gpu = CATALOG[case.model], resolve_gpu(dep.gpu)
-    cms = {name: RooflineCostModel(spec, gpu, p.tp, dep.dtype, dep.resolved_kv_dtype, eff, p.attention_dp)
-           for name, p in dep.pools.items()}
-    return simulate_benchmark(dep, cms, case.isl, case.osl, case.concurrency, range_ratio=case.range_ratio,
-                              requests_per_client=requests_per_client, rounds=rounds, stagger=stagger, seed=seed)
+    return simulate_benchmark(dep, cost_models(dep, efficiency), case.isl, case.osl, case.concurrency,
+                              range_ratio=case.range_ratio, requests_per_client=requests_per_client, rounds=rounds,
+                              stagger=stagger, seed=seed)
 
 
 def simulate_benchmark(dep: Deployment, cms: dict, isl: int, osl: int, clients: int, *, range_ratio: float = 1.0,
@@ -488,7 +491,7 @@ def simulate_benchmark(dep: Deployment, cms: dict, isl: int, osl: int, clients: 
     c, metrics = clients, ("ttft_s", "tpot_s")
     if range_ratio < 1:
         def lengths(n: int) -> str:
-            return f"uniform:{max(1, int(n * range_ratio))},{n}"
+            return "uniform:{},{}".format(*length_range(n, range_ratio))
 
         wl = synthetic_workload(requests=c * max(rounds, 1), isl=lengths(isl), osl=lengths(osl), concurrency=c,
                                 seed=seed)

@@ -205,3 +205,28 @@ def test_weights_without_tensor_cores_of_their_own_run_weight_only_at_the_bf16_r
     prompt, decode = Batch.of(prefill=[(8192, 0)]), Batch.of(decode_ctx=[512] * 4)
     assert fp8.iteration_s(prompt) == pytest.approx(bf16.iteration_s(prompt), rel=0.05)
     assert fp8.iteration_s(decode) < 0.7 * bf16.iteration_s(decode)
+
+
+def test_emit_forecasts_an_aiperf_run_with_the_profiles_costs():
+    """`plan --profile ... --emit aiperf`: the forecast of each aiperf run simulates the profile's measured costs,
+    closed loop and open loop alike, not the roofline's."""
+    from planner import emit
+    from planner.replay import simulate_benchmark
+    from simulator import simulate
+    from simulator.deployment import parse_deployment
+    from traces.synthetic import synthetic_workload
+
+    dep = parse_deployment({"model": "tiny", "gpu": "cpu", "dtype": "fp32", "engine": "pdsim-runtime",
+                            "workers": {"replicas": 1, "max_seqs": 8}})
+    profile = synthetic_profile()
+    measured = {"workers": ProfiledCostModel(profile, model=TINY, gpu=local_cpu(), tp=1, dtype="fp32",
+                                             engine="pdsim-runtime")}
+    predict, by = emit.simulation_predictor(dep, profile=profile)
+    roofline, _ = emit.simulation_predictor(dep)
+    closed = emit.BenchPoint(64, 16, concurrency=4, requests=16, warmup=4)
+    assert predict(closed) == simulate_benchmark(dep, measured, 64, 16, 4, rounds=4)
+    assert predict(closed) != roofline(closed) and "measured profile" in by
+    opened = emit.BenchPoint(64, 16, request_rate=20.0, requests=40, warmup=4)
+    s = simulate(dep, synthetic_workload(requests=44, isl=64, osl=16, rate=20.0, warmup_requests=4),
+                 cost_models=measured).summary()
+    assert predict(opened) == (s["ttft_ms"]["mean"] * 1e-3, s["tpot_ms"]["mean"] * 1e-3)
