@@ -72,6 +72,38 @@ def test_weight_format_comes_from_quant_columns_then_the_checkpoint_name(cols, d
     assert weight_dtype(agg_row(**cols)) == dtype
 
 
+@pytest.mark.parametrize("cols, kv", [
+    ({"backend": "trtllm"}, "fp8"),  # TRT-LLM serves an fp8/fp4 checkpoint with an fp8 cache
+    ({"backend": "trtllm", "precision": "fp4", "gemm_quant_mode": "nvfp4"}, "fp8"),
+    ({"backend": "trtllm", "precision": np.nan, "gemm_quant_mode": np.nan, "moe_quant_mode": np.nan}, "bf16"),
+    ({"backend": "vllm"}, "bf16"),  # vLLM and SGLang keep bf16 unless the checkpoint carries KV scales
+    ({"backend": "sglang"}, "bf16"),
+    ({"backend": "vllm", "model_path": "nvidia/Llama-3.1-8B-Instruct-FP8"}, "fp8"),
+])
+def test_kv_cache_format_follows_the_engine_and_the_checkpoint(cols, kv):
+    assert kv_cache_dtype(agg_row(**cols)) == kv
+
+
+@needs_data
+def test_trtllm_fp8_rows_held_the_kv_their_clients_needed():
+    """TRT-LLM's Qwen3-32B fp8 rows at TP1 measure TTFT flat at 1.6 s while 64 clients x 4,224 tokens and 128 x
+    2,176 (270-278k tokens) run, and queue beyond ~295k: more than a bf16 cache of that GPU holds. The cache
+    pdsim gives those rows holds every client that ran un-queued."""
+    df = load_benchmark(SILICON)
+    ran = df[(df.backend == "trtllm") & (df.model_path == "Qwen/Qwen3-32B") & (df.tp_size == 1)
+             & (df.batch_size * (df.isl + df.osl) <= 278_528) & (df.batch_size * (df.isl + df.osl) >= 270_000)]
+    assert len(ran) == 3 and ran.silicon_ttft_ms.max() < 1700
+    m, g = CATALOG["qwen3-32b"], resolve_gpu("h100-sxm")
+    for i, r in ran.iterrows():
+        case = row_case(r, i)
+        p = case.deployment.workers
+        fit = memory_fit(m, g, 1, "fp8", case.deployment.kv_dtype, p.max_batch_tokens,
+                         case.deployment.gpu_memory_utilization)
+        assert fit.kv_tokens >= r.batch_size * (r.isl + r.osl), (i, fit.kv_tokens)
+        bf16 = memory_fit(m, g, 1, "fp8", "bf16", p.max_batch_tokens, case.deployment.gpu_memory_utilization)
+        assert bf16.kv_tokens < r.batch_size * (r.isl + r.osl)  # the run says the cache was not bf16
+
+
 def test_rows_that_cannot_be_expressed_are_skipped_with_a_reason():
     # fp4 weights on a GPU without fp4 tensor cores ran weight-only (vLLM's MXFP4 kernels on Hopper): predicted
     fp4 = row_case(agg_row(model="openai/gpt-oss-120b", precision="fp4", gemm_quant_mode="nvfp4"), 0)
@@ -648,7 +680,7 @@ def test_attention_dp_splits_attention_and_its_kv_over_the_groups_not_the_expert
     from profiler.roofline import RooflineCostModel
 
     ds, h200 = CATALOG["deepseek-v3"], resolve_gpu("h200-sxm")
-    eff = engine_efficiency("trtllm")
+    eff = replace(engine_efficiency("trtllm"), attn_compute=1.0, attn_memory=0.5)  # reads bound, whatever the fit
     tp8 = RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff)
     dp8 = RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=8)
     assert RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=1).decode_steps_s(8, 8000, 1)[0] == \
@@ -664,8 +696,6 @@ def test_attention_dp_splits_attention_and_its_kv_over_the_groups_not_the_expert
     with pytest.raises(ValueError):
         RooflineCostModel(ds, h200, 8, "fp8", "fp8", eff, attn_dp=3)
     # each group's scheduler walks only its own sequences, beside the others
-    from dataclasses import replace
-
     host = replace(eff, per_seq_overhead_s=1e-3)
     assert RooflineCostModel(ds, h200, 8, "fp8", "fp8", host).decode_steps_s(800, 800 * 100, 1)[0] > 0.8
     assert RooflineCostModel(ds, h200, 8, "fp8", "fp8", host, attn_dp=8).decode_steps_s(800, 800 * 100, 1)[0] < 0.2
