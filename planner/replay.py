@@ -198,12 +198,12 @@ def weight_dtype(row: pd.Series) -> str:
 
 
 def kv_cache_dtype(row: pd.Series) -> str:
-    """KV cache format. The TRT-LLM benchmarks ran fp8 and fp4 checkpoints with an fp8 cache (TRT-LLM's own default
-    follows the checkpoint; aiconfigurator, whose configs these runs used, takes fp8 KV for such checkpoints): its
-    Qwen3-32B fp8 rows at TP1 run 64 clients x 4,224 tokens (270k) un-queued, more than a bf16 cache of the GPU
-    holds (~173k), and queue from ~295k (fp8: 346k). vLLM and SGLang keep the
-    activation dtype (bf16) unless the checkpoint carries KV scales: NVIDIA's ModelOpt fp8/fp4 checkpoints
-    (``nvidia/...-FP8``) do; quantising weights on load does not."""
+    """KV cache format. The TRT-LLM benchmarks ran fp8 and fp4 checkpoints with an fp8 cache (TRT-LLM's own
+    default follows the checkpoint; aiconfigurator, whose configs these runs used, takes fp8 KV for such
+    checkpoints): the Qwen3-32B fp8 rows at TP1 run 64 clients x 4,224 tokens (270k) un-queued, more than a bf16
+    cache of the GPU holds (~173k), and queue from ~295k (fp8: 346k). vLLM and SGLang keep the activation dtype
+    (bf16) unless the checkpoint carries KV scales: NVIDIA's ModelOpt fp8/fp4 checkpoints (``nvidia/...-FP8``)
+    do; quantising weights on load does not."""
     name = str(row.get("model_path", "")).lower()
     if str(row.get("backend", "")).lower() == "trtllm" and weight_dtype(row) in ("fp8", "fp4"):
         return "fp8"
