@@ -96,7 +96,7 @@ def main() -> None:
                 co = [f"{c['worker']} {c['steps']} steps {fmt(c['idle'])} / {fmt(c['busy'])} "
                       f"({c['n_idle']} / {c['n_busy']} steps)" for c in co_activity_rows(doc)]
                 if co:
-                    print("the replays' steps over their size's median, the other workers idle / busy: "
+                    print("the replays' steps over their size's mean, the other workers idle / busy: "
                           + "; ".join(co))
             if split := error_split_text(doc):
                 print(split)

@@ -20,26 +20,26 @@ same scaled cost model, so only the dynamics (batching, queueing, transfer, rout
 ``pace_scale`` must exceed the real compute's slowdown on this machine, and the share of steps whose
 compute overran their pace is reported.
 
-What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), alone on a core, so
-it does not carry the load of the moment the runtime runs. A burst on the unpaced runtime measures the rest from the
-step log (``measure_slowdown``: requests spaced at about the replay's rate, then 16 short ones per worker at once
-that stream together), and the rate rule runs on it; then rehearsals measure it again under the replay's own load
-(before each measured replay, the next ``rehearsal_s`` seconds of the workload after the replayed slice: other
-requests, the same rate; ``rehearsal_slices``), and the simulation of the run takes the rehearsals' figures, their
-steps taken together (``--rehearsal 0``: the burst's). (b) The compute slowdown: the model forward's wall time over
-the profile's prediction for its batch, the median over steps, per pool and by step size, steps with prompt tokens
-by their tokens and decode-only steps by their sequences (``slowdown_by_size``, ``model_slowdown``: the core share
-other processes took, and the caches and memory bus the live forward shares with the frontend, the client and the
-other workers, which cost small steps more than large ones). (a) The wall time a step takes beyond its model's
-forward, from the end of the step before (``step_overhead``: ``iteration_overhead_s`` + ``per_seq_overhead_s`` per
-sequence that samples): the runtime's own work around the model (preparing the batch, sampling, postprocessing;
-between steps sending the tokens, the step log, messages) and the time the worker waits for a core while the
-frontend and the client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule, take the
-profile's times x (b) + (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``; ``validate.json``
-reports them (``raw_step_costs``, where they were measured, the burst's and the rehearsal's ``overhead`` with the
-worker's own CPU time split out) and the same fit on the live replay's own steps, to set beside them. The slowdown
-by size calibrates the profile's level for each size of step; how cost varies with the context stays the profile's,
-and the dynamics the simulator's.
+What a raw step costs. On a CPU the profile times every op in thread CPU time (``--clock cpu``), alone on a core, so it
+does not carry the load of the moment the runtime runs. A burst on the unpaced runtime measures the rest from the step
+log (``measure_slowdown``: requests spaced at about the replay's rate, then 16 short ones per worker at once that stream
+together), and the rate rule runs on it; then rehearsals measure it again under the replay's own load (before each
+measured replay, the next ``rehearsal_s`` seconds of the workload after the replayed slice: other requests, the same
+rate; ``rehearsal_slices``), and the simulation of the run takes the rehearsals' figures, their steps taken together
+(``--rehearsal 0``: the burst's). (b) The compute slowdown: the model forward's wall time over the profile's prediction
+for its batch, per pool and by step size (the mean in each size: the expected step time), steps with prompt tokens by
+their tokens and decode-only steps by their sequences (``slowdown_by_size``; over all steps ``model_slowdown``, their
+median: the core share other processes took, and the caches and memory bus the live forward shares with the frontend,
+the client and the other workers, which cost small steps more than large ones). (a) The wall time a step takes beyond
+its model's forward, from the end of the step before (``step_overhead``: ``iteration_overhead_s`` +
+``per_seq_overhead_s`` per sequence that samples): the runtime's own work around the model (preparing the batch,
+sampling, postprocessing; between steps sending the tokens, the step log, messages) and the time the worker waits for a
+core while the frontend and the client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule,
+take the profile's times x (b) + (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``;
+``validate.json`` reports them (``raw_step_costs``, where they were measured, the burst's and the rehearsal's
+``overhead`` with the worker's own CPU time split out) and the same fit on the live replay's own steps, to set beside
+them. The slowdown by size calibrates the profile's level for each size of step; how cost varies with the context stays
+the profile's, and the dynamics the simulator's.
 
 Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
 back. The rehearsal (or the burst) measures it (client TTFT minus the TTFT inside the workers, from the
@@ -463,15 +463,20 @@ def model_slowdown(rows: list[dict], cm: CostModel) -> float | None:
 
 
 def slowdown_by_size(rows: list[dict], cm: CostModel, prompts: bool) -> list[list] | None:
-    """model_slowdown by step size, for the steps with prompt tokens among ``rows`` (``prompts``; size: the step's
-    tokens, buckets of up to 64, 128, 256, ...) or the decode-only ones (size: sequences, buckets of 1, 2, 3-4,
-    5-8, ...), up to the largest step: ``[[max_size, slowdown], ...]`` (ScaledCostModel.prompt_scales and
-    decode_scales). A live step's slowdown depends on its size, and the rehearsal's mix of sizes is not the
-    replay's, so one median over its steps would carry the wrong mix (measured, 21:46: the agg worker's decode
-    steps of one sequence ran 1.26x the profile, of 3-4 1.17x, of 5-16 1.00x, of more 0.92x; 22:24, the disagg
-    prefill worker's prompts of up to 512 tokens 1.23-1.30x, of 513-2048 1.05-1.10x, longer 0.88-0.94x). A bucket
-    with fewer steps than MIN_BUCKET_STEPS (prompts: MIN_PROMPT_BUCKET_STEPS; a rehearsal holds a few dozen
-    prompts) takes the nearest measured bucket's figure (the smaller on a tie). None without such steps."""
+    """The steps' model forward over ``cm``'s prediction by step size, the mean in each size, for the steps with prompt
+    tokens among ``rows`` (``prompts``; size: the step's tokens, buckets of up to 64, 128, 256, ...) or the decode-only
+    ones (size: sequences, buckets of 1, 2, 3-4, 5-8, ...), up to the largest step: ``[[max_size, slowdown], ...]``
+    (ScaledCostModel.prompt_scales and decode_scales). The mean, not the median: the simulation gives every step of a
+    size one cost, and the one that keeps a worker as busy as the live one (the work its queue waits behind) is the
+    expected step time. Live step times spread to the right (the disagg prefill worker's prompts in the three replays of
+    2026-11-29 11:01: the mean 6-15 % over the median in six of seven sizes; its decode worker's 0-4 %), so the median
+    under-charged the busy pools: re-simulated on the replays' own costs, disagg TTFT p50/p90 -18.4/-22.7 % with
+    medians, -12.7/-12.9 % with means; agg -7.8/-8.4 % and -5.3/-5.6 %. A live step's slowdown depends on its size, and
+    the rehearsal's mix of sizes is not the replay's, so one figure over its steps would carry the wrong mix (measured,
+    21:46: the agg worker's decode steps of one sequence ran 1.26x the profile, of 3-4 1.17x, of 5-16 1.00x, of more
+    0.92x; 22:24, the disagg prefill worker's prompts of up to 512 tokens 1.23-1.30x, of 513-2048 1.05-1.10x, longer
+    0.88-0.94x). A bucket with fewer steps than MIN_BUCKET_STEPS (prompts: MIN_PROMPT_BUCKET_STEPS; a rehearsal holds a
+    few dozen prompts) takes the nearest measured bucket's figure (the smaller on a tie). None without such steps."""
     rows, size, ratio = sized_slowdowns(rows, cm, prompts)
     return size_buckets(size, ratio, prompts) if rows else None
 
@@ -493,11 +498,11 @@ def size_buckets(size: np.ndarray, ratio: np.ndarray, prompts: bool) -> list[lis
         edges.append(edges[-1] * 2)
     lows = [1, *(hi + 1 for hi in edges[:-1])]
     least = MIN_PROMPT_BUCKET_STEPS if prompts else MIN_BUCKET_STEPS
-    found = [float(np.median(ratio[m])) if (m := (size >= lo) & (size <= hi)).sum() >= least else None
+    found = [float(np.mean(ratio[m])) if (m := (size >= lo) & (size <= hi)).sum() >= least else None
              for lo, hi in zip(lows, edges, strict=True)]
     known = [i for i, x in enumerate(found) if x is not None]
-    if not known:  # too few steps of any one size: their median over all sizes
-        return [[edges[-1], float(np.median(ratio))]]
+    if not known:  # too few steps of any one size: their mean over all sizes
+        return [[edges[-1], float(np.mean(ratio))]]
     return [[hi, found[min(known, key=lambda k: (abs(k - i), k))]] for i, hi in enumerate(edges)]
 
 
@@ -529,9 +534,9 @@ def busy_share(steps: list[dict], others: list[dict]) -> np.ndarray:
 
 def co_activity(rows: list[dict], others: list[dict], cm: CostModel) -> dict | None:
     """How a worker's steps run while the run's other workers compute on the same CPU: each step's model forward over
-    the profile (as slowdown_by_size), over its size's median, and the median of that for the steps during which the
+    the profile (as slowdown_by_size), over its size's mean, and the median of that for the steps during which the
     others were busy less than CO_IDLE of the time (``others_idle``) and more than CO_BUSY (``others_busy``), for
-    steps with prompts and decode-only steps (a diagnosis: the simulation takes each size's median over both). None
+    steps with prompts and decode-only steps (a diagnosis: the simulation takes each size's mean over both). None
     without other workers."""
     if not others:
         return None

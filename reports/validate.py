@@ -34,7 +34,7 @@ def error_rows(doc: dict) -> list[dict]:
 
 
 def co_activity_rows(doc: dict) -> list[dict]:
-    """Per replay, worker and kind of step: the live steps' slowdown over their size's median with the other
+    """Per replay, worker and kind of step: the live steps' slowdown over their size's mean with the other
     workers idle and busy (raw runs with more than one worker; validate.json's ``co_activity``)."""
     out = []
     for i, rep in enumerate(doc["utilization"]["live"]):
@@ -99,9 +99,9 @@ def write_validate_report(doc: dict, rows: pd.DataFrame, replays: list, sim, pat
     ]
     if co := co_activity_rows(doc):
         sections.append(section("Workers sharing the machine", paragraph(
-            "Each live step's model forward over the median of its size's steps, the median for the steps during "
+            "Each live step's model forward over the mean of its size's steps, the median for the steps during "
             "which the other workers computed less than a quarter of the time (idle) and more than three quarters "
-            "(busy). The simulation takes each size's median over both, so a worker slowed by the others' work "
+            "(busy). The simulation takes each size's mean over both, so a worker slowed by the others' work "
             "widens the live distributions beyond the simulated ones."),
             table(co, [("repeat", "repeat"), ("worker", "worker"), ("steps", "steps"), ("idle", "others idle"),
                        ("busy", "others busy"), ("n_idle", "steps idle"), ("n_busy", "steps busy")],

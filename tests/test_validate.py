@@ -124,7 +124,7 @@ def test_runtime_costs_split_the_slowdown_of_steps_with_prompts_from_decode_only
     (tmp_path / "steps-agg-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = runtime_costs(tmp_path, [(0.0, 20.0)], [(0.0, 20.0)], {}, "x", Const())
     assert out["pool_slowdown"] == {"workers": [[64, pytest.approx(1.0)]]}  # three 10-token prompts
-    # five 2-sequence steps are too few for a size of their own: their median over all sizes
+    # five 2-sequence steps are too few for a size of their own: their mean over all sizes
     assert out["pool_decode_slowdown"] == {"workers": [[2, pytest.approx(1.4)]]}
     assert out["compute_slowdown"] == pytest.approx(1.4)  # the median step of all: a decode
 
@@ -142,6 +142,10 @@ def test_slowdown_by_size_buckets_decode_steps_by_sequences_and_prompt_steps_by_
                                                       [4, pytest.approx(1.1)], [8, pytest.approx(1.1)],
                                                       [16, pytest.approx(0.9)]]
     assert slowdown_by_size(rows[-k:], Const(), False) is None
+    # the mean of a size's steps, not the median: the simulation charges each step the expected time (19 steps of one
+    # sequence at 1.0x and one at 3.0x: a worker as busy as 1.1x keeps, where the median's 1.0x would under-charge it)
+    skewed = [step_row(1, 0.0, None, model_s=0.01)] * (k - 1) + [step_row(1, 0.0, None, model_s=0.03)]
+    assert slowdown_by_size(skewed, Const(), False) == [[1, pytest.approx(1.1)]]
     # steps with prompts by their tokens (prompt plus decodes): 12 at 1.0x (bucket <= 64), 300 at 1.2x (<= 512)
     p = MIN_PROMPT_BUCKET_STEPS
     prompts = ([step_row(2, 0.0, None, model_s=0.12, prefill=(10,))] * p
