@@ -16,7 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-from planner.validate import DEFAULT_CACHE, ValidateOptions, error_split_text, error_table, slowdown_text, validate
+from planner.validate import (
+    DEFAULT_CACHE,
+    ValidateOptions,
+    error_split_text,
+    error_table,
+    slowdown_text,
+    spread_text,
+    validate,
+)
 from reports.validate import co_activity_rows
 from simulator.deployment import parse_deployment
 from traces.loader import load_trace
@@ -84,6 +92,9 @@ def main() -> None:
                       + f", measured in the {where} (of which the worker's own CPU "
                       f"{over.get('cpu_iteration_s', 0) * 1e3:.3f} ms + {over.get('cpu_per_seq_s', 0) * 1e3:.4f} "
                       f"ms/seq; up to {over.get('max_seqs', 0)} seqs)")
+                if costs.get("pool_spread"):
+                    print("each simulated step's slowdown drawn around its size's, p10-p90: "
+                          f"{spread_text(costs['pool_spread'])}; {doc['repeats']} simulated repeat(s), the median")
                 print("the replays' own steps: " + "; ".join(", ".join(
                     f"{w} {s['overhead_ms']:.3f} ms + {s['per_seq_overhead_ms']:.4f} ms/seq (own CPU "
                     f"{s['own_overhead_ms']:.3f} + {s['own_per_seq_overhead_ms']:.4f}/seq; up to {s['max_seqs']} "

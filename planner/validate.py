@@ -30,16 +30,18 @@ rate; ``rehearsal_slices``), and the simulation of the run takes the rehearsals'
 for its batch, per pool and by step size (the mean in each size: the expected step time), steps with prompt tokens by
 their tokens and decode-only steps by their sequences (``slowdown_by_size``; over all steps ``model_slowdown``, their
 median: the core share other processes took, and the caches and memory bus the live forward shares with the frontend,
-the client and the other workers, which cost small steps more than large ones). (a) The wall time a step takes beyond
-its model's forward, from the end of the step before (``step_overhead``: ``iteration_overhead_s`` +
-``per_seq_overhead_s`` per sequence that samples): the runtime's own work around the model (preparing the batch,
-sampling, postprocessing; between steps sending the tokens, the step log, messages) and the time the worker waits for a
-core while the frontend and the client, on the same CPU, stream its tokens. Raw mode's simulation, and the rate rule,
-take the profile's times x (b) + (a) through ``ScaledCostModel`` with the overheads in its ``Efficiency``;
-``validate.json`` reports them (``raw_step_costs``, where they were measured, the burst's and the rehearsal's
-``overhead`` with the worker's own CPU time split out) and the same fit on the live replay's own steps, to set beside
-them. The slowdown by size calibrates the profile's level for each size of step; how cost varies with the context stays
-the profile's, and the dynamics the simulator's.
+the client and the other workers, which cost small steps more than large ones), and how steps of one size spread around
+that (``step_spread``: each simulated step draws its factor from it, seeded, and the run is simulated once per live
+repeat, the median taken as on the live side; a queue grows with the spread of its steps, not only their mean).
+(a) The wall time a step takes beyond its model's forward, from the end of the step before (``step_overhead``:
+``iteration_overhead_s`` + ``per_seq_overhead_s`` per sequence that samples): the runtime's own work around the model
+(preparing the batch, sampling, postprocessing; between steps sending the tokens, the step log, messages) and the time
+the worker waits for a core while the frontend and the client, on the same CPU, stream its tokens. Raw mode's
+simulation, and the rate rule, take the profile's times x (b) + (a) through ``ScaledCostModel`` with the overheads in
+its ``Efficiency``; ``validate.json`` reports them (``raw_step_costs``, where they were measured, the burst's and the
+rehearsal's ``overhead`` with the worker's own CPU time split out) and the same fit on the live replay's own steps, to
+set beside them. The slowdown by size calibrates the profile's level for each size of step; how cost varies with the
+context stays the profile's, and the dynamics the simulator's.
 
 Overhead. The live TTFT includes what no worker does: HTTP, the frontend, the hops to the first worker and
 back. The rehearsal (or the burst) measures it (client TTFT minus the TTFT inside the workers, from the
@@ -86,10 +88,12 @@ METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 TARGETS = {"paced": {"p50": 0.05, "p90": 0.05, "p99": 0.10}, "raw": {"p50": 0.15, "p90": 0.15}}
 # What raw mode's simulation adds to the profile, measured (burst, then rehearsal) unless given.
 RAW_COSTS = ("ttft_overhead_s", "iteration_overhead_s", "per_seq_overhead_s", "compute_slowdown", "pool_slowdown",
-             "pool_decode_slowdown", "kv_handoff_s")
+             "pool_decode_slowdown", "pool_spread", "kv_handoff_s")
 # slowdown_by_size: fewer steps of a size than this, a neighbouring size's slowdown stands in
 MIN_BUCKET_STEPS, MIN_PROMPT_BUCKET_STEPS = 20, 5
 PROMPT_BUCKET_TOKENS = 64  # slowdown_by_size: the smallest bucket of steps with prompt tokens
+SPREAD_QUANTILES = 20  # step_spread: equally likely factors that describe steps' spread around their size's mean
+MIN_SPREAD_STEPS = 20  # step_spread: fewer steps, none (every step of a size costs its mean)
 MIN_REHEARSAL_REQUESTS = 10  # fewer finished rehearsal requests: raw mode keeps the burst's measurements
 RUNTIME_KV_TOKENS = 32768  # the runtime's default KV cache per worker (runtime/serve.py)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pdsim" / "profiles"
@@ -111,6 +115,9 @@ class ValidateOptions:
     # prompt tokens ({pool: [[max_tokens, slowdown], ...]}) and steps of decodes alone ({pool: [[max_seqs, ...]]}):
     pool_slowdown: dict | None = None
     pool_decode_slowdown: dict | None = None
+    # How steps of one size spread around that size's slowdown, per pool (step_spread): {pool: {"prompt_steps":
+    # [factor, ...], "decode_steps": [...]}}; each simulated step draws one (seeded). {}: none, every step its mean.
+    pool_spread: dict | None = None
     kv_handoff_s: float | None = None  # disagg: a finished prompt's KV gathered and handed to the sender (kv_handoff_s)
     # Raw: seconds of the workload after the replayed slice replayed before each replay (other requests each
     # time: rehearsal_slices) to measure the costs above (and ttft_overhead_s) under the replay's load, in place of
@@ -191,12 +198,14 @@ def pdsim_cmd() -> list[str]:
     return [sys.executable, "-c", "from planner.cli import main; main()"]
 
 
-def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> dict:
+def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions, repeat: int = 0) -> dict:
     """The cost model of every pool, carrying the runtime's measured per-request overhead as the simulator's
     ``ttft_overhead_s`` term. Paced: the profile's times ``pace_scale`` (the paced steps follow that timeline,
     their time between steps included). Raw: what a live step costs, the profile's times the compute slowdown
     plus the time a step takes beyond its model's compute (``iteration_overhead_s`` + ``per_seq_overhead_s``
-    for every sequence that samples), as measured in the rehearsal or the burst before the replay."""
+    for every sequence that samples), as measured in the rehearsal or the burst before the replay, each step's
+    slowdown drawn from its pool's spread (``pool_spread``) with a seed of ``opts.seed``, ``repeat`` (the simulated
+    repeat) and the pool's place."""
     from profiler.paced import overheads, paced_cost_model  # noqa: PLC0415
 
     base = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
@@ -210,8 +219,15 @@ def cost_models(dep: Deployment, profile_dir: Path, opts: ValidateOptions) -> di
     def buckets(given: dict, pool: str) -> tuple[tuple[int, float], ...]:
         return tuple((int(hi), float(x)) for hi, x in given.get(pool) or ())
 
+    spread = opts.pool_spread or {}
+
+    def factors(pool: str, kind: str) -> tuple[float, ...]:
+        return tuple(float(x) for x in (spread.get(pool) or {}).get(kind) or ())
+
     return {name: ScaledCostModel(base, opts.compute_slowdown or 1.0, step, buckets(prompt, name),
-                                  buckets(decode, name)) for name in dep.pools}
+                                  buckets(decode, name), factors(name, "prompt_steps"), factors(name, "decode_steps"),
+                                  seed=(opts.seed, repeat, i))
+            for i, name in enumerate(dep.pools)}
 
 
 def sim_deployment(dep: Deployment, profile_dir: Path, handoff_s: float = 0.0) -> Deployment:
@@ -506,6 +522,39 @@ def size_buckets(size: np.ndarray, ratio: np.ndarray, prompts: bool) -> list[lis
     return [[hi, found[min(known, key=lambda k: (abs(k - i), k))]] for i, hi in enumerate(edges)]
 
 
+def relative_slowdowns(rows: list[dict], cm: CostModel, prompts: bool) -> tuple[list[dict], np.ndarray]:
+    """The steps with prompt tokens among ``rows`` (``prompts``) or the decode-only ones, and each one's model forward
+    over ``cm``'s prediction over its size's slowdown (slowdown_by_size's table of these steps): how it ran against
+    the steps of its size."""
+    kept, size, ratio = sized_slowdowns(rows, cm, prompts)
+    if not kept:
+        return kept, ratio
+    table = size_buckets(size, ratio, prompts)
+    return kept, ratio / np.asarray([bucket_scale(table, s) for s in size])
+
+
+def step_spread(rows: list[dict], cm: CostModel) -> dict | None:
+    """How steps of one size spread around their size's slowdown (relative_slowdowns), as SPREAD_QUANTILES equally
+    likely factors (the quantiles at the middle of each 1/SPREAD_QUANTILES of the steps, scaled to mean 1: the mean is
+    the size's slowdown's), for steps with prompts and decode-only steps with at least MIN_SPREAD_STEPS steps:
+    ``{"prompt_steps": [...], "decode_steps": [...]}`` (ScaledCostModel's prompt_spread, decode_spread), or None.
+    Why: a simulation that gives every step of a size its mean keeps a worker as busy as the live one but draws no
+    queue from the spread, and a queue grows with it (the live prefill worker's prompt steps ran 0.72-0.80x their
+    size's mean at p10 and 1.22-1.35x at p90 in the disagg replays of 2026-11-29 12:27-13:12; its decode worker's
+    0.79-0.86x and 1.16-1.29x). Re-simulated offline on those three disagg runs, each step drawing from the spread
+    the rehearsals before them measured, three simulated repeats, the median: TTFT p50 -3.9 / -16.6 / +11.6 % ->
+    -0.7 / -4.9 / +3.2 %, p90 -1.2 / -10.1 / +2.8 % -> -0.3 / -7.3 / +1.8 %, TPOT within 1 point of before; on the
+    replays' own costs and spread (the error split) TTFT p50 -11.3 / -15.6 / +5.0 % -> -3.6 / -4.9 / -4.2 %; the agg
+    runs of the same hours within 6 % either way, as before."""
+    out = {}
+    for kind, prompts in (("prompt_steps", True), ("decode_steps", False)):
+        rel = relative_slowdowns(rows, cm, prompts)[1]
+        if len(rel) >= MIN_SPREAD_STEPS:
+            q = np.quantile(rel, (np.arange(SPREAD_QUANTILES) + 0.5) / SPREAD_QUANTILES)
+            out[kind] = [float(x) for x in q / q.mean()]
+    return out or None
+
+
 POOL_OF_ROLE = {"agg": "workers", "prefill": "prefill", "decode": "decode"}
 CO_IDLE, CO_BUSY = 0.25, 0.75  # co_activity: the other workers busy for less / more than this share of a step
 
@@ -542,11 +591,9 @@ def co_activity(rows: list[dict], others: list[dict], cm: CostModel) -> dict | N
         return None
     out = {}
     for kind, prompts in (("prompt_steps", True), ("decode_steps", False)):
-        kept, size, ratio = sized_slowdowns(rows, cm, prompts)
+        kept, rel = relative_slowdowns(rows, cm, prompts)
         if not kept:
             continue
-        table = size_buckets(size, ratio, prompts)
-        rel = ratio / np.asarray([bucket_scale(table, s) for s in size])
         busy = busy_share(kept, others)
         idle, full = busy < CO_IDLE, busy > CO_BUSY
         out[kind] = {"others_idle": float(np.median(rel[idle])) if idle.any() else None,
@@ -620,6 +667,7 @@ def runtime_costs(run_dir: Path, low: list[tuple[float, float]], window: list[tu
             "pool_slowdown": {p: x for p, rows in sorted(per_pool.items()) if (x := slowdown_by_size(rows, cm, True))},
             "pool_decode_slowdown": {p: x for p, rows in sorted(per_pool.items())
                                      if (x := slowdown_by_size(rows, cm, False))},
+            "pool_spread": {p: x for p, rows in sorted(per_pool.items()) if (x := step_spread(rows, cm))},
             "kv_handoff_s": kv_handoff_s(run_dir / "requests.jsonl", id_prefix),
             "iteration_overhead_s": over["iteration_s"], "per_seq_overhead_s": over["per_seq_s"], "overhead": over}
 
@@ -632,8 +680,6 @@ def replay_cost_check(dep: Deployment, w: Workload, replays: list, windows: list
     size bucket), not the cost measurement's; the difference from the main figures is what the machine's drift
     between the rehearsals and the replays cost. A diagnosis only: the replays are what is predicted, so their own
     costs are not a prediction."""
-    from simulator import simulate  # noqa: PLC0415
-
     prefixes = [f"r{i}" for i in range(len(replays))]
     costs = runtime_costs(run_dir, windows, windows, dict(zip(prefixes, replays, strict=True)),
                           tuple(f"{p}-" for p in prefixes), base)
@@ -641,9 +687,7 @@ def replay_cost_check(dep: Deployment, w: Workload, replays: list, windows: list
     if "ttft_overhead_s" in found:
         found["ttft_overhead_s"] = max(0.0, found["ttft_overhead_s"])
     own = replace(opts, **found)
-    sim = simulate(sim_deployment(dep, profile_dir, own.kv_handoff_s or 0.0), w, seed=opts.seed,
-                   cost_models=cost_models(dep, profile_dir, own))
-    cells = compare(live, sim.summary(), paced=False)
+    cells = compare(live, [sim.summary() for sim in simulate_run(dep, w, profile_dir, own)], paced=False)
     return {"metrics": {m: {p: {k: c[k] for k in ("sim", "rel_error", "within_target") if k in c}
                             for p, c in cells[m].items()} for m in ("ttft_ms", "tpot_ms")},
             "costs": raw_costs_doc(own)}
@@ -654,6 +698,7 @@ def raw_costs_doc(opts: ValidateOptions) -> dict:
     return {"iteration_overhead_ms": opts.iteration_overhead_s * 1e3,
             "per_seq_overhead_ms": opts.per_seq_overhead_s * 1e3, "compute_slowdown": opts.compute_slowdown,
             "pool_slowdown": opts.pool_slowdown, "pool_decode_slowdown": opts.pool_decode_slowdown,
+            "pool_spread": opts.pool_spread,
             "kv_handoff_ms": (opts.kv_handoff_s or 0.0) * 1e3, "ttft_overhead_ms": opts.ttft_overhead_s * 1e3}
 
 
@@ -781,16 +826,29 @@ def live_stats(r) -> dict:
             "e2e_ms": stats_ms(ok["e2e_s"].to_numpy())}
 
 
+def simulate_run(dep: Deployment, w: Workload, profile_dir: Path, opts: ValidateOptions) -> list:
+    """The run simulated as the live side ran it: raw with a measured step spread (``pool_spread``), once per live
+    repeat, each drawing its steps' costs with a seed of its own (the live repeats differ by the machine's draws too);
+    otherwise once (paced, or without a spread, the simulation is the same every time)."""
+    from simulator import simulate  # noqa: PLC0415
+
+    sim_dep = sim_deployment(dep, profile_dir, 0.0 if opts.paced else opts.kv_handoff_s or 0.0)
+    n = opts.repeats if not opts.paced and opts.pool_spread else 1
+    return [simulate(sim_dep, w, seed=opts.seed, cost_models=cost_models(dep, profile_dir, opts, i)) for i in range(n)]
+
+
 def rel_error(sim: float | None, live: float | None) -> float | None:
     if sim is None or live is None or not live > 0:
         return None
     return (sim - live) / live
 
 
-def compare(live: list[dict], sim: dict, paced: bool) -> dict:
-    """``{metric: {pN: {live, sim, rel_error, live_repeats, repeat_spread, target, within_target}}}``.
+def compare(live: list[dict], sims: list[dict], paced: bool) -> dict:
+    """``{metric: {pN: {live, sim, rel_error, live_repeats, repeat_spread, target, within_target}}}`` (and
+    ``sim_repeats`` where more than one simulation is given).
 
-    ``live`` is the median over repeats; ``repeat_spread`` is (max - min) / median of the repeats."""
+    ``live`` is the median over the live repeats, ``sim`` over the simulated ones (summaries, simulate_run);
+    ``repeat_spread`` is (max - min) / median of the live repeats."""
     targets = TARGETS["paced" if paced else "raw"]
     out: dict = {}
     for metric in METRICS:
@@ -799,10 +857,13 @@ def compare(live: list[dict], sim: dict, paced: bool) -> dict:
             p = f"p{q}"
             reps = [s[metric][p] for s in live if s[metric][p] is not None]
             lv = float(np.median(reps)) if reps else None
-            sv = sim[metric][p]
+            sim_reps = [s[metric][p] for s in sims if s[metric][p] is not None]
+            sv = float(np.median(sim_reps)) if sim_reps else None
             err = rel_error(sv, lv)
             spread = (max(reps) - min(reps)) / lv if len(reps) > 1 and lv else None
             cell = {"live": lv, "sim": sv, "rel_error": err, "live_repeats": reps, "repeat_spread": spread}
+            if len(sim_reps) > 1:
+                cell["sim_repeats"] = sim_reps
             target = targets.get(p) if metric in ("ttft_ms", "tpot_ms") else None
             if target is not None:
                 bound = target if paced else max(target, spread or 0.0)
@@ -852,8 +913,6 @@ def _clean(x):
 def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Log = lambda s: None) -> dict:
     """Profile, replay live, simulate, compare; writes validate.json, validate.html and requests.csv to
     ``opts.out_dir`` and returns the JSON document."""
-    from simulator import simulate  # noqa: PLC0415
-
     check_runnable(dep)
     if workload.closed_loop:
         raise InputError("validate replays an open-loop workload (arrival times); this one is closed-loop",
@@ -891,13 +950,14 @@ def validate(dep: Deployment, workload: Workload, opts: ValidateOptions, log: Lo
         cms = cost_models(dep, profile_dir, opts)
         sim_dep = sim_deployment(dep, profile_dir, opts.kv_handoff_s or 0.0)
     log_costs(dep, opts, costs_from, log)
-    sim = simulate(sim_dep, w, seed=opts.seed, cost_models=cms)
+    sims = simulate_run(dep, w, profile_dir, opts)
+    sim = sims[0]  # the one whose requests are set beside the live ones (requests.csv, the report's scatter)
     from profiler.paced import paced_cost_model  # noqa: PLC0415
 
     base = paced_cost_model(str(profile_dir), dep.model, dep.dtype, dep.gpu)
     workers = [step_stats(run_dir, a, b, cms, opts.paced, base) for a, b in windows]
     live = [live_stats(r) for r in replays]
-    metrics = compare(live, sim.summary(), opts.paced)
+    metrics = compare(live, [s.summary() for s in sims], opts.paced)
     check = None if opts.paced else replay_cost_check(dep, w, replays, windows, run_dir, profile_dir, opts, live, base)
     rows = per_request(replays, sim.requests)
     rows.to_csv(opts.out_dir / "requests.csv", index=False, float_format="%.6g")
@@ -943,6 +1003,8 @@ def log_costs(dep: Deployment, opts: ValidateOptions, source: str, log: Log) -> 
         f"(by pool and step size: {pools or f'{opts.compute_slowdown:.3f} for all'}) + "
         f"{opts.iteration_overhead_s * 1e3:.3f} ms + "
         f"{opts.per_seq_overhead_s * 1e3:.4f} ms per sequence"
+        + (f"; each step's slowdown drawn around its size's ({spread_text(opts.pool_spread)}), "
+           f"{opts.repeats} simulated repeat(s)" if opts.pool_spread else "")
         + (f"; a KV transfer starts {opts.kv_handoff_s * 1e3:.2f} ms after its prompt's last step"
            if dep.topology == "disagg" and opts.kv_handoff_s else ""))
 
@@ -955,6 +1017,18 @@ def slowdown_text(prompt: dict | None, decode: dict | None) -> str:
         f"{name}: {what} " + ", ".join(f"<={hi}{f' {unit}' if i == 0 else ''} {x:.2f}" for i, (hi, x) in enumerate(b))
         for what, unit, given in (("steps with prompts", "tokens", prompt), ("decode-only steps", "seqs", decode))
         for name, b in (given or {}).items() if b)
+
+
+def spread_text(spread: dict | None) -> str:
+    """Step spreads (step_spread) of pools as text, their 10th and 90th percentile factors: ``prefill: steps with
+    prompts 0.80-1.27x, decode-only 0.83-1.19x``."""
+    def span(f: list) -> str:
+        return f"{np.percentile(f, 10):.2f}-{np.percentile(f, 90):.2f}x"
+
+    return "; ".join(f"{pool}: " + ", ".join(f"{what} {span(f)}" for what, kind in
+                                             (("steps with prompts", "prompt_steps"), ("decode-only", "decode_steps"))
+                                             if (f := kinds.get(kind)))
+                     for pool, kinds in (spread or {}).items())
 
 
 def error_split_text(doc: dict) -> str | None:

@@ -27,13 +27,32 @@ class ScaledCostModel:
     ``((max_size, scale), ...)`` ascending: iterations with prompt tokens by their tokens, iterations of decodes alone
     by their sequences; a step takes the first bucket that holds its size (beyond the last: the last); empty:
     ``scale``. (Raw: a live step's slowdown against the profile depends on its size, small steps losing more to the
-    caches other processes churned in between.)"""
+    caches other processes churned in between.) ``prompt_spread`` and ``decode_spread``: how steps of one size vary
+    around their scale, as equally likely factors of mean 1 (quantiles); where given, each step's time (before the
+    overhead) is multiplied by one of them drawn at random, seeded by ``seed`` (numpy's: an integer or a tuple),
+    so the same calls in the same order cost the same. Empty: every step of a size costs the same. (Raw: live steps
+    of one size spread 0.8-1.3x around their mean, and a queue grows with that spread, not only with the mean.)"""
 
     base: CostModel
     scale: float = 1.0
     eff: Efficiency | None = None
     prompt_scales: tuple[tuple[int, float], ...] = ()
     decode_scales: tuple[tuple[int, float], ...] = ()
+    prompt_spread: tuple[float, ...] = ()
+    decode_spread: tuple[float, ...] = ()
+    seed: int | tuple[int, ...] = 0
+
+    def __post_init__(self):
+        self._rng = np.random.default_rng(self.seed)
+        self._spread = {True: np.asarray(self.prompt_spread, np.float64),
+                        False: np.asarray(self.decode_spread, np.float64)}
+
+    def _draw(self, prompts: bool, n: int | None = None):
+        """Factors for ``n`` steps (one when None) from the spread of steps with prompts or of decodes alone."""
+        spread = self._spread[prompts]
+        if not len(spread):
+            return 1.0 if n is None else np.ones(n)
+        return float(self._rng.choice(spread)) if n is None else self._rng.choice(spread, size=n)
 
     def _overhead_s(self, seqs):
         e = self.eff
@@ -43,14 +62,16 @@ class ScaledCostModel:
         if batch.empty:
             return 0.0
         last = len(batch.prefill_tokens) if batch.prefill_last_chunks is None else batch.prefill_last_chunks
-        scale = (bucket_scale(self.prompt_scales, batch.tokens, self.scale) if len(batch.prefill_tokens)
+        prompts = bool(len(batch.prefill_tokens))
+        scale = (bucket_scale(self.prompt_scales, batch.tokens, self.scale) if prompts
                  else bucket_scale(self.decode_scales, len(batch.decode_ctx), self.scale))
-        return scale * self.base.iteration_s(batch) + self._overhead_s(len(batch.decode_ctx) + last)
+        return (scale * self._draw(prompts) * self.base.iteration_s(batch)
+                + self._overhead_s(len(batch.decode_ctx) + last))
 
     def decode_steps_s(self, n_seqs: int, ctx_sum: int, steps: int, ctx_max: int | None = None) -> np.ndarray:
         scale = bucket_scale(self.decode_scales, n_seqs, self.scale)
-        return scale * self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max) + (
-            self._overhead_s(n_seqs) if n_seqs else 0.0)
+        base = self.base.decode_steps_s(n_seqs, ctx_sum, steps, ctx_max)
+        return scale * self._draw(False, len(base)) * base + (self._overhead_s(n_seqs) if n_seqs else 0.0)
 
     def transfer_s(self, kv_bytes: float, link: LinkSpec) -> float:
         return self.base.transfer_s(kv_bytes, link)

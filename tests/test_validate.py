@@ -44,7 +44,7 @@ def stats(ttft: float, tpot: float) -> dict:
 
 def test_compare_takes_the_median_repeat_and_judges_raw_errors_by_target_or_spread():
     live = [stats(100.0, 10.0), stats(140.0, 10.0), stats(120.0, 10.0)]
-    m = compare(live, stats(90.0, 11.0), paced=False)
+    m = compare(live, [stats(90.0, 11.0)], paced=False)
     c = m["ttft_ms"]["p50"]
     assert c["live"] == 120.0 and c["sim"] == 90.0
     assert c["rel_error"] == pytest.approx(-0.25)
@@ -56,7 +56,7 @@ def test_compare_takes_the_median_repeat_and_judges_raw_errors_by_target_or_spre
 
 
 def test_compare_paced_targets_are_5_and_10_percent_without_spread():
-    m = compare([stats(100.0, 10.0)], stats(104.0, 10.6), paced=True)
+    m = compare([stats(100.0, 10.0)], [stats(104.0, 10.6)], paced=True)
     assert m["ttft_ms"]["p50"]["within_target"] and m["ttft_ms"]["p50"]["target"] == 0.05
     assert not m["tpot_ms"]["p50"]["within_target"]  # +6 %
     assert m["tpot_ms"]["p99"]["within_target"]  # +6 % within p99's 10 %
@@ -115,6 +115,44 @@ def test_scaled_cost_model_scales_iterations_not_transfers():
     assert p.iteration_s(Batch.of(decode_ctx=[5, 6])) == pytest.approx(0.02)  # decodes alone: ``scale``
 
 
+def test_scaled_cost_model_draws_each_steps_factor_from_the_spread_seeded():
+    spread = (0.5, 1.0, 1.5)
+    s = ScaledCostModel(Const(), 2.0, None, prompt_spread=spread, decode_spread=spread, seed=(3, 0, 1))
+    decode, prompt = Batch.of(decode_ctx=[5, 6]), Batch.of(prefill=[(10, 0)])
+    got = [s.iteration_s(decode) for _ in range(300)]
+    assert set(np.round(got, 9)) == {0.02, 0.04, 0.06}  # 2 x 0.02 x one of the factors
+    assert np.mean(got) == pytest.approx(0.04, rel=0.1)  # the spread keeps the scale's mean
+    steps = s.decode_steps_s(2, 11, 400)
+    assert set(np.round(steps, 9)) == {0.02, 0.04, 0.06} and steps.mean() == pytest.approx(0.04, rel=0.1)
+    assert {round(s.iteration_s(prompt), 9) for _ in range(50)} == {0.1, 0.2, 0.3}
+    again = ScaledCostModel(Const(), 2.0, None, prompt_spread=spread, decode_spread=spread, seed=(3, 0, 1))
+    assert [again.iteration_s(decode) for _ in range(300)] == got  # same seed, same calls: same costs
+    other = ScaledCostModel(Const(), 2.0, None, prompt_spread=spread, decode_spread=spread, seed=(3, 1, 1))
+    assert [other.iteration_s(decode) for _ in range(300)] != got
+    # only prompt steps spread: decode-only steps cost their mean every time; overheads are not drawn
+    p = ScaledCostModel(Const(), 1.0, overheads(iteration_s=0.001), prompt_spread=(0.5, 1.5), seed=1)
+    assert {round(p.iteration_s(decode), 9) for _ in range(20)} == {0.021}
+    assert {round(p.iteration_s(prompt), 9) for _ in range(50)} == {0.051, 0.151}
+
+
+def test_step_spread_is_each_steps_slowdown_over_its_sizes_mean_as_quantiles_of_mean_one():
+    from planner.validate import MIN_SPREAD_STEPS, SPREAD_QUANTILES, step_spread
+
+    # Const predicts 0.01 s per token. Decode steps of 1 sequence at 1.0x or 2.0x the profile (mean 1.5x), of 4
+    # at 0.8x or 1.2x (mean 1.0x): over their size's mean, a third of the steps at 0.667x and 1.333x, the rest
+    # at 0.8x and 1.2x
+    rows = [step_row(1, 0.0, None, model_s=0.01 * x) for x in (1.0, 2.0) * 20]
+    rows += [step_row(4, 0.0, None, model_s=0.04 * x) for x in (0.8, 1.2) * 40]
+    out = step_spread(rows, Const())
+    f = np.asarray(out["decode_steps"])
+    assert len(f) == SPREAD_QUANTILES and f.mean() == pytest.approx(1.0)
+    assert f.min() == pytest.approx(2 / 3, rel=0.01) and f.max() == pytest.approx(4 / 3, rel=0.01)
+    assert np.mean(np.isclose(f, 0.8, rtol=0.01) | np.isclose(f, 1.2, rtol=0.01)) == pytest.approx(2 / 3, abs=0.1)
+    assert "prompt_steps" not in out  # no steps with prompts
+    few = [step_row(1, 0.0, None, model_s=0.01 * x) for x in (1.0, 2.0) * (MIN_SPREAD_STEPS // 2 - 1)]
+    assert step_spread(few, Const()) is None  # too few steps to tell a spread: none, never a guess
+
+
 def test_runtime_costs_split_the_slowdown_of_steps_with_prompts_from_decode_only_steps(tmp_path):
     from planner.validate import runtime_costs
 
@@ -127,6 +165,7 @@ def test_runtime_costs_split_the_slowdown_of_steps_with_prompts_from_decode_only
     # five 2-sequence steps are too few for a size of their own: their mean over all sizes
     assert out["pool_decode_slowdown"] == {"workers": [[2, pytest.approx(1.4)]]}
     assert out["compute_slowdown"] == pytest.approx(1.4)  # the median step of all: a decode
+    assert out["pool_spread"] == {}  # three prompt steps and five decode steps: too few to tell a spread
 
 
 def test_slowdown_by_size_buckets_decode_steps_by_sequences_and_prompt_steps_by_tokens():
@@ -433,6 +472,27 @@ def test_raw_simulation_takes_each_pools_measured_slowdown_and_the_kv_handoff(tm
     assert handed.kv_link.bandwidth_bytes_s == plain.kv_link.bandwidth_bytes_s
 
 
+def test_raw_runs_with_a_spread_are_simulated_once_per_live_repeat_each_drawing_its_own(tmp_path, tiny_profile):
+    from planner.validate import ValidateOptions, simulate_run
+    from simulator.deployment import parse_deployment
+
+    dep = parse_deployment(AGG)
+    w = Workload(make_requests(list(np.arange(30) * 0.05), 200, 20), source="t")
+    spread = {"workers": {"prompt_steps": [0.5, 1.0, 1.5], "decode_steps": [0.8, 1.2]}}
+    opts = ValidateOptions(out_dir=tmp_path, repeats=3, ttft_overhead_s=0.0, iteration_overhead_s=0.0,
+                           per_seq_overhead_s=0.0, compute_slowdown=1.0, pool_spread=spread)
+    sims = simulate_run(dep, w, tiny_profile, opts)
+    ttfts = [tuple(s.requests["ttft_s"]) for s in sims]
+    assert len(sims) == 3 and len(set(ttfts)) == 3  # each repeat draws its own steps
+    assert [tuple(s.requests["ttft_s"]) for s in simulate_run(dep, w, tiny_profile, opts)] == ttfts  # seeded
+    m = compare([stats(100.0, 10.0)], [s.summary() for s in sims], paced=False)["ttft_ms"]["p50"]
+    assert m["sim"] == pytest.approx(np.median(m["sim_repeats"])) and len(m["sim_repeats"]) == 3
+    plain = simulate_run(dep, w, tiny_profile, replace(opts, pool_spread={}))  # no spread: one simulation
+    assert len(plain) == 1 and "sim_repeats" not in compare([stats(100.0, 10.0)], [plain[0].summary()],
+                                                             paced=False)["ttft_ms"]["p50"]
+    assert len(simulate_run(dep, w, tiny_profile, replace(opts, paced=True, pace_scale=2.0))) == 1
+
+
 def test_the_error_split_simulates_again_on_the_replays_own_costs(tmp_path, tiny_profile):
     from types import SimpleNamespace
 
@@ -465,8 +525,8 @@ def test_the_error_split_simulates_again_on_the_replays_own_costs(tmp_path, tiny
 def test_the_reports_error_table_adds_the_error_on_the_replays_own_costs_for_raw_runs():
     from reports.validate import error_rows
 
-    metrics = compare([stats(100.0, 10.0)], stats(110.0, 9.0), paced=False)
-    own = compare([stats(100.0, 10.0)], stats(104.0, 10.5), paced=False)
+    metrics = compare([stats(100.0, 10.0)], [stats(110.0, 9.0)], paced=False)
+    own = compare([stats(100.0, 10.0)], [stats(104.0, 10.5)], paced=False)
     raw = error_rows({"metrics": metrics, "sim_on_replay_costs": {"metrics": own}})
     ttft50 = next(r for r in raw if r["metric"] == "TTFT" and r["percentile"] == "p50")
     assert ttft50["error"] == pytest.approx(10.0) and ttft50["own_costs_error"] == pytest.approx(4.0)
@@ -606,7 +666,7 @@ def test_disagg_paced_end_to_end(tmp_path, tiny_profile):
 def test_the_error_split_is_one_line_for_raw_runs_and_none_when_paced():
     from planner.validate import error_split_text
 
-    own = compare([stats(100.0, 10.0)], stats(104.0, 12.0), paced=False)
+    own = compare([stats(100.0, 10.0)], [stats(104.0, 12.0)], paced=False)
     line = error_split_text({"sim_on_replay_costs": {"metrics": own}})
     assert "TTFT p50 +4.0%" in line and "TPOT p50 +20.0%" in line and "(2/4 within target)" in line
     assert error_split_text({"sim_on_replay_costs": None}) is None
