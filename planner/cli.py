@@ -470,7 +470,9 @@ def validate_cmd(
                                    "replay."),
     start: float = typer.Option(0.0, "--start", min=0.0, help="Seconds into the trace where the slice begins."),
     out: str = typer.Option("pdsim-validate", "--out", help="Output folder (validate.json, validate.html)."),
-    repeats: int = typer.Option(1, "--repeats", min=1, help="Live replays (their spread is the machine's noise)."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Live replays (their spread is the machine's noise); "
+                                "raw mode simulates as many, each step's cost drawn from the spread measured live, "
+                                "and compares medians."),
     paced: bool = typer.Option(False, "--paced", help="Each worker step lasts --pace-scale x the profile's "
                                "prediction; the simulator uses the same costs."),
     pace_scale: float | None = typer.Option(None, "--pace-scale", min=1.0, help="With --paced: times the "
