@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import InputError
-from profiler.gpus import GPUSpec, MiB, canonical_gpu_name, resolve_gpu
-from profiler.memory import RESERVE_BYTES, activation_bytes, memory_fit, weight_bytes_per_gpu
+from profiler.gpus import GiB, GPUSpec, MiB, canonical_gpu_name, resolve_gpu
+from profiler.memory import RESERVE_BYTES, activation_bytes, memory_fit, rank_batch_tokens, weight_bytes_per_gpu
 from profiler.models import CATALOG, canonical_model_name
 from simulator.deployment import Deployment, KVLinkSpec, PoolSpec
 
@@ -107,8 +107,8 @@ def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: 
         return sglang_memory_defaults(gpu, tp * attn_dp)[1]
     if not e.of_free_memory:
         return e.memory_fraction
-    used = (weight_bytes_per_gpu(model, dtype, tp, attn_dp) + activation_bytes(model, tp, max_batch_tokens)
-            + RESERVE_BYTES)
+    used = (weight_bytes_per_gpu(model, dtype, tp, attn_dp)
+            + activation_bytes(model, tp, rank_batch_tokens(max_batch_tokens, attn_dp)) + RESERVE_BYTES)
     free = max(gpu.hbm_bytes - used, 0.0)
     return min((used + e.memory_fraction * free) / gpu.hbm_bytes, 0.98)
 
@@ -240,19 +240,39 @@ def concurrency_of(row: pd.Series) -> int | None:
     return int(seats) if seats else None
 
 
+def inferred_attention_dp(row: pd.Series, prefix: str) -> int:
+    """Attention-DP ranks a MoE row implies but leaves unsaid: aiconfigurator's rows give a worker's GPUs as tp x
+    attention_dp for attention and moe_tp x moe_ep for the experts, the same GPUs; where attention_dp_size is
+    empty and the experts span more GPUs than tp, the difference is attention DP (vLLM with
+    --data-parallel-size shards the experts over every rank). 1 when the row says it, or implies none: vLLM's
+    Qwen3-235B rows on H200 at tp 1 and moe_tp 2 decode at the TPOT of its tp 2 rows (51-58 ms), at tp 1 or 2
+    and moe_tp 4 at that of tp 4 (34-45 ms)."""
+    if _num(row, f"{prefix}attention_dp_size", 0):
+        return 1
+    model = canonical_model_name(str(row.get("model_path", "")))
+    if model is None or not CATALOG[model].is_moe:
+        return 1
+    tp = int(_num(row, f"{prefix}tp_size"))
+    expert_gpus = int(_num(row, f"{prefix}moe_tp_size") * _num(row, f"{prefix}moe_ep_size"))
+    return expert_gpus // tp if expert_gpus > tp and expert_gpus % tp == 0 else 1
+
+
 def _pool(row: pd.Series, prefix: str, engine: str, clients: int, gpu: GPUSpec) -> tuple[PoolSpec, str]:
     """(pool, skip reason). The row's batch size is one attention-DP rank's (concurrency_of); without one a
     prefill worker takes one prompt per rank and a decode worker every client. With attention data parallelism
     each attention group schedules its own share of the sequences with the engine's token budget: the pool's
-    budget and seats are theirs together."""
+    budget and seats are theirs together. Attention DP the row implies but does not say (inferred_attention_dp)
+    spreads the row's batch, which is then the worker's, over the ranks."""
     tp = int(_num(row, f"{prefix}tp_size"))
     dp = int(_num(row, f"{prefix}attention_dp_size"))
+    implied = inferred_attention_dp(row, prefix)
     pp = int(_num(row, f"{prefix}pp_size"))
     workers = int(_num(row, f"{prefix}num_workers")) if prefix else 1
     e = ENGINES.get(engine, EngineDefaults())
     why = f"pipeline parallelism (pp={pp}) is not modelled" if pp > 1 else ""
     batch = _num(row, f"{prefix}batch_size", 0)
     seats = int(batch * dp) if batch else (dp if prefix == "prefill_" else clients)
+    dp *= implied
     chunk = e.max_batch_tokens
     if engine == "sglang":
         chunk = sglang_memory_defaults(gpu, tp * dp)[0]
@@ -322,6 +342,10 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
             unsaid.append("as many clients as decode seats")
     else:
         return replace(base, skip_reason=f"unknown mode {row['mode']!r}")
+    for prefix in ("",) if base.mode == "agg" else ("prefill_", "decode_"):
+        if (implied := inferred_attention_dp(row, prefix)) > 1:
+            unsaid.append(f"{prefix.rstrip('_') or 'workers'}: attention DP {implied} over the experts' "
+                          f"{implied * int(_num(row, f'{prefix}tp_size'))} GPUs")
     if unsaid:
         base = replace(base, assumed=", ".join(unsaid) + " (the row does not say)")
     if why:
@@ -338,6 +362,11 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
             raised = True
             fit = memory_fit(spec, gpu, p.attention_tp, dtype, kv_dtype, p.max_batch_tokens, RAISED_MEMORY_FRACTION,
                              p.attention_dp)
+        if fit.weights_bytes > gpu.hbm_bytes:  # not a memory model's verdict: no engine could have run this
+            return replace(base, skip_reason=(
+                f"{name} pool: the row's parallelism ({p.tp} GPU{'s' if p.tp > 1 else ''} a worker) cannot hold "
+                f"the weights ({fit.weights_bytes / GiB:.0f} GiB a GPU of {gpu.hbm_bytes / GiB:.0f}): the row "
+                "does not describe the deployment that ran"))
         if fit.kv_tokens < base.isl + base.osl:
             return replace(base, skip_reason=f"{name} pool: model says out of memory ({fit.kv_tokens} KV tokens)")
     big = max(pools.values(), key=lambda p: p.tp)

@@ -37,6 +37,11 @@ def activation_bytes(model: ModelSpec, tp: int, max_batch_tokens: int) -> float:
     return max_batch_tokens * per_token + logits
 
 
+def rank_batch_tokens(max_batch_tokens: int, attn_dp: int = 1) -> int:
+    """One attention-DP rank's share of a replica's per-iteration token budget (the budget itself without DP)."""
+    return -(-max_batch_tokens // max(1, attn_dp))
+
+
 def weight_bytes_per_gpu(model: ModelSpec, dtype: str, tp: int, attn_dp: int = 1) -> float:
     """Weights one GPU holds. With attention data parallelism (``attn_dp`` ranks of ``tp`` GPUs each) the
     attention, dense and embedding weights are split over ``tp`` and replicated per rank; routed experts
@@ -51,9 +56,11 @@ def weight_bytes_per_gpu(model: ModelSpec, dtype: str, tp: int, attn_dp: int = 1
 def memory_fit(model: ModelSpec, gpu: GPUSpec, tp: int, dtype: str, kv_dtype: str, max_batch_tokens: int,
                utilization: float = DEFAULT_UTILIZATION, attn_dp: int = 1) -> MemoryFit:
     """Per-GPU budget of a replica of ``tp`` GPUs (``tp x attn_dp`` with attention data parallelism, where
-    each rank keeps the KV of its own sequences: the replica holds ``attn_dp`` times a rank's tokens)."""
+    each rank keeps the KV of its own sequences: the replica holds ``attn_dp`` times a rank's tokens).
+    ``max_batch_tokens`` is the replica's token budget per iteration; with attention DP each rank runs its own
+    share of it, and a GPU holds the activations of its rank's share."""
     weights = weight_bytes_per_gpu(model, dtype, tp, attn_dp)
-    act = activation_bytes(model, tp, max_batch_tokens)
+    act = activation_bytes(model, tp, rank_batch_tokens(max_batch_tokens, attn_dp))
     kv = gpu.hbm_bytes * utilization - weights - act - RESERVE_BYTES
     per_token = model.kv_bytes_per_token_per_gpu(kv_dtype, tp)
     return MemoryFit(weights, act, RESERVE_BYTES, kv, per_token, max(0, int(kv // per_token)) * max(1, attn_dp))

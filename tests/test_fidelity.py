@@ -1,6 +1,7 @@
 """Fidelity against measured serving results: benchmark rows -> deployments, memory fit of what ran,
 the load effects, and the replay end to end (planner/replay.py, profiler/calibration/)."""
 
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from planner.replay import (
 from profiler.calibration import FIT_FILE, fitted_factors
 from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
-from profiler.memory import memory_fit
+from profiler.memory import activation_bytes, memory_fit
 from profiler.models import CATALOG, canonical_model_name
 from profiler.roofline import engine_efficiency
 
@@ -138,6 +139,53 @@ def test_memory_fit_expresses_attention_dp_and_expert_parallelism():
     assert not memory_fit(ds, h100, 1, "fp8", "fp8", 8192).fits  # the whole model on one GPU
 
 
+def test_a_gpu_holds_the_activations_of_its_attention_dp_ranks_share_of_the_budget():
+    ds, gb200 = CATALOG["deepseek-v3"], resolve_gpu("gb200")
+    # SGLang's prefill worker of four GB200 at attention DP 4: 16,384 tokens a rank, 65,536 the worker's budget
+    worker = memory_fit(ds, gb200, 1, "fp8", "fp8", 4 * 16384, 0.95, attn_dp=4)
+    rank = memory_fit(ds, gb200, 1, "fp8", "fp8", 16384, 0.95)
+    assert worker.fits and worker.activation_bytes == rank.activation_bytes
+    assert memory_fit(ds, gb200, 1, "fp8", "fp8", 16384, 0.95, attn_dp=4).activation_bytes < rank.activation_bytes
+    m = CATALOG["qwen3-32b"]  # without attention DP the budget is the GPU's own
+    assert memory_fit(m, gb200, 2, "fp8", "fp8", 8192).activation_bytes == activation_bytes(m, 2, 8192)
+
+
+def moe_row(tp=1, moe_tp=2, moe_ep=1, dp=np.nan, c=8, **kw) -> pd.Series:
+    return agg_row(model="Qwen/Qwen3-235B-A22B-FP8", system="h200_sxm", tp=tp, c=c, isl=1000, osl=100,
+                   moe_tp_size=moe_tp, moe_ep_size=moe_ep, attention_dp_size=dp, **kw)
+
+
+def test_experts_over_more_gpus_than_tp_imply_attention_dp_the_row_leaves_unsaid():
+    # vLLM's Qwen3-235B rows on H200: tp 1, moe_tp 2, no attention_dp_size (235 GB of fp8 weights: two GPUs)
+    case = row_case(moe_row(), 0)
+    w = case.deployment.workers
+    assert not case.skip_reason and (w.tp, w.attention_dp, w.attention_tp) == (2, 2, 1)
+    assert case.concurrency == 8 and w.max_seqs == 8  # the row's batch is the worker's clients, over the ranks
+    assert "attention DP 2 over the experts' 2 GPUs" in case.assumed
+    w4 = row_case(moe_row(tp=2, moe_tp=4), 0).deployment.workers
+    assert (w4.tp, w4.attention_dp, w4.attention_tp) == (4, 2, 2)
+    said = row_case(moe_row(tp=2, moe_tp=2), 0)  # experts on the attention's GPUs: nothing implied
+    assert (said.deployment.workers.tp, said.deployment.workers.attention_dp, said.assumed) == (2, 1, "")
+    given = row_case(moe_row(tp=1, moe_tp=4, dp=4, c=2), 0)  # attention_dp_size said: the rows' rule holds
+    assert (given.deployment.workers.attention_dp, given.concurrency) == (4, 8)
+    dense = row_case(agg_row(tp=2, moe_tp_size=8, moe_ep_size=1), 0)  # a dense model has no experts
+    assert dense.deployment.workers.tp == 2
+
+
+def test_a_row_whose_parallelism_cannot_hold_the_weights_is_not_called_out_of_memory():
+    # InferenceMAX's GB200 disagg records give every pool one GPU: DeepSeek-R1 needs several
+    row = pd.Series({"id": "t", "silicon_data_source": "source_file=2026-04-06.csv; model=DeepSeek-R1; "
+                     "silicon_concurrency=64", "backend": "sglang", "model_path": "deepseek-ai/DeepSeek-R1",
+                     "system": "gb200", "precision": "fp8", "mode": "disagg", "isl": 1024, "osl": 1024,
+                     "gemm_quant_mode": "fp8", "moe_quant_mode": "fp8_block",
+                     **{f"{p}{k}": 1.0 for p in ("prefill_", "decode_")
+                        for k in ("tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size")},
+                     "silicon_ttft_ms": 880.0, "silicon_tpot_ms": 15.0})
+    why = row_case(row, 0).skip_reason
+    assert "cannot hold the weights" in why and "does not describe the deployment" in why
+    assert "out of memory" not in why
+
+
 def test_trtllm_kv_share_is_of_the_memory_weights_leave():
     m, g = CATALOG["qwen3-32b"], resolve_gpu("h100-sxm")
     u = engine_memory_utilization("trtllm", m, g, 1, "fp8", 8192)
@@ -160,6 +208,18 @@ def test_no_configuration_that_ran_is_refused_as_out_of_memory():
             if fit.kv_tokens < r.isl + r.osl:
                 refused.append((i, r.model_path, pre, tp, dp, fit.kv_tokens))
     assert refused == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("aiconfigurator_core") is None, reason="optional extra pdsim[aic]")
+def test_no_configuration_that_ran_on_other_gpus_is_refused_as_out_of_memory():
+    from profiler.perfdb import data_root
+
+    df = load_benchmark(data_root().parent / "silicon_sample.csv")  # every GPU's rows (bench/fidelity --held-out)
+    why = [row_case(r, i).skip_reason for i, (_, r) in enumerate(df.iterrows())]
+    assert not [w for w in why if "out of memory" in w]
+    # rows whose stated GPUs cannot hold the weights say so: InferenceMAX's GB200 disagg DeepSeek-R1 records
+    impossible = [i for i, w in enumerate(why) if "cannot hold the weights" in w]
+    assert impossible and set(df.iloc[impossible]["model_path"]) == {"deepseek-ai/DeepSeek-R1"}
 
 
 def test_predicted_ttft_rises_with_concurrency_at_fixed_lengths():
@@ -519,8 +579,8 @@ def test_a_row_that_ran_where_the_default_memory_share_cannot_hold_one_request_g
                   c=8, gemm_quant_mode="fp8", moe_quant_mode="fp8_block")
     case = row_case(row, 0)
     assert not case.skipped and case.deployment.gpu_memory_utilization == RAISED_MEMORY_FRACTION
-    # ... on 4 x H200 the weights alone do not fit: out of memory, as before
-    assert "out of memory" in row_case(agg_row(**{**row.to_dict(), "system": "h200_sxm"}), 1).skip_reason
+    # ... on 4 x H200 the weights alone do not fit: no engine ran that, the row cannot be what it says
+    assert "cannot hold the weights" in row_case(agg_row(**{**row.to_dict(), "system": "h200_sxm"}), 1).skip_reason
 
 
 def test_gpu_memory_is_what_the_device_reports():
