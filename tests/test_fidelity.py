@@ -155,19 +155,21 @@ def moe_row(tp=1, moe_tp=2, moe_ep=1, dp=np.nan, c=8, **kw) -> pd.Series:
                    moe_tp_size=moe_tp, moe_ep_size=moe_ep, attention_dp_size=dp, **kw)
 
 
-def test_experts_over_more_gpus_than_tp_imply_attention_dp_the_row_leaves_unsaid():
+def test_experts_over_more_gpus_than_tp_make_the_workers_tp_where_the_row_says_no_attention_dp():
     # vLLM's Qwen3-235B rows on H200: tp 1, moe_tp 2, no attention_dp_size (235 GB of fp8 weights: two GPUs)
     case = row_case(moe_row(), 0)
     w = case.deployment.workers
-    assert not case.skip_reason and (w.tp, w.attention_dp, w.attention_tp) == (2, 2, 1)
-    assert case.concurrency == 8 and w.max_seqs == 8  # the row's batch is the worker's clients, over the ranks
-    assert "attention DP 2 over the experts' 2 GPUs" in case.assumed
-    w4 = row_case(moe_row(tp=2, moe_tp=4), 0).deployment.workers
-    assert (w4.tp, w4.attention_dp, w4.attention_tp) == (4, 2, 2)
-    said = row_case(moe_row(tp=2, moe_tp=2), 0)  # experts on the attention's GPUs: nothing implied
-    assert (said.deployment.workers.tp, said.deployment.workers.attention_dp, said.assumed) == (2, 1, "")
+    assert not case.skip_reason and (w.tp, w.attention_dp) == (2, 1)
+    assert case.concurrency == 8 and w.max_seqs == 8
+    assert "TP 2 over the experts' GPUs (tp 1, moe_tp x moe_ep 2)" in case.assumed
+    # ... they decode as the tp 2 rows do: the same deployment
+    assert row_case(moe_row(tp=2), 0).deployment.workers == w
+    assert row_case(moe_row(tp=2, moe_tp=4), 0).deployment.workers.tp == 4
+    assert row_case(moe_row(tp=1, moe_tp=1, moe_ep=4), 0).deployment.workers.tp == 4
+    said = row_case(moe_row(tp=2, moe_tp=2), 0)  # experts on the attention's GPUs: nothing unsaid
+    assert said.assumed == ""
     given = row_case(moe_row(tp=1, moe_tp=4, dp=4, c=2), 0)  # attention_dp_size said: the rows' rule holds
-    assert (given.deployment.workers.attention_dp, given.concurrency) == (4, 8)
+    assert (given.deployment.workers.tp, given.deployment.workers.attention_dp, given.concurrency) == (4, 4, 8)
     dense = row_case(agg_row(tp=2, moe_tp_size=8, moe_ep_size=1), 0)  # a dense model has no experts
     assert dense.deployment.workers.tp == 2
 
