@@ -22,7 +22,7 @@ import pandas as pd
 
 from profiler.errors import InputError
 from profiler.gpus import GiB, GPUSpec, MiB, canonical_gpu_name, resolve_gpu
-from profiler.memory import RESERVE_BYTES, activation_bytes, memory_fit, rank_batch_tokens, weight_bytes_per_gpu
+from profiler.memory import memory_fit
 from profiler.models import CATALOG, canonical_model_name
 from simulator.deployment import Deployment, KVLinkSpec, PoolSpec
 
@@ -107,8 +107,8 @@ def engine_memory_utilization(engine: str, model, gpu: GPUSpec, tp: int, dtype: 
         return sglang_memory_defaults(gpu, tp * attn_dp)[1]
     if not e.of_free_memory:
         return e.memory_fraction
-    used = (weight_bytes_per_gpu(model, dtype, tp, attn_dp)
-            + activation_bytes(model, tp, rank_batch_tokens(max_batch_tokens, attn_dp)) + RESERVE_BYTES)
+    fit = memory_fit(model, gpu, tp, dtype, "bf16", max_batch_tokens, 1.0, attn_dp)  # weights, activations: as counted
+    used = fit.weights_bytes + fit.activation_bytes + fit.reserve_bytes
     free = max(gpu.hbm_bytes - used, 0.0)
     return min((used + e.memory_fraction * free) / gpu.hbm_bytes, 0.98)
 
