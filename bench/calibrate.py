@@ -1,7 +1,7 @@
 """Fit the roofline's per-engine efficiency factors on measured serving results; write them to
 profiler/calibration/h100_fit.json, which `profiler.roofline.engine_efficiency` loads by default.
 
-    .venv/bin/python bench/calibrate.py [--data ../shared/calibration/silicon_h100_sxm.csv] [--dry-run]
+    .venv/bin/python bench/calibrate.py [--data data/calibration/silicon_h100_sxm.csv] [--dry-run]
                                         [--engines vllm,...] [--moe-only] [--factors a,b] [--out FILE]
 
 Physics, not rows: a few shares of datasheet peaks (GEMM compute and memory, attention compute and
@@ -38,7 +38,7 @@ from profiler.memory import memory_fit
 from profiler.models import CATALOG
 from profiler.roofline import ENGINE_EFFICIENCY, Efficiency, RooflineCostModel
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon_h100_sxm.csv"
+DATA = Path(__file__).resolve().parents[1] / "data" / "calibration" / "silicon_h100_sxm.csv"
 # name: (low, high) bounds. attn_compute >= 0.3: FlashAttention reaches 35-75 % of H100's dense peak; below
 # that the fit used attention as a knob for TTFT that grows with ISL, which queueing behind prefills explains
 FACTORS = {

@@ -1,6 +1,6 @@
 """Fidelity against measured GPU serving results: replay the dense-model rows and print the error.
 
-    .venv/bin/python bench/fidelity.py [--data ../shared/calibration/silicon_h100_sxm.csv] [--all] [--out DIR]
+    .venv/bin/python bench/fidelity.py [--data data/calibration/silicon_h100_sxm.csv] [--all] [--out DIR]
     .venv/bin/python bench/fidelity.py --held-out [--all]   # other GPUs' rows, never fitted on
 
 Prints coverage, median and p90 absolute percentage error of mean TTFT and TPOT overall and per model,
@@ -28,7 +28,7 @@ import pandas as pd
 from planner.replay import DENSE_MODELS, ape, format_summary, load_benchmark, replay, write_replay
 from profiler.models import canonical_model_name
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon_h100_sxm.csv"
+DATA = Path(__file__).resolve().parents[1] / "data" / "calibration" / "silicon_h100_sxm.csv"
 HELD_OUT_FILE = "silicon_sample.csv"  # beside aiconfigurator_core's systems/data
 FITTED_SYSTEM = "h100_sxm"  # what profiler/calibration/h100_fit.json was fitted on
 TARGETS = {"ttft_median_ape": 15.0, "tpot_median_ape": 10.0, "ttft_p90_ape": 35.0, "tpot_p90_ape": 25.0}

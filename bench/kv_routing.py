@@ -26,7 +26,7 @@ from simulator.deployment import parse_deployment
 from traces import load_trace
 from traces.transforms import head, spread_ticks
 
-TRACE = Path("/work/shared/traces/conversation_trace.jsonl")
+TRACE = Path(__file__).resolve().parents[1] / "data" / "traces" / "conversation_trace.jsonl"
 DEPLOYMENT = {
     "model": "llama-3.1-8b", "gpu": "h200-sxm", "dtype": "fp8", "topology": "disagg",
     "prefill": {"replicas": 4, "tp": 1, "max_batch_tokens": 8192},

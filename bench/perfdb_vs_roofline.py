@@ -1,16 +1,17 @@
-"""How well each cost source predicts the measured serving results of ../shared/calibration.
+"""How well each cost source predicts the measured serving results of data/calibration.
 
 For every model/engine with aggregated silicon rows on H100: mean absolute error of TTFT and TPOT
 (closed-loop steady-state estimate, planner/calibrate.py) with (a) the roofline at the engine's default
 efficiencies, (b) the roofline calibrated on half the rows and scored on the other half, (c) AIConfigurator's
 measured operation tables (--perf-db aiconfigurator, needs pdsim[aic]). Prints a table; asserts nothing.
 
-    .venv/bin/python bench/perfdb_vs_roofline.py [/work/shared/calibration/silicon_h100_sxm.csv]
+    .venv/bin/python bench/perfdb_vs_roofline.py [data/calibration/silicon_h100_sxm.csv]
 """
 
 import sys
 import time
 from functools import cache
+from pathlib import Path
 
 from planner import calibrate as cb
 from profiler.errors import InputError
@@ -19,7 +20,8 @@ from profiler.models import resolve_model
 from profiler.perfdb import PerfDBCostModel
 from simulator.deployment import parse_deployment
 
-CSV = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/calibration/silicon_h100_sxm.csv"
+DATA = Path(__file__).resolve().parents[1] / "data" / "calibration" / "silicon_h100_sxm.csv"
+CSV = sys.argv[1] if len(sys.argv) > 1 else str(DATA)
 CASES = [("llama-3.1-70b", "vllm", "fp8"), ("qwen3-32b", "trtllm", "fp8"), ("qwen3-32b", "vllm", "fp8"),
          ("qwen3-235b-a22b", "trtllm", "fp8"), ("minimax-m2.5", "vllm", "fp8"), ("gpt-oss-120b", "vllm", "fp4")]
 

@@ -17,7 +17,7 @@ from simulator import simulate, summary_table
 from simulator.deployment import parse_deployment
 from traces import load_trace
 
-TRACE = Path("/work/shared/traces/AzureLLMInferenceTrace_conv.csv")
+TRACE = Path(__file__).resolve().parents[1] / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 DEPLOYMENT = {
     "model": "llama-3.1-8b", "gpu": "h200-sxm", "dtype": "fp8", "topology": "disagg",
     "prefill": {"replicas": 4, "tp": 1, "max_batch_tokens": 8192},

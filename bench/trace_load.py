@@ -1,4 +1,4 @@
-"""How fast traces load: each real file in ../shared/traces, then a large Azure-2024-form file made here.
+"""How fast traces load: each real file in data/traces, then a large Azure-2024-form file made here.
 
     .venv/bin/python bench/trace_load.py [--rows 1000000]
 
@@ -17,7 +17,7 @@ import pandas as pd
 
 from traces import load_trace
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
 
 
 def best_of(fn, repeat: int = 3) -> tuple[float, object]:

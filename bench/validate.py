@@ -5,7 +5,7 @@ error against the targets (paced: 5 % p50/p90, 10 % p99; raw: 15 % p50/p90 or th
     .venv/bin/python bench/validate.py [--duration 120] [--repeats 3] [--modes paced,raw]
                                        [--topologies agg,disagg] [--out bench-validate]
 
-Needs /work/shared/traces (or --trace). Each run writes its validate.json/html under --out.
+Replays data/traces' Azure conversation trace (or --trace). Each run writes its validate.json/html under --out.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from reports.validate import co_activity_rows
 from simulator.deployment import parse_deployment
 from traces.loader import load_trace
 
-TRACE = Path("/work/shared/traces/AzureLLMInferenceTrace_conv.csv")
+TRACE = Path(__file__).resolve().parents[1] / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 DEPLOYMENTS = {
     "agg": {"model": "tiny", "gpu": "cpu", "dtype": "fp32", "topology": "agg", "workers": {"replicas": 1}},
     "disagg": {"model": "tiny", "gpu": "cpu", "dtype": "fp32", "topology": "disagg", "prefill": {"replicas": 1},

@@ -3,7 +3,7 @@ efficiency factors (profiler.roofline.Efficiency) to them, and write a calibrati
 `simulate`, `plan` and `check` accept with ``--calibration``.
 
 Measurements come as aiperf runs (a folder with ``profile_export.jsonl`` per-request records and/or the
-aggregate ``profile_export_aiperf.json``) or as rows of the silicon CSV format (../shared/calibration).
+aggregate ``profile_export_aiperf.json``) or as rows of the silicon CSV format (data/calibration).
 Each becomes one point: a deployment, fixed ISL/OSL, a client concurrency (closed loop) and the measured
 mean TTFT and TPOT. The prediction of a point is a closed-form steady state of N clients over the
 deployment's cost models (``closed_loop_estimate``); the fit is least squares on log errors.

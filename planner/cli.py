@@ -33,11 +33,11 @@ def fail(message: str, code: int = EXIT_INPUT_ERROR) -> None:
     raise typer.Exit(code)
 
 
-def run_app(application: typer.Typer, args: list[str] | None = None) -> int:
+def run_app(application: typer.Typer, args: list[str] | None = None, prog_name: str | None = None) -> int:
     """Run a typer app; InputError and other expected failures become one line, never a traceback."""
     try:
         # without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`
-        code = application(args=args, standalone_mode=False)
+        code = application(args=args, standalone_mode=False, prog_name=prog_name)
     except typer.Exit as e:
         return e.exit_code
     except InputError as e:
@@ -543,7 +543,8 @@ def plan_cmd(
     gpu: str = typer.Option("h200-sxm", "--gpu", help="GPU type, a name of the catalog in profiler/gpus.py (h100-sxm, "
                             "h200-sxm, b200, gb200, b300, gb300, a100-80g, l40s, ...)."),
     gpus: int = typer.Option(8, "--gpus", help="GPU budget."),
-    dtype: str = typer.Option("bf16", "--dtype", help="Weights: bf16 | fp8 | fp4."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Weights: bf16 | fp8 | fp4 (default: the precision the "
+                                     "model's checkpoint is published in, e.g. fp8 for DeepSeek-R1)."),
     rate: float | None = typer.Option(None, "--rate", help="Fixed load: Poisson req/s the deployment must carry."),
     concurrency: int | None = typer.Option(None, "--concurrency", help="Fixed load: closed-loop clients."),
     trace: str | None = typer.Option(None, "--trace", help="Fixed load: a trace file (ISL/OSL come from it)."),
@@ -604,23 +605,25 @@ def plan_cmd(
     except OSError as e:
         fail(f"{folder}: cannot create the output folder ({e.strerror})")
     try:
-        typer.echo(header(req))
-        if storage:
-            name = study or req.study_name()
-            typer.echo(f"study {name}: more workers join with `pdsim plan-worker --storage {storage} --study {name}`")
-        bar = None if quiet else typer.progressbar(length=trials, label="searching", file=sys.stderr, show_pos=True)
-        done = [0]
+        with contextlib.ExitStack() as stack:
+            bar, done = [], [0]
 
-        def progress(n: int, _total: int) -> None:
-            if bar is not None and n > done[0]:
-                bar.update(n - done[0])
-                done[0] = n
+            def opened(_search) -> None:  # the question holds (model, GPU, trace, storage): say it, then search
+                typer.echo(header(req))
+                if storage:
+                    name = study or req.study_name()
+                    typer.echo(f"study {name}: more workers join with `pdsim plan-worker --storage {storage} "
+                               f"--study {name}`")
+                if not quiet:
+                    bar.append(stack.enter_context(typer.progressbar(length=trials, label="searching",
+                                                                     file=sys.stderr, show_pos=True)))
 
-        if bar is not None:
-            with bar:
-                result = plan(req, storage=storage, study_name=study, progress=progress)
-        else:
-            result = plan(req, storage=storage, study_name=study)
+            def progress(n: int, _total: int) -> None:
+                if bar and n > done[0]:
+                    bar[0].update(n - done[0])
+                    done[0] = n
+
+            result = plan(req, storage=storage, study_name=study, progress=progress, on_open=opened)
     except BaseException:  # refused (a bad --storage) or interrupted before any output: leave no empty folder
         if created and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
@@ -679,6 +682,10 @@ def main() -> None:
     sys.exit(run_app(app))
 
 
+plan_app = typer.Typer(name="plan", add_completion=False, pretty_exceptions_enable=False)
+plan_app.command(help=plan_cmd.__doc__)(plan_cmd)  # one command: `plan --help` reads "Usage: plan [OPTIONS]"
+
+
 def plan_main() -> None:
     """`plan ...` is `pdsim plan ...`."""
-    sys.exit(run_app(app, ["plan", *sys.argv[1:]]))
+    sys.exit(run_app(plan_app, sys.argv[1:], prog_name="plan"))

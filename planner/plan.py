@@ -23,7 +23,7 @@ from planner.search import OBJECTIVES, RUN_ATTRS, Search
 from planner.space import Space, max_copies, scale
 from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
-from profiler.models import dtype_bytes, resolve_model
+from profiler.models import dtype_bytes, published_dtype, resolve_model
 from simulator import SLO
 from simulator.deployment import ROUTERS, Deployment, parse_deployment
 from simulator.kv_tiers import tiers_flag
@@ -47,7 +47,7 @@ class PlanRequest:
     osl: int | None = None
     gpu: str = "h200-sxm"
     gpus: int = 8
-    dtype: str = "bf16"
+    dtype: str | None = None  # None: the precision the model's checkpoint is published in
     rate: float | None = None
     concurrency: int | None = None
     trace: str | None = None
@@ -65,6 +65,8 @@ class PlanRequest:
     kv_tiers: str | None = None  # "host=256,disk=2000": KV tiers below HBM, GB per replica (issue 8)
 
     def __post_init__(self):
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", published_dtype(self.model))
         # 300 and 300.0 ask the same question (and must name the same study)
         for name in ("ttft_ms", "tpot_ms", "attainment", "rate"):
             v = getattr(self, name)
@@ -371,10 +373,14 @@ def open_study(req: PlanRequest, storage: str | None = None, study_name: str | N
     return search, study
 
 
-def plan(req: PlanRequest, storage: str | None = None, study_name: str | None = None, progress=None) -> Plan:
-    """Search, choose, confirm, explain. ``progress(done, total)`` is called after each simulated unit."""
+def plan(req: PlanRequest, storage: str | None = None, study_name: str | None = None, progress=None,
+         on_open=None) -> Plan:
+    """Search, choose, confirm, explain. ``on_open(search)`` is called once the question is checked (model, GPU,
+    trace, storage), before the search; ``progress(done, total)`` after each simulated unit."""
     t0 = time.perf_counter()
     search, study = open_study(req, storage, study_name)
+    if on_open is not None:
+        on_open(search)
     if progress is not None:
         search.on_progress = lambda n: progress(min(n, req.trials), req.trials)
     search.run(study)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from planner.plan import Confirmed, Plan, PlanRequest
 from profiler.gpus import resolve_gpu
+from profiler.models import published_dtype
 
 
 def _f(x, spec: str = ".1f") -> str:
@@ -15,8 +16,10 @@ def header(req: PlanRequest) -> str:
             else f"{req.concurrency} clients" if req.concurrency else "highest rate that meets the targets")
     shape = f"isl {req.isl} / osl {req.osl}, " if req.trace is None else ""
     gpu = resolve_gpu(req.gpu)
-    dtype = f"{req.dtype}, weight-only at the bf16 rate: {gpu.name} has no {req.dtype} tensor cores" \
-        if gpu.weight_only(req.dtype) else req.dtype
+    published = published_dtype(req.model)
+    dtype = f"{req.dtype}, as published" if req.dtype == published else f"{req.dtype}; published in {published}"
+    if gpu.weight_only(req.dtype):
+        dtype += f"; weight-only at the bf16 rate: {gpu.name} has no {req.dtype} tensor cores"
     return (f"plan: {req.model} ({dtype}) on up to {req.gpus} x {req.gpu}; {shape}load: {load}\n"
             f"targets: p{req.percentile} TTFT <= {req.ttft_ms:g} ms, p{req.percentile} TPOT <= {req.tpot_ms:g} ms, "
             f"{req.attainment:.0%} of requests; objective {req.objective}")

@@ -6,6 +6,7 @@ published configs of each model (layers, hidden size, heads, experts); nothing h
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import asdict, dataclass, replace
@@ -273,19 +274,66 @@ def from_hf_config(path: str | Path) -> ModelSpec:
     )
 
 
+def _config_path(name_or_path: str) -> Path | None:
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "config.json"
+    return path if path.suffix == ".json" or path.exists() else None
+
+
 def resolve_model(name_or_path: str) -> ModelSpec:
     """A catalog name (or an alias / Hugging Face id of one) or a path to a ``config.json``."""
     key = canonical_model_name(name_or_path)
     if key is not None:
         return CATALOG[key]
-    path = Path(name_or_path)
-    if path.is_dir():
-        path = path / "config.json"
-    if path.suffix == ".json" or path.exists():
+    path = _config_path(name_or_path)
+    if path is not None:
         return from_hf_config(path)
+    near = close_model_names(name_or_path)
+    hint = f" (did you mean {' or '.join(near)}?)" if near else ""
     raise InputError(
-        f"unknown model {name_or_path!r}: give a catalog name ({', '.join(CATALOG)}) or a path to a config.json"
+        f"unknown model {name_or_path!r}{hint}: give a catalog name ({', '.join(n for n in CATALOG if n != 'tiny')}), "
+        "a Hugging Face id of one of them (meta-llama/Llama-3.1-70B-Instruct, deepseek-ai/DeepSeek-R1, ...) "
+        "or a path to a config.json"
     )
+
+
+def close_model_names(name: str, n: int = 2) -> list[str]:
+    """Catalog names that look like ``name`` (punctuation and case ignored): the 'did you mean' of an error."""
+    squash = lambda s: re.sub(r"[^a-z0-9]", "", s.lower())  # noqa: E731
+    names = {squash(k): k for k in CATALOG} | {squash(a): k for a, k in ALIASES.items()}
+    given = squash(name.split("/")[-1])
+    score = {k: max(difflib.SequenceMatcher(None, given, s).ratio() for s, v in names.items() if v == k)
+             for k in set(names.values())}
+    best = max(score.values())
+    return sorted((k for k, v in score.items() if v >= max(0.75, best - 0.03)), key=lambda k: -score[k])[:n]
+
+
+# The precision each catalog model's checkpoint is published in, where it is not bf16.
+PUBLISHED_DTYPE = {"deepseek-v3": "fp8", "minimax-m2.5": "fp8", "gpt-oss-120b": "fp4"}
+_QUANT_DTYPE = {"fp8": "fp8", "mxfp4": "fp4", "nvfp4": "fp4", "fp4": "fp4"}
+
+
+def published_dtype(name_or_path: str) -> str:
+    """The weights' precision as published: a variant suffix (-FP8, -NVFP4), the catalog, or a config.json's
+    ``quantization_config`` and ``torch_dtype``; what `plan` assumes without ``--dtype``."""
+    for part in reversed(name_or_path.strip().split("/")[-1].lower().replace("_", "-").split("-")):
+        if part in _QUANT_DTYPE:
+            return _QUANT_DTYPE[part]
+    key = canonical_model_name(name_or_path)
+    if key is not None:
+        return PUBLISHED_DTYPE.get(key, "bf16")
+    path = _config_path(name_or_path)
+    try:
+        cfg = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        cfg = {}
+    cfg = cfg if isinstance(cfg, dict) else {}
+    quant = cfg.get("quantization_config") or {}
+    method = str(quant.get("quant_algo") or quant.get("quant_method") or "").lower() if isinstance(quant, dict) else ""
+    if method in _QUANT_DTYPE:
+        return _QUANT_DTYPE[method]
+    return "fp16" if str(cfg.get("torch_dtype") or cfg.get("dtype")) == "float16" else "bf16"
 
 
 def with_name(spec: ModelSpec, name: str) -> ModelSpec:

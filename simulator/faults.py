@@ -562,7 +562,8 @@ def _is_scaling(item: Any) -> bool:
 
 
 def ops_summary(result) -> dict:
-    """Summary keys every run has: ``outcomes``, ``availability`` and ``cost``; with faults or scaling also
+    """Summary keys every run has: ``outcomes``, ``availability``, ``fail_reasons`` (failed requests by reason)
+    and ``cost``; with faults or scaling also
     ``faults`` (incidents, retries, wasted GPU-seconds, extra latency) and ``scaling``."""
     from simulator.metrics import _num, stats_ms
 
@@ -582,7 +583,9 @@ def ops_summary(result) -> dict:
         gpu_hours, tokens = result.gpus * max(window_s, 0.0) / 3600.0, float(m["osl"].sum())
     price = result.extra.get("usd_per_gpu_hour")
     usd = None if price is None else price * gpu_hours
+    failed = df.loc[df["outcome"] == "failed", "fail_reason"]
     s: dict = {"outcomes": outcomes, "availability": _num((outcomes["ok"] + outcomes["retried_ok"]) / n) if n else None,
+               "fail_reasons": {str(k): int(v) for k, v in failed.value_counts().items()},
                "cost": {"usd_per_gpu_hour": price, "gpu_hours": _num(gpu_hours), "usd": None if usd is None else
                         _num(usd), "usd_per_million_tokens": _num(usd / tokens * 1e6) if usd and tokens else None}}
     if ops is not None:
@@ -592,9 +595,7 @@ def ops_summary(result) -> dict:
         s["faults"] = {"incidents": len(ops["incidents"]), "requests_hit": int(hit.sum()), "retries": ops["retries"],
                        "wasted_gpu_s": _num(ops["wasted_gpu_s"]),
                        "extra_latency_ms": stats_ms(extra_s) if len(extra_s) else None,
-                       "extra_latency_all_ms": stats_ms(everyone_s) if len(everyone_s) else None,
-                       "fail_reasons": {str(k): int(v) for k, v in
-                                        df.loc[df["outcome"] == "failed", "fail_reason"].value_counts().items()}}
+                       "extra_latency_all_ms": stats_ms(everyone_s) if len(everyone_s) else None}
         s["scaling"] = {"actions": len(ops["scaling"]), "gpu_hours": _num(ops["gpu_hours"])}
         if "autoscale" in ops:
             s["autoscale"] = ops["autoscale"]
@@ -630,6 +631,7 @@ def ops_table(summary: dict) -> str:
     avail = summary["availability"]
     lines = [f"outcomes ok {o['ok']}  retried_ok {o['retried_ok']}  failed {o['failed']}  availability "
              f"{'-' if avail is None else f'{avail * 100:.2f}%'}"]
+    lines += [f"  failed x{k}: {why}" for why, k in summary["fail_reasons"].items()]
     if c["usd_per_gpu_hour"] is not None:
         per_m = c["usd_per_million_tokens"]
         lines.append(f"cost ${c['usd_per_gpu_hour']:g}/GPU-hour x {c['gpu_hours']:.3f} GPU-hours = ${c['usd']:.2f}"
@@ -644,8 +646,6 @@ def ops_table(summary: dict) -> str:
             a = f["extra_latency_all_ms"]
             lines.append(f"  every request's E2E against the same run without faults: mean {a['mean']:+.1f} ms, "
                          f"p99 {a['p99']:+.1f} ms")
-        for why, k in f["fail_reasons"].items():
-            lines.append(f"  failed x{k}: {why}")
     sc = summary.get("scaling")
     if sc and sc["actions"]:
         lines.append(f"scaling {sc['actions']} actions, {sc['gpu_hours']:.3f} GPU-hours")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from needs import SILICON
 
 from planner import calibrate as cb
 from planner.cli import app, run_app
@@ -18,7 +19,6 @@ DEP = parse_deployment({"model": "llama-3.1-8b", "gpu": "h100-sxm", "dtype": "bf
                         "topology": "agg", "workers": {"replicas": 1, "tp": 1, "max_seqs": 128}})
 TRUE = Efficiency(gemm_compute=0.55, gemm_memory=0.70, attn_compute=0.40, attn_memory=0.60,
                   iteration_overhead_s=3.5e-3, ttft_overhead_s=0.04)
-SILICON = Path("/work/shared/calibration/silicon_h100_sxm.csv")
 
 
 def write_aiperf_run(folder: Path, isl: int, osl: int, concurrency: int, ttft_s: float, tpot_s: float,
@@ -161,7 +161,6 @@ def test_bad_measurement_folders_are_input_errors(tmp_path):
         cb.load_calibration(tmp_path / "dep.yaml")
 
 
-@pytest.mark.skipif(not SILICON.exists(), reason="real measurements absent (/work/shared/calibration)")
 def test_silicon_rows_of_the_deployment_are_used_and_the_fit_reduces_error():
     dep = parse_deployment({"model": "llama-3.1-70b", "gpu": "h100-sxm", "dtype": "fp8", "engine": "vllm",
                             "topology": "agg", "workers": {"tp": 4}})

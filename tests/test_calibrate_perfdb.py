@@ -2,11 +2,11 @@
 installed; without it the flag says how to install it."""
 
 import builtins
-import importlib.util
 
 import numpy as np
 import pandas as pd
 import pytest
+from needs import needs_aic
 
 from planner.cli import app, run_app
 from profiler import perfdb
@@ -15,8 +15,6 @@ from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
 from profiler.models import resolve_model
 
-HAVE_AIC = importlib.util.find_spec("aiconfigurator_core") is not None
-needs_aic = pytest.mark.skipif(not HAVE_AIC, reason="optional extra pdsim[aic] (aiconfigurator-core) not installed")
 M8, H100 = resolve_model("llama-3.1-8b"), resolve_gpu("h100-sxm")
 
 

@@ -3,9 +3,9 @@
 import os
 import textwrap
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
+from needs import TRACES
 
 from planner import check as chk
 from planner.check import evaluate, load_check, update_baseline, write_check_file
@@ -88,14 +88,14 @@ def test_a_missing_trace_names_the_field_and_every_place_looked(tmp_path):
     (tmp_path / "pyproject.toml").write_text("")
     p = write(tmp_path, """\
         deployment: {model: llama-3.1-8b}
-        workload: {trace: ../shared/traces/nope.csv}
+        workload: {trace: ../data/traces/nope.csv}
         slo: {ttft_ms: 500}
         """)
     with pytest.raises(InputError) as e:
         load_check(p)
     msg = str(e.value)
-    assert f"{p}:2: workload.trace" in msg and "file not found: ../shared/traces/nope.csv" in msg
-    assert str((tmp_path / "../shared/traces/nope.csv").resolve()) in msg
+    assert f"{p}:2: workload.trace" in msg and "file not found: ../data/traces/nope.csv" in msg
+    assert str((tmp_path / "../data/traces/nope.csv").resolve()) in msg
 
 
 @pytest.mark.parametrize("text, field, what", [
@@ -330,11 +330,9 @@ def test_synthetic_workloads_are_seeded_and_take_length_distributions(tmp_path):
         load_check(write(tmp_path, CHECK.replace("isl: 1000", "isl: 'gauss:1,2'")))
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
-AZURE = SHARED / "AzureLLMInferenceTrace_conv.csv"
+AZURE = TRACES / "AzureLLMInferenceTrace_conv.csv"
 
 
-@pytest.mark.skipif(not AZURE.exists(), reason=f"real traces not present at {SHARED} (CI lays them out there)")
 def test_a_trace_workload_is_windowed_cut_and_sped_up(tmp_path):
     p = write(tmp_path, f"""\
         deployment: {{model: llama-3.1-8b}}

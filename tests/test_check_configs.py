@@ -16,9 +16,6 @@ CONFIGS = REPO / "configs"
 AGG_8B = CONFIGS / "llama-3.1-8b-agg.check.yaml"
 DISAGG_70B = CONFIGS / "llama-3.1-70b-disagg.check.yaml"
 AZURE = CONFIGS / "azure-conv-70b-agg.check.yaml"
-TRACES = REPO.parent / "shared" / "traces"
-needs_traces = pytest.mark.skipif(not (TRACES / "AzureLLMInferenceTrace_conv.csv").exists(),
-                                  reason=f"real traces not present at {TRACES} (CI lays them out there)")
 
 
 def variant(tmp_path, config: Path, change) -> Path:
@@ -50,8 +47,8 @@ def double(key):
 
 
 def test_the_repo_configs_pass_as_ci_runs_them(capsys):
-    paths = [p for p in chk.find_checks([CONFIGS]) if p != AZURE or TRACES.exists()]
-    assert {AGG_8B, DISAGG_70B} <= set(paths)
+    paths = chk.find_checks([CONFIGS])
+    assert {AGG_8B, DISAGG_70B, AZURE} <= set(paths)
     hint = "\nIf your change is meant to move these numbers: .venv/bin/pdsim check configs/ --update-baseline"
     assert run_app(app, ["check", *map(str, paths)]) == 0, capsys.readouterr().out + hint
     out = capsys.readouterr().out
@@ -62,7 +59,7 @@ def test_the_repo_configs_pass_as_ci_runs_them(capsys):
     (AGG_8B, double("rate"), r"p90 TPOT \d+\.\d ms > 20 ms target"),
     (DISAGG_70B, double("rate"), r"p90 TPOT \d+\.\d ms > 20 ms target"),
     (DISAGG_70B, halve_decode, r"p90 TPOT \d+\.\d ms > 20 ms target"),
-    pytest.param(AZURE, double("speedup"), r"p90 TPOT \d+\.\d ms > 30 ms target", marks=needs_traces),
+    (AZURE, double("speedup"), r"p90 TPOT \d+\.\d ms > 30 ms target"),
 ], ids=["8b-agg-rate-x2", "70b-disagg-rate-x2", "70b-disagg-decode-halved", "azure-trace-speedup-x2"])
 def test_a_passing_config_fails_when_its_rate_doubles_or_its_decode_pool_halves(tmp_path, config, change, missed):
     assert chk.run_check(config).status == "pass"
@@ -108,8 +105,8 @@ def test_a_trace_outside_the_repo_that_is_absent_is_a_clear_error(tmp_path, caps
     assert run_app(app, ["check", str(repo / "configs")]) == 2
     out = capsys.readouterr().out
     assert f"{repo / 'configs' / AZURE.name}:12: workload.trace: file not found: " \
-           "../shared/traces/AzureLLMInferenceTrace_conv.csv" in out
-    assert str(tmp_path / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv") in out
+           "../data/traces/AzureLLMInferenceTrace_conv.csv" in out
+    assert str(repo / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv") in out
 
 
 def test_a_calibration_file_sets_the_costs_and_one_fitted_on_another_gpu_is_refused(tmp_path):

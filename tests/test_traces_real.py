@@ -1,19 +1,14 @@
-"""The real traces in ../shared/traces load with the published counts and means (SOURCES.md) and auto-detect."""
+"""The real traces in data/traces load with the published counts and means (SOURCES.md) and auto-detect."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import TRACES
 
 from traces import load_trace
 from traces.info import trace_info
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
-if not TRACES.is_dir():
-    TRACES = Path("/work/shared/traces")
-pytestmark = pytest.mark.skipif(not TRACES.is_dir(), reason=f"real traces folder {TRACES} is absent")
-
-# file -> (format, rows, isl mean, osl mean, extra published figures); from ../shared/traces/SOURCES.md
+# file -> (format, rows, isl mean, osl mean, extra published figures); from data/SOURCES.md and the origin's own figures
 PUBLISHED = {
     "AzureLLMInferenceTrace_code.csv": (
         "azure", 8819, 2048, 28,

@@ -321,13 +321,13 @@ def test_the_simulation_adds_the_measured_overhead_to_every_ttft():
 
 
 def test_paced_engine_steps_follow_the_cost_models_timeline():
+    import torch
+
     from profiler.models import CATALOG
     from runtime.engine import Engine
     from runtime.model import build_model
     from runtime.scheduler import SchedulerConfig
     from runtime.sequence import Sequence
-
-    torch = pytest.importorskip("torch")
     pace_s = 0.05
     engine = Engine(build_model(CATALOG["tiny"], seed=0), SchedulerConfig(), 64, 16)
     threads = torch.get_num_threads()
@@ -349,13 +349,13 @@ def test_paced_engine_steps_follow_the_cost_models_timeline():
 
 
 def test_engine_logs_the_time_between_steps_while_work_waits_and_not_across_idle_spells():
+    import torch
+
     from profiler.models import CATALOG
     from runtime.engine import Engine
     from runtime.model import build_model
     from runtime.scheduler import SchedulerConfig
     from runtime.sequence import Sequence
-
-    torch = pytest.importorskip("torch")
     engine = Engine(build_model(CATALOG["tiny"], seed=0), SchedulerConfig(), 64, 16)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -376,13 +376,13 @@ def test_engine_logs_the_time_between_steps_while_work_waits_and_not_across_idle
 
 
 def test_paced_engine_makes_up_a_stall_from_the_slack_of_the_steps_after_it():
+    import torch
+
     from profiler.models import CATALOG
     from runtime.engine import Engine
     from runtime.model import build_model
     from runtime.scheduler import SchedulerConfig
     from runtime.sequence import Sequence
-
-    torch = pytest.importorskip("torch")
     pace_s, stall_s, steps = 0.04, 0.25, 24
     engine = Engine(build_model(CATALOG["tiny"], seed=0), SchedulerConfig(), 64, 16)
     model, calls = engine.model, []
