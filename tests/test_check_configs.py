@@ -97,14 +97,14 @@ def test_a_baseline_catches_a_regression_inside_the_slo(tmp_path):
     assert any(re.fullmatch(r"p90 TTFT regressed \d+\.\d% vs baseline \(.*, tolerance 10%\)", x) for x in r.reasons)
 
 
-def test_a_trace_outside_the_repo_that_is_absent_is_a_clear_error(tmp_path, capsys):
+def test_a_trace_that_is_absent_is_a_clear_error(tmp_path, capsys):
     repo = tmp_path / "repo"
     (repo / "configs").mkdir(parents=True)
     (repo / "pyproject.toml").write_text("")
     (repo / "configs" / AZURE.name).write_text(AZURE.read_text())
     assert run_app(app, ["check", str(repo / "configs")]) == 2
     out = capsys.readouterr().out
-    assert f"{repo / 'configs' / AZURE.name}:12: workload.trace: file not found: " \
+    assert f"{repo / 'configs' / AZURE.name}:11: workload.trace: file not found: " \
            "../data/traces/AzureLLMInferenceTrace_conv.csv" in out
     assert str(repo / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv") in out
 
