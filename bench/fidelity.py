@@ -18,6 +18,7 @@ H100 targets are not applied to it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from planner.replay import DENSE_MODELS, ape, format_summary, load_benchmark, replay, write_replay
+from profiler.calibration import FIGURES_FILE, FIT_FILE
 from profiler.models import canonical_model_name
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "calibration" / "silicon_h100_sxm.csv"
@@ -58,6 +60,18 @@ def over_limit(rows: pd.DataFrame, metric: str, limit: float) -> pd.Series:
     return bad.groupby(["pdsim_model", "backend"]).size().sort_values(ascending=False, kind="stable")
 
 
+def write_figures(summary: dict) -> None:
+    """The error figures of the dense rows, overall and per engine and mode, beside the fit they measure."""
+    keep = ("rows", "ttft_median_ape", "ttft_p90_ape", "tpot_median_ape", "tpot_p90_ape")
+    pick = lambda e: {k: e[k] for k in keep}  # noqa: E731
+    doc = {"what": "median and p90 absolute percentage error of mean TTFT and TPOT, dense-model rows of "
+                   f"{DATA.relative_to(DATA.parents[2])}, replayed by bench/fidelity.py",
+           "fit": FIT_FILE.name, "overall": pick(summary["overall"]),
+           "per_engine": {k: pick(v) for k, v in summary["per_engine"].items()},
+           "per_mode": {k: pick(v) for k, v in summary["per_mode"].items()}}
+    FIGURES_FILE.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
 def held_out_rows() -> pd.DataFrame:
     """The rows of aiconfigurator's silicon_sample.csv measured on GPUs other than the one the factors were
     fitted on."""
@@ -75,6 +89,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--held-out", action="store_true",
                     help="the other GPUs' rows of aiconfigurator's silicon_sample.csv (needs the aic extra)")
+    ap.add_argument("--write-figures", action="store_true",
+                    help=f"store the dense H100 figures in {FIGURES_FILE.name} (`plan` weighs its headroom by them)")
     args = ap.parse_args()
     if args.held_out:
         df = held_out_rows()
@@ -108,6 +124,11 @@ def main() -> None:
             by = over_limit(rows, metric, limit)
             print(f"  {metric.upper()} over {limit:.0f} %: {int(by.sum())} (" +
                   ", ".join(f"{m} {e} {n}" for (m, e), n in by.items()) + ")")
+    if args.write_figures:
+        if args.all or args.held_out:
+            raise SystemExit("--write-figures stores the dense H100 rows' figures: leave out --all and --held-out")
+        write_figures(s)
+        print(f"wrote {FIGURES_FILE}")
     if args.out:
         write_replay(result, args.out, source=str(args.data))
         print(f"wrote {args.out}")

@@ -571,6 +571,8 @@ def plan_cmd(
     emit: str | None = typer.Option(None, "--emit", help="Also write the recommendation's deploy artefacts into "
                                     "<out>/deploy/: comma list of dynamo, vllm, sglang, aiperf."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", min=1, help="Simulate in this many processes (default: "
+                                    "2, or 1 on a one-core machine); the answer is the same whatever it is."),
     router: str = typer.Option("least_loaded", "--router", help="round_robin | least_loaded | kv_aware (its "
                                "overlap/load weights are then tuned on the recommendation)."),
     kv_tiers: str | None = typer.Option(None, "--kv-tiers", help="KV tiers below HBM per replica, GB: "
@@ -623,7 +625,10 @@ def plan_cmd(
                     bar[0].update(n - done[0])
                     done[0] = n
 
-            result = plan(req, storage=storage, study_name=study, progress=progress, on_open=opened)
+            from planner.parallel import default_jobs
+
+            result = plan(req, storage=storage, study_name=study, progress=progress, on_open=opened,
+                          jobs=jobs or default_jobs())
     except BaseException:  # refused (a bad --storage) or interrupted before any output: leave no empty folder
         if created and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()

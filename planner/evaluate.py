@@ -64,6 +64,8 @@ class Evaluation:
     constraint: str = ""  # which target failed, by how much, where infeasible
     estimate: Estimate | None = None
     probes: list[Probe] = field(default_factory=list)
+    above: tuple[float, str] | None = None  # goodput: the lowest rate probed that missed (req/s, what it missed)
+    calibration: dict[str, list[float]] | None = None  # the evaluator's calibration after it (planner/search.py)
 
     @property
     def gpus(self) -> int:
@@ -81,6 +83,14 @@ class Evaluation:
 def misses(summary: dict, slo: SLO) -> str:
     """Which target a summary misses and by how much, in words ('' when both are met)."""
     p = f"p{slo.percentile:g}"
+    stopped = summary.get("stopped_early")
+    if stopped:
+        n = summary.get("requests") or 1
+        what = [f"{name} for {stopped[k] / n:.0%} of requests" for k, name in
+                (("ttft_missed", f"TTFT > {slo.ttft_ms:g} ms"), ("tpot_missed", f"TPOT > {slo.tpot_ms:g} ms"),
+                 ("failed", "failed")) if stopped.get(k)]
+        return (f"{', '.join(what)} by {stopped['at_s']:,.0f} s (simulation stopped: more than "
+                f"{1 - slo.attainment:.0%} miss)")
     out = []
     for name, target in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms)):
         got = (summary.get(f"{name.lower()}_ms") or {}).get(p)
@@ -116,15 +126,18 @@ class Evaluator:
     perf_db: str | None = None  # `--perf-db`: AIConfigurator's tables for every simulation
 
     # ---- one simulation --------------------------------------------------------------------------
-    def run(self, dep: Deployment, workload: Workload, rate: float | None = None) -> tuple[Probe, object]:
-        """Simulate; ``rate`` is the Poisson rate the workload was drawn at (else its realised rate)."""
+    def run(self, dep: Deployment, workload: Workload, rate: float | None = None,
+            stop_when_missed: bool = True) -> tuple[Probe, object]:
+        """Simulate; ``rate`` is the Poisson rate the workload was drawn at (else its realised rate). A run that
+        misses for certain stops there unless ``stop_when_missed`` is False (a run whose latencies are shown)."""
         t0 = time.perf_counter()
         cms = None
         if self.efficiency is not None or self.perf_db is not None:
             from planner.calibrate import cost_models  # noqa: PLC0415
 
             cms = cost_models(dep, self.efficiency, self.perf_db)
-        result = simulate(dep, workload, seed=self.seed, profile=self.profile, slo=self.slo, cost_models=cms)
+        result = simulate(dep, workload, seed=self.seed, profile=self.profile, slo=self.slo, cost_models=cms,
+                          stop_when_missed=stop_when_missed)
         summary = result.summary(self.slo)
         if rate is None:
             rate = workload.rate if not workload.closed_loop else (summary.get("throughput_tok_s") or 0.0) / max(
@@ -191,8 +204,9 @@ class Evaluator:
             return Evaluation(unit_key(unit), unit, False, 0.0, 1, 0.0, lowest.summary,
                               f"misses targets even at {lowest.rate_rps:.3g} req/s: {misses(lowest.summary, self.slo)}",
                               est, probes)
+        above = None if hi is None else (hi.rate_rps, misses(hi.summary, self.slo))
         return Evaluation(unit_key(unit), unit, True, lo.rate_rps * osl / unit.gpus, 1, lo.rate_rps, lo.summary, "",
-                          est, probes)
+                          est, probes, above)
 
     # ---- fixed load ------------------------------------------------------------------------------
     def share(self, unit: Deployment, copies: int, est: Estimate | None) -> Probe:
@@ -205,13 +219,23 @@ class Evaluator:
         rate = self.load.rate / copies
         return self.probe_rate(unit, rate, self.requests_for(rate, est))
 
-    def fewest_copies(self, unit: Deployment, est: Estimate) -> Evaluation:
-        """The fewest copies of the unit, within the GPU budget, whose share of the load meets both targets."""
-        kmax = max_copies(self.space, unit)
-        if est.goodput_rps > 0 and self.load.rate is not None:
-            k = math.ceil(self.load.rate / est.goodput_rps)
-        else:
-            k = 1
+    def offered_rps(self, est: Estimate | None) -> float | None:
+        """The fixed load as req/s: the rate, the trace's mean rate, or N clients over the estimated latency."""
+        if self.load.rate is not None:
+            return self.load.rate
+        if self.load.trace is not None:
+            return self.load.trace.rate
+        if self.load.concurrency is not None and est is not None and math.isfinite(est.ttft_s + est.tpot_s):
+            return self.load.concurrency / max(est.ttft_s + est.tpot_s * self.screen.osl, 1e-9)
+        return None
+
+    def fewest_copies(self, unit: Deployment, est: Estimate, max_gpus: int | None = None) -> Evaluation:
+        """The fewest copies of the unit, within the GPU budget (and ``max_gpus``: more could not win), whose
+        share of the load meets both targets."""
+        kmax = max_copies(self.space, unit) if max_gpus is None else min(max_copies(self.space, unit),
+                                                                        max_gpus // unit.gpus)
+        rate = self.offered_rps(est)
+        k = math.ceil(rate / est.goodput_rps) if est.goodput_rps > 0 and rate is not None else 1
         k = int(np.clip(k, 1, kmax))
         results: dict[int, Probe] = {}
         probes: list[Probe] = []
@@ -243,5 +267,5 @@ class Evaluator:
             return self.load.trace.rate * float(self.load.trace.requests["osl"].mean())
         return p.summary["throughput_tok_s"] * copies
 
-    def evaluate(self, unit: Deployment, est: Estimate) -> Evaluation:
-        return self.fewest_copies(unit, est) if self.load.fixed else self.goodput(unit, est)
+    def evaluate(self, unit: Deployment, est: Estimate, max_gpus: int | None = None) -> Evaluation:
+        return self.fewest_copies(unit, est, max_gpus) if self.load.fixed else self.goodput(unit, est)

@@ -16,16 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.evaluate import TIE, Evaluator, Load, Probe
+from planner.decide import TIE_BREAK
+from planner.evaluate import Evaluator, Load
 from planner.reasons import reasons
+from planner.recommend import Confirmed, e2e_s_of, recommend
 from planner.screen import Screen
 from planner.search import OBJECTIVES, RUN_ATTRS, Search
-from planner.space import Space, max_copies, scale
+from planner.space import Space
 from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
 from profiler.models import dtype_bytes, published_dtype, resolve_model
 from simulator import SLO
-from simulator.deployment import ROUTERS, Deployment, parse_deployment
+from simulator.deployment import ROUTERS, Deployment
 from simulator.kv_tiers import tiers_flag
 
 PERCENTILES = (50, 90, 99)
@@ -133,52 +135,18 @@ class PlanRequest:
 
 
 @dataclass
-class Confirmed:
-    """A whole deployment simulated under the load it is recommended for."""
-
-    deployment: Deployment
-    rate_rps: float
-    probe: Probe
-    result: object  # SimResult (kept for the report; not serialised)
-    key: str = ""  # the unit it scales
-
-    @property
-    def summary(self) -> dict:
-        return self.probe.summary
-
-    @property
-    def tok_s_per_gpu(self) -> float:
-        """Output tokens/s per GPU of the offered load (the simulator's own figure includes ramp and drain)."""
-        r = self.result.requests if self.result is not None else None
-        if r is None or not len(r) or r["arrival_s"].isna().all():
-            return float(self.summary.get("tok_s_per_gpu") or 0.0)
-        return self.rate_rps * float(r["osl"].mean()) / self.deployment.gpus
-
-    @property
-    def usd_per_million_tokens(self) -> float | None:
-        """What a million output tokens cost at this load, at the GPU's list price (profiler/prices.py)."""
-        from profiler.prices import usd_per_gpu_hour, usd_per_million_tokens  # noqa: PLC0415
-
-        d = self.deployment
-        return usd_per_million_tokens(d.gpus, usd_per_gpu_hour(d.gpu), self.tok_s_per_gpu * d.gpus)
-
-    def to_dict(self) -> dict:
-        return {"unit": self.key, "deployment": self.deployment.to_dict(), "description": self.deployment.describe(),
-                "gpus": self.deployment.gpus, "rate_rps": self.rate_rps, "tok_s_per_gpu": self.tok_s_per_gpu,
-                "usd_per_million_tokens": self.usd_per_million_tokens,
-                "met": self.probe.met, "requests": self.probe.requests, "summary": self.summary}
-
-
-@dataclass
 class Plan:
     request: PlanRequest
     rows: list[dict]  # every simulated unit (trial attributes), best first
     infeasible: list[dict]  # trials rejected before simulation, with the constraint that failed
     recommendation: Confirmed | None
-    runner_up: Confirmed | None  # best of the other topology, at the recommendation's load
+    runner_up: Confirmed | None  # the other topology at the recommendation's load, within the budget
     reasons: list[str]
     closest: list[dict] = field(default_factory=list)  # when nothing meets the targets
     pareto: list[dict] = field(default_factory=list)
+    confirmed: list[Confirmed] = field(default_factory=list)  # every whole-deployment run the choice rests on
+    smaller: list[tuple[str, Confirmed]] = field(default_factory=list)  # fixed load: one step smaller, each missed
+    trials: dict[str, int] = field(default_factory=dict)  # simulated units per topology
     sims: int = 0
     wall_s: float = 0.0
     study: str = ""
@@ -193,8 +161,12 @@ class Plan:
             "request": self.request.to_dict(), "study": self.study, "met": self.met,
             "recommendation": self.recommendation.to_dict() if self.recommendation else None,
             "runner_up": self.runner_up.to_dict() if self.runner_up else None,
-            "reasons": self.reasons, "closest": self.closest, "pareto": self.pareto,
-            "evaluated": [{k: v for k, v in r.items() if k not in RUN_ATTRS} for r in self.rows],
+            "reasons": self.reasons, "tie_break": list(TIE_BREAK), "closest": self.closest, "pareto": self.pareto,
+            "confirmed": [c.to_dict() for c in self.confirmed],
+            "one_step_smaller": [{"change": what, **c.to_dict()} for what, c in self.smaller],
+            "trials_by_topology": self.trials,
+            "evaluated": [{"basis": "one unit carrying its share of the load",
+                           **{k: v for k, v in r.items() if k not in RUN_ATTRS}} for r in self.rows],
             "infeasible": self.infeasible, "simulations": self.sims,
         }
 
@@ -263,76 +235,7 @@ def load_profile(path: str | None):
     return _load(path)
 
 
-# ---- choosing and confirming ----------------------------------------------------------------------
-def ranked(rows: list[dict], objective: str, space: Space, load: Load, tie: float = TIE) -> list[dict]:
-    """Feasible units best first. min-gpus: fewest GPUs, then score. Otherwise by score, where scores within
-    ``tie`` of the best count as equal and the one whose deployment serves the most in total (fills more of
-    the budget) goes first."""
-    feasible = [r for r in rows if r["feasible"]]
-    if objective == "min-gpus" or (objective == "cost" and load.fixed):  # the load fixed: $ per hour = GPUs x price
-        return sorted(feasible, key=lambda r: (r["copies"] * _unit(r).gpus, -r["score"], r["key"]))
-    if load.fixed:  # the load fixes the total: the score alone ranks (fewer GPUs, more per GPU)
-        return sorted(feasible, key=lambda r: (-r["score"], r["key"]))
-    if not feasible:
-        return []
-    top = max(r["score"] for r in feasible)
-
-    def total(r: dict) -> float:
-        return deployment_of(r, space, load)[0].gpus * r["score"]
-
-    return sorted(feasible, key=lambda r: (r["score"] < (1 - tie) * top, -total(r) if r["score"] >= (1 - tie) * top
-                                           else -r["score"], r["key"]))
-
-
-def _unit(row: dict) -> Deployment:
-    return parse_deployment(row["unit"], where=f"unit {row['key']}")
-
-
-def deployment_of(row: dict, space: Space, load: Load) -> tuple[Deployment, float]:
-    """The whole deployment a unit's row stands for, and the rate it should carry (req/s)."""
-    unit = _unit(row)
-    copies = row["copies"] if load.fixed else max(1, max_copies(space, unit))
-    return scale(unit, copies), row["rate_rps"] * copies
-
-
-BACKOFF = (1.0, 0.93, 0.86, 0.78, 0.7, 0.6, 0.5)  # confirmation rates, as shares of the unit-scaled goodput
-
-
-def confirm(ev: Evaluator, dep: Deployment, rate: float, e2e_s: float) -> tuple[Confirmed, int]:
-    """Simulate the whole deployment under the load (a longer run than the search's probes); with no fixed
-    load, back the rate off until it meets. Returns the confirmation and the simulations it took."""
-    if ev.load.fixed:
-        probe, result = _run_whole(ev, dep, rate, e2e_s)
-        return Confirmed(dep, probe.rate_rps, probe, result), 1
-    tries = 0
-    for share in BACKOFF:
-        probe, result = _run_whole(ev, dep, rate * share, e2e_s)
-        tries += 1
-        if probe.met:
-            break
-    return Confirmed(dep, probe.rate_rps, probe, result), tries
-
-
-CONFIRM_CANDIDATES = 3  # feasible units tried, best first, until one confirms as a whole deployment
-CONFIRM_E2E = 10.0  # a confirmation run lasts this many end-to-end latencies (the search's probes: 6)
-
-
-def _run_whole(ev: Evaluator, dep: Deployment, rate: float, e2e_s: float) -> tuple[Probe, object]:
-    load = ev.load
-    if load.trace is not None:
-        return ev.run(dep, load.trace)
-    if load.concurrency is not None:
-        return ev.run(dep, ev.workload(concurrency=load.concurrency, requests=max(ev.min_requests,
-                                                                                  8 * load.concurrency)))
-    r = load.rate if load.rate is not None else rate
-    n = int(np.clip(r * CONFIRM_E2E * e2e_s, 3 * ev.min_requests, 4 * ev.max_requests))
-    return ev.run(dep, ev.workload(rate=r, requests=n), rate=r)
-
-
-def _e2e_s(row: dict) -> float:
-    return ((row["summary"].get("e2e_ms") or {}).get("mean") or 1000.0) * 1e-3
-
-
+# ---- what the plan shows ---------------------------------------------------------------------------
 def closeness(row: dict, slo: SLO) -> float:
     """How far a unit is from the targets: the worst ratio of its percentile latency to the target."""
     p = f"p{slo.percentile:g}"
@@ -374,20 +277,21 @@ def open_study(req: PlanRequest, storage: str | None = None, study_name: str | N
 
 
 def plan(req: PlanRequest, storage: str | None = None, study_name: str | None = None, progress=None,
-         on_open=None) -> Plan:
-    """Search, choose, confirm, explain. ``on_open(search)`` is called once the question is checked (model, GPU,
-    trace, storage), before the search; ``progress(done, total)`` after each simulated unit."""
+         on_open=None, jobs: int = 1) -> Plan:
+    """Search, choose, confirm, explain, simulating in up to ``jobs`` processes (the same answer whatever
+    ``jobs`` is). ``on_open(search)`` is called once the question is checked (model, GPU, trace, storage),
+    before the search; ``progress(done, total)`` after each simulated unit."""
     t0 = time.perf_counter()
     search, study = open_study(req, storage, study_name)
     if on_open is not None:
         on_open(search)
     if progress is not None:
         search.on_progress = lambda n: progress(min(n, req.trials), req.trials)
-    search.run(study)
-    return finish(req, search, study, t0)
+    search.run(study, jobs=jobs)
+    return finish(req, search, study, t0, jobs)
 
 
-def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
+def finish(req: PlanRequest, search: Search, study, t0: float, jobs: int = 1) -> Plan:
     import optuna  # noqa: PLC0415
 
     ev, space, slo = search.evaluator, search.space, search.evaluator.slo
@@ -395,10 +299,11 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
     infeasible = [{"key": t.user_attrs.get("key"), "constraint": t.user_attrs["constraint"]}
                   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
                   if "constraint" in t.user_attrs]
+    plan_ = Plan(req, rows, _dedupe(infeasible), None, None, [], study=study.study_name,
+                 trials={t: sum(r["unit"]["topology"] == t for r in rows) for t in space.topologies})
     sims = sum(r["sims"] for r in rows)
-    best = ranked(rows, req.objective, space, ev.load)
-    plan_ = Plan(req, rows, _dedupe(infeasible), None, None, [], study=study.study_name)
-    if not best:
+    choice = recommend(ev, space, rows, jobs)
+    if choice.best is None:
         plan_.closest = [{"key": r["key"], "description": r["key"], "misses": r["constraint"],
                           "distance": closeness(r, slo)} for r in sorted(rows, key=lambda r: closeness(r, slo))[:3]]
         plan_.reasons = [f"no deployment within {req.gpus} GPUs meets both targets at any rate tried"
@@ -406,37 +311,21 @@ def finish(req: PlanRequest, search: Search, study, t0: float) -> Plan:
                             if plan_.closest else "; no unit was worth simulating (see the rejected units)")]
         plan_.sims, plan_.wall_s = sims, time.perf_counter() - t0
         return plan_
-    first = None
-    for winner_row in best[:CONFIRM_CANDIDATES]:  # the next best when the whole deployment cannot confirm
-        dep, rate = deployment_of(winner_row, space, ev.load)
-        rec, n = confirm(ev, dep, rate, _e2e_s(winner_row))
-        sims += n
-        first = first or (winner_row, rec)
-        if rec.probe.met:
-            break
-    if not rec.probe.met:
-        winner_row, rec = first
-    rec.key = winner_row["key"]
+    rec, sims = choice.best, sims + choice.sims
     weights_note = None
     if space.router == "kv_aware":  # tune the router's overlap/load weights on the whole deployment
         from planner.router_weights import tune_router_weights, weights_reason  # noqa: PLC0415
 
-        rec, tried, n = tune_router_weights(ev, rec, _e2e_s(winner_row))
+        tuned, tried, n = tune_router_weights(ev, rec, e2e_s_of(rec))
         sims += n
-        weights_note = weights_reason(tried, rec)
-    other = [r for r in best if r["unit"]["topology"] != winner_row["unit"]["topology"]]
-    other_rows = [r for r in rows if r["unit"]["topology"] != winner_row["unit"]["topology"]]
-    runner = None
-    if other:
-        odep, _ = deployment_of(other[0], space, ev.load)
-        probe, result = _run_whole(ev, odep, rec.rate_rps, _e2e_s(other[0]))
-        runner = Confirmed(odep, probe.rate_rps, probe, result)
-        sims += 1
-    plan_.recommendation, plan_.runner_up = rec, runner
+        weights_note = weights_reason(tried, tuned)
+        choice.runs[choice.runs.index(rec)] = rec = tuned
+    plan_.recommendation, plan_.runner_up = rec, choice.other
+    plan_.confirmed, plan_.smaller = choice.runs, choice.smaller
     plan_.pareto = pareto_front(rows)
-    plan_.reasons = reasons(rec, runner, winner_row, other[0] if other else None,
-                            None if other or not other_rows else min(other_rows, key=lambda r: closeness(r, slo)),
-                            slo, search)
+    other_rows = [r for r in rows if r["unit"]["topology"] != rec.deployment.topology]
+    plan_.reasons = reasons(plan_, search, None if choice.other is not None or not other_rows
+                            else min(other_rows, key=lambda r: closeness(r, slo)))
     if weights_note:
         plan_.reasons.append(weights_note)
     plan_.sims, plan_.wall_s = sims, time.perf_counter() - t0

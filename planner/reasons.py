@@ -1,11 +1,15 @@
-"""Why the winner won, in plain words, from what the simulations measured: goodput per GPU, the target the
-runner-up misses at the winner's load, prefill interference, KV transfer time and queueing."""
+"""Why the recommendation, in plain words, each from a whole-deployment run: what it serves, how the other
+topology fares at the same load within the same budget (a tie when the simulations cannot tell them apart),
+idle GPUs, what a step smaller misses, what binds or limits, and the headroom against pdsim's own error."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from planner.evaluate import TIE, misses
+from planner import decide
+from planner.evaluate import misses
+from planner.recommend import same_load
+from profiler.calibration import fidelity_error
 
 
 def _p(summary: dict, metric: str, slo) -> float | None:
@@ -15,6 +19,157 @@ def _p(summary: dict, metric: str, slo) -> float | None:
 def _pct(values: np.ndarray, q: float) -> float:
     v = values[np.isfinite(values)]
     return float(np.percentile(v, q)) if len(v) else float("nan")
+
+
+def _gpus(n: int) -> str:
+    return f"{n} GPU{'s' if n != 1 else ''}"
+
+
+def headline(rec, slo) -> str:
+    d = rec.deployment
+    verdict = "meets" if rec.met else f"MISSES ({misses(rec.summary, slo)})"
+    served = f": {rec.tok_s_per_gpu:,.0f} tok/s/GPU, the whole deployment at that load" if rec.met else ""
+    return (f"{d.describe()} ({_gpus(d.gpus)}) {verdict} p{slo.percentile:g} TTFT {slo.ttft_ms:g} ms and TPOT "
+            f"{slo.tpot_ms:g} ms at {rec.rate_rps:.3g} req/s{served}")
+
+
+def headroom_words(run: decide.Run, slo) -> str:
+    t, p = run.ratios(slo.ttft_ms, slo.tpot_ms)
+    return f"TTFT {1 - t:.0%} and TPOT {1 - p:.0%} below the targets"
+
+
+def versus_other(rec, other, slo, fixed: bool) -> list[str]:
+    """The other topology at the same load, within the same budget."""
+    if other is None:
+        return []
+    pct = slo.percentile
+    a, b = rec.run(pct), other.run(pct)
+    od = other.deployment
+    if not other.met:
+        return [f"the best {od.topology} tried within the budget, {od.describe()} ({_gpus(od.gpus)}), misses at the "
+                f"same load ({rec.rate_rps:.3g} req/s): {misses(other.summary, slo)}; it does not serve this load"]
+    if decide.tied(a, b, fixed):
+        why = "it is simpler" if a.complexity < b.complexity and a.load(slo.ttft_ms, slo.tpot_ms) >= b.load(
+            slo.ttft_ms, slo.tpot_ms) else "it runs further from the targets"
+        return [f"{a.topology} and {b.topology} are a tie: at {rec.rate_rps:.3g} req/s on {_gpus(od.gpus)} both meet "
+                f"the targets (within the simulation's {decide.NOISE:.0%} noise); {rec.deployment.describe()} is "
+                f"chosen because {why}: {headroom_words(a, slo)}, against {headroom_words(b, slo)} for "
+                f"{od.describe()}"]
+    if fixed:
+        return [f"{od.describe()} also meets the targets at the same load but needs {_gpus(od.gpus)} against "
+                f"{rec.deployment.gpus}"]
+    return [f"{od.describe()} ({_gpus(od.gpus)}) also meets the targets at the same load, at "
+            f"{b.per_gpu:,.0f} tok/s/GPU against {a.per_gpu:,.0f}"]
+
+
+def ties_within(plan, slo, fixed: bool) -> list[str]:
+    """Other deployments of the recommendation's topology that serve as much: why this one."""
+    rec = plan.recommendation
+    pct = slo.percentile
+    a = rec.run(pct)
+    same = [c for c in same_load(plan.confirmed, rec, fixed) if c is not rec and c.role == "finalist" and c.met
+            and c.deployment.topology == rec.deployment.topology and decide.tied(a, c.run(pct), fixed)]
+    if not same:
+        return []
+    alt = ", ".join(f"{c.key or c.deployment.describe()} ({headroom_words(c.run(pct), slo)})" for c in same)
+    return [f"{len(same) + 1} deployments serve this load equally ({alt}); the tie-break ("
+            f"{'; '.join(decide.TIE_BREAK)}) picks {rec.key or rec.deployment.describe()}: {headroom_words(a, slo)}"]
+
+
+def budget(plan, search, fixed: bool) -> list[str]:
+    """Idle GPUs, and why."""
+    rec, req = plan.recommendation, plan.request
+    idle = req.gpus - rec.deployment.gpus
+    if idle <= 0:
+        return []
+    if fixed:
+        return [f"{rec.deployment.gpus} of the {req.gpus} GPUs carry the load; the other {idle} are not needed"]
+    unit_gpus = next((sum(p["replicas"] * p["tp"] for k, p in r["unit"].items() if k in ("workers", "prefill",
+                                                                                           "decode"))
+                      for r in plan.rows if r["key"] == rec.key), rec.deployment.gpus)
+    words = [f"{idle} of the {req.gpus} GPUs stay idle: the unit uses {_gpus(unit_gpus)}, so whole copies fill "
+             f"{rec.deployment.gpus}"]
+    fits = [r for r in plan.rows if r["feasible"] and r["score"] > 0 and
+            sum(p["replicas"] * p["tp"] for k, p in r["unit"].items() if k in ("workers", "prefill", "decode")) <= idle]
+    if fits:
+        r = max(fits, key=lambda r: r["score"])
+        g = sum(p["replicas"] * p["tp"] for k, p in r["unit"].items() if k in ("workers", "prefill", "decode"))
+        copies = idle // g
+        words.append(f"the {idle} idle GPUs could run {copies} x {r['key']} beside it, adding about "
+                     f"{r['score'] * g * copies:,.0f} tok/s (its unit's simulated goodput)")
+    else:
+        words.append(f"no unit the search simulated fits in the {idle} left")
+    return ["; ".join(words)]
+
+
+def smaller_steps(plan, slo) -> list[str]:
+    """A fixed load: each deployment one step smaller, and what it misses."""
+    if not plan.smaller:
+        return []
+    parts = [f"{what} ({c.deployment.describe()}, {_gpus(c.deployment.gpus)}) misses: {misses(c.summary, slo)}"
+             for what, c in plan.smaller if not c.met]
+    return [f"it is the smallest that carries the load: {'; '.join(parts)}"] if parts else []
+
+
+def limit(rec, slo, fixed: bool) -> str:
+    """The binding target (within decide.NEAR of its limit), else what the simulation shows limiting."""
+    run = rec.run(slo.percentile)
+    near = decide.binding(run, slo.ttft_ms, slo.tpot_ms)
+    if near:
+        name = near[0] if len(near) == 1 or run.ratios(slo.ttft_ms, slo.tpot_ms)[0] >= run.ratios(
+            slo.ttft_ms, slo.tpot_ms)[1] else near[1]
+        got, target = (_p(rec.summary, "ttft_ms", slo), slo.ttft_ms) if name == "TTFT" else (
+            _p(rec.summary, "tpot_ms", slo), slo.tpot_ms)
+        return (f"at {rec.rate_rps:.3g} req/s the binding target is {name}: p{slo.percentile:g} {got:.1f} ms of "
+                f"{target:g} ms")
+    seen = []
+    s = rec.summary
+    if s.get("preemptions"):
+        seen.append(f"KV capacity ({s['preemptions']} preemptions)")
+    w = rec.result.workers if rec.result is not None else None
+    if w is not None and len(w):
+        for name, pool in rec.deployment.pools.items():
+            rows = w[w["pool"] == name] if "pool" in w else w
+            if len(rows) and int(rows["batch_size"].max()) >= pool.max_seqs:
+                seen.append(f"max_seqs ({pool.max_seqs}) of the {name} pool")
+    r = rec.result.requests if rec.result is not None else None
+    if r is not None and "prefill_start_s" in r:
+        wait = float(np.nanmean((r["prefill_start_s"] - r["arrival_s"]).to_numpy(dtype=float)))
+        ttft = float(np.nanmean(r["ttft_s"].to_numpy(dtype=float)))
+        if ttft > 0 and wait > 0.5 * ttft:
+            seen.append(f"queueing before prefill ({wait * 1e3:.0f} of a mean {ttft * 1e3:.0f} ms TTFT)")
+    if seen:
+        what = "what limits it: " + ", ".join(seen)
+    elif fixed:
+        what = "the GPU count sizes it: the load needs no more, and a step smaller misses"
+    elif rec.above is not None:
+        what = f"at {rec.above[0]:.3g} req/s it misses ({rec.above[1]})"
+    else:
+        what = "no higher rate was simulated"
+    return f"neither target binds at {rec.rate_rps:.3g} req/s ({headroom_words(run, slo)}); {what}"
+
+
+def margin(plan, slo) -> str | None:
+    """Headroom smaller than pdsim's own median error for the engine: say so, and name a safer deployment."""
+    rec = plan.recommendation
+    err = fidelity_error(rec.deployment.engine)
+    if not err or not rec.met:
+        return None
+    t, p = rec.run(slo.percentile).ratios(slo.ttft_ms, slo.tpot_ms)
+    thin = [(name, 1 - x, err[key]) for name, x, key in (("TTFT", t, "ttft_median_ape"), ("TPOT", p, "tpot_median_ape"))
+            if key in err and (1 - x) * 100 < err[key]]
+    if not thin:
+        return None
+    name, room, e = thin[0]
+    safer = [c for c in plan.confirmed if c is not rec and c.met and c.deployment.gpus <= rec.deployment.gpus and all(
+        (1 - x) * 100 >= err.get(k, 0) for x, k in zip(c.run(slo.percentile).ratios(slo.ttft_ms, slo.tpot_ms),
+                                                      ("ttft_median_ape", "tpot_median_ape"), strict=True))]
+    alt = max(safer, key=lambda c: (c.rate_rps, -c.deployment.gpus), default=None)
+    instead = (f", or take {alt.key or alt.deployment.describe()} at {alt.rate_rps:.3g} req/s "
+               f"({_gpus(alt.deployment.gpus)}): {headroom_words(alt.run(slo.percentile), slo)}"
+               if alt is not None else "")
+    return (f"{name} headroom {room:.0%} is smaller than pdsim's {e:.0f}% median {name} error on measured "
+            f"{rec.deployment.engine} rows (bench/fidelity.py): validate on hardware before relying on it{instead}")
 
 
 def interference(confirmed, slo, search) -> str | None:
@@ -66,45 +221,19 @@ def queueing(confirmed, slo) -> str | None:
             f"p{slo.percentile:g} {q:.1f} ms")
 
 
-def binding(confirmed, slo) -> str:
-    """Which target is nearest its limit at the recommended load."""
-    s = confirmed.summary
-    ttft, tpot = _p(s, "ttft_ms", slo), _p(s, "tpot_ms", slo)
-    if ttft is None or tpot is None:
-        return ""
-    a, b = ttft / slo.ttft_ms, tpot / slo.tpot_ms
-    name, got, target = ("TTFT", ttft, slo.ttft_ms) if a >= b else ("TPOT", tpot, slo.tpot_ms)
-    return (f"at {confirmed.rate_rps:.3g} req/s the binding target is {name}: p{slo.percentile:g} {got:.1f} ms of "
-            f"{target:g} ms")
-
-
-def reasons(rec, runner, winner_row: dict, other_row: dict | None, other_closest: dict | None, slo,
-            search) -> list[str]:
+def reasons(plan, search, other_closest: dict | None) -> list[str]:
     """Plain reasons, each from a measured quantity."""
-    out = []
-    d = rec.deployment
-    gpus = f"{d.gpus} GPU{'s' if d.gpus > 1 else ''}"
-    out.append(f"{d.describe()} ({gpus}) {'meets' if rec.probe.met else 'MISSES'} p{slo.percentile:g} TTFT "
-               f"{slo.ttft_ms:g} ms and TPOT {slo.tpot_ms:g} ms at {rec.rate_rps:.3g} req/s"
-               + ("" if rec.probe.met else f" ({misses(rec.summary, slo)})"))
-    if other_row is not None:
-        ratio = winner_row["score"] / other_row["score"] if other_row["score"] > 0 else float("inf")
-        out.append(f"its unit scores {winner_row['score']:,.0f} tok/s/GPU against {other_row['score']:,.0f} for the "
-                   f"best {other_row['unit']['topology']} ({other_row['key']}): {ratio:.2f}x")
-        if ratio < 1 and runner is not None and not search.evaluator.load.fixed:
-            out.append(f"that is a tie (within {TIE:.0%}), and "
-                       f"{d.describe()} puts {d.gpus} GPUs to work where whole copies of the "
-                       f"{other_row['unit']['topology']} unit use {runner.deployment.gpus}, so it serves more in "
-                       "total")
-    elif other_closest is not None:
+    rec, other, slo = plan.recommendation, plan.runner_up, search.evaluator.slo
+    fixed = search.evaluator.load.fixed
+    out = [headline(rec, slo)]
+    out += ties_within(plan, slo, fixed)
+    out += versus_other(rec, other, slo, fixed)
+    if other is None and other_closest is not None:
         out.append(f"no {other_closest['unit']['topology']} deployment meets the targets at any load tried; "
                    f"the closest ({other_closest['key']}) {other_closest['constraint'] or 'misses'}")
-    if runner is not None:
-        m = misses(runner.summary, slo)
-        verdict = f"misses: {m}" if m else "also meets the targets"
-        out.append(f"at the same load ({rec.rate_rps:.3g} req/s) {runner.deployment.describe()} "
-                   f"({runner.deployment.gpus} GPUs) {verdict}")
-    for conf in (rec, runner):
+    out += smaller_steps(plan, slo)
+    out += budget(plan, search, fixed)
+    for conf in (rec, other if other is not None and other.met else None):
         if conf is None:
             continue
         for why in (interference(conf, slo, search), kv_transfer(conf, slo)):
@@ -113,7 +242,8 @@ def reasons(rec, runner, winner_row: dict, other_row: dict | None, other_closest
     q = queueing(rec, slo)
     if q:
         out.append(q)
-    b = binding(rec, slo)
-    if b:
-        out.append(b)
+    out.append(limit(rec, slo, fixed))
+    m = margin(plan, slo)
+    if m:
+        out.append(m)
     return out

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from planner.recommend import Confirmed, run_whole
 from simulator.kv import kv_settings, with_router
 
 if TYPE_CHECKING:
     from planner.evaluate import Evaluator
-    from planner.plan import Confirmed
 
 # (overlap, load) weights: from chasing the cache to balancing the load
 GRID = ((1.0, 0.0), (4.0, 1.0), (2.0, 1.0), (1.0, 1.0), (1.0, 2.0), (1.0, 4.0), (0.0, 1.0))
@@ -29,8 +29,6 @@ def rank(summary: dict, met: bool) -> tuple:
 
 def tune_router_weights(ev: Evaluator, rec: Confirmed, e2e_s: float) -> tuple[Confirmed, list[dict], int]:
     """The recommendation with its best weights, one row per weights tried, and the simulations run."""
-    from planner.plan import Confirmed, _run_whole  # noqa: PLC0415  (plan imports this module)
-
     s = kv_settings(rec.deployment)
     current = (s.overlap_weight, s.load_weight)
     rows = [{"overlap": current[0], "load": current[1], "met": rec.probe.met,
@@ -43,7 +41,7 @@ def tune_router_weights(ev: Evaluator, rec: Confirmed, e2e_s: float) -> tuple[Co
         if weights == current:
             continue
         dep = with_router(rec.deployment, weights=weights)
-        probe, result = _run_whole(ev, dep, rec.rate_rps, e2e_s)
+        probe, result = run_whole(ev, dep, rec.rate_rps, e2e_s)
         sims += 1
         rows.append({"overlap": weights[0], "load": weights[1], "met": probe.met,
                      "slo_attainment": probe.summary.get("slo_attainment"),
@@ -51,7 +49,7 @@ def tune_router_weights(ev: Evaluator, rec: Confirmed, e2e_s: float) -> tuple[Co
                      "prefix_hit_rate": probe.summary.get("prefix_hit_rate")})
         r = rank(probe.summary, probe.met)
         if r > best_rank:
-            best, best_rank = Confirmed(dep, probe.rate_rps, probe, result), r
+            best, best_rank = Confirmed(dep, probe.rate_rps, probe, result, role=rec.role), r
     best.key = rec.key
     s = kv_settings(best.deployment)  # written out, so that deployment.yaml says which weights were chosen
     best.deployment = with_router(best.deployment, weights=(s.overlap_weight, s.load_weight))

@@ -5,6 +5,7 @@ simulation. The study lives in memory, in SQLite (resume) or in PostgreSQL (many
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from itertools import zip_longest
 import optuna
 
 from planner.evaluate import Evaluation, Evaluator
+from planner.parallel import calls
 from planner.screen import Estimate, Screen
 from planner.space import (
     Space,
@@ -31,7 +33,7 @@ OBJECTIVES = ("throughput-per-gpu", "min-gpus", "pareto", "cost")  # cost: $ per
 SCREEN_KEEP = 0.5  # simulate only units the screen puts within this share of its best of the same topology
 SEEDED_PER_TOPOLOGY = 3  # the screen's best units of each topology, tried first
 MAX_IDLE_TRIALS = 150  # consecutive trials that simulate nothing new end the search (space exhausted)
-MAX_LOST_TRIALS = 20  # trials another worker completed under us (SQLite only) before giving up
+BATCH = 2  # trials proposed together, their units simulated side by side (the same whatever --jobs is)
 RUN_ATTRS = ("sim_wall_s", "worker_pid")  # facts of the run, not of the answer: kept out of plan.json
 
 
@@ -104,12 +106,12 @@ class Search:
     # ---- the screen's view ------------------------------------------------------------------------
     def screen_score(self, est: Estimate, unit: Deployment) -> float:
         """Higher is better, in the objective's terms: tokens/s/GPU, or (fixed load) 1 / GPUs needed."""
-        load = self.evaluator.load
-        if not load.fixed or load.rate is None:
+        rate = self.evaluator.offered_rps(est) if self.evaluator.load.fixed else None
+        if rate is None:
             return est.tok_s_per_gpu
         if est.goodput_rps <= 0:
             return 0.0
-        return 1.0 / (unit.gpus * max(1.0, load.rate / est.goodput_rps))
+        return 1.0 / (unit.gpus * max(1.0, math.ceil(rate / est.goodput_rps)))
 
     def promising(self, unit: Deployment, est: Estimate) -> bool:
         best = self.best_screen.get(unit.topology, 0.0)
@@ -117,11 +119,17 @@ class Search:
         return not hopeless and (best <= 0 or self.screen_score(est, unit) >= SCREEN_KEEP * best)
 
     def seeds(self) -> list[Deployment]:
-        """The screen's best units of each topology, interleaved by rank (best agg, best disagg, ...)."""
+        """The screen's best units of each topology (with a fixed load: the fewest GPUs it expects to carry it),
+        one per pool shape (TP and replicas), interleaved by rank (best agg, best disagg, ...)."""
         per_topology = []
         for t in self.space.topologies:
             ranked = sorted((x for x in self.table if x[0].topology == t), key=lambda x: -self.screen_score(x[1], x[0]))
-            per_topology.append([u for u, _ in ranked[:SEEDED_PER_TOPOLOGY]])
+            shapes: dict[tuple, Deployment] = {}
+            for u, _ in ranked:
+                shapes.setdefault(tuple((n, p.replicas, p.tp) for n, p in u.pools.items()), u)
+                if len(shapes) == SEEDED_PER_TOPOLOGY:
+                    break
+            per_topology.append(list(shapes.values()))
         return [u for rank in zip_longest(*per_topology) for u in rank if u is not None]
 
     # ---- the study --------------------------------------------------------------------------------
@@ -171,72 +179,144 @@ class Search:
             return ev.score, float(ev.summary.get("tok_s_per_user", 0.0)) if ev.feasible else 0.0
         return ev.score
 
-    def objective_fn(self, study: optuna.Study) -> Callable[[optuna.Trial], float | tuple[float, float]]:
-        def run_trial(trial: optuna.Trial):
-            unit = suggest(trial, self.space)
-            key = unit_key(unit)
-            trial.set_user_attr("key", key)
-            reason = infeasible_reason(self.space, unit)
-            if reason:
-                trial.set_user_attr("constraint", reason)
-                raise optuna.TrialPruned(reason)
-            est = self.screen.estimate(unit)
-            if not self.promising(unit, est):
-                trial.set_user_attr("constraint", f"screened out: {est.limit or 'low estimate'}")
-                if self.objective != "pareto":
-                    trial.report(self.screen_score(est, unit), 0)
-                raise optuna.TrialPruned("screened out")
-            if self.claimed_elsewhere(study, trial, key):
-                trial.set_user_attr("constraint", "being simulated by another worker")
-                raise optuna.TrialPruned("duplicate")
-            stored = self.known(study).get(key)
-            if stored is not None:  # another trial (or worker) simulated this unit already
-                trial.set_user_attr("duplicate_of", key)
-                v = stored["values"]
-                return tuple(v) if self.objective == "pareto" else v[0]
-            ev = self.evaluator.evaluate(unit, est)
-            self.evaluations[key] = ev
-            v = self.values(ev)
-            attrs = to_attrs(ev)
-            attrs["values"] = list(v) if isinstance(v, tuple) else [v]
-            attrs["worker_pid"] = os.getpid()
-            for k, val in attrs.items():
-                trial.set_user_attr(k, val)
-            return v
+    def bounds(self, known: dict[str, dict]) -> dict[str, int]:
+        """A fixed load, one objective: the fewest GPUs that carried it per topology so far. A unit of that
+        topology needing more cannot win (nor be its topology's best), so its copies stop there."""
+        if not self.evaluator.load.fixed or self.objective == "pareto":
+            return {}
+        out: dict[str, int] = {}
+        for a in known.values():
+            if a["feasible"]:
+                t, g = a["unit"]["topology"], a["copies"] * unit_gpus(a["unit"])
+                out[t] = min(out.get(t, g), g)
+        return out
 
-        return run_trial
+    def prepare(self, study: optuna.Study, trial: optuna.Trial):
+        """A proposed unit: ``(unit, estimate)`` to simulate, or the trial's answer without simulating: its
+        stored values (simulated already, or a unit that behaves the same) or TrialPruned (cannot run, screened
+        out, being simulated by another worker)."""
+        unit = suggest(trial, self.space)
+        key = unit_key(unit)
+        trial.set_user_attr("key", key)
+        reason = infeasible_reason(self.space, unit)
+        if reason:
+            trial.set_user_attr("constraint", reason)
+            return optuna.TrialPruned(reason)
+        est = self.screen.estimate(unit)
+        if not self.promising(unit, est):
+            trial.set_user_attr("constraint", f"screened out: {est.limit or 'low estimate'}")
+            return optuna.TrialPruned("screened out")
+        if self.claimed_elsewhere(study, trial, key):
+            trial.set_user_attr("constraint", "being simulated by another worker")
+            return optuna.TrialPruned("duplicate")
+        known = self.known(study)
+        bound = self.bounds(known).get(unit.topology)
+        if bound is not None and unit.gpus > bound and key not in known:
+            trial.set_user_attr("constraint", f"needs {unit.gpus} GPUs a copy, more than the {bound} of the best "
+                                f"{unit.topology} deployment found")
+            return optuna.TrialPruned("cannot win")
+        stored = known.get(key)
+        if stored is None:  # a unit whose only difference is a max_seqs it would never reach behaves the same
+            stored = next((a for a in known.values() if same_behaviour(a, unit)), None)
+            if stored is not None:
+                trial.set_user_attr("equivalent_to", stored["key"])
+        if stored is not None:  # another trial (or worker) simulated this unit, or one that behaves as it
+            trial.set_user_attr("duplicate_of", stored["key"])
+            v = stored["values"]
+            return tuple(v) if self.objective == "pareto" else v[0]
+        return unit, est
 
-    def run(self, study: optuna.Study, max_units: int | None = None) -> None:
+    def evaluate(self, unit: Deployment, est: Estimate, calibration: dict, max_gpus: int | None) -> Evaluation:
+        """One unit's simulations, from the state the batch started with (so any process gives the same)."""
+        self.evaluator.calibration = {k: list(v) for k, v in calibration.items()}
+        ev = self.evaluator.evaluate(unit, est, max_gpus)
+        ev.calibration = self.evaluator.calibration
+        return ev
+
+    def run(self, study: optuna.Study, max_units: int | None = None, jobs: int = 1) -> None:
         """Run trials until the study holds ``trials`` simulated units (counting every worker's), this process
-        has simulated ``max_units``, or the space the screen admits is exhausted."""
-        idle = [0]
-        seen = [self.simulated(study)]
-
-        def stop(st: optuna.Study, _trial) -> None:
-            known = self.known(st)
-            n = len(known)
-            if n > seen[0] and self.on_progress:
+        has simulated ``max_units``, or the space the screen admits is exhausted. Trials are proposed BATCH at a
+        time and their units simulated side by side in up to ``jobs`` processes; the proposals and results do
+        not depend on ``jobs``."""
+        idle = 0
+        seen = self.simulated(study)
+        while True:
+            known = self.known(study)
+            n, mine = len(known), len(self.evaluations)
+            if n > seen and self.on_progress:
                 self.on_progress(n)
-            idle[0] = 0 if n > seen[0] else idle[0] + 1
-            seen[0] = n
-            mine = len(self.evaluations)
-            exhausted = idle[0] >= MAX_IDLE_TRIALS or self.admissible <= set(known)
-            if n >= self.trials or exhausted or (max_units is not None and mine >= max_units):
-                st.stop()
-
-        if seen[0] >= self.trials:
-            return
-        for _ in range(MAX_LOST_TRIALS + 1):
-            if max_units is not None and len(self.evaluations) >= max_units:
+            idle, seen = (0 if n > seen else idle), n
+            room = self.trials - n if max_units is None else min(self.trials - n, max_units - mine)
+            if room <= 0 or idle >= MAX_IDLE_TRIALS or self.admissible <= set(known):
                 return
-            try:
-                study.optimize(self.objective_fn(study), callbacks=[stop], catch=())
-                return  # optimize returns only when stop() stopped it
-            except (ValueError, RuntimeError) as e:
-                # SQLite cannot lock rows: two workers may pop the same enqueued trial (optuna#4621), and the
-                # one that finishes second cannot tell or annotate it. Nothing is lost but a duplicate; go on.
-                if not ("Cannot tell" in str(e) or "already finished" in str(e)):
-                    raise
+            todo = []
+            for trial in [study.ask() for _ in range(BATCH)]:
+                got = self.prepare(study, trial)
+                if isinstance(got, tuple) and isinstance(got[0], Deployment):
+                    if len(todo) < room and all(unit_key(u) != unit_key(got[0]) for _, u, _ in todo):
+                        todo.append((trial, *got))
+                    else:  # the budget is spent, or its batch-mate is the same unit
+                        self._tell(study, trial, state=optuna.trial.TrialState.FAIL)
+                elif isinstance(got, optuna.TrialPruned):
+                    self._tell(study, trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    self._tell(study, trial, values=got)
+            idle += BATCH - len(todo)
+            start = {k: list(v) for k, v in self.evaluator.calibration.items()}
+            bound = self.bounds(known)
+            evals = calls(self.evaluate, [(u, e, start, bound.get(u.topology)) for _, u, e in todo], jobs)
+            self.evaluator.calibration = start
+            for (trial, _, _), ev in zip(todo, evals, strict=True):
+                for k, ratios in ev_calibration(ev, start).items():  # what each unit learned, in batch order
+                    self.evaluator.calibration.setdefault(k, []).extend(ratios)
+                self.evaluations[ev.key] = ev
+                v = self.values(ev)
+                attrs = to_attrs(ev)
+                attrs["values"] = list(v) if isinstance(v, tuple) else [v]
+                attrs["worker_pid"] = os.getpid()
+                for k, val in attrs.items():
+                    trial.set_user_attr(k, val)
+                self._tell(study, trial, values=v)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, values=None, state=None) -> None:
+        try:
+            study.tell(trial, values=values, state=state)
+        except (ValueError, RuntimeError) as e:
+            # SQLite cannot lock rows: two workers may pop the same enqueued trial (optuna#4621), and the one that
+            # finishes second cannot tell it. Nothing is lost but a duplicate; go on.
+            if not ("Cannot tell" in str(e) or "already finished" in str(e)):
+                raise
+
+
+def ev_calibration(ev: Evaluation, start: dict) -> dict[str, list[float]]:
+    """The simulated / screened ratios one evaluation added to the evaluator's calibration."""
+    return {k: v[len(start.get(k, [])):] for k, v in (ev.calibration or {}).items()}
+
+
+def unit_gpus(unit: dict) -> int:
+    """GPUs of a unit as stored (Deployment.to_dict)."""
+    return sum(p["replicas"] * p.get("tp", 1) for k, p in unit.items() if k in ("workers", "prefill", "decode"))
+
+
+def seqs_pool(topology: str) -> str:
+    """The pool whose max_seqs the search varies."""
+    return "workers" if topology == "agg" else "decode"
+
+
+def same_behaviour(attrs: dict, unit: Deployment) -> bool:
+    """``unit`` differs from the simulated unit of ``attrs`` only in a max_seqs that none of its simulations
+    reached (so neither limit ever bound): every probe would come out the same."""
+    other = attrs["unit"]
+    if other["topology"] != unit.topology:
+        return False
+    pool = seqs_pool(unit.topology)
+    mine = unit.to_dict()
+    seqs = (other.get(pool) or {}).get("max_seqs"), (mine.get(pool) or {}).get("max_seqs")
+    strip = lambda d: {k: ({kk: vv for kk, vv in v.items() if kk != "max_seqs"} if k == pool else v)  # noqa: E731
+                       for k, v in d.items()}
+    peak = (attrs.get("peak_seqs") or {}).get(pool)
+    return (peak is not None and None not in seqs and seqs[0] != seqs[1] and peak < min(seqs)
+            and strip(other) == strip(mine))
 
 
 def to_attrs(ev: Evaluation) -> dict:
@@ -247,6 +327,9 @@ def to_attrs(ev: Evaluation) -> dict:
         "copies": ev.copies, "rate_rps": ev.rate_rps, "summary": ev.summary, "constraint": ev.constraint,
         "sims": ev.sims, "sim_wall_s": sum(p.wall_s for p in ev.probes),
         "probes": [{"rate_rps": p.rate_rps, "requests": p.requests, "met": p.met} for p in ev.probes],
+        "above": None if ev.above is None else {"rate_rps": ev.above[0], "misses": ev.above[1]},
+        "peak_seqs": {k: max((p.summary.get("peak_seqs") or {}).get(k, 0) for p in ev.probes)
+                      for k in ev.unit.pools},
         "screen": None if e is None else {"goodput_rps": e.goodput_rps, "tok_s_per_gpu": e.tok_s_per_gpu,
                                           "ttft_ms": e.ttft_s * 1e3, "tpot_ms": e.tpot_s * 1e3, "limit": e.limit},
     }

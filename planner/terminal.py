@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from planner.plan import Confirmed, Plan, PlanRequest
+from planner.plan import Plan, PlanRequest
+from planner.recommend import Confirmed
 from profiler.gpus import resolve_gpu
 from profiler.models import published_dtype
 
@@ -44,9 +45,14 @@ def latencies(c: Confirmed) -> list[str]:
         m = s.get(key) or {}
         lines.append(f"  {key[:-3].upper():<6}" + "".join(f"{_f(m.get(p)):>9}" for p in ("p50", "p90", "p99")))
     att = s.get("slo_attainment")
-    lines.append(f"  SLO attainment {_f(None if att is None else att * 100, '.1f')} %   "
-                 f"tokens/s/GPU {_f(c.tok_s_per_gpu, ',.0f')}   tokens/s/user {_f(s.get('tok_s_per_user'), '.1f')}"
-                 f"   at {c.rate_rps:.3g} req/s ({c.probe.requests} simulated requests)")
+    att = _f(None if att is None else att * 100, '.1f')
+    if not c.met:  # it does not serve the load: no throughput or cost as if it did
+        lines.append(f"  SLO attainment {att} %   does NOT serve {c.rate_rps:.3g} req/s ({c.probe.requests} simulated "
+                     "requests)")
+        return lines
+    lines.append(f"  SLO attainment {att} %   tokens/s/GPU {_f(c.tok_s_per_gpu, ',.0f')}   tokens/s/user "
+                 f"{_f(s.get('tok_s_per_user'), '.1f')}   at {c.rate_rps:.3g} req/s ({c.probe.requests} simulated "
+                 "requests, whole deployment)")
     usd = c.usd_per_million_tokens
     if usd is not None:
         lines.append(f"  cost ${usd:.3f} per million output tokens ({c.deployment.gpus} x {c.deployment.gpu})")
@@ -66,11 +72,14 @@ def render(p: Plan) -> str:
         lines += pools(rec) + latencies(rec)
         if p.runner_up is not None:
             r = p.runner_up
+            verdict = "same load" if r.met else "same load, MISSES the targets"
             lines.append(f"Best {r.deployment.topology}: {r.deployment.describe()}, {r.deployment.gpus} GPUs, "
-                         f"same load")
+                         f"{verdict}")
             lines += latencies(r)
     lines.append("Why:")
     lines += [f"  - {why}" for why in p.reasons]
-    lines.append(f"searched {len(p.rows)} simulated units ({p.sims} simulations), {len(p.infeasible)} rejected "
-                 f"without simulating, in {p.wall_s:.1f} s; study {p.study}")
+    per = ", ".join(f"{t} {n}" for t, n in p.trials.items())
+    lines.append(f"searched {len(p.rows)} simulated units ({per}; {p.sims} simulations, {len(p.confirmed)} of them "
+                 f"whole deployments), {len(p.infeasible)} rejected without simulating, in {p.wall_s:.1f} s; "
+                 f"study {p.study}")
     return "\n".join(lines)

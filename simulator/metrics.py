@@ -92,13 +92,15 @@ class SimResult:
     deployment: str = ""
     slo: SLO | None = None
     extra: dict = field(default_factory=dict)
+    peak_seqs: dict[str, int] = field(default_factory=dict)  # pool -> most sequences running at once on a replica
+    stopped: dict | None = None  # stopped early as too many had missed: {at_s, ttft_missed, tpot_missed, failed}
 
     def summary(self, slo: SLO | None = None) -> dict:
         """JSON-ready metrics over the measured requests (closed-loop warm-up left out)."""
         slo = slo or self.slo
         df = self.requests
         m = df[df["measured"]]
-        ok = m[m["outcome"] != "failed"]
+        ok = m[~m["outcome"].isin(("failed", "pending"))]
         start = float(m["arrival_s"].min()) if len(m) else 0.0
         end = float(ok["last_token_s"].max()) if len(ok) else start
         duration = max(end - start, 0.0)
@@ -111,7 +113,7 @@ class SimResult:
             "deployment": self.deployment,
             "requests": int(len(df)),
             "measured": int(len(m)),
-            "completed": int((df["outcome"] != "failed").sum()),
+            "completed": int((~df["outcome"].isin(("failed", "pending"))).sum()),
             "failed": int((df["outcome"] == "failed").sum()),
             "preemptions": int(df["preemptions"].sum()),
             "gpus": int(self.gpus),
@@ -124,12 +126,16 @@ class SimResult:
             "tok_s_per_gpu": _num(throughput / self.gpus),
             "tok_s_per_user": _num(1.0 / np.nanmean(tpot)) if np.isfinite(tpot).any() else None,
             "utilization": {k: _num(v) for k, v in self.utilization.items()},
+            "peak_seqs": dict(self.peak_seqs),
             **kv_summary(self.extra.get("kv"), df["measured"].to_numpy()),
             **ops_summary(self),
             "slo": None,
             "slo_attainment": None,
             "slo_met": None,
         }
+        if self.stopped is not None:
+            s["stopped_early"] = {**self.stopped, "at_s": _num(self.stopped["at_s"]),
+                                  "unfinished": int((df["outcome"] == "pending").sum())}
         if slo is not None and len(m):
             ttft_ok = (m["ttft_s"] * 1e3 <= slo.ttft_ms).to_numpy()
             tpot_ok = (m["tpot_s"].isna() | (m["tpot_s"] * 1e3 <= slo.tpot_ms)).to_numpy()

@@ -37,9 +37,12 @@ MAX_ARRIVAL_S = 1e9  # float seconds resolve ~0.1 us here; at 1e300 s a whole de
 
 def simulate(deployment: Deployment, workload: Workload, *, seed: int = 0, cost_models: dict | None = None,
              profile=None, slo: SLO | None = None, fast_forward: bool = True,
-             closed_loop_stagger_s: float = 0.0, admission_wait_prefills: float = 0.0) -> SimResult:
+             closed_loop_stagger_s: float = 0.0, admission_wait_prefills: float = 0.0,
+             stop_when_missed: bool = False) -> SimResult:
     """Simulate ``workload`` on ``deployment``. ``fast_forward=False`` steps one iteration per event (a debug
     check of the fast path). The model has no randomness yet; ``seed`` is kept for the features that add it.
+    ``stop_when_missed`` (open loop, with ``slo``): stop once more requests have missed a target than the
+    attainment allows, so that a hopeless run costs little (its summary says ``stopped_early``).
 
     Two terms of a replayed benchmark's clients (planner/replay.py), zero for any other caller:
     ``closed_loop_stagger_s`` starts the closed loop's clients this far apart instead of all at once;
@@ -49,7 +52,10 @@ def simulate(deployment: Deployment, workload: Workload, *, seed: int = 0, cost_
     sim = Simulation(deployment, workload, seed=seed, cost_models=cost_models, profile=profile,
                      fast_forward=fast_forward, closed_loop_stagger_s=closed_loop_stagger_s,
                      admission_wait_prefills=admission_wait_prefills)
-    sim.env.run()
+    if stop_when_missed and slo is not None and not workload.closed_loop and sim.ops is None:
+        sim.run_until_missed(slo)
+    else:
+        sim.env.run()
     result = sim.result(slo)
     result.extra["usd_per_gpu_hour"] = usd_per_gpu_hour(deployment.gpu)  # $ per million tokens in the summary
     if sim.ops is not None:  # faults and scaling (simulator/faults.py): outcomes, extra latency against no faults
@@ -119,6 +125,7 @@ class Simulation:
         self.ops = attach_ops(self)  # None without faults, scaling or autoscaling (simulator/faults.py)
         self.done = 0
         self.next_row = 0
+        self.stopped: dict | None = None  # run_until_missed stopped the run: when, and what had missed by then
         if workload.closed_loop:
             if workload.concurrency < 1:
                 raise InputError(f"concurrency must be >= 1 client, got {workload.concurrency}", where=workload.source)
@@ -240,11 +247,44 @@ class Simulation:
         self.seqs.measured[rs[:unmeasured]] = False
         self.done += len(rs)
 
+    # ---- stopping a hopeless run ---------------------------------------------------------------
+    CHECKS = 40  # times over the arrival span a run that may stop early looks at its requests
+
+    def run_until_missed(self, slo: SLO) -> None:
+        """Run in slices of the arrival span; stop once the requests certain to miss a target (failed, a first
+        token later than the TTFT target, a TPOT over its target) outnumber what the attainment allows, even if
+        every warm-up request is among them. The same events run in the same order."""
+        env, S = self.env, self.seqs
+        span = float(np.nanmax(S.arrival_s)) if S.n else 0.0
+        step = max(span / self.CHECKS, 1e-3)
+        warm = self.workload.warmup_requests
+        allowed = (1.0 - slo.attainment) * (S.n - warm) + warm
+        while env.peek() < np.inf:
+            env.run(until=env.now + step)
+            env.step()  # SimPy leaves the spent stop event queued (no callbacks left): take it out
+            late, slow, failed = self.certain_misses(slo)
+            if np.count_nonzero(late | slow | failed) > allowed:
+                self.stopped = {"at_s": env.now, "ttft_missed": int(late.sum()), "tpot_missed": int(slow.sum()),
+                                "failed": int(failed.sum())}
+                return
+
+    def certain_misses(self, slo: SLO) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Requests certain to miss the TTFT target, the TPOT target, or to have failed (boolean masks)."""
+        S, now = self.seqs, self.env.now
+        ttft_s, tpot_s = slo.ttft_ms * 1e-3, slo.tpot_ms * 1e-3
+        late = np.where(np.isnan(S.first_token_s), (S.arrival_s <= now) & (now - S.arrival_s > ttft_s),
+                        S.first_token_s - S.arrival_s > ttft_s)
+        # TPOT = (last - first token) / (osl - 1): a request decoding this long already exceeds it, however its
+        # remaining tokens go
+        end = np.where(S.outcome == OK, S.last_token_s, now)
+        slow = (S.osl > 1) & ((end - S.first_token_s) > tpot_s * np.maximum(S.osl - 1, 1))
+        return late, slow, S.outcome == FAILED
+
     # ---- results -----------------------------------------------------------------------------
     def result(self, slo: SLO | None = None) -> SimResult:
         S = self.seqs
         pending = int((S.outcome == PENDING).sum())
-        if pending:
+        if pending and self.stopped is None:
             raise RuntimeError(f"simulator bug: {pending} requests never finished (first: {np.argmax(S.outcome == 0)})")
         req = self.workload.requests
         ttft = S.first_token_s - S.arrival_s
@@ -267,8 +307,10 @@ class Simulation:
         end = self.env.now
         util = {name: (sum(w.busy_s for w in ws) / (len(ws) * end) if end > 0 else 0.0)
                 for name, ws in self.pools.items()}
+        peak = {name: max((w.peak_running for w in self.workers if w.pool_name == name), default=0)
+                for name in self.pools}
         return SimResult(requests=df, workers=workers, itl=self.itl.arrays(), gpus=self.dep.gpus, utilization=util,
                          iterations=sum(w.iterations for w in self.workers), end_s=end,
                          deployment=f"{self.dep.model} on {self.dep.gpu} {self.dep.dtype}: {self.dep.describe()}",
                          extra={"kv": None if self.kvm is None else self.kvm.result()},
-                         slo=slo)
+                         slo=slo, stopped=self.stopped, peak_seqs=peak)

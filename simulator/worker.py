@@ -81,6 +81,7 @@ class Worker:
         self.busy_s = 0.0
         self.step_start_s = 0.0  # when the iteration in flight (or the last one) began
         self.iterations = 0
+        self.peak_running = 0  # most sequences running at once (max_seqs binds when it reaches it)
         self.series: list[tuple] = []  # (time_s, batch_size, queue_len, kv_blocks_used, iterations)
         self.proc = self.env.process(self.loop())
 
@@ -143,6 +144,8 @@ class Worker:
         env = self.env
         while True:
             dec, pf, chunks = self.schedule()
+            if len(self.running) > self.peak_running:
+                self.peak_running = len(self.running)
             if not len(dec) and not pf:
                 # every running sequence is stuck on blocks that others hold (running ones, or ready ones waiting
                 # for a seat): free the latest one's, or nothing would ever move
