@@ -7,7 +7,8 @@ whether anything the plan simulated dominates its pick.
 Each space: TP from the question, three agg batch budgets, one prefill budget and two max_seqs per pool.
 Exhaustive: every unit by the same evaluation the search uses (goodput bisection, or the fewest copies that
 carry a fixed load). Quality: highest rate found -- the exhaustive score of the unit the plan recommends over
-the exhaustive best; fixed load -- the fewest GPUs any unit needed over the GPUs the plan recommends. The
+the exhaustive best; fixed load -- the fewest GPUs whose whole deployment carries the load (the exhaustive
+units of that size simulated whole, as the plan confirms its pick) over the GPUs the plan recommends. The
 plan's simulations include its whole-deployment runs. Dominated: another deployment simulated at the same
 load meets the targets with no more GPUs and lower TTFT and TPOT (planner/decide.py). Targets: quality >= 98 %,
 simulations <= 20 % of exhaustive, no dominated pick.
@@ -24,7 +25,7 @@ from pathlib import Path
 from planner import decide
 from planner.evaluate import Evaluator
 from planner.plan import PlanRequest, build, finish
-from planner.recommend import same_load, unit_run
+from planner.recommend import run_whole, same_load, unit_run
 from planner.search import Search
 from planner.space import enumerate_units, unit_key
 
@@ -69,7 +70,7 @@ def dominated(plan) -> int:
     """Runs at the recommendation's load (whole deployments; with a fixed load every unit row too) that
     dominate it."""
     rec, pct = plan.recommendation, plan.request.percentile
-    fixed = plan.request.rate is not None or plan.request.trace is not None or plan.request.concurrency is not None
+    fixed = plan.request.fixed_load
     pick = rec.run(pct)
     runs = [c.run(pct) for c in same_load(plan.confirmed, rec, fixed) if c is not rec]
     if fixed:  # unit rows: each copy carried its share of the same load
@@ -86,10 +87,18 @@ def question(q: Question, seeds: int, jobs: int) -> tuple[list[float], list[floa
     exhaustive = {unit_key(u): ev.evaluate(u, screen.estimate(u)) for u in units}
     ex_sims = sum(e.sims for e in exhaustive.values())
     ok = [e for e in exhaustive.values() if e.feasible]
-    if fixed:
-        best_key = min(ok, key=lambda e: (e.gpus, e.key)).key
+    if fixed:  # the fewest GPUs whose whole deployment (not only a unit's share) carries the load
+        best_key = None
+        for gpus in sorted({e.gpus for e in ok}):
+            for e in sorted((e for e in ok if e.gpus == gpus), key=lambda e: e.key):
+                ex_sims += 1
+                if run_whole(ev, e.deployment, 0.0, 1.0)[0].met:
+                    best_key = e.key
+                    break
+            if best_key is not None:
+                break
         best = exhaustive[best_key].gpus
-        what = f"{best} GPUs"
+        what = f"{best} GPUs (whole deployment confirmed)"
     else:
         best_key = max(ok, key=lambda e: e.score).key
         best = exhaustive[best_key].score

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 NOISE = 0.10
 NEAR = 0.10  # a target binds when its percentile latency is within this share of its limit
 
-TIE_BREAK = ("fewer GPUs (with a fixed load) or more tokens/s in total (finding the highest rate)",
-             "lower p-latency against the targets", "the simpler deployment (agg, then fewer replicas)")
+
+
+def tie_break(fixed_load: bool) -> list[str]:
+    """The order among deployments that meet the targets, in words."""
+    first = "fewer GPUs" if fixed_load else "tokens/s per GPU within the noise, then more tokens/s in total"
+    return [first, "lower latency against the targets", "the simpler deployment (agg, then fewer replicas)"]
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ class Evaluation:
     probes: list[Probe] = field(default_factory=list)
     above: tuple[float, str] | None = None  # goodput: the lowest rate probed that missed (req/s, what it missed)
     calibration: dict[str, list[float]] | None = None  # the evaluator's calibration after it (planner/search.py)
+    pid: int = 0  # the process that simulated it
 
     @property
     def gpus(self) -> int:

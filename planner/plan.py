@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.decide import TIE_BREAK
+from planner.decide import tie_break
 from planner.evaluate import Evaluator, Load
 from planner.reasons import reasons
 from planner.recommend import Confirmed, e2e_s_of, recommend
@@ -74,6 +74,11 @@ class PlanRequest:
             v = getattr(self, name)
             if isinstance(v, int) and not isinstance(v, bool):
                 object.__setattr__(self, name, float(v))
+
+    @property
+    def fixed_load(self) -> bool:
+        """A load to carry (rate, clients or trace), not the highest rate that meets the targets."""
+        return self.rate is not None or self.concurrency is not None or self.trace is not None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -161,7 +166,8 @@ class Plan:
             "request": self.request.to_dict(), "study": self.study, "met": self.met,
             "recommendation": self.recommendation.to_dict() if self.recommendation else None,
             "runner_up": self.runner_up.to_dict() if self.runner_up else None,
-            "reasons": self.reasons, "tie_break": list(TIE_BREAK), "closest": self.closest, "pareto": self.pareto,
+            "reasons": self.reasons, "tie_break": tie_break(self.request.fixed_load),
+            "closest": self.closest, "pareto": self.pareto,
             "confirmed": [c.to_dict() for c in self.confirmed],
             "one_step_smaller": [{"change": what, **c.to_dict()} for what, c in self.smaller],
             "trials_by_topology": self.trials,

@@ -9,6 +9,7 @@ import numpy as np
 from planner import decide
 from planner.evaluate import misses
 from planner.recommend import same_load
+from planner.search import unit_gpus
 from profiler.calibration import fidelity_error
 
 
@@ -73,7 +74,8 @@ def ties_within(plan, slo, fixed: bool) -> list[str]:
         return []
     alt = ", ".join(f"{c.key or c.deployment.describe()} ({headroom_words(c.run(pct), slo)})" for c in same)
     return [f"{len(same) + 1} deployments serve this load equally ({alt}); the tie-break ("
-            f"{'; '.join(decide.TIE_BREAK)}) picks {rec.key or rec.deployment.describe()}: {headroom_words(a, slo)}"]
+            f"{', then '.join(decide.tie_break(fixed)[1:])}) picks {rec.key or rec.deployment.describe()}: "
+            f"{headroom_words(a, slo)}"]
 
 
 def budget(plan, search, fixed: bool) -> list[str]:
@@ -84,16 +86,13 @@ def budget(plan, search, fixed: bool) -> list[str]:
         return []
     if fixed:
         return [f"{rec.deployment.gpus} of the {req.gpus} GPUs carry the load; the other {idle} are not needed"]
-    unit_gpus = next((sum(p["replicas"] * p["tp"] for k, p in r["unit"].items() if k in ("workers", "prefill",
-                                                                                           "decode"))
-                      for r in plan.rows if r["key"] == rec.key), rec.deployment.gpus)
-    words = [f"{idle} of the {req.gpus} GPUs stay idle: the unit uses {_gpus(unit_gpus)}, so whole copies fill "
+    per_unit = next((unit_gpus(r["unit"]) for r in plan.rows if r["key"] == rec.key), rec.deployment.gpus)
+    words = [f"{idle} of the {req.gpus} GPUs stay idle: the unit uses {_gpus(per_unit)}, so whole copies fill "
              f"{rec.deployment.gpus}"]
-    fits = [r for r in plan.rows if r["feasible"] and r["score"] > 0 and
-            sum(p["replicas"] * p["tp"] for k, p in r["unit"].items() if k in ("workers", "prefill", "decode")) <= idle]
+    fits = [r for r in plan.rows if r["feasible"] and r["score"] > 0 and unit_gpus(r["unit"]) <= idle]
     if fits:
         r = max(fits, key=lambda r: r["score"])
-        g = sum(p["replicas"] * p["tp"] for k, p in r["unit"].items() if k in ("workers", "prefill", "decode"))
+        g = unit_gpus(r["unit"])
         copies = idle // g
         words.append(f"the {idle} idle GPUs could run {copies} x {r['key']} beside it, adding about "
                      f"{r['score'] * g * copies:,.0f} tok/s (its unit's simulated goodput)")

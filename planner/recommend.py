@@ -15,7 +15,7 @@ from planner.parallel import calls
 from planner.space import Space, infeasible_reason, max_copies, scale
 from simulator.deployment import Deployment, parse_deployment
 
-FINALISTS = 3  # unit rows, best first and of distinct behaviour, confirmed as whole deployments
+FINALISTS = 2  # unit rows, best first and of distinct behaviour, confirmed as whole deployments
 OTHER_TRIES = 2  # deployments of the other topology tried at the recommendation's load
 BACKOFF = (1.0, 0.93, 0.86, 0.78, 0.7, 0.6, 0.5)  # confirmation rates, as shares of the unit-scaled goodput
 CONFIRM_E2E = 10.0  # a confirmation run lasts this many end-to-end latencies (the search's probes: 5)
@@ -203,21 +203,24 @@ def recommend(ev: Evaluator, space: Space, rows: list[dict], jobs: int = 1) -> R
             out.sims += n
         return [known[n] for n in names]
 
-    specs = []
-    for row in finalists:
-        dep, rate = deployment_of(row, space, fixed)
-        specs.append((dep, rate, e2e_s(row), row["key"], "finalist", True))
-    for row, c in zip(finalists, run(specs), strict=True):
-        if c.above is None and row.get("above") and c.met:  # met at once: the unit's bisection saw what misses
-            copies = c.deployment.gpus // max(1, unit_of(row).gpus)
-            c.above = (row["above"]["rate_rps"] * copies, row["above"]["misses"])
-    best = _pick(out.runs, pct, targets, fixed, dominance=fixed)  # at their own rates, lower rates look faster
-    if not fixed:  # finalists that serve about as much: simulated again at the leader's rate, to compare like for like
-        lead = best.run(pct)
-        run([(c.deployment, best.rate_rps, e2e_s_of(c), c.key, "finalist", False) for c in list(out.runs)
-             if c is not best and c.met and c.run(pct).per_gpu >= (1 - decide.NOISE) * lead.per_gpu])
-        best = _pick(same_load(out.runs, best, fixed), pct, targets, fixed)
-    else:  # the fewest GPUs that carry the load: no deployment one step smaller may meet the targets
+    if fixed:  # every finalist under the load
+        run([(*deployment_of(row, space, fixed), e2e_s(row), row["key"], "finalist", True) for row in finalists])
+        best = _pick(out.runs, pct, targets, fixed)
+    else:  # the leader's highest rate that meets (the next finalist if it meets at none), the rest at that rate
+        tried = 0
+        for row in finalists:
+            tried += 1
+            dep, rate = deployment_of(row, space, fixed)
+            lead = run([(dep, rate, e2e_s(row), row["key"], "finalist", True)])[0]
+            if lead.above is None and row.get("above") and lead.met:  # met at once: the unit's bisection saw above
+                copies = lead.deployment.gpus // max(1, unit_of(row).gpus)
+                lead.above = (row["above"]["rate_rps"] * copies, row["above"]["misses"])
+            if lead.met:
+                break
+        run([(deployment_of(row, space, fixed)[0], lead.rate_rps, e2e_s(row), row["key"], "finalist", False)
+             for row in finalists[tried:]])
+        best = _pick(same_load(out.runs, lead, fixed), pct, targets, fixed)
+    if fixed:  # the fewest GPUs that carry the load: no deployment one step smaller may meet the targets
         for _ in range(space.budget_gpus):
             steps = smaller_neighbours(best.deployment, space)
             tried = run([(dep, 0.0, e2e_s_of(best), "", "one step smaller", False) for _, dep in steps])
@@ -228,12 +231,11 @@ def recommend(ev: Evaluator, space: Space, rows: list[dict], jobs: int = 1) -> R
             best = better
     # the other topology's best at the same load, within the budget
     other_topology = "disagg" if best.deployment.topology == "agg" else "agg"
-    specs = []
-    for u in [u for u in units if u.topology == other_topology][:OTHER_TRIES]:
+    for u in [u for u in units if u.topology == other_topology][:OTHER_TRIES]:  # until one meets
         row = by_key[u.name]
-        dep, _ = deployment_of(row, space, fixed)
-        specs.append((dep, best.rate_rps, e2e_s(row), row["key"], "other topology", False))
-    run(specs)
+        if run([(deployment_of(row, space, fixed)[0], best.rate_rps, e2e_s(row), row["key"], "other topology",
+                 False)])[0].met:
+            break
     others = [c for c in same_load(out.runs, best, fixed) if c.deployment.topology == other_topology]
     if others:
         choice = _pick([best, *others], pct, targets, fixed)
@@ -253,13 +255,8 @@ def e2e_s_of(c: Confirmed) -> float:
     return ((c.summary.get("e2e_ms") or {}).get("mean") or 1000.0) * 1e-3
 
 
-def _pick(runs: list[Confirmed], pct: float, targets: tuple[float, float], fixed: bool,
-          dominance: bool = True) -> Confirmed:
-    """decide.choose over ``runs`` (which should share one load), or only decide.order's first."""
-    by_name = {}
-    for c in runs:
-        by_name.setdefault(c.deployment.to_yaml() + f" @{c.rate_rps:.6g}", c)
-    rs = [c.run(pct) for c in by_name.values()]
-    chosen = decide.choose(rs, *targets, fixed) if dominance else decide.order(rs, *targets, fixed)[0]
-    return next(c for c in by_name.values() if c.run(pct) == chosen)
+def _pick(runs: list[Confirmed], pct: float, targets: tuple[float, float], fixed: bool) -> Confirmed:
+    """decide.choose over ``runs``, which share one load."""
+    rs = [c.run(pct) for c in runs]
+    return runs[rs.index(decide.choose(rs, *targets, fixed))]
 

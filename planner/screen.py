@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -60,6 +61,11 @@ class Screen:
         """Multiplier from mean to the target percentile of an exponential-tailed queueing wait."""
         return math.log(1.0 / (1.0 - self.percentile / 100.0))
 
+    @property
+    def spread_quantile(self) -> float:
+        """Standard deviations from the mean to the target percentile of a normal spread (0 at the median)."""
+        return max(0.0, NormalDist().inv_cdf(min(self.percentile, 99.9) / 100.0))
+
     def estimate(self, dep: Deployment) -> Estimate:
         if dep.topology == "agg":
             return self._agg(dep.workers)
@@ -80,13 +86,18 @@ class Screen:
             best = Estimate(0.0, 0.0, s0, math.inf, f"one prompt alone takes {s0 * 1e3:.0f} ms to prefill")
         bmax = min(pool.max_seqs, int(kv_tokens // (isl + osl)), int(mbt * osl / (isl + osl)))
         for b in _batch_grid(bmax):
-            chunk = mbt - b
+            chunk = min(mbt - b, int(isl))  # prompt tokens one chunk iteration carries (one prompt's at most)
+            if chunk <= 0:
+                break
             share = b * isl / osl / chunk  # share of iterations that carry a prompt chunk
             if share >= 1.0:
                 break
-            t_chunk = cm.iteration_s(Batch.of(prefill=[(min(chunk, int(isl)), int(isl / 2))], decode_ctx=[ctx] * b))
+            t_chunk = cm.iteration_s(Batch.of(prefill=[(chunk, int(isl / 2))], decode_ctx=[ctx] * b))
             t_plain = cm.iteration_s(Batch.of(decode_ctx=[ctx] * b))
-            tpot = share * t_chunk + (1 - share) * t_plain
+            # a request's TPOT is the mean of its osl steps, of which a Poisson number (mean share x osl) carry a
+            # chunk: its percentile lies z standard deviations above the mean, more so the bigger the chunks
+            spread = (t_chunk - t_plain) * math.sqrt(share * osl) / osl
+            tpot = share * t_chunk + (1 - share) * t_plain + self.spread_quantile * spread
             service = math.ceil(isl / chunk) * t_chunk
             ttft = service + self.wait_quantile * share / (2 * (1 - share)) * service
             if tpot > self.tpot_s or ttft > self.ttft_s:

@@ -119,14 +119,16 @@ class Search:
         return not hopeless and (best <= 0 or self.screen_score(est, unit) >= SCREEN_KEEP * best)
 
     def seeds(self) -> list[Deployment]:
-        """The screen's best units of each topology (with a fixed load: the fewest GPUs it expects to carry it),
-        one per pool shape (TP and replicas), interleaved by rank (best agg, best disagg, ...)."""
-        per_topology = []
+        """The screen's best units of each topology, interleaved by rank (best agg, best disagg, ...): one per pool
+        shape (TP, replicas) and batch budget, max_seqs aside (it rarely binds); with a fixed load, one per pool
+        shape, the smallest deployments the screen expects to carry the load."""
+        per_topology, fixed = [], self.evaluator.load.fixed
         for t in self.space.topologies:
             ranked = sorted((x for x in self.table if x[0].topology == t), key=lambda x: -self.screen_score(x[1], x[0]))
             shapes: dict[tuple, Deployment] = {}
             for u, _ in ranked:
-                shapes.setdefault(tuple((n, p.replicas, p.tp) for n, p in u.pools.items()), u)
+                shapes.setdefault(tuple((n, p.replicas, p.tp, None if fixed else p.max_batch_tokens)
+                                        for n, p in u.pools.items()), u)
                 if len(shapes) == SEEDED_PER_TOPOLOGY:
                     break
             per_topology.append(list(shapes.values()))
@@ -230,7 +232,7 @@ class Search:
         """One unit's simulations, from the state the batch started with (so any process gives the same)."""
         self.evaluator.calibration = {k: list(v) for k, v in calibration.items()}
         ev = self.evaluator.evaluate(unit, est, max_gpus)
-        ev.calibration = self.evaluator.calibration
+        ev.calibration, ev.pid = self.evaluator.calibration, os.getpid()
         return ev
 
     def run(self, study: optuna.Study, max_units: int | None = None, jobs: int = 1) -> None:
@@ -273,7 +275,7 @@ class Search:
                 v = self.values(ev)
                 attrs = to_attrs(ev)
                 attrs["values"] = list(v) if isinstance(v, tuple) else [v]
-                attrs["worker_pid"] = os.getpid()
+                attrs["worker_pid"] = ev.pid
                 for k, val in attrs.items():
                     trial.set_user_attr(k, val)
                 self._tell(study, trial, values=v)

@@ -47,6 +47,14 @@ def pareto_figure(p) -> go.Figure:
     if p.pareto:
         fig.add_trace(go.Scatter(x=[f["tok_s_per_user"] for f in p.pareto], y=[f["tok_s_per_gpu"] for f in p.pareto],
                                  mode="lines", name="Pareto front", line={"color": "#444", "dash": "dot"}))
+    whole = [c for c in p.confirmed if c.met]
+    if whole:  # the deployments simulated whole: the recommendation's star sits on one of these
+        fig.add_trace(go.Scatter(
+            x=[c.summary.get("tok_s_per_user") or 0.0 for c in whole], y=[c.tok_s_per_gpu for c in whole],
+            mode="markers", name="whole deployments at the stated load",
+            marker={"color": "#000", "size": 11, "symbol": "diamond-open"},
+            text=[f"{c.deployment.describe()} ({c.role})<br>{c.rate_rps:.3g} req/s" for c in whole],
+            hovertemplate="%{text}<br>%{x:.1f} tok/s/user, %{y:,.0f} tok/s/GPU"))
     if p.recommendation is not None:
         s = p.recommendation.summary
         fig.add_trace(go.Scatter(x=[s.get("tok_s_per_user") or 0.0], y=[p.recommendation.tok_s_per_gpu],

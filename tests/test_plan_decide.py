@@ -111,3 +111,38 @@ def test_reasons_call_a_tie_a_tie_and_name_idle_gpus():
     words = rs.budget(plan, None, fixed=False)[0]
     assert words.startswith("2 of the 8 GPUs stay idle") and "2 x agg tp1 mbt2048 seqs64" in words
     assert rs.budget(plan, None, fixed=True)[0] == "6 of the 8 GPUs carry the load; the other 2 are not needed"
+
+
+def test_a_unit_that_differs_only_in_an_unreached_max_seqs_is_not_simulated_again():
+    from planner.search import same_behaviour
+
+    unit = parse_deployment({"model": "llama-3.1-8b", "workers": {"tp": 1, "max_batch_tokens": 2048,
+                                                                 "max_seqs": 64}})
+    other = parse_deployment({"model": "llama-3.1-8b", "workers": {"tp": 1, "max_batch_tokens": 2048,
+                                                                  "max_seqs": 256}})
+    attrs = {"unit": unit.to_dict(), "peak_seqs": {"workers": 40}}
+    assert same_behaviour(attrs, other)
+    assert not same_behaviour({**attrs, "peak_seqs": {"workers": 64}}, other)  # it bound at 64
+    bigger_batch = parse_deployment({"model": "llama-3.1-8b", "workers": {"tp": 1, "max_batch_tokens": 4096,
+                                                                         "max_seqs": 256}})
+    assert not same_behaviour(attrs, bigger_batch)
+
+
+def test_with_a_fixed_load_the_pick_is_minimal_and_each_step_smaller_misses(tmp_path):
+    import json
+
+    from planner.cli import app, run_app
+
+    code = run_app(app, ["plan", "--model", "llama-3.1-8b", "--isl", "2000", "--osl", "200", "--ttft", "400",
+                         "--tpot", "20", "--gpus", "4", "--rate", "14", "--objective", "min-gpus", "--trials", "4",
+                         "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    rec = plan["recommendation"]
+    assert rec["met"] and rec["basis"] == "whole deployment at the stated load"
+    smaller = plan["one_step_smaller"]
+    assert smaller and all(s["gpus"] < rec["gpus"] and not s["met"] for s in smaller)
+    assert any("it is the smallest that carries the load" in r for r in plan["reasons"])
+    assert sum(plan["trials_by_topology"].values()) == len(plan["evaluated"])
+    # one throughput per deployment: the reasons quote the recommendation's own figure
+    assert f"{rec['tok_s_per_gpu']:,.0f} tok/s/GPU" in plan["reasons"][0]

@@ -112,13 +112,16 @@ PLAN = ["plan", "--model", "llama-3.1-8b", "--isl", "1000", "--osl", "100", "--t
 @pytest.mark.slow
 def test_plan_json_is_byte_identical_in_process_and_across_processes(tmp_path):
     """plan.json is the answer; how the run went (wall times, worker pids) is run.json beside it."""
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    assert run_app(app, [*PLAN, "--out", str(a)]) in (0, 3)
-    assert run_app(app, [*PLAN, "--out", str(b)]) in (0, 3)
-    proc = pdsim_in_new_process([*PLAN, "--out", str(c)], hash_seed="4242")
+    a, b, c, d = tmp_path / "a", tmp_path / "b", tmp_path / "c", tmp_path / "d"
+    assert run_app(app, [*PLAN, "--out", str(a), "--jobs", "1"]) in (0, 3)
+    assert run_app(app, [*PLAN, "--out", str(b), "--jobs", "1"]) in (0, 3)
+    proc = pdsim_in_new_process([*PLAN, "--out", str(c), "--jobs", "1"], hash_seed="4242")
     assert proc.returncode in (0, 3), proc.stderr
+    assert run_app(app, [*PLAN, "--out", str(d), "--jobs", "2"]) in (0, 3)  # trials simulated side by side
     ja = (a / "plan.json").read_bytes()
     assert (b / "plan.json").read_bytes() == ja and (c / "plan.json").read_bytes() == ja
+    assert (d / "plan.json").read_bytes() == ja
+    assert len({u["worker_pid"] for u in json.loads((d / "run.json").read_text())["units"].values()}) == 2
     assert (a / "deployment.yaml").read_bytes() == (c / "deployment.yaml").read_bytes()
     plan = json.loads(ja)
     assert plan["evaluated"], "the plan simulated nothing"

@@ -420,3 +420,32 @@ def test_batch_waiting_holds_new_prompts_for_its_iterations_or_until_its_tokens(
         agg(batch_wait_tokens_ratio=1.5)
     with pytest.raises(InputError, match="batch_wait_iters: must be a whole number"):
         agg(batch_wait_iters=2.5)
+
+
+# ---- stopping a hopeless run ------------------------------------------------------------------
+def test_a_run_that_meets_its_targets_is_the_same_whether_it_may_stop_early_or_not():
+    wl, slo = poisson(300, 8, 1500, 100, seed=4), SLO(ttft_ms=2000, tpot_ms=50)
+    full = simulate(agg(), wl, slo=slo)
+    watched = simulate(agg(), wl, slo=slo, stop_when_missed=True)
+    assert full.summary()["slo_met"] and "stopped_early" not in watched.summary()
+    assert json.dumps(full.summary(), sort_keys=True) == json.dumps(watched.summary(), sort_keys=True)
+    assert full.requests.equals(watched.requests) and full.workers.equals(watched.workers)
+
+
+def test_an_overloaded_run_stops_once_the_miss_is_certain_and_says_so():
+    wl, slo = poisson(2000, 60, 3000, 300, seed=1), SLO(ttft_ms=500, tpot_ms=30)
+    full = simulate(agg(), wl, slo=slo)
+    stopped = simulate(agg(), wl, slo=slo, stop_when_missed=True)
+    s = stopped.summary()
+    assert not full.summary()["slo_met"] and s["slo_met"] is False
+    assert s["stopped_early"]["at_s"] < full.end_s and s["stopped_early"]["unfinished"] > 0
+    # what it counted as missed by then really missed in the full run
+    missed = (full.requests["ttft_s"] * 1e3 > slo.ttft_ms) | (full.requests["tpot_s"] * 1e3 > slo.tpot_ms)
+    assert int(missed.sum()) >= s["stopped_early"]["ttft_missed"] > (1 - slo.attainment) * len(wl)
+    assert stopped.iterations < full.iterations
+
+
+def test_peak_seqs_is_the_most_sequences_a_replica_ran_at_once():
+    s = simulate(agg(max_seqs=16), closed(200, 40, 500, 50)).summary()
+    assert s["peak_seqs"] == {"workers": 16}
+    assert simulate(agg(max_seqs=512), closed(200, 40, 500, 50)).summary()["peak_seqs"]["workers"] <= 40
