@@ -566,6 +566,8 @@ def plan_cmd(
                                   help="throughput-per-gpu | min-gpus | pareto (NSGA-II: tok/s/GPU and tok/s/user) | "
                                   "cost ($ per million tokens)."),
     topology: str = typer.Option("both", "--topology", help="agg | disagg | both: which topologies to search."),
+    engine: str = typer.Option("vllm", "--engine", help="vllm | sglang | trtllm: the engine the deployment runs (its "
+                               "scheduler, memory share and fitted factors); all: plan for each and compare."),
     emit_check: str | None = typer.Option(None, "--emit-check", help="Also write a `pdsim check` file guarding "
                                           "the recommendation."),
     emit: str | None = typer.Option(None, "--emit", help="Also write the recommendation's deploy artefacts into "
@@ -582,30 +584,66 @@ def plan_cmd(
     import time
     from pathlib import Path
 
-    from planner.plan import PlanRequest, plan, write_outputs
-    from planner.terminal import header, render
+    from planner.plan import PlanRequest, write_outputs
+    from planner.terminal import render
 
     if topology not in ("agg", "disagg", "both"):
         fail(f"--topology must be agg, disagg or both, got {topology!r}")
-    req = PlanRequest(model=model, ttft_ms=ttft, tpot_ms=tpot, isl=isl, osl=osl, gpu=gpu, gpus=gpus, dtype=dtype,
-                      rate=rate, concurrency=concurrency, trace=trace, trace_format=trace_format,
-                      percentile=percentile, attainment=attainment, profile=profile, calibration=calibration,
-                      perf_db=perf_db, trials=trials, seed=seed,
-                      objective=objective,
-                      topologies=("agg", "disagg") if topology == "both" else (topology,), router=router,
-                      kv_tiers=kv_tiers)
-    req.validate()
+    from planner.engines import ENGINES
+
+    engines = list(ENGINES) if engine == "all" else [engine]
+    reqs = [PlanRequest(model=model, ttft_ms=ttft, tpot_ms=tpot, isl=isl, osl=osl, gpu=gpu, gpus=gpus, dtype=dtype,
+                        rate=rate, concurrency=concurrency, trace=trace, trace_format=trace_format,
+                        percentile=percentile, attainment=attainment, profile=profile, calibration=calibration,
+                        perf_db=perf_db, trials=trials, seed=seed, objective=objective,
+                        topologies=("agg", "disagg") if topology == "both" else (topology,), router=router,
+                        kv_tiers=kv_tiers, engine=e) for e in engines]
+    for req in reqs:
+        req.validate()
     if emit:
         from planner.emit import TARGETS
 
         if bad := [t.strip() for t in emit.split(",") if t.strip() not in TARGETS]:
             fail(f"--emit: unknown target {bad[0]!r}; known: {', '.join(TARGETS)}")
+    if storage and len(reqs) > 1:
+        fail("--engine all plans each engine in its own study: give --storage for one engine at a time")
     folder = Path(out or f"pdsim-plan-{time.strftime('%Y%m%d-%H%M%S')}")
     created = not folder.exists()
     try:  # before the search, so that an unwritable folder fails at once
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"{folder}: cannot create the output folder ({e.strerror})")
+    results = []
+    for req in reqs:
+        where = folder / req.engine if len(reqs) > 1 else folder
+        result = _plan_one(req, storage, study, quiet, jobs, folder if created else None)
+        typer.echo(render(result))
+        paths = write_outputs(result, where)
+        if emit_check and result.recommendation is not None and len(reqs) == 1:
+            from planner.plan import write_check
+
+            paths.append(write_check(result, emit_check))
+        if emit and result.recommendation is not None:
+            paths += _emit_recommendation(result, emit, where)
+        typer.echo("wrote " + ", ".join(str(p) for p in paths))
+        results.append(result)
+    if len(results) > 1:
+        from planner.terminal import engines_compared
+
+        typer.echo(engines_compared(results))
+    if not any(r.met for r in results):
+        raise typer.Exit(EXIT_NO_DEPLOYMENT)
+
+
+def _plan_one(req, storage: str | None, study: str | None, quiet: bool, jobs: int | None, made_folder=None):
+    """One plan with its banner (once the question holds) and progress bar; an empty output folder this run
+    made is removed if the plan is refused or interrupted."""
+    import time  # noqa: F401
+
+    from planner.parallel import default_jobs
+    from planner.plan import plan
+    from planner.terminal import header
+
     try:
         with contextlib.ExitStack() as stack:
             bar, done = [], [0]
@@ -617,7 +655,7 @@ def plan_cmd(
                     typer.echo(f"study {name}: more workers join with `pdsim plan-worker --storage {storage} "
                                f"--study {name}`")
                 if not quiet:
-                    bar.append(stack.enter_context(typer.progressbar(length=trials, label="searching",
+                    bar.append(stack.enter_context(typer.progressbar(length=req.trials, label="searching",
                                                                      file=sys.stderr, show_pos=True)))
 
             def progress(n: int, _total: int) -> None:
@@ -625,25 +663,12 @@ def plan_cmd(
                     bar[0].update(n - done[0])
                     done[0] = n
 
-            from planner.parallel import default_jobs
-
-            result = plan(req, storage=storage, study_name=study, progress=progress, on_open=opened,
-                          jobs=jobs or default_jobs())
+            return plan(req, storage=storage, study_name=study, progress=progress, on_open=opened,
+                        jobs=jobs or default_jobs())
     except BaseException:  # refused (a bad --storage) or interrupted before any output: leave no empty folder
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        if made_folder is not None and made_folder.is_dir() and not any(made_folder.iterdir()):
+            made_folder.rmdir()
         raise
-    typer.echo(render(result))
-    paths = write_outputs(result, folder)
-    if emit_check and result.recommendation is not None:
-        from planner.plan import write_check
-
-        paths.append(write_check(result, emit_check))
-    if emit and result.recommendation is not None:
-        paths += _emit_recommendation(result, emit, folder)
-    typer.echo("wrote " + ", ".join(str(p) for p in paths))
-    if not result.met:
-        raise typer.Exit(EXIT_NO_DEPLOYMENT)
 
 
 def _emit_recommendation(result, targets: str, folder) -> list:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from planner.decide import tie_break
+from planner.engines import ENGINES
 from planner.evaluate import Evaluator, Load
 from planner.reasons import reasons
 from planner.recommend import Confirmed, e2e_s_of, recommend
@@ -65,6 +66,7 @@ class PlanRequest:
     topologies: tuple[str, ...] = ("agg", "disagg")
     router: str = "least_loaded"  # kv_aware: its weights are tuned on the recommendation (router_weights.py)
     kv_tiers: str | None = None  # "host=256,disk=2000": KV tiers below HBM, GB per replica (issue 8)
+    engine: str = "vllm"  # the serving engine: its scheduler, memory share and fitted factors (planner/engines.py)
 
     def __post_init__(self):
         if self.dtype is None:
@@ -83,7 +85,7 @@ class PlanRequest:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["topologies"] = list(self.topologies)
-        for key, default in (("router", "least_loaded"), ("kv_tiers", None)):  # as before: same study names
+        for key, default in (("router", "least_loaded"), ("kv_tiers", None), ("engine", "vllm")):  # same study names
             if d[key] == default:
                 del d[key]
         return d
@@ -130,6 +132,8 @@ class PlanRequest:
         if sum(x is not None for x in (self.profile, self.calibration, self.perf_db)) > 1:
             raise InputError("give one cost source: --profile (measured costs), --calibration (fitted roofline) "
                              "or --perf-db (AIConfigurator's tables)")
+        if self.engine not in ENGINES:
+            raise InputError(f"must be one of {', '.join(ENGINES)} (or all), got {self.engine!r}", where="--engine")
         if self.router not in ROUTERS:
             raise InputError(f"must be one of {', '.join(ROUTERS)}, got {self.router!r}", where="--router")
         if self.kv_tiers is not None:
@@ -209,7 +213,7 @@ def build(req: PlanRequest, profile=None) -> tuple[Space, Screen, Evaluator]:
         raise InputError(f"isl + osl = {need} tokens exceeds {model.name}'s context of {model.max_context}")
     tiers = tiers_flag(req.kv_tiers) if req.kv_tiers else {}
     space = Space(model, gpu, req.model, req.gpu, req.gpus, req.dtype, min_kv_tokens=need, topologies=req.topologies,
-                  router=req.router, kv_tiers=tuple((t, v["capacity_gb"]) for t, v in tiers.items()))
+                  router=req.router, kv_tiers=tuple((t, v["capacity_gb"]) for t, v in tiers.items()), engine=req.engine)
     eff = calibrated_efficiency(req, space)
     screen = Screen(space, isl_mean, osl_mean, req.ttft_ms * 1e-3, req.tpot_ms * 1e-3, req.percentile, profile,
                     efficiency=eff, perf_db=req.perf_db)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from math import gcd
 
+from planner.engines import ENGINES, engine_memory_utilization
 from profiler.gpus import GPUSpec
 from profiler.memory import memory_fit
 from profiler.models import ModelSpec
@@ -34,8 +35,8 @@ class Space:
     budget_gpus: int = 8
     dtype: str = "bf16"
     kv_dtype: str | None = None
-    engine: str = "vllm"
-    gpu_memory_utilization: float = 0.90
+    engine: str = "vllm"  # its scheduler's shape and memory share (planner/engines.py), its fitted factors
+    gpu_memory_utilization: float | None = None  # None: the engine's default share for each pool
     min_kv_tokens: int = 1  # one request's KV must fit: isl + osl
     topologies: tuple[str, ...] = ("agg", "disagg")
     tp_choices: tuple[int, ...] = TPS
@@ -49,9 +50,15 @@ class Space:
     def resolved_kv_dtype(self) -> str:
         return self.kv_dtype or ("bf16" if self.dtype in ("bf16", "fp16", "fp32") else "fp8")
 
+    def memory_share(self, tp: int, max_batch_tokens: int) -> float:
+        """The share of a GPU's memory the engine lets a pool of this TP and batch budget use."""
+        if self.gpu_memory_utilization is not None:
+            return self.gpu_memory_utilization
+        return engine_memory_utilization(self.engine, self.model, self.gpu, tp, self.dtype, max_batch_tokens)
+
     def kv_tokens(self, tp: int, max_batch_tokens: int) -> int:
         fit = memory_fit(self.model, self.gpu, tp, self.dtype, self.resolved_kv_dtype, max_batch_tokens,
-                         self.gpu_memory_utilization)
+                         self.memory_share(tp, max_batch_tokens))
         return fit.kv_tokens
 
     def fits(self, tp: int, max_batch_tokens: int) -> bool:
@@ -68,16 +75,23 @@ class Space:
             return KVLinkSpec(self.gpu.nvlink_bw_bytes_s / 1e9, self.gpu.nvlink_latency_s * 1e6, "intra")
         return KVLinkSpec(self.gpu.internode_bw_bytes_s / 1e9, self.gpu.internode_latency_s * 1e6, "inter")
 
+    def pool(self, replicas: int, tp: int, max_batch_tokens: int, max_seqs: int) -> PoolSpec:
+        """A pool as the engine schedules it (chunked prefill or whole prompts; prefill-first)."""
+        e = ENGINES[self.engine]
+        return PoolSpec(replicas, tp, max_batch_tokens, max_seqs, chunked_prefill=e.chunked_prefill,
+                        prefill_first=e.prefill_first)
+
     def deployment(self, topology: str, **pools: PoolSpec) -> Deployment:
+        share = min(self.memory_share(p.tp, p.max_batch_tokens) for p in pools.values())  # one share for all
         return Deployment(model=self.model_name, gpu=self.gpu_name, dtype=self.dtype, topology=topology,
                           kv_link=self.kv_link(), router=self.router, engine=self.engine,
-                          kv_dtype=self.kv_dtype, gpu_memory_utilization=self.gpu_memory_utilization,
+                          kv_dtype=self.kv_dtype, gpu_memory_utilization=share,
                           extra={"kv_tiers": {t: {"capacity_gb": gb} for t, gb in self.kv_tiers}} if self.kv_tiers
                           else {}, **pools)
 
 
 def agg_unit(space: Space, tp: int, max_batch_tokens: int, max_seqs: int) -> Deployment:
-    return space.deployment("agg", workers=PoolSpec(1, tp, max_batch_tokens, max_seqs))
+    return space.deployment("agg", workers=space.pool(1, tp, max_batch_tokens, max_seqs))
 
 
 def disagg_unit(space: Space, prefill_tp: int, prefill_replicas: int, prefill_batch_tokens: int,
@@ -85,8 +99,8 @@ def disagg_unit(space: Space, prefill_tp: int, prefill_replicas: int, prefill_ba
     g = gcd(prefill_replicas, decode_replicas)
     return space.deployment(
         "disagg",
-        prefill=PoolSpec(prefill_replicas // g, prefill_tp, prefill_batch_tokens, max_seqs=MAX_SEQS[-1]),
-        decode=PoolSpec(decode_replicas // g, decode_tp, DECODE_BATCH_TOKENS, decode_max_seqs),
+        prefill=space.pool(prefill_replicas // g, prefill_tp, prefill_batch_tokens, MAX_SEQS[-1]),
+        decode=space.pool(decode_replicas // g, decode_tp, DECODE_BATCH_TOKENS, decode_max_seqs),
     )
 
 

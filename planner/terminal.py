@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from planner.plan import Plan, PlanRequest
 from planner.recommend import Confirmed
 from profiler.gpus import resolve_gpu
@@ -21,7 +23,7 @@ def header(req: PlanRequest) -> str:
     dtype = f"{req.dtype}, as published" if req.dtype == published else f"{req.dtype}; published in {published}"
     if gpu.weight_only(req.dtype):
         dtype += f"; weight-only at the bf16 rate: {gpu.name} has no {req.dtype} tensor cores"
-    return (f"plan: {req.model} ({dtype}) on up to {req.gpus} x {req.gpu}; {shape}load: {load}\n"
+    return (f"plan: {req.model} ({dtype}) on up to {req.gpus} x {req.gpu} with {req.engine}; {shape}load: {load}\n"
             f"targets: p{req.percentile} TTFT <= {req.ttft_ms:g} ms, p{req.percentile} TPOT <= {req.tpot_ms:g} ms, "
             f"{req.attainment:.0%} of requests; objective {req.objective}")
 
@@ -82,4 +84,41 @@ def render(p: Plan) -> str:
     lines.append(f"searched {len(p.rows)} simulated units ({per}; {p.sims} simulations, {len(p.confirmed)} of them "
                  f"whole deployments), {len(p.infeasible)} rejected without simulating, in {p.wall_s:.1f} s; "
                  f"study {p.study}")
+    return "\n".join(lines)
+
+
+def engines_compared(plans: list[Plan]) -> str:
+    """`--engine all`: each engine's recommendation in a line, and which wins by the plan's own order."""
+    from planner import decide  # noqa: PLC0415
+
+    req = plans[0].request
+    fixed, pct = req.fixed_load, req.percentile
+    lines = ["Engines compared (each planned with its own scheduler, memory share and fitted factors):"]
+    runs = {}
+    for p in plans:
+        rec = p.recommendation
+        if rec is None or not rec.met:
+            lines.append(f"  {p.request.engine:<7} no deployment meets the targets")
+            continue
+        run = rec.run(pct)
+        runs[p.request.engine] = (run, rec)
+        lines.append(f"  {p.request.engine:<7} {rec.deployment.describe()}, {rec.deployment.gpus} GPUs: "
+                     f"{rec.tok_s_per_gpu:,.0f} tok/s/GPU at {rec.rate_rps:.3g} req/s, p{pct} TTFT {run.ttft_ms:.0f} "
+                     f"ms, TPOT {run.tpot_ms:.1f} ms")
+    if not runs:
+        return "\n".join(lines)
+    ranked = decide.order([replace(r, name=e) for e, (r, _) in runs.items()], req.ttft_ms, req.tpot_ms, fixed)
+    best = ranked[0]
+    why = "it alone meets the targets" if len(ranked) == 1 else ""
+    if len(ranked) > 1:
+        second = ranked[1]
+        if decide.tied(best, second, fixed):
+            why = (f"a tie with {second.name} within the simulation's noise, broken by "
+                   f"{decide.tie_break(fixed)[1]} ({best.load(req.ttft_ms, req.tpot_ms):.0%} of the targets against "
+                   f"{second.load(req.ttft_ms, req.tpot_ms):.0%})")
+        elif fixed:
+            why = f"{best.gpus} GPUs against {second.gpus} for {second.name}"
+        else:
+            why = f"{best.per_gpu:,.0f} tok/s/GPU against {second.per_gpu:,.0f} for {second.name}"
+    lines.append(f"Best engine for this question: {best.name}: {why}")
     return "\n".join(lines)

@@ -550,7 +550,7 @@ def test_blackwell_ultra_has_more_fp4_and_memory_and_nvl72_keeps_tp_on_nvlink():
 
 
 def test_sglang_sizes_its_chunk_and_memory_share_by_the_devices_memory():
-    from planner.replay import sglang_memory_defaults
+    from planner.engines import sglang_memory_defaults
 
     h100, h200, b200 = resolve_gpu("h100-sxm"), resolve_gpu("h200-sxm"), resolve_gpu("b200")
     chunk, frac = sglang_memory_defaults(h100, 1)  # 512 + 8192 x 1.5 + 256 x 2 + 128 MiB reserved of 81920 MiB
@@ -597,7 +597,7 @@ def test_a_file_of_several_gpus_reports_its_error_per_gpu(tmp_path, capsys):
 
 
 def test_vllm_batches_by_its_own_defaults_for_the_gpu():
-    from planner.replay import vllm_batch_defaults
+    from planner.engines import vllm_batch_defaults
 
     assert vllm_batch_defaults(resolve_gpu("h100-sxm")) == (8192, 1024)
     assert vllm_batch_defaults(resolve_gpu("a100")) == (2048, 256)  # 80 GB, but vLLM's A100 carve-out
@@ -608,7 +608,7 @@ def test_vllm_batches_by_its_own_defaults_for_the_gpu():
 
 
 def test_trtllm_budget_holds_the_prompt_beside_the_decode_batch_so_long_prompts_do_not_starve():
-    from planner.replay import trtllm_max_num_tokens
+    from planner.engines import trtllm_max_num_tokens
 
     assert trtllm_max_num_tokens(1024, 16) == 2560  # 1024 + 16 + 1500 = 2540, in whole blocks of 32
     case = row_case(agg_row(backend="trtllm", system="h200_sxm", tp=8, isl=8192, osl=64, c=8), 0)
