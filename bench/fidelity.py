@@ -26,7 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from planner.replay import DENSE_MODELS, ape, format_summary, load_benchmark, replay, write_replay
+from planner.replay import (
+    DENSE_MODELS,
+    ape,
+    fidelity_sample,
+    format_summary,
+    load_benchmark,
+    replay,
+    write_replay,
+)
 from profiler.calibration import FIGURES_FILE, FIT_FILE
 from profiler.models import canonical_model_name
 
@@ -60,15 +68,23 @@ def over_limit(rows: pd.DataFrame, metric: str, limit: float) -> pd.Series:
     return bad.groupby(["pdsim_model", "backend"]).size().sort_values(ascending=False, kind="stable")
 
 
-def write_figures(summary: dict) -> None:
-    """The error figures of the dense rows, overall and per engine and mode, beside the fit they measure."""
+def figures(summary: dict) -> dict:
+    """Median and p90 APE of TTFT and TPOT, overall and per engine and mode."""
     keep = ("rows", "ttft_median_ape", "ttft_p90_ape", "tpot_median_ape", "tpot_p90_ape")
     pick = lambda e: {k: e[k] for k in keep}  # noqa: E731
-    doc = {"what": "median and p90 absolute percentage error of mean TTFT and TPOT, dense-model rows of "
-                   f"{DATA.relative_to(DATA.parents[2])}, replayed by bench/fidelity.py",
-           "fit": FIT_FILE.name, "overall": pick(summary["overall"]),
-           "per_engine": {k: pick(v) for k, v in summary["per_engine"].items()},
-           "per_mode": {k: pick(v) for k, v in summary["per_mode"].items()}}
+    return {"overall": pick(summary["overall"]), "per_engine": {k: pick(v) for k, v in summary["per_engine"].items()},
+            "per_mode": {k: pick(v) for k, v in summary["per_mode"].items()}}
+
+
+def write_figures(summary: dict, jobs: int) -> None:
+    """The error figures of the dense rows beside the fit they measure, and those of the fixed sample the CI
+    guard replays (planner.replay.fidelity_sample, every engine and mode): a change to the fit updates both."""
+    sample = replay(fidelity_sample(load_benchmark(DATA)), jobs=jobs).summary
+    source = DATA.relative_to(DATA.parents[2])
+    doc = {"what": f"median and p90 absolute percentage error of mean TTFT and TPOT, dense-model rows of {source}, "
+                   "replayed by bench/fidelity.py", "fit": FIT_FILE.name, **figures(summary),
+           "ci_sample": {"what": f"planner.replay.fidelity_sample of {source} (tests/test_fidelity_pinned.py)",
+                         **figures(sample)}}
     FIGURES_FILE.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
@@ -127,7 +143,7 @@ def main() -> None:
     if args.write_figures:
         if args.all or args.held_out:
             raise SystemExit("--write-figures stores the dense H100 rows' figures: leave out --all and --held-out")
-        write_figures(s)
+        write_figures(s, args.jobs)
         print(f"wrote {FIGURES_FILE}")
     if args.out:
         write_replay(result, args.out, source=str(args.data))

@@ -328,6 +328,16 @@ def load_benchmark(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def fidelity_sample(df: pd.DataFrame, per_group: int = 12) -> pd.DataFrame:
+    """A fixed sample of a benchmark file: up to ``per_group`` rows evenly spaced (by id) in every engine and
+    mode, dense and MoE alike; the rows the CI fidelity guard replays (tests/test_fidelity_pinned.py)."""
+    picks = []
+    for _, g in df.sort_values("id", kind="stable").groupby(["backend", "mode"], sort=True):
+        idx = np.unique(np.linspace(0, len(g) - 1, min(per_group, len(g))).round().astype(int))
+        picks.append(g.iloc[idx])
+    return pd.concat(picks)
+
+
 def select_models(df: pd.DataFrame, models: list[str] | None) -> pd.DataFrame:
     """Rows of the named models (catalog names, aliases or HF ids); all rows when none are named."""
     if not models:
