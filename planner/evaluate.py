@@ -240,14 +240,19 @@ class Evaluator:
         k = int(np.clip(k, 1, kmax))
         results: dict[int, Probe] = {}
         probes: list[Probe] = []
-        while k not in results and len(probes) < self.max_probes:
+        lo, hi = 0, None  # the most copies known to miss, the fewest known to meet
+        while len(probes) < self.max_probes:
             p = self.share(unit, k, est)
             results[k] = p
             probes.append(p)
-            if p.met and k > 1 and k - 1 not in results:
-                k -= 1
-            elif not p.met and k < kmax:
-                k += 1
+            if p.met:
+                hi = k
+            else:
+                lo = k
+            if (hi is not None and hi - lo <= 1) or (hi is None and lo >= kmax):
+                break
+            # from the screen's guess: half as many again while they miss, then halve the bracket
+            k = min(kmax, lo + max(1, lo // 2)) if hi is None else (lo + hi) // 2
         met = sorted(k for k, p in results.items() if p.met)
         if not met:
             worst = max(results)
