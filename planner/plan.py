@@ -20,7 +20,7 @@ from planner.decide import tie_break
 from planner.engines import ENGINES
 from planner.evaluate import Evaluator, Load
 from planner.reasons import reasons
-from planner.recommend import Confirmed, e2e_s_of, recommend
+from planner.recommend import Confirmed, mean_e2e_s, recommend
 from planner.screen import Screen
 from planner.search import OBJECTIVES, RUN_ATTRS, Search
 from planner.space import Space
@@ -326,7 +326,7 @@ def finish(req: PlanRequest, search: Search, study, t0: float, jobs: int = 1) ->
     if space.router == "kv_aware":  # tune the router's overlap/load weights on the whole deployment
         from planner.router_weights import tune_router_weights, weights_reason  # noqa: PLC0415
 
-        tuned, tried, n = tune_router_weights(ev, rec, e2e_s_of(rec))
+        tuned, tried, n = tune_router_weights(ev, rec, mean_e2e_s(rec.summary))
         sims += n
         weights_note = weights_reason(tried, tuned)
         choice.runs[choice.runs.index(rec)] = rec = tuned

@@ -5,7 +5,7 @@ deployment comes from one of these whole-deployment runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -84,7 +84,8 @@ class Recommendation:
 
 
 # ---- whole-deployment runs ------------------------------------------------------------------------
-def run_whole(ev: Evaluator, dep: Deployment, rate: float, e2e_s: float, stop: bool = False) -> tuple[Probe, object]:
+def run_whole(ev: Evaluator, dep: Deployment, rate: float, e2e_s: float,
+              stop: bool = False) -> tuple[Probe, object]:
     """Simulate the whole deployment under the plan's load (a longer run than the search's probes); ``stop``: a
     run only its verdict is wanted from ends once it misses for certain."""
     load = ev.load
@@ -110,8 +111,9 @@ def confirm(ev: Evaluator, dep: Deployment, rate: float, e2e_s: float) -> tuple[
     return Confirmed(dep, probe.rate_rps, probe, result, above=above), tries
 
 
-def e2e_s(row: dict) -> float:
-    return ((row["summary"].get("e2e_ms") or {}).get("mean") or 1000.0) * 1e-3
+def mean_e2e_s(summary: dict) -> float:
+    """Mean end-to-end latency of a summary, seconds (how long a run must last to see requests through)."""
+    return ((summary.get("e2e_ms") or {}).get("mean") or 1000.0) * 1e-3
 
 
 def unit_of(row: dict) -> Deployment:
@@ -156,8 +158,6 @@ def smaller_neighbours(dep: Deployment, space: Space) -> list[tuple[str, Deploym
 
 
 def _with_pool(dep: Deployment, name: str, **change) -> Deployment:
-    from dataclasses import replace  # noqa: PLC0415
-
     return replace(dep, **{name: replace(dep.pools[name], **change)})
 
 
@@ -204,26 +204,27 @@ def recommend(ev: Evaluator, space: Space, rows: list[dict], jobs: int = 1) -> R
         return [known[n] for n in names]
 
     if fixed:  # every finalist under the load
-        run([(*deployment_of(row, space, fixed), e2e_s(row), row["key"], "finalist", True) for row in finalists])
+        run([(*deployment_of(row, space, fixed), mean_e2e_s(row["summary"]), row["key"], "finalist", True)
+             for row in finalists])
         best = _pick(out.runs, pct, targets, fixed)
     else:  # the leader's highest rate that meets (the next finalist if it meets at none), the rest at that rate
         tried = 0
         for row in finalists:
             tried += 1
             dep, rate = deployment_of(row, space, fixed)
-            lead = run([(dep, rate, e2e_s(row), row["key"], "finalist", True)])[0]
+            lead = run([(dep, rate, mean_e2e_s(row["summary"]), row["key"], "finalist", True)])[0]
             if lead.above is None and row.get("above") and lead.met:  # met at once: the unit's bisection saw above
                 copies = lead.deployment.gpus // max(1, unit_of(row).gpus)
                 lead.above = (row["above"]["rate_rps"] * copies, row["above"]["misses"])
             if lead.met:
                 break
-        run([(deployment_of(row, space, fixed)[0], lead.rate_rps, e2e_s(row), row["key"], "finalist", False)
-             for row in finalists[tried:]])
+        run([(deployment_of(row, space, fixed)[0], lead.rate_rps, mean_e2e_s(row["summary"]), row["key"], "finalist",
+              False) for row in finalists[tried:]])
         best = _pick(same_load(out.runs, lead, fixed), pct, targets, fixed)
     if fixed:  # the fewest GPUs that carry the load: no deployment one step smaller may meet the targets
         for _ in range(space.budget_gpus):
             steps = smaller_neighbours(best.deployment, space)
-            tried = run([(dep, 0.0, e2e_s_of(best), "", "one step smaller", False) for _, dep in steps])
+            tried = run([(dep, 0.0, mean_e2e_s(best.summary), "", "one step smaller", False) for _, dep in steps])
             out.smaller = [(what, c) for (what, _), c in zip(steps, tried, strict=True)]
             better = _pick([best, *tried], pct, targets, fixed)
             if better is best:
@@ -233,8 +234,8 @@ def recommend(ev: Evaluator, space: Space, rows: list[dict], jobs: int = 1) -> R
     other_topology = "disagg" if best.deployment.topology == "agg" else "agg"
     for u in [u for u in units if u.topology == other_topology][:OTHER_TRIES]:  # until one meets
         row = by_key[u.name]
-        if run([(deployment_of(row, space, fixed)[0], best.rate_rps, e2e_s(row), row["key"], "other topology",
-                 False)])[0].met:
+        dep = deployment_of(row, space, fixed)[0]
+        if run([(dep, best.rate_rps, mean_e2e_s(row["summary"]), row["key"], "other topology", False)])[0].met:
             break
     others = [c for c in same_load(out.runs, best, fixed) if c.deployment.topology == other_topology]
     if others:
@@ -249,10 +250,6 @@ def recommend(ev: Evaluator, space: Space, rows: list[dict], jobs: int = 1) -> R
 def same_load(runs: list[Confirmed], ref: Confirmed, fixed: bool) -> list[Confirmed]:
     """The runs under the load ``ref`` was run at (a fixed load: all of them)."""
     return [c for c in runs if fixed or abs(c.rate_rps - ref.rate_rps) <= 1e-9 * ref.rate_rps]
-
-
-def e2e_s_of(c: Confirmed) -> float:
-    return ((c.summary.get("e2e_ms") or {}).get("mean") or 1000.0) * 1e-3
 
 
 def _pick(runs: list[Confirmed], pct: float, targets: tuple[float, float], fixed: bool) -> Confirmed:
