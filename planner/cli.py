@@ -549,7 +549,8 @@ def plan_cmd(
     concurrency: int | None = typer.Option(None, "--concurrency", help="Fixed load: closed-loop clients."),
     trace: str | None = typer.Option(None, "--trace", help="Fixed load: a trace file (ISL/OSL come from it)."),
     trace_format: str | None = typer.Option(None, "--trace-format", help="Trace format (default: detected)."),
-    percentile: int = typer.Option(90, "--percentile", help="50 | 90 | 99: the percentile the targets bind."),
+    percentile: str = typer.Option("90", "--percentile", help="50 | 90 | 99: the percentile the targets bind; mean: "
+                                   "the mean TTFT and TPOT, as AIConfigurator's targets (no share of requests asked)."),
     attainment: float = typer.Option(0.9, "--attainment", help="Share of requests that must meet both targets."),
     profile: str | None = typer.Option(None, "--profile", help="Profile directory (measured costs)."),
     calibration: str | None = typer.Option(None, "--calibration", help="Calibration file (pdsim calibrate) for "
@@ -591,10 +592,11 @@ def plan_cmd(
         fail(f"--topology must be agg, disagg or both, got {topology!r}")
     from planner.engines import ENGINES
 
+    pct = "mean" if percentile == "mean" else int(percentile) if percentile.isdigit() else percentile
     engines = list(ENGINES) if engine == "all" else [engine]
     reqs = [PlanRequest(model=model, ttft_ms=ttft, tpot_ms=tpot, isl=isl, osl=osl, gpu=gpu, gpus=gpus, dtype=dtype,
                         rate=rate, concurrency=concurrency, trace=trace, trace_format=trace_format,
-                        percentile=percentile, attainment=attainment, profile=profile, calibration=calibration,
+                        percentile=pct, attainment=attainment, profile=profile, calibration=calibration,
                         perf_db=perf_db, trials=trials, seed=seed, objective=objective,
                         topologies=("agg", "disagg") if topology == "both" else (topology,), router=router,
                         kv_tiers=kv_tiers, engine=e) for e in engines]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from simulator.metrics import stat_of
+
 # Seed-to-seed spread of a unit's goodput by bisection (bench/plan_noise.py: 12-18 % max-min over five seeds,
 # sd 4-7 %): throughputs closer than this are not told apart by the simulation, so they tie.
 NOISE = 0.10
@@ -54,9 +56,9 @@ def _num(x) -> float:
     return math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def run_of(name: str, dep, summary: dict, met: bool, tok_s: float, percentile: float) -> Run:
+def run_of(name: str, dep, summary: dict, met: bool, tok_s: float, percentile: float | str) -> Run:
     """A Run from a deployment (simulator.deployment.Deployment) and its simulated summary."""
-    p = f"p{percentile:g}"
+    p = stat_of(percentile)
     return Run(name, dep.topology, dep.gpus, sum(pool.replicas for pool in dep.pools.values()),
                tok_s if met else 0.0, met, _num((summary.get("ttft_ms") or {}).get(p)),
                _num((summary.get("tpot_ms") or {}).get(p)))

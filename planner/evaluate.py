@@ -83,7 +83,7 @@ class Evaluation:
 
 def misses(summary: dict, slo: SLO) -> str:
     """Which target a summary misses and by how much, in words ('' when both are met)."""
-    p = f"p{slo.percentile:g}"
+    p = slo.stat
     stopped = summary.get("stopped_early")
     if stopped:
         n = summary.get("requests") or 1
@@ -256,9 +256,9 @@ class Evaluator:
         met = sorted(k for k, p in results.items() if p.met)
         if not met:
             worst = max(results)
+            copies = f"{worst} cop{'y' if worst == 1 else 'ies'}"
             return Evaluation(unit_key(unit), unit, False, 0.0, worst, results[worst].rate_rps,
-                              results[worst].summary,
-                              f"misses targets with {worst} copies ({worst * unit.gpus} GPUs): "
+                              results[worst].summary, f"misses targets with {copies} ({worst * unit.gpus} GPUs): "
                               f"{misses(results[worst].summary, self.slo)}", est, probes)
         k = met[0]
         p = results[k]

@@ -31,7 +31,7 @@ from simulator import SLO
 from simulator.deployment import ROUTERS, Deployment
 from simulator.kv_tiers import tiers_flag
 
-PERCENTILES = (50, 90, 99)
+PERCENTILES = (50, 90, 99, "mean")  # "mean": the targets bind mean TTFT and TPOT (AIConfigurator's)
 # flags with an upper bound, so that no value runs forever: the search enumerates every unit of the budget (its
 # disagg units grow as GPUs squared: 128 GPUs take ~20 s, 256 ~1 min and 2 GB), a trial is a goodput search of
 # ~1 s, a closed loop simulates 8 requests per client, and Optuna's samplers take 32-bit seeds
@@ -55,7 +55,7 @@ class PlanRequest:
     concurrency: int | None = None
     trace: str | None = None
     trace_format: str | None = None
-    percentile: int = 90
+    percentile: int | str = 90  # or "mean"
     attainment: float = 0.9
     profile: str | None = None
     calibration: str | None = None  # `pdsim calibrate` file: fitted roofline factors (not with profile)
@@ -248,7 +248,7 @@ def load_profile(path: str | None):
 # ---- what the plan shows ---------------------------------------------------------------------------
 def closeness(row: dict, slo: SLO) -> float:
     """How far a unit is from the targets: the worst ratio of its percentile latency to the target."""
-    p = f"p{slo.percentile:g}"
+    p = slo.stat
     s = row["summary"]
     ttft, tpot = (s.get("ttft_ms") or {}).get(p), (s.get("tpot_ms") or {}).get(p)
     return max(math.inf if ttft is None else ttft / slo.ttft_ms, 0.0 if tpot is None else tpot / slo.tpot_ms)

@@ -14,12 +14,15 @@ from profiler.calibration import fidelity_error
 
 
 def _p(summary: dict, metric: str, slo) -> float | None:
-    return (summary.get(metric) or {}).get(f"p{slo.percentile:g}")
+    return (summary.get(metric) or {}).get(slo.stat)
 
 
-def _pct(values: np.ndarray, q: float) -> float:
+def _at(values: np.ndarray, slo) -> float:
+    """The statistic the targets bind (a percentile, or the mean) of the finite values."""
     v = values[np.isfinite(values)]
-    return float(np.percentile(v, q)) if len(v) else float("nan")
+    if not len(v):
+        return float("nan")
+    return float(v.mean()) if slo.stat == "mean" else float(np.percentile(v, slo.percentile))
 
 
 def _gpus(n: int) -> str:
@@ -30,7 +33,7 @@ def headline(rec, slo) -> str:
     d = rec.deployment
     verdict = "meets" if rec.met else f"MISSES ({misses(rec.summary, slo)})"
     served = f": {rec.tok_s_per_gpu:,.0f} tok/s/GPU, the whole deployment at that load" if rec.met else ""
-    return (f"{d.describe()} ({_gpus(d.gpus)}) {verdict} p{slo.percentile:g} TTFT {slo.ttft_ms:g} ms and TPOT "
+    return (f"{d.describe()} ({_gpus(d.gpus)}) {verdict} {slo.stat} TTFT {slo.ttft_ms:g} ms and TPOT "
             f"{slo.tpot_ms:g} ms at {rec.rate_rps:.3g} req/s{served}")
 
 
@@ -119,7 +122,7 @@ def limit(rec, slo, fixed: bool) -> str:
             slo.ttft_ms, slo.tpot_ms)[1] else near[1]
         got, target = (_p(rec.summary, "ttft_ms", slo), slo.ttft_ms) if name == "TTFT" else (
             _p(rec.summary, "tpot_ms", slo), slo.tpot_ms)
-        return (f"at {rec.rate_rps:.3g} req/s the binding target is {name}: p{slo.percentile:g} {got:.1f} ms of "
+        return (f"at {rec.rate_rps:.3g} req/s the binding target is {name}: {slo.stat} {got:.1f} ms of "
                 f"{target:g} ms")
     seen = []
     s = rec.summary
@@ -188,7 +191,7 @@ def interference(confirmed, slo, search) -> str | None:
         return None
     verdict = "above" if tpot > slo.tpot_ms else "within"
     return (f"prefill interference in {dep.describe()}: prompt chunks share iterations with decoding, "
-            f"so p{slo.percentile:g} TPOT is {tpot:.1f} ms ({verdict} the {slo.tpot_ms:g} ms target) where "
+            f"so {slo.stat} TPOT is {tpot:.1f} ms ({verdict} the {slo.tpot_ms:g} ms target) where "
             f"a decode-only step at its mean batch of {batch} takes {step_ms:.1f} ms")
 
 
@@ -202,8 +205,8 @@ def kv_transfer(confirmed, slo) -> str | None:
     if not np.isfinite(t).any():
         return None
     ttft = _p(confirmed.summary, "ttft_ms", slo) or float("nan")
-    return (f"KV transfer adds {np.nanmean(t):.1f} ms (p{slo.percentile:g} {_pct(t, slo.percentile):.1f} ms) to TTFT "
-            f"in {confirmed.deployment.describe()}, of a p{slo.percentile:g} TTFT of {ttft:.0f} ms")
+    return (f"KV transfer adds {np.nanmean(t):.1f} ms ({slo.stat} {_at(t, slo):.1f} ms) to TTFT "
+            f"in {confirmed.deployment.describe()}, of a {slo.stat} TTFT of {ttft:.0f} ms")
 
 
 def queueing(confirmed, slo) -> str | None:
@@ -215,9 +218,9 @@ def queueing(confirmed, slo) -> str | None:
     wait = (r["prefill_start_s"] - r["arrival_s"]).to_numpy(dtype=float) * 1e3
     if not np.isfinite(wait).any():
         return None
-    q = _pct(wait, slo.percentile)
+    q = _at(wait, slo)
     return (f"queueing before prefill in {confirmed.deployment.describe()}: mean {np.nanmean(wait):.1f} ms, "
-            f"p{slo.percentile:g} {q:.1f} ms")
+            f"{slo.stat} {q:.1f} ms")
 
 
 def reasons(plan, search, other_closest: dict | None) -> list[str]:

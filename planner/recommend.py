@@ -14,6 +14,7 @@ from planner.evaluate import Evaluator, Probe, misses
 from planner.parallel import calls
 from planner.space import Space, infeasible_reason, max_copies, scale
 from simulator.deployment import Deployment, parse_deployment
+from simulator.metrics import stat_of
 
 FINALISTS = 2  # unit rows, best first and of distinct behaviour, confirmed as whole deployments
 OTHER_TRIES = 2  # deployments of the other topology tried at the recommendation's load
@@ -135,7 +136,7 @@ def unit_run(row: dict, space: Space, fixed_load: bool, percentile: float) -> de
 
 def behaviour(row: dict, percentile: float) -> tuple:
     """Units whose simulations came out the same (batch limits that never bound): one stands for all."""
-    p = f"p{percentile:g}"
+    p = stat_of(percentile)
     s, u = row["summary"], row["unit"]
     shape = tuple((name, u[name]["replicas"], u[name]["tp"]) for name in ("workers", "prefill", "decode") if name in u)
     return shape, row["copies"], (s.get("ttft_ms") or {}).get(p), (s.get("tpot_ms") or {}).get(p), row["score"]

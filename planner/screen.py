@@ -42,7 +42,7 @@ class Screen:
     osl: float
     ttft_s: float
     tpot_s: float
-    percentile: float = 90.0
+    percentile: float | str = 90.0  # or "mean"
     profile: object | None = None
     efficiency: object | None = None  # a calibration's Efficiency (None: the engine's)
     perf_db: str | None = None  # aiconfigurator[:BACKEND]: AIConfigurator's tables instead of the roofline
@@ -58,12 +58,14 @@ class Screen:
 
     @property
     def wait_quantile(self) -> float:
-        """Multiplier from mean to the target percentile of an exponential-tailed queueing wait."""
-        return math.log(1.0 / (1.0 - self.percentile / 100.0))
+        """Multiplier from mean to the target percentile of an exponential-tailed queueing wait (1: the mean)."""
+        return 1.0 if self.percentile == "mean" else math.log(1.0 / (1.0 - self.percentile / 100.0))
 
     @property
     def spread_quantile(self) -> float:
-        """Standard deviations from the mean to the target percentile of a normal spread (0 at the median)."""
+        """Standard deviations from the mean to the target percentile of a normal spread (0 at the median, mean)."""
+        if self.percentile == "mean":
+            return 0.0
         return max(0.0, NormalDist().inv_cdf(min(self.percentile, 99.9) / 100.0))
 
     def estimate(self, dep: Deployment) -> Estimate:

@@ -8,6 +8,7 @@ from planner.plan import Plan, PlanRequest
 from planner.recommend import Confirmed
 from profiler.gpus import resolve_gpu
 from profiler.models import published_dtype
+from simulator.metrics import stat_of
 
 
 def _f(x, spec: str = ".1f") -> str:
@@ -24,8 +25,9 @@ def header(req: PlanRequest) -> str:
     if gpu.weight_only(req.dtype):
         dtype += f"; weight-only at the bf16 rate: {gpu.name} has no {req.dtype} tensor cores"
     return (f"plan: {req.model} ({dtype}) on up to {req.gpus} x {req.gpu} with {req.engine}; {shape}load: {load}\n"
-            f"targets: p{req.percentile} TTFT <= {req.ttft_ms:g} ms, p{req.percentile} TPOT <= {req.tpot_ms:g} ms, "
-            f"{req.attainment:.0%} of requests; objective {req.objective}")
+            f"targets: {stat_of(req.percentile)} TTFT <= {req.ttft_ms:g} ms, {stat_of(req.percentile)} TPOT <= "
+            f"{req.tpot_ms:g} ms, " + ("the means, as AIConfigurator's targets" if req.percentile == "mean" else
+                                      f"{req.attainment:.0%} of requests") + f"; objective {req.objective}")
 
 
 def pools(c: Confirmed) -> list[str]:
@@ -42,10 +44,10 @@ def pools(c: Confirmed) -> list[str]:
 
 def latencies(c: Confirmed) -> list[str]:
     s = c.summary
-    lines = [f"  {'ms':<6}{'p50':>9}{'p90':>9}{'p99':>9}"]
+    lines = [f"  {'ms':<6}{'mean':>9}{'p50':>9}{'p90':>9}{'p99':>9}"]
     for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
         m = s.get(key) or {}
-        lines.append(f"  {key[:-3].upper():<6}" + "".join(f"{_f(m.get(p)):>9}" for p in ("p50", "p90", "p99")))
+        lines.append(f"  {key[:-3].upper():<6}" + "".join(f"{_f(m.get(p)):>9}" for p in ("mean", "p50", "p90", "p99")))
     att = s.get("slo_attainment")
     att = _f(None if att is None else att * 100, '.1f')
     if not c.met:  # it does not serve the load: no throughput or cost as if it did
@@ -103,8 +105,8 @@ def engines_compared(plans: list[Plan]) -> str:
         run = rec.run(pct)
         runs[p.request.engine] = (run, rec)
         lines.append(f"  {p.request.engine:<7} {rec.deployment.describe()}, {rec.deployment.gpus} GPUs: "
-                     f"{rec.tok_s_per_gpu:,.0f} tok/s/GPU at {rec.rate_rps:.3g} req/s, p{pct} TTFT {run.ttft_ms:.0f} "
-                     f"ms, TPOT {run.tpot_ms:.1f} ms")
+                     f"{rec.tok_s_per_gpu:,.0f} tok/s/GPU at {rec.rate_rps:.3g} req/s, {stat_of(pct)} TTFT "
+                     f"{run.ttft_ms:.0f} ms, TPOT {run.tpot_ms:.1f} ms")
     if not runs:
         return "\n".join(lines)
     ranked = decide.order([replace(r, name=e) for e, (r, _) in runs.items()], req.ttft_ms, req.tpot_ms, fixed)

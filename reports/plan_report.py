@@ -20,6 +20,7 @@ from reports.html import (
     table,
     waterfall,
 )
+from simulator.metrics import stat_of
 
 
 def pareto_figure(p) -> go.Figure:
@@ -100,7 +101,7 @@ def candidates_rows(p, top: int = 15) -> list[dict]:
 
 def write_plan_report(p, path: str | Path) -> Path:
     req = p.request
-    slo_text = (f"p{req.percentile} TTFT <= {req.ttft_ms:g} ms, TPOT <= {req.tpot_ms:g} ms, "
+    slo_text = (f"{stat_of(req.percentile)} TTFT <= {req.ttft_ms:g} ms, TPOT <= {req.tpot_ms:g} ms, "
                 f"{req.attainment:.0%} attainment")
     shape = f"ISL {req.isl} / OSL {req.osl}" if req.trace is None else f"trace {req.trace}"
     subtitle = f"{req.model} ({req.dtype}) on up to {req.gpus} x {req.gpu}; {shape}; {slo_text}"

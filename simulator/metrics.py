@@ -17,12 +17,21 @@ PERCENTILES = (50, 90, 99)
 @dataclass(frozen=True)
 class SLO:
     """Latency targets: ``percentile`` of TTFT and TPOT within target, and ``attainment`` share of requests
-    meeting both."""
+    meeting both; or, ``percentile="mean"``, the mean TTFT and TPOT within target (AIConfigurator's question)."""
 
     ttft_ms: float
     tpot_ms: float
-    percentile: float = 90
+    percentile: float | str = 90
     attainment: float = 0.9
+
+    @property
+    def stat(self) -> str:
+        """The summary statistic the targets bind: "p90", or "mean"."""
+        return stat_of(self.percentile)
+
+
+def stat_of(percentile: float | str) -> str:
+    return "mean" if percentile == "mean" else f"p{percentile:g}"
 
 
 class ITLSamples:
@@ -141,15 +150,18 @@ class SimResult:
             tpot_ok = (m["tpot_s"].isna() | (m["tpot_s"] * 1e3 <= slo.tpot_ms)).to_numpy()
             good = ttft_ok & tpot_ok & (m["outcome"] != "failed").to_numpy()
             attainment = float(good.mean())
-            with np.errstate(invalid="ignore"):  # failed requests count as an infinite TTFT (inf - inf is nan)
-                p_ttft = float(np.percentile(m["ttft_s"].fillna(np.inf), slo.percentile)) * 1e3
+            ttft_s, finite_tpot = m["ttft_s"].fillna(np.inf), m["tpot_s"].dropna()  # failed: an infinite TTFT
+            mean = slo.stat == "mean"
+            with np.errstate(invalid="ignore"):  # inf - inf is nan
+                p_ttft = float(ttft_s.mean() if mean else np.percentile(ttft_s, slo.percentile)) * 1e3
             p_ttft = np.inf if np.isnan(p_ttft) else p_ttft
-            finite_tpot = m["tpot_s"].dropna()
-            p_tpot = np.percentile(finite_tpot, slo.percentile) * 1e3 if len(finite_tpot) else 0.0
+            p_tpot = 0.0 if not len(finite_tpot) else float(
+                finite_tpot.mean() if mean else np.percentile(finite_tpot, slo.percentile)) * 1e3
             s["slo"] = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms, "percentile": slo.percentile,
                         "attainment": slo.attainment}
             s["slo_attainment"] = attainment
-            s["slo_met"] = bool(p_ttft <= slo.ttft_ms and p_tpot <= slo.tpot_ms and attainment >= slo.attainment)
+            s["slo_met"] = bool(p_ttft <= slo.ttft_ms and p_tpot <= slo.tpot_ms  # means: no share is asked
+                                and (mean or attainment >= slo.attainment))
         return s
 
 
@@ -182,7 +194,7 @@ def summary_table(summary: dict) -> str:
                      f"saved {kv['prefill_tokens_saved']:,} prefill tokens  stale routes {kv['stale_routes']}{tiers}")
     if summary.get("slo"):
         slo = summary["slo"]
-        lines.append(f"SLO p{slo['percentile']:g} TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms: "
+        lines.append(f"SLO {stat_of(slo['percentile'])} TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms: "
                      f"attainment {summary['slo_attainment'] * 100:.1f}% (need {slo['attainment'] * 100:.0f}%) -> "
                      f"{'met' if summary['slo_met'] else 'NOT met'}")
     return "\n".join(lines)

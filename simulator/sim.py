@@ -52,7 +52,7 @@ def simulate(deployment: Deployment, workload: Workload, *, seed: int = 0, cost_
     sim = Simulation(deployment, workload, seed=seed, cost_models=cost_models, profile=profile,
                      fast_forward=fast_forward, closed_loop_stagger_s=closed_loop_stagger_s,
                      admission_wait_prefills=admission_wait_prefills)
-    if stop_when_missed and slo is not None and not workload.closed_loop and sim.ops is None:
+    if stop_when_missed and slo is not None and slo.stat != "mean" and not workload.closed_loop and sim.ops is None:
         sim.run_until_missed(slo)
     else:
         sim.env.run()

@@ -11,6 +11,7 @@ from planner.decide import Run, choose, dominates, order, tied
 from planner.evaluate import Probe
 from planner.recommend import Confirmed
 from planner.terminal import latencies
+from simulator import SLO
 from simulator.deployment import parse_deployment
 
 TTFT, TPOT = 1000.0, 50.0
@@ -91,7 +92,7 @@ def test_a_comparison_row_that_misses_shows_no_throughput_or_cost():
 def test_reasons_call_a_tie_a_tie_and_name_idle_gpus():
     from planner import reasons as rs
 
-    slo = SimpleNamespace(percentile=90, ttft_ms=TTFT, tpot_ms=TPOT)
+    slo = SLO(ttft_ms=TTFT, tpot_ms=TPOT, percentile=90)
     agg = confirmed({"model": "llama-3.1-8b", "workers": {"replicas": 8, "tp": 1}}, True, ttft=250, tpot=18)
     dis = confirmed({"model": "llama-3.1-8b", "prefill": {"replicas": 2, "tp": 2}, "decode": {"replicas": 4, "tp": 1}},
                     True, ttft=210, tpot=45)

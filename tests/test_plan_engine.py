@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
 import yaml
 
 from planner.cli import app, run_app
@@ -52,3 +53,23 @@ def test_plan_engine_says_which_and_writes_it_into_the_deployment(tmp_path, caps
     assert {p.name for p in (tmp_path / "all").iterdir()} == {"vllm", "sglang", "trtllm"}
     assert run_app(app, [*args, "--engine", "tgi", "--out", str(tmp_path / "x")]) == 2
     assert "--engine" in capsys.readouterr().err
+
+
+def test_mean_targets_with_clients_reproduce_simulate_concurrency_means(tmp_path, capsys):
+    """The question asked AIConfigurator's way (mean targets, N closed-loop clients) gives the means that
+    `pdsim simulate --concurrency N` gives for the same deployment and requests."""
+    n = 8
+    assert run_app(app, ["plan", "--model", "llama-3.1-8b", "--isl", "1000", "--osl", "100", "--ttft", "500",
+                         "--tpot", "30", "--percentile", "mean", "--concurrency", str(n), "--gpus", "2", "--trials",
+                         "2", "--quiet", "--out", str(tmp_path / "plan")]) == 0
+    out = capsys.readouterr().out
+    assert "targets: mean TTFT <= 500 ms, mean TPOT <= 30 ms, the means" in out and "load: 8 clients" in out
+    rec = json.loads((tmp_path / "plan" / "plan.json").read_text())["recommendation"]
+    requests = rec["requests"]  # the plan's closed loop: max(150, 8 x clients) requests, a tenth of them warm-up
+    assert run_app(app, ["simulate", "--deployment", str(tmp_path / "plan" / "deployment.yaml"), "--concurrency",
+                         str(n), "--isl", "1000", "--osl", "100", "--requests", str(requests), "--warmup",
+                         str(requests // 10), "--json", str(tmp_path / "sim.json")]) == 0
+    sim = json.loads((tmp_path / "sim.json").read_text())
+    for metric in ("ttft_ms", "tpot_ms"):
+        assert rec["summary"][metric]["mean"] == pytest.approx(sim[metric]["mean"], rel=1e-9)
+    assert rec["summary"]["ttft_ms"]["mean"] <= 500 and rec["summary"]["tpot_ms"]["mean"] <= 30
