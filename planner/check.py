@@ -18,9 +18,11 @@ slo:
   attainment: 0.9                       # share of requests that must meet both TTFT and TPOT
 baseline:                               # `pdsim check --update-baseline` writes it
   tolerance: 0.05                       # relative, for every metric without its own
+  bound: two-sided                      # a move either way fails (the model turned optimistic, or worse);
+                                        # one-sided: only a move for the worse fails, a better one is a note
   metrics:
     ttft_ms.p90: 182.4
-    tok_s_per_gpu: {value: 2210.0, tolerance: 0.02}
+    tok_s_per_gpu: {value: 2210.0, tolerance: 0.02, bound: one-sided}
 ```
 """
 
@@ -82,10 +84,14 @@ class SLOSpec:
         return f"p{self.percentile}"
 
 
+BOUNDS = ("two-sided", "one-sided")
+
+
 @dataclass(frozen=True)
 class Expected:
     value: float
     tolerance: float  # relative
+    two_sided: bool = True  # a move for the better beyond tolerance fails too
 
 
 @dataclass(frozen=True)
@@ -260,9 +266,10 @@ def _parse_baseline(node: Any, w: Callable[..., str], parent: Any) -> dict[str, 
         return {}
     where = w(parent, "baseline", "baseline")
     node = _mapping(node, where, "{tolerance: 0.05, metrics: {ttft_ms.p90: 182.4}}")
-    _unknown(node, {"tolerance", "metrics"}, where)
+    _unknown(node, {"tolerance", "bound", "metrics"}, where)
     default = _number(node.get("tolerance", DEFAULT_TOLERANCE), w(node, "tolerance", "baseline.tolerance"),
                       positive=False)
+    two_sided = _bound(node.get("bound", BOUNDS[0]), w(node, "bound", "baseline.bound"))
     metrics = node.get("metrics") or {}
     metrics = _mapping(metrics, w(node, "metrics", "baseline.metrics"), "{ttft_ms.p90: 182.4}")
     known = baseline_metrics()
@@ -272,15 +279,23 @@ def _parse_baseline(node: Any, w: Callable[..., str], parent: Any) -> dict[str, 
         if key not in known:
             raise InputError(f"unknown metric (known: {', '.join(known)})", where=at)
         if isinstance(entry, dict):
-            _unknown(entry, {"value", "tolerance"}, at)
+            _unknown(entry, {"value", "tolerance", "bound"}, at)
             if "value" not in entry:
                 raise InputError("missing field 'value'", where=at)
             value = _number(entry["value"], f"{at}.value", positive=False)
             tol = _number(entry.get("tolerance", default), f"{at}.tolerance", positive=False)
+            sides = _bound(entry["bound"], f"{at}.bound") if "bound" in entry else two_sided
         else:
-            value, tol = _number(entry, at, positive=False), default
-        out[str(key)] = Expected(value, tol)
+            value, tol, sides = _number(entry, at, positive=False), default, two_sided
+        out[str(key)] = Expected(value, tol, sides)
     return out
+
+
+def _bound(value: Any, where: str) -> bool:
+    """True for a two-sided bound."""
+    if value not in BOUNDS:
+        raise InputError(f"must be {' or '.join(BOUNDS)}, got {value!r}", where=where)
+    return value == BOUNDS[0]
 
 
 def parse_check(data: Any, path: Path) -> CheckSpec:
@@ -396,6 +411,9 @@ def evaluate(spec: CheckSpec, summary: dict) -> tuple[list[str], list[str]]:
             continue
         if worse > 0:
             reasons.append(f"{_label(metric)} regressed {rel:.1%} vs baseline ({change})")
+        elif exp.two_sided:  # a prediction that turned optimistic is as wrong as one that turned pessimistic
+            reasons.append(f"{_label(metric)} improved {rel:.1%} vs baseline ({change}), beyond a two-sided bound: "
+                           "if the model is meant to predict this, --update-baseline")
         else:
             notes.append(f"{_label(metric)} improved {rel:.1%} vs baseline ({change}); --update-baseline to keep it")
     return reasons, notes

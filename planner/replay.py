@@ -270,8 +270,6 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
         if (tp := expert_gpus_tp(row, prefix)) > (said := int(_num(row, f"{prefix}tp_size"))):
             unsaid.append(f"{prefix.rstrip('_') or 'workers'}: TP {tp} over the experts' GPUs (tp {said}, "
                           f"moe_tp x moe_ep {tp})")
-    if unsaid:
-        base = replace(base, assumed=", ".join(unsaid) + " (the row does not say)")
     if why:
         return replace(base, skip_reason=why)
     if max(p.attention_tp for p in pools.values()) > 2 * gpu.max_tp_per_node:  # experts may span more (all-to-all)
@@ -298,6 +296,10 @@ def row_case(row: pd.Series, i: int, gpu_name: str | None = None) -> Case:
                                      max(p.max_batch_tokens for p in pools.values()), big.attention_dp)
     if raised:
         util = max(util, RAISED_MEMORY_FRACTION)
+        unsaid.append(f"a memory share of {RAISED_MEMORY_FRACTION:g}, raised from the engine's default, which cannot "
+                      "hold one request's KV")
+    if unsaid:
+        base = replace(base, assumed=", ".join(unsaid) + " (the row does not say)")
     inter = any(p.tp > gpu.max_tp_per_node for p in pools.values())
     link = KVLinkSpec(bandwidth_gb_s=(gpu.internode_bw_bytes_s if inter else gpu.nvlink_bw_bytes_s) / 1e9,
                       latency_us=(gpu.internode_latency_s if inter else gpu.nvlink_latency_s) * 1e6,

@@ -166,15 +166,19 @@ def test_a_missed_slo_names_the_target_its_percentile_and_the_miss(tmp_path):
     assert "tok_s_per_user" not in " ".join(reasons)  # not pinned by this baseline
 
 
-def test_a_regression_beyond_tolerance_fails_in_the_metrics_bad_direction_only(tmp_path):
+def test_a_move_beyond_tolerance_fails_either_way_unless_the_bound_is_one_sided(tmp_path):
     spec = load_check(write(tmp_path))
     reasons, notes = evaluate(spec, fake_summary(ttft=120.0, tok_s_per_gpu=1100.0))
-    assert reasons == ["p90 TTFT regressed 20.0% vs baseline (100 -> 120, tolerance 5%)"]
-    assert notes == ["tok_s_per_gpu improved 10.0% vs baseline (1000 -> 1100, tolerance 2%); "
-                     "--update-baseline to keep it"]
-    reasons, notes = evaluate(spec, fake_summary(ttft=80.0, tok_s_per_gpu=970.0))
+    assert reasons == ["p90 TTFT regressed 20.0% vs baseline (100 -> 120, tolerance 5%)",
+                       "tok_s_per_gpu improved 10.0% vs baseline (1000 -> 1100, tolerance 2%), beyond a two-sided "
+                       "bound: if the model is meant to predict this, --update-baseline"] and notes == []
+    with_bound = lambda b: CHECK.replace("  tolerance: 0.05\n", f"  tolerance: 0.05\n  bound: {b}\n")  # noqa: E731
+    one_sided = load_check(write(tmp_path, with_bound("one-sided")))
+    reasons, notes = evaluate(one_sided, fake_summary(ttft=80.0, tok_s_per_gpu=970.0))
     assert reasons == ["tok_s_per_gpu regressed 3.0% vs baseline (1000 -> 970, tolerance 2%)"]
     assert notes and notes[0].startswith("p90 TTFT improved 20.0%")
+    with pytest.raises(InputError, match="baseline.bound: must be two-sided or one-sided"):
+        load_check(write(tmp_path, with_bound("sideways")))
 
 
 def test_failed_requests_and_empty_results_fail(tmp_path):

@@ -126,3 +126,23 @@ def test_a_calibration_file_sets_the_costs_and_one_fitted_on_another_gpu_is_refu
     r = chk.run_check(p)
     assert r.status == "error" and r.reasons[0].startswith(f"{p}: calibration: ")
     assert "fitted for llama-3.1-8b on h100-sxm" in r.reasons[0]
+
+
+def test_a_model_turned_optimistic_fails_the_repo_configs(monkeypatch):
+    """Two-sided baselines: every efficiency 1.3x (shares of peak up, fixed costs down) predicts faster
+    deployments than the configs were pinned at, and that fails as a regression does."""
+    from dataclasses import fields, replace
+
+    import profiler.factory as factory
+    from profiler.roofline import engine_efficiency
+
+    def optimistic(engine: str):
+        eff = engine_efficiency(engine)
+        return replace(eff, **{f.name: (min(1.0, getattr(eff, f.name) * 1.3) if not f.name.endswith("_s")
+                                        else getattr(eff, f.name) / 1.3)
+                               for f in fields(eff) if f.name != "ttft_wait_prefills"})
+
+    monkeypatch.setattr(factory, "engine_efficiency", optimistic)
+    results = chk.run_checks([AGG_8B, DISAGG_70B])
+    assert [r.status for r in results] == ["fail", "fail"]
+    assert all(any("beyond a two-sided bound" in x for x in r.reasons) for r in results), [r.reasons for r in results]

@@ -573,6 +573,7 @@ def test_a_row_that_ran_where_the_default_memory_share_cannot_hold_one_request_g
                   c=8, gemm_quant_mode="fp8", moe_quant_mode="fp8_block")
     case = row_case(row, 0)
     assert not case.skipped and case.deployment.gpu_memory_utilization == RAISED_MEMORY_FRACTION
+    assert "a memory share of 0.95, raised from the engine's default" in case.assumed  # said, as every assumption
     # ... on 4 x H200 the weights alone do not fit: no engine ran that, the row cannot be what it says
     assert "cannot hold the weights" in row_case(agg_row(**{**row.to_dict(), "system": "h200_sxm"}), 1).skip_reason
 
