@@ -186,6 +186,12 @@ def test_trtllm_kv_share_is_of_the_memory_weights_leave():
     m, g = CATALOG["qwen3-32b"], resolve_gpu("h100-sxm")
     u = engine_memory_utilization("trtllm", m, g, 1, "fp8", 8192)
     assert engine_memory_utilization("vllm", m, g, 1, "fp8", 8192) == 0.90 < u < 0.98
+    # free_gpu_memory_fraction 0.90 of what weights, activations and the reserve leave, as a share of all HBM
+    fit = memory_fit(m, g, 1, "fp8", "bf16", 8192, 1.0)
+    used = fit.weights_bytes + fit.activation_bytes + fit.reserve_bytes
+    assert u == pytest.approx((used + 0.90 * (g.hbm_bytes - used)) / g.hbm_bytes, rel=1e-12)
+    small = engine_memory_utilization("trtllm", CATALOG["llama-3.1-8b"], g, 1, "fp8", 8192)
+    assert small < u  # less left to weights: the same 0.9 of a larger free share is a smaller share of HBM
 
 
 def test_no_configuration_that_ran_is_refused_as_out_of_memory():

@@ -9,6 +9,7 @@ import yaml
 
 from planner.cli import app, run_app
 from planner.plan import PlanRequest
+from planner.router_weights import GRID
 from traces.samples import sample_path
 
 
@@ -25,6 +26,7 @@ def test_plan_with_kv_aware_routing_tunes_the_router_weights(tmp_path, capsys):
     reasons = json.loads((tmp_path / "plan.json").read_text())["reasons"]
     line = next(r for r in reasons if r.startswith("kv_aware router weights"))
     assert f"overlap {dep['router_weights']['overlap']:g} : load {dep['router_weights']['load']:g}" in line
+    assert f"best of {len(GRID)} tried" in line  # every ratio of the grid simulated, not only the default
     assert "Prefix cache and KV tiers over time" in (tmp_path / "report.html").read_text()
 
 
