@@ -640,8 +640,6 @@ def plan_cmd(
 def _plan_one(req, storage: str | None, study: str | None, quiet: bool, jobs: int | None, made_folder=None):
     """One plan with its banner (once the question holds) and progress bar; an empty output folder this run
     made is removed if the plan is refused or interrupted."""
-    import time  # noqa: F401
-
     from planner.parallel import default_jobs
     from planner.plan import plan
     from planner.terminal import header

@@ -15,7 +15,6 @@ NOISE = 0.10
 NEAR = 0.10  # a target binds when its percentile latency is within this share of its limit
 
 
-
 def tie_break(fixed_load: bool) -> list[str]:
     """The order among deployments that meet the targets, in words."""
     first = "fewer GPUs" if fixed_load else "tokens/s per GPU within the noise, then more tokens/s in total"

@@ -65,7 +65,7 @@ class Evaluation:
     estimate: Estimate | None = None
     probes: list[Probe] = field(default_factory=list)
     above: tuple[float, str] | None = None  # goodput: the lowest rate probed that missed (req/s, what it missed)
-    calibration: dict[str, list[float]] | None = None  # the evaluator's calibration after it (planner/search.py)
+    learned: float | None = None  # goodput: simulated over screened goodput, what it added to the calibration
     pid: int = 0  # the process that simulated it
 
     @property
@@ -197,8 +197,9 @@ class Evaluator:
                 break
             else:
                 r = math.sqrt(lo.rate_rps * hi.rate_rps)
-        if lo is not None and est.goodput_rps > 0:
-            self.calibration.setdefault(unit.topology, []).append(lo.rate_rps / est.goodput_rps)
+        learned = lo.rate_rps / est.goodput_rps if lo is not None and est.goodput_rps > 0 else None
+        if learned is not None:
+            self.calibration.setdefault(unit.topology, []).append(learned)
         osl = float(self.screen.osl)
         if lo is None:
             lowest = min(probes, key=lambda q: q.rate_rps)
@@ -207,7 +208,7 @@ class Evaluator:
                               est, probes)
         above = None if hi is None else (hi.rate_rps, misses(hi.summary, self.slo))
         return Evaluation(unit_key(unit), unit, True, lo.rate_rps * osl / unit.gpus, 1, lo.rate_rps, lo.summary, "",
-                          est, probes, above)
+                          est, probes, above, learned)
 
     # ---- fixed load ------------------------------------------------------------------------------
     def share(self, unit: Deployment, copies: int, est: Estimate | None) -> Probe:

@@ -81,7 +81,7 @@ def ties_within(plan, slo, fixed: bool) -> list[str]:
             f"{headroom_words(a, slo)}"]
 
 
-def budget(plan, search, fixed: bool) -> list[str]:
+def budget(plan, fixed: bool) -> list[str]:
     """Idle GPUs, and why."""
     rec, req = plan.recommendation, plan.request
     idle = req.gpus - rec.deployment.gpus
@@ -234,7 +234,7 @@ def reasons(plan, search, other_closest: dict | None) -> list[str]:
         out.append(f"no {other_closest['unit']['topology']} deployment meets the targets at any load tried; "
                    f"the closest ({other_closest['key']}) {other_closest['constraint'] or 'misses'}")
     out += smaller_steps(plan, slo)
-    out += budget(plan, search, fixed)
+    out += budget(plan, fixed)
     for conf in (rec, other if other is not None and other.met else None):
         if conf is None:
             continue

@@ -58,7 +58,7 @@ class Confirmed:
         d = self.deployment
         return usd_per_million_tokens(d.gpus, usd_per_gpu_hour(d.gpu), self.tok_s_per_gpu * d.gpus)
 
-    def run(self, percentile: float) -> decide.Run:
+    def run(self, percentile: float | str) -> decide.Run:
         return decide.run_of(self.deployment.describe(), self.deployment, self.summary, self.met,
                              self.tok_s_per_gpu * self.deployment.gpus, percentile)
 
@@ -128,13 +128,13 @@ def deployment_of(row: dict, space: Space, fixed_load: bool) -> tuple[Deployment
     return scale(unit, copies), row["rate_rps"] * copies
 
 
-def unit_run(row: dict, space: Space, fixed_load: bool, percentile: float) -> decide.Run:
+def unit_run(row: dict, space: Space, fixed_load: bool, percentile: float | str) -> decide.Run:
     """A unit row as the Run of the deployment it stands for (its figures are the unit's share of the load)."""
     dep, _ = deployment_of(row, space, fixed_load)
     return decide.run_of(row["key"], dep, row["summary"], row["feasible"], row["score"] * dep.gpus, percentile)
 
 
-def behaviour(row: dict, percentile: float) -> tuple:
+def behaviour(row: dict, percentile: float | str) -> tuple:
     """Units whose simulations came out the same (batch limits that never bound): one stands for all."""
     p = stat_of(percentile)
     s, u = row["summary"], row["unit"]
@@ -253,7 +253,7 @@ def same_load(runs: list[Confirmed], ref: Confirmed, fixed: bool) -> list[Confir
     return [c for c in runs if fixed or abs(c.rate_rps - ref.rate_rps) <= 1e-9 * ref.rate_rps]
 
 
-def _pick(runs: list[Confirmed], pct: float, targets: tuple[float, float], fixed: bool) -> Confirmed:
+def _pick(runs: list[Confirmed], pct: float | str, targets: tuple[float, float], fixed: bool) -> Confirmed:
     """decide.choose over ``runs``, which share one load."""
     rs = [c.run(pct) for c in runs]
     return runs[rs.index(decide.choose(rs, *targets, fixed))]

@@ -232,7 +232,7 @@ class Search:
         """One unit's simulations, from the state the batch started with (so any process gives the same)."""
         self.evaluator.calibration = {k: list(v) for k, v in calibration.items()}
         ev = self.evaluator.evaluate(unit, est, max_gpus)
-        ev.calibration, ev.pid = self.evaluator.calibration, os.getpid()
+        ev.pid = os.getpid()
         return ev
 
     def run(self, study: optuna.Study, max_units: int | None = None, jobs: int = 1) -> None:
@@ -269,8 +269,8 @@ class Search:
             evals = calls(self.evaluate, [(u, e, start, bound.get(u.topology)) for _, u, e in todo], jobs)
             self.evaluator.calibration = start
             for (trial, _, _), ev in zip(todo, evals, strict=True):
-                for k, ratios in ev_calibration(ev, start).items():  # what each unit learned, in batch order
-                    self.evaluator.calibration.setdefault(k, []).extend(ratios)
+                if ev.learned is not None:  # what each unit taught the bisection's first guess, in batch order
+                    self.evaluator.calibration.setdefault(ev.unit.topology, []).append(ev.learned)
                 self.evaluations[ev.key] = ev
                 v = self.values(ev)
                 attrs = to_attrs(ev)
@@ -288,11 +288,6 @@ class Search:
             # finishes second cannot tell it. Nothing is lost but a duplicate; go on.
             if not ("Cannot tell" in str(e) or "already finished" in str(e)):
                 raise
-
-
-def ev_calibration(ev: Evaluation, start: dict) -> dict[str, list[float]]:
-    """The simulated / screened ratios one evaluation added to the evaluator's calibration."""
-    return {k: v[len(start.get(k, [])):] for k, v in (ev.calibration or {}).items()}
 
 
 def unit_gpus(unit: dict) -> int:

@@ -109,9 +109,9 @@ def test_reasons_call_a_tie_a_tie_and_name_idle_gpus():
     agg_tp1 = {"key": "agg tp1 mbt2048 seqs64", "feasible": True, "score": 450.0,
                "unit": {"workers": {"replicas": 1, "tp": 1}}}
     plan = SimpleNamespace(recommendation=six, request=SimpleNamespace(gpus=8), rows=[unit, agg_tp1])
-    words = rs.budget(plan, None, fixed=False)[0]
+    words = rs.budget(plan, fixed=False)[0]
     assert words.startswith("2 of the 8 GPUs stay idle") and "2 x agg tp1 mbt2048 seqs64" in words
-    assert rs.budget(plan, None, fixed=True)[0] == "6 of the 8 GPUs carry the load; the other 2 are not needed"
+    assert rs.budget(plan, fixed=True)[0] == "6 of the 8 GPUs carry the load; the other 2 are not needed"
 
 
 def test_a_unit_that_differs_only_in_an_unreached_max_seqs_is_not_simulated_again():
