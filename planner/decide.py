@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from simulator.metrics import stat_of
 
-# Seed-to-seed spread of a unit's goodput by bisection (bench/plan_noise.py: 12-18 % max-min over five seeds,
-# sd 4-7 %): throughputs closer than this are not told apart by the simulation, so they tie.
+# Seed-to-seed spread of a unit's goodput by bisection (bench/plan_noise.py: 12 % max-min over five seeds,
+# sd 4-5 %): throughputs closer than this are not told apart by the simulation, so they tie.
 NOISE = 0.10
 NEAR = 0.10  # a target binds when its percentile latency is within this share of its limit
 
