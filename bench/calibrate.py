@@ -1,8 +1,9 @@
 """Fit the roofline's per-engine efficiency factors on measured serving results; write them to
 profiler/calibration/h100_fit.json, which `profiler.roofline.engine_efficiency` loads by default.
 
-    .venv/bin/python bench/calibrate.py [--data data/calibration/silicon_h100_sxm.csv] [--dry-run]
-                                        [--engines vllm,...] [--moe-only] [--factors a,b] [--out FILE]
+    .venv/bin/python bench/calibrate.py              # the recorded recipe: rebuilds h100_fit.json byte for byte
+    .venv/bin/python bench/calibrate.py --verify     # refit and compare with the file, writing nothing
+    .venv/bin/python bench/calibrate.py --engines vllm --out /tmp/fit.json   # a partial fit, elsewhere
 
 Physics, not rows: a few shares of datasheet peaks (GEMM compute and memory, attention compute and
 memory, all-reduce) and fixed costs (per iteration, per layer, per all-reduce call, per sequence per
@@ -10,20 +11,21 @@ iteration, per request before the first token) per engine, fitted on the dense a
 log(predicted / measured) of mean TTFT and TPOT with a soft-L1 loss (a few rows are pathological: queues of
 tens of seconds). First the analytic closed-loop steady state (planner.calibrate.closed_loop_estimate,
 clients out of step) over every dense agg row of the engine; then the simulator itself replays the benchmark
-as it ran (planner.replay.predict_cases: fixed-length clients' opening burst, then the steady state, in
-lock-step on a prefill-first engine; InferenceMAX's clients with their varied lengths) on an evenly spread
-subsample of ``--sim-rows`` rows, starting from there. Then the routed experts' share of peak (moe_compute)
-alone, the same two ways, on the engine's MoE agg rows (kept where it cuts their TTFT error by MIN_MOE_GAIN
-points).
+as it ran (planner.replay.predict_cases) on an evenly spread subsample of ``--sim-rows`` rows, starting from
+there. Then the routed experts' share of peak (moe_compute) alone, the same two ways, on the engine's MoE agg
+rows (kept where it cuts their TTFT error by MIN_MOE_GAIN points). Every step is deterministic: the file
+records the recipe (data and its sha256, GPU, stages) and the last commit of the code it depends on.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import subprocess
+import sys
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +40,16 @@ from profiler.memory import memory_fit
 from profiler.models import CATALOG
 from profiler.roofline import ENGINE_EFFICIENCY, Efficiency, RooflineCostModel
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "calibration" / "silicon_h100_sxm.csv"
-# name: (low, high) bounds. attn_compute >= 0.3: FlashAttention reaches 35-75 % of H100's dense peak; below
-# that the fit used attention as a knob for TTFT that grows with ISL, which queueing behind prefills explains
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "calibration" / "silicon_h100_sxm.csv"
+# What the fit reads: a change here can move the file (code_revision is the last commit touching these)
+FIT_CODE = ("bench/calibrate.py", "planner", "profiler", "simulator", "data/calibration",
+            ":(exclude)profiler/calibration/*.json")
+# name: (low, high) bounds. attn_compute 0.3-0.75: FlashAttention reaches 35-75 % of H100's dense peak (below,
+# the fit used attention as a knob for TTFT that grows with ISL, which queueing behind prefills explains;
+# above, it reached 1.0). HBM shares up to 0.95: what a streaming kernel reaches (above, 0.999).
 FACTORS = {
-    "gemm_compute": (0.2, 1.0), "gemm_memory": (0.3, 1.0), "attn_compute": (0.3, 1.0), "attn_memory": (0.2, 1.0),
+    "gemm_compute": (0.2, 1.0), "gemm_memory": (0.3, 0.95), "attn_compute": (0.3, 0.75), "attn_memory": (0.2, 0.95),
     "comm": (0.1, 1.0), "allreduce_latency_s": (1e-7, 1e-4), "iteration_overhead_s": (1e-4, 0.03),
     "layer_overhead_s": (1e-7, 2e-4),
     "per_seq_overhead_s": (1e-7, 1e-3),
@@ -152,12 +159,67 @@ def fit_moe(engine: str, cases: list, meas: np.ndarray, dense: Efficiency, args,
     kept = errors["moe_before_ttft_median_ape"] - errors["moe_ttft_median_ape"] >= MIN_MOE_GAIN
     r = report.setdefault(engine, {})
     r.update({"moe_compute_fitted": round(eff.moe_compute, 4), "moe_compute_kept": kept, "moe_rows": len(cases),
-              "moe_simulated_rows": len(seen) if args.sim_rows else 0, "moe_seconds": round(time.time() - t0, 1),
-              **errors})
+              "moe_simulated_rows": len(seen) if args.sim_rows else 0, **errors})
     print(error_line(f"{engine:7s} {len(cases):4d} MoE rows", r, "moe_")
           + f"   moe_compute={eff.moe_compute:.4g} "
-          f"{'kept' if kept else f'not kept (gains under {MIN_MOE_GAIN:g} points)'} ({r['moe_seconds']} s)")
+          f"{'kept' if kept else f'not kept (gains under {MIN_MOE_GAIN:g} points)'} ({time.time() - t0:.0f} s)")
     return eff if kept else dense
+
+
+def code_revision() -> tuple[str, str]:
+    """(commit, its date) of the last commit touching FIT_CODE, "+dirty" when those files have uncommitted
+    changes; ("unknown", "") outside a git checkout."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        commit, date = subprocess.run([*git, "log", "-1", "--format=%H %cs", "--", *FIT_CODE], check=True,
+                                      capture_output=True, text=True).stdout.split()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", *FIT_CODE], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return "unknown", ""
+    return commit + ("+dirty" if dirty else ""), date
+
+
+def recipe(args) -> dict:
+    """What the file depends on besides the code: the data (path, sha256), the GPU and the stages."""
+    data = Path(args.data).resolve()
+    shown = data.relative_to(ROOT).as_posix() if data.is_relative_to(ROOT) else str(data)
+    return {"command": "bench/calibrate.py" + (f" --engines {args.engines}" if args.engines else ""),
+            "data": shown, "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "gpu": args.gpu,
+            "sim_rows": args.sim_rows, "sim_steps": args.sim_steps}
+
+
+def fit_all(df: pd.DataFrame, args) -> tuple[dict, dict]:
+    """({engine: factors}, {engine: fit error}) of every engine with dense agg rows (or those of --engines)."""
+    every = agg_cases(df, args.gpu)
+    cases = [c for c in every if c.model in DENSE_MODELS]
+    chosen = {e.strip() for e in args.engines.split(",") if e.strip()}
+    engines: dict[str, dict] = {}
+    report: dict[str, dict] = {}
+
+    def measured(rows: list) -> np.ndarray:
+        return np.array([[df.iloc[c.row].silicon_ttft_ms, df.iloc[c.row].silicon_tpot_ms] for c in rows]) * 1e-3
+
+    for engine in sorted({c.engine for c in cases}):
+        if chosen and engine not in chosen:
+            continue
+        moe = [c for c in every if c.engine == engine and c.model not in DENSE_MODELS and CATALOG[c.model].is_moe]
+        mine = [c for c in cases if c.engine == engine]
+        # a prefill-first engine keeps its clients in lock-step: no arrival finds it busy, so no admission wait
+        lockstep = any(p.prefill_first for p in mine[0].deployment.pools.values())
+        names = tuple(n for n in FACTORS if n not in MOE_FACTORS and not (lockstep and n == "ttft_wait_prefills"))
+        start = replace(ENGINE_EFFICIENCY.get(engine, Efficiency()), ttft_overhead_s=0.03, per_seq_overhead_s=1e-5,
+                        layer_overhead_s=2e-5, ttft_wait_prefills=0.0 if lockstep else 1.0)
+        t0 = time.time()
+        eff, before, after, seen = fit_two_ways(mine, measured(mine), start, names, args)
+        report[engine] = {"rows": len(mine), "simulated_rows": len(seen) if args.sim_rows else 0,
+                          **error_report(before, after, seen)}
+        print(error_line(f"{engine:7s} {len(mine):4d} rows", report[engine]) + f"   ({time.time() - t0:.0f} s)")
+        if len(moe) >= MIN_MOE_ROWS:
+            eff = fit_moe(engine, moe, measured(moe), eff, args, report)
+        engines[engine] = {k: float(f"{v:.4g}") for k, v in eff.to_dict().items()}
+        print("        " + ", ".join(f"{k}={v:.4g}" for k, v in engines[engine].items()))
+    return engines, report
 
 
 def main() -> None:
@@ -166,78 +228,38 @@ def main() -> None:
     ap.add_argument("--gpu", default="h100-sxm")
     ap.add_argument("--out", default=str(FIT_FILE))
     ap.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
+    ap.add_argument("--verify", action="store_true", help="refit and compare with --out byte for byte; write "
+                    "nothing, exit 1 if they differ")
     ap.add_argument("--sim-rows", type=int, default=SIM_ROWS,
                     help=f"rows per engine in the simulator stage (default {SIM_ROWS}; 0: steady state only)")
     ap.add_argument("--sim-steps", type=int, default=12, help="least-squares steps of the simulator stage")
-    ap.add_argument("--engines", default="", help="comma list of engines to refit (default: all); the others keep "
-                    "their factors from --out")
-    ap.add_argument("--moe-only", action="store_true", help="keep the dense factors in --out and fit only the "
-                    "experts' share of peak (moe_compute) on the MoE agg rows")
-    ap.add_argument("--factors", default="", help="comma list of dense factors to refit, the others kept from --out "
-                    "(e.g. ttft_wait_prefills after a change that moves only what it stands for)")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--engines", default="", help="comma list of engines to fit (default: all); a partial fit "
+                    "is written only elsewhere than the default --out")
+    ap.add_argument("--jobs", type=int, default=2, help="processes of the simulator stage (the result is the same)")
     args = ap.parse_args()
-    df = load_benchmark(args.data)
-    every = agg_cases(df, args.gpu)
-    cases = [c for c in every if c.model in DENSE_MODELS]
-    only = tuple(f.strip() for f in args.factors.split(",") if f.strip())
-    if unknown := [f for f in only if f not in FACTORS or f in MOE_FACTORS]:
-        ap.error(f"--factors: unknown dense factor {unknown[0]!r} (known: {', '.join(FACTORS)})")
-    old = (json.loads(Path(args.out).read_text())
-           if (args.engines or args.moe_only or only) and Path(args.out).exists() else {})
-    engines: dict[str, dict] = old.get("engines", {})
-    report: dict[str, dict] = old.get("fit_error", {})
-    chosen = {e.strip() for e in args.engines.split(",") if e.strip()}
-
-    def measured(rows: list) -> np.ndarray:
-        return np.array([[df.iloc[c.row].silicon_ttft_ms, df.iloc[c.row].silicon_tpot_ms] for c in rows]) * 1e-3
-
-    def stored(engine: str) -> Efficiency:
-        """The engine's factors as --out holds them."""
-        return Efficiency(**{k: v for k, v in engines[engine].items() if k in Efficiency.__dataclass_fields__})
-
-    for engine in sorted({c.engine for c in cases}):
-        if chosen and engine not in chosen:
-            continue
-        moe = [c for c in every if c.engine == engine and c.model not in DENSE_MODELS and CATALOG[c.model].is_moe]
-        if args.moe_only:
-            if len(moe) >= MIN_MOE_ROWS and engine in engines:
-                engines[engine] = {k: float(f"{v:.4g}") for k, v in
-                                   fit_moe(engine, moe, measured(moe), stored(engine), args, report).to_dict().items()}
-            continue
-        mine = [c for c in cases if c.engine == engine]
-        meas = measured(mine)
-        # a prefill-first engine keeps its clients in lock-step: no arrival finds it busy, so no admission wait
-        lockstep = any(p.prefill_first for p in mine[0].deployment.pools.values())
-        names = tuple(n for n in FACTORS if n not in MOE_FACTORS and not (lockstep and n == "ttft_wait_prefills"))
-        start = replace(ENGINE_EFFICIENCY.get(engine, Efficiency()), ttft_overhead_s=0.03, per_seq_overhead_s=1e-5,
-                        layer_overhead_s=2e-5, ttft_wait_prefills=0.0 if lockstep else 1.0)
-        if only:  # the engine's fitted factors, these refitted from where they are
-            if engine not in engines:
-                ap.error(f"--factors: {args.out} has no fit of {engine} to start from")
-            start = stored(engine)
-            names = tuple(n for n in names if n in only)
-        t0 = time.time()
-        eff, before, after, seen = fit_two_ways(mine, meas, start, names, args)
-        report[engine] = {"rows": len(mine), "simulated_rows": len(seen) if args.sim_rows else 0,
-                          "seconds": round(time.time() - t0, 1), **error_report(before, after, seen)}
-        if len(moe) >= MIN_MOE_ROWS:
-            eff = fit_moe(engine, moe, measured(moe), eff, args, report)
-        engines[engine] = {k: float(f"{v:.4g}") for k, v in eff.to_dict().items()}
-        print(error_line(f"{engine:7s} {len(mine):4d} rows", report[engine]) + f"   ({report[engine]['seconds']} s)")
-        print("        " + ", ".join(f"{k}={v:.4g}" for k, v in engines[engine].items()))
-    doc = {"version": 1, "gpu": args.gpu, "data": Path(args.data).name,
+    if args.engines and Path(args.out).resolve() == FIT_FILE.resolve() and not (args.dry_run or args.verify):
+        ap.error(f"--engines: {FIT_FILE.name} holds every engine's fit from one recipe; give --out elsewhere")
+    revision, date = code_revision()
+    engines, report = fit_all(load_benchmark(args.data), args)
+    doc = {"version": 2, "gpu": args.gpu, "created": date, "code_revision": revision, "recipe": recipe(args),
            "rows": "dense agg rows; moe_compute: MoE agg rows",
-           "created": datetime.now(UTC).strftime("%Y-%m-%d"), "method": "bench/calibrate.py: soft-L1 least squares "
-           "on log(pred/measured) mean TTFT and TPOT; analytic closed loop (clients out of step), then "
-           "simulation of an evenly spread subsample of the benchmark as it ran (planner.replay."
-           "simulate_benchmark: fixed lengths: opening burst, then steady state, lock-step on prefill-first "
-           "engines; InferenceMAX's client: its varied lengths, all clients at once)",
-           "engines": dict(sorted(engines.items())),
-           "fit_error": dict(sorted(report.items()))}
-    if not args.dry_run:
-        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"wrote {args.out}")
+           "method": "soft-L1 least squares on log(pred/measured) mean TTFT and TPOT; analytic closed loop "
+           "(clients out of step), then simulation of an evenly spread subsample of the benchmark as it ran "
+           "(planner.replay.predict_cases)", "engines": engines, "fit_error": report}
+    text = json.dumps(doc, indent=2) + "\n"
+    out = Path(args.out)
+    if args.verify:
+        same = out.exists() and out.read_text() == text
+        print(f"{out}: {'the same, byte for byte' if same else 'DIFFERS from this fit'}")
+        if not same:
+            print(text)
+        sys.exit(0 if same else 1)
+    if args.dry_run:
+        return
+    if revision.endswith("+dirty") and out.resolve() == FIT_FILE.resolve():
+        print(f"note: uncommitted changes to the fitted code; {out.name} records {revision}")
+    out.write_text(text)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
