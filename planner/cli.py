@@ -580,6 +580,9 @@ def plan_cmd(
                                "overlap/load weights are then tuned on the recommendation)."),
     kv_tiers: str | None = typer.Option(None, "--kv-tiers", help="KV tiers below HBM per replica, GB: "
                                         "host=256,disk=2000,remote=10000 (default bandwidths)."),
+    compare: str | None = typer.Option(None, "--compare", help="aiconfigurator: also ask AIConfigurator the same "
+                                       "question and simulate its top agg and disagg picks at its concurrency and "
+                                       "its rate (pip install 'pdsim\\[aic]')."),
 ) -> None:
     """Recommend agg or disagg, pool sizes and settings that meet the TTFT/TPOT targets. Exit 3 if none does."""
     import time
@@ -602,6 +605,11 @@ def plan_cmd(
                         kv_tiers=kv_tiers, engine=e) for e in engines]
     for req in reqs:
         req.validate()
+    checkpoints = {}
+    if compare is not None:
+        from planner.second_opinion import check
+
+        checkpoints = {req.engine: check(req, compare) for req in reqs}
     if emit:
         from planner.emit import TARGETS
 
@@ -620,6 +628,13 @@ def plan_cmd(
         where = folder / req.engine if len(reqs) > 1 else folder
         result = _plan_one(req, storage, study, quiet, jobs, folder if created else None)
         typer.echo(render(result))
+        if compare is not None:
+            from planner.parallel import default_jobs
+            from planner.second_opinion import second_opinion
+            from planner.terminal import second_opinion as second_opinion_lines
+
+            result.compare = second_opinion(req, checkpoints[req.engine], jobs or default_jobs())
+            typer.echo(second_opinion_lines(result))
         paths = write_outputs(result, where)
         if emit_check and result.recommendation is not None and len(reqs) == 1:
             from planner.plan import write_check

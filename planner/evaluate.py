@@ -153,14 +153,14 @@ class Evaluator:
         return int(np.clip(rate * self.horizon_e2e * e2e, self.min_requests, self.max_requests))
 
     def workload(self, rate: float | None = None, concurrency: int | None = None, requests: int = 200,
-                 copies: int = 1) -> Workload:
+                 copies: int = 1, warmup: int | None = None) -> Workload:
         """The unit's share of the load: synthetic at ``rate`` or ``concurrency``, or every ``copies``-th
-        request of the trace."""
+        request of the trace; the first ``warmup`` requests (default a tenth) are left out of the metrics."""
         if self.load.trace is not None:
             df = self.load.trace.requests.iloc[::copies].reset_index(drop=True)
             df["request_id"] = np.arange(len(df))
             return self.load.trace.with_requests(df, source=f"{self.load.trace.source} (1/{copies})")
-        warm = requests // 10  # the first requests meet an empty system: left out of the metrics
+        warm = requests // 10 if warmup is None else warmup  # they meet an empty system
         return synthetic_workload(requests=requests, isl=self.isl, osl=self.osl, rate=rate, concurrency=concurrency,
                                   seed=self.seed, warmup_requests=warm)
 

@@ -159,6 +159,7 @@ class Plan:
     sims: int = 0
     wall_s: float = 0.0
     study: str = ""
+    compare: dict | None = None  # `--compare aiconfigurator`: its answer, its picks simulated (second_opinion.py)
 
     @property
     def met(self) -> bool:
@@ -178,7 +179,7 @@ class Plan:
             "evaluated": [{"basis": "one unit carrying its share of the load",
                            **{k: v for k, v in r.items() if k not in RUN_ATTRS}} for r in self.rows],
             "infeasible": self.infeasible, "simulations": self.sims,
-        }
+        } | ({"compare": self.compare} if self.compare is not None else {})
 
     def run_dict(self) -> dict:
         """How this run went (run.json): wall times and which process simulated each unit; differs every run."""

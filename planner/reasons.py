@@ -25,6 +25,14 @@ def _at(values: np.ndarray, slo) -> float:
     return float(v.mean()) if slo.stat == "mean" else float(np.percentile(v, slo.percentile))
 
 
+def measured_requests(result):
+    """The requests a run's metrics count (closed-loop warm-up left out), or None without a run."""
+    if result is None:
+        return None
+    r = result.requests
+    return r[r["measured"]] if "measured" in r else r
+
+
 def _gpus(n: int) -> str:
     return f"{n} GPU{'s' if n != 1 else ''}"
 
@@ -134,7 +142,7 @@ def limit(rec, slo, fixed: bool) -> str:
             rows = w[w["pool"] == name] if "pool" in w else w
             if len(rows) and int(rows["batch_size"].max()) >= pool.max_seqs:
                 seen.append(f"max_seqs ({pool.max_seqs}) of the {name} pool")
-    r = rec.result.requests if rec.result is not None else None
+    r = measured_requests(rec.result)
     if r is not None and "prefill_start_s" in r:
         wait = float(np.nanmean((r["prefill_start_s"] - r["arrival_s"]).to_numpy(dtype=float)))
         ttft = float(np.nanmean(r["ttft_s"].to_numpy(dtype=float)))
@@ -174,7 +182,7 @@ def margin(plan, slo) -> str | None:
             f"{rec.deployment.engine} rows (bench/fidelity.py): validate on hardware before relying on it{instead}")
 
 
-def interference(confirmed, slo, search) -> str | None:
+def interference(confirmed, slo, screen) -> str | None:
     """Agg: TPOT measured against one decode-only step at the pool's mean batch (what prefill chunks add)."""
     dep = confirmed.deployment
     if dep.topology != "agg" or confirmed.result is None:
@@ -184,8 +192,8 @@ def interference(confirmed, slo, search) -> str | None:
     if not len(busy):
         return None
     batch = max(1, int(round(float(busy["batch_size"].mean()))))
-    ctx = int(search.screen.isl + search.screen.osl / 2)
-    step_ms = float(search.screen.cost_model(dep.workers.tp).decode_steps_s(batch, batch * ctx, 1)[0]) * 1e3
+    ctx = int(screen.isl + screen.osl / 2)
+    step_ms = float(screen.cost_model(dep.workers.tp).decode_steps_s(batch, batch * ctx, 1)[0]) * 1e3
     tpot = _p(confirmed.summary, "tpot_ms", slo)
     if tpot is None or tpot <= step_ms * 1.05:
         return None
@@ -198,7 +206,7 @@ def interference(confirmed, slo, search) -> str | None:
 def kv_transfer(confirmed, slo) -> str | None:
     if confirmed.deployment.topology != "disagg" or confirmed.result is None:
         return None
-    r = confirmed.result.requests
+    r = measured_requests(confirmed.result)
     if "transfer_end_s" not in r or "transfer_start_s" not in r:
         return None
     t = (r["transfer_end_s"] - r["transfer_start_s"]).to_numpy(dtype=float) * 1e3
@@ -212,7 +220,7 @@ def kv_transfer(confirmed, slo) -> str | None:
 def queueing(confirmed, slo) -> str | None:
     if confirmed.result is None:
         return None
-    r = confirmed.result.requests
+    r = measured_requests(confirmed.result)
     if "prefill_start_s" not in r:
         return None
     wait = (r["prefill_start_s"] - r["arrival_s"]).to_numpy(dtype=float) * 1e3
@@ -238,7 +246,7 @@ def reasons(plan, search, other_closest: dict | None) -> list[str]:
     for conf in (rec, other if other is not None and other.met else None):
         if conf is None:
             continue
-        for why in (interference(conf, slo, search), kv_transfer(conf, slo)):
+        for why in (interference(conf, slo, search.screen), kv_transfer(conf, slo)):
             if why:
                 out.append(why)
     q = queueing(rec, slo)

@@ -15,9 +15,13 @@ def _f(x, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def header(req: PlanRequest) -> str:
-    load = (f"trace {req.trace}" if req.trace else f"{req.rate:g} req/s Poisson" if req.rate
+def load_words(req: PlanRequest) -> str:
+    return (f"trace {req.trace}" if req.trace else f"{req.rate:g} req/s Poisson" if req.rate
             else f"{req.concurrency} clients" if req.concurrency else "highest rate that meets the targets")
+
+
+def header(req: PlanRequest) -> str:
+    load = load_words(req)
     shape = f"isl {req.isl} / osl {req.osl}, " if req.trace is None else ""
     gpu = resolve_gpu(req.gpu)
     published = published_dtype(req.model)
@@ -123,4 +127,48 @@ def engines_compared(plans: list[Plan]) -> str:
         else:
             why = f"{best.per_gpu:,.0f} tok/s/GPU against {second.per_gpu:,.0f} for {second.name}"
     lines.append(f"Best engine for this question: {best.name}: {why}")
+    return "\n".join(lines)
+
+
+def second_opinion(p: Plan) -> str:
+    """`--compare aiconfigurator`: what AIConfigurator recommends and claims, what pdsim simulates of its picks
+    at its concurrency (closed loop) and its rate (Poisson), and pdsim's own answer to set beside it."""
+    c, req = p.compare, p.request
+    lines = [f"AIConfigurator's answer ({c['tool']}, {c['model_path']} on {req.gpus} x {c['system']}, "
+             f"{c['backend']}; it assumes no queueing and targets means), its picks simulated by pdsim:"]
+    if not c["picks"]:
+        lines.append(f"  it recommends nothing: {c['none']}")
+    for pick in c["picks"]:
+        claims = pick["claims"]
+        head = f"  {pick['topology']}{' (its choice)' if pick['chosen'] else ''}: "
+        if "skipped" in pick:
+            lines.append(head + f"not simulated: {pick['skipped']}")
+            continue
+        lines.append(head + f"{pick['description']}, {pick['gpus']} GPUs"
+                     + (f" (assumed: {pick['assumed']})" if pick["assumed"] else ""))
+        lines.append(f"    {'it claims':<26} mean TTFT {claims['ttft_ms']:7.1f} ms   TPOT "
+                     f"{claims['tpot_ms']:6.2f} ms   {claims['tok_s_per_gpu']:7.1f} tok/s/GPU at "
+                     f"{pick['clients']} clients = "
+                     f"{pick['rate_rps']:.3g} req/s")
+        if pick["decode_step_ms"] is not None:
+            lines.append(f"    {'':<26} pdsim's cost model: a decode step of {claims['batch']:g} sequences takes "
+                         f"{pick['decode_step_ms']:.2f} ms (before any queueing or prompt)")
+        for load, what in (("closed_loop", f"{pick['clients']} clients"),
+                           ("poisson", f"{pick['rate_rps']:.3g} req/s Poisson")):
+            s = pick[load]
+            t, o = s["ttft_ms"], s["tpot_ms"]
+            verdicts = "; ".join(f"{st} targets " + ("hold" if not s["misses"][st] else
+                                                       "MISS (" + ", ".join(s["misses"][st]) + ")")
+                                 for st in ("mean", "p90"))
+            lines.append(f"    {'pdsim, ' + what:<26} mean TTFT {_f(t['mean']):>7} ms   TPOT "
+                         f"{_f(o['mean'], '.2f'):>6} ms   {s['tok_s_per_gpu']:7.1f} tok/s/GPU; "
+                         f"p90 TTFT {_f(t['p90'])} ms, TPOT "
+                         f"{_f(o['p90'], '.2f')} ms")
+            lines.append(f"    {'':<26} {verdicts}")
+            lines += [f"    {'':<26} - {why}" for why in s["why"]]
+    rec = p.recommendation
+    if rec is not None and rec.met:
+        lines.append(f"  pdsim's answer: {rec.deployment.describe()}, {rec.deployment.gpus} GPUs, "
+                     f"{rec.tok_s_per_gpu:,.1f} tok/s/GPU at {rec.rate_rps:.3g} req/s "
+                     f"({stat_of(req.percentile)} targets, load: {load_words(req)})")
     return "\n".join(lines)

