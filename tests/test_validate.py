@@ -639,9 +639,11 @@ def test_agg_raw_end_to_end(tmp_path, tiny_profile):
     assert 0.3 < costs["compute_slowdown"] < 10  # the live forward over the profile, on a shared CPU
     assert all(s["own_overhead_ms"] > 0 for s in doc["utilization"]["live"][0].values())  # the replay's, beside it
     assert all(s["slowdown_by_size"]["decode_steps"][0][1] > 0 for s in doc["utilization"]["live"][0].values())
-    # Raw compute on a shared CPU can be several times slower than profiled: a loose bound only
+    # the medians within 25 %, or twice what the live repeats themselves spread (a shared CPU): the rehearsal's
+    # measured costs carry the live slowdown into the simulation
     for m in ("ttft_ms", "tpot_ms"):
-        assert 0.1 < doc["metrics"][m]["p50"]["sim"] / doc["metrics"][m]["p50"]["live"] < 10
+        cell = doc["metrics"][m]["p50"]
+        assert abs(cell["rel_error"]) <= max(0.25, 2 * cell["repeat_spread"]), (m, cell)
     # the error split: the same simulation on the replays' own costs, beside the rehearsals'
     check = doc["sim_on_replay_costs"]
     assert check["costs"]["pool_decode_slowdown"]["workers"] != costs["pool_decode_slowdown"]["workers"]
