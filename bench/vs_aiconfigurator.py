@@ -23,7 +23,7 @@ QUESTIONS = [
     dict(model="llama-3.1-8b", gpu="h100-sxm", isl=1000, osl=1000, ttft_ms=200, tpot_ms=10, engine="sglang"),
     dict(model="qwen3-235b-a22b", dtype="fp8", gpu="h200-sxm", isl=4000, osl=1000, ttft_ms=1500, tpot_ms=40,
          engine="trtllm"),
-    dict(model="mixtral-8x7b", gpu="h100-sxm", isl=2000, osl=500, ttft_ms=500, tpot_ms=20, engine="vllm"),
+    dict(model="gpt-oss-120b", gpu="h200-sxm", isl=2000, osl=1000, ttft_ms=500, tpot_ms=15, engine="vllm"),
 ]
 
 
