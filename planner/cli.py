@@ -190,7 +190,7 @@ def simulate_cmd(
         dep = with_router(dep, router, kv_event_delay)
     if fault or autoscale is not None:
         from simulator.deployment import check_fault_targets
-        from simulator.faults import fault_plan, with_ops
+        from simulator.fault_plan import fault_plan, with_ops
 
         dep = with_ops(dep, fault, autoscale, ttft, tpot)
         if fault:  # a replica the deployment lacks: say --fault (not 'faults:', as the simulator would)
@@ -232,7 +232,7 @@ def simulate_cmd(
         result.extra["usd_per_gpu_hour"] = usd_per_gpu_hour(dep.gpu, load_prices(prices))
     summary = result.summary()
     typer.echo(summary_table(summary))
-    from simulator.faults import ops_table
+    from simulator.ops_summary import ops_table
 
     typer.echo(ops_table(summary))
     if trace_requests is not None:

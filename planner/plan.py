@@ -28,8 +28,9 @@ from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
 from profiler.models import dtype_bytes, published_dtype, resolve_model
 from simulator import SLO
-from simulator.deployment import ROUTERS, Deployment
+from simulator.deployment import Deployment
 from simulator.kv_tiers import tiers_flag
+from simulator.router import ROUTERS
 
 PERCENTILES = (50, 90, 99, "mean")  # "mean": the targets bind mean TTFT and TPOT (AIConfigurator's)
 # flags with an upper bound, so that no value runs forever: the search enumerates every unit of the budget (its

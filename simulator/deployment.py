@@ -27,9 +27,9 @@ from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
 from profiler.models import resolve_model
 from profiler.yamlfile import read_yaml
+from simulator.router import ROUTERS
 
 TOPOLOGIES = ("agg", "disagg")
-ROUTERS = ("round_robin", "least_loaded", "kv_aware")
 DTYPES = ("bf16", "fp16", "fp8", "fp4", "fp32")
 MAX_COUNT = 10**7  # replicas, TP, batch tokens, seqs: above this is a typo that would exhaust memory, not a pool
 
@@ -290,7 +290,7 @@ def parse_deployment(data: Any, where: str = "deployment") -> Deployment:
         kw["kv_event_delay_s"] = float(v)
     kw["extra"] = {k: data[k] for k in EXTRA_SECTIONS if k in data}
     if "faults" in data or "retry" in data:  # checked here too, so that their errors name this file
-        from simulator.faults import fault_plan
+        from simulator.fault_plan import fault_plan
 
         check_fault_targets(fault_plan(kw["extra"], where), {name: kw[name].replicas for name in
                                                              ("workers", "prefill", "decode") if kw.get(name)},

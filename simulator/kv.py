@@ -27,6 +27,7 @@ from profiler.errors import InputError
 from simulator.kv_events import KVView  # importing it registers the kv_aware router
 from simulator.kv_tiers import TierSpec, build_tiers, parse_kv_tiers
 from simulator.prefix_cache import PrefixCache
+from simulator.router import ROUTERS
 
 if TYPE_CHECKING:
     from simulator.deployment import Deployment
@@ -91,8 +92,6 @@ def with_router(dep: Deployment, router: str | None = None, kv_event_delay_s: fl
                 weights: tuple[float, float] | None = None) -> Deployment:
     """``dep`` with another router, KV-event delay or kv_aware weights (the command line's overrides)."""
     from dataclasses import replace
-
-    from simulator.deployment import ROUTERS
 
     changes: dict[str, Any] = {}
     if router is not None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from simulator.faults import ops_summary
 from simulator.kv import kv_summary
-
-PERCENTILES = (50, 90, 99)
+from simulator.ops_summary import ops_summary
+from simulator.stats import finite, stats_ms
 
 
 @dataclass(frozen=True)
@@ -59,34 +57,6 @@ class ITLSamples:
         return t, gap, w
 
 
-def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs) -> list[float]:
-    """For each q, the smallest value whose cumulative weight reaches q % of the total (inverted CDF)."""
-    order = np.argsort(values)
-    cw = np.cumsum(weights[order])
-    i = np.minimum(np.searchsorted(cw, np.asarray(qs, dtype=np.float64) / 100.0 * cw[-1], side="left"), len(cw) - 1)
-    return [float(x) for x in values[order[i]]]
-
-
-def _num(x) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) or math.isinf(x) else x
-
-
-def stats_ms(values_s: np.ndarray, weights: np.ndarray | None = None) -> dict:
-    """{mean, p50, p90, p99} in milliseconds; None where there are no values."""
-    v = np.asarray(values_s, dtype=np.float64)
-    keep = ~np.isnan(v)
-    v = v[keep]
-    if not len(v):
-        return {"mean": None, **{f"p{q}": None for q in PERCENTILES}}
-    if weights is None:
-        mean, ps = v.mean(), np.percentile(v, PERCENTILES)
-    else:
-        w = np.asarray(weights, dtype=np.float64)[keep]
-        mean, ps = (v * w).sum() / w.sum(), weighted_percentiles(v, w, PERCENTILES)
-    return {"mean": _num(mean * 1e3), **{f"p{q}": _num(p * 1e3) for q, p in zip(PERCENTILES, ps, strict=True)}}
-
-
 @dataclass
 class SimResult:
     requests: pd.DataFrame  # one row per request
@@ -126,15 +96,15 @@ class SimResult:
             "failed": int((df["outcome"] == "failed").sum()),
             "preemptions": int(df["preemptions"].sum()),
             "gpus": int(self.gpus),
-            "duration_s": _num(duration),
+            "duration_s": finite(duration),
             "ttft_ms": stats_ms(ok["ttft_s"].to_numpy()),
             "tpot_ms": stats_ms(tpot),
             "itl_ms": stats_ms(gap[in_window], w[in_window]),
             "e2e_ms": stats_ms(ok["e2e_s"].to_numpy()),
-            "throughput_tok_s": _num(throughput),
-            "tok_s_per_gpu": _num(throughput / self.gpus),
-            "tok_s_per_user": _num(1.0 / np.nanmean(tpot)) if np.isfinite(tpot).any() else None,
-            "utilization": {k: _num(v) for k, v in self.utilization.items()},
+            "throughput_tok_s": finite(throughput),
+            "tok_s_per_gpu": finite(throughput / self.gpus),
+            "tok_s_per_user": finite(1.0 / np.nanmean(tpot)) if np.isfinite(tpot).any() else None,
+            "utilization": {k: finite(v) for k, v in self.utilization.items()},
             "peak_seqs": dict(self.peak_seqs),
             **kv_summary(self.extra.get("kv"), df["measured"].to_numpy()),
             **ops_summary(self),
@@ -143,7 +113,7 @@ class SimResult:
             "slo_met": None,
         }
         if self.stopped is not None:
-            s["stopped_early"] = {**self.stopped, "at_s": _num(self.stopped["at_s"]),
+            s["stopped_early"] = {**self.stopped, "at_s": finite(self.stopped["at_s"]),
                                   "unfinished": int((df["outcome"] == "pending").sum())}
         if slo is not None and len(m):
             ttft_ok = (m["ttft_s"] * 1e3 <= slo.ttft_ms).to_numpy()

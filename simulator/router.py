@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+ROUTERS = ("round_robin", "least_loaded", "kv_aware")  # what a deployment may name (kv_aware: simulator/kv_events.py)
+
 
 def round_robin(router: Router, workers: Sequence, r: int) -> int:
     i = router.turn % len(workers)

@@ -23,10 +23,10 @@ from profiler.prices import usd_per_gpu_hour
 from profiler.roofline import request_terms
 from simulator.block_manager import blocks_for
 from simulator.deployment import Deployment
-from simulator.faults import annotate, attach_ops
 from simulator.kv import attach_kv
 from simulator.link import KVLink
 from simulator.metrics import SLO, ITLSamples, SimResult
+from simulator.ops import annotate, attach_ops
 from simulator.router import Router
 from simulator.sequence import FAILED, OK, OUTCOMES, PENDING, Sequences
 from simulator.worker import Worker
@@ -132,9 +132,9 @@ class Simulation:
             clients = min(int(workload.concurrency), n)
             if closed_loop_stagger_s > 0:
                 for i in range(clients):
-                    self.env.timeout(i * closed_loop_stagger_s).callbacks.append(lambda _ev: self._send_next(1))
+                    self.env.timeout(i * closed_loop_stagger_s).callbacks.append(lambda _ev: self.send_next(1))
             else:
-                self._send_next(clients)
+                self.send_next(clients)
         else:
             self.env.process(self._arrivals(np.argsort(arrival, kind="stable")))
 
@@ -165,7 +165,7 @@ class Simulation:
             if not self._send(r):
                 self._completed(np.array([r]))
 
-    def _send_next(self, count: int) -> None:
+    def send_next(self, count: int) -> None:
         """Closed loop: ``count`` clients are free; each sends the next row (a refused row frees it again)."""
         while count > 0 and self.next_row < self.seqs.n:
             r = self.next_row
@@ -185,12 +185,13 @@ class Simulation:
             S.fail_reason[r] = self.fail_reason[r]
             return False
         if self.frontend_s > 0:
-            self.env.timeout(self.frontend_s).callbacks.append(lambda _ev: self._route(r))
+            self.env.timeout(self.frontend_s).callbacks.append(lambda _ev: self.route(r))
         else:
-            self._route(r)
+            self.route(r)
         return True
 
-    def _route(self, r: int) -> None:
+    def route(self, r: int) -> None:
+        """Send ``r`` to a replica of the entry pool now (a retry comes here: no second trip through the frontend)."""
         S = self.seqs
         ws = self.serving[self.entry]
         if not ws:  # every replica is down or draining
@@ -236,10 +237,17 @@ class Simulation:
         self.workers[int(S.decode_worker[r])].add_ready(r)
 
     def finish(self, rs: np.ndarray) -> None:
-        self.seqs.outcome[rs] = OK
+        self.complete(rs, OK)
+
+    def complete(self, rs: np.ndarray, outcome: int, reason: str = "") -> None:
+        """Requests ``rs`` end with ``outcome`` (OK, or FAILED for ``reason``); a closed loop's clients that sent
+        them send their next."""
+        self.seqs.outcome[rs] = outcome
+        if reason:
+            self.seqs.fail_reason[rs] = reason
         self._completed(rs)
         if self.workload.closed_loop:
-            self._send_next(len(rs))
+            self.send_next(len(rs))
 
     def _completed(self, rs: np.ndarray) -> None:
         """The first ``warmup_requests`` outcomes are left out of the metrics."""

@@ -14,8 +14,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from simulator.deployment import parse_deployment
-from simulator.faults import annotate
 from simulator.metrics import SLO
+from simulator.ops import annotate
 from simulator.sim import Simulation, simulate
 from traces.workload import Workload, make_requests
 

@@ -11,7 +11,7 @@ import pytest
 from profiler.errors import InputError
 from simulator import simulate
 from simulator.deployment import parse_deployment
-from simulator.faults import fault_plan
+from simulator.fault_plan import fault_plan
 from traces.synthetic import synthetic_workload
 from traces.workload import Workload, make_requests
 
