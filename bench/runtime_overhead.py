@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from runtime.engine import Engine
-from runtime.model import load_model
+from runtime.load import load_model
 from runtime.scheduler import SchedulerConfig
 from runtime.sequence import Sequence
 

@@ -265,19 +265,6 @@ def decode_step(tokens: list[int], ctx_slots: list[torch.Tensor], device: str | 
                      decode_ctx_slots=pad, decode_mask=mask)
 
 
-def load_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu") -> Model:
-    """A catalog model with seeded random weights, or SmolLM2's real ones (``model: smollm2-135m``)."""
-    from profiler.models import resolve_model
-
-    spec = resolve_model(name)
-    if spec.name == "smollm2-135m":
-        from runtime.smollm2 import load_smollm2
-
-        return load_smollm2(spec, dtype, device)[0]
-    return build_model(spec, seed, dtype, device)
-
-
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run with ``n`` torch CPU threads, as a worker does (one), then restore the previous count."""

@@ -29,7 +29,8 @@ import torch
 
 from profiler.costmodel import Batch
 from runtime.engine import Engine, StepResult
-from runtime.model import keep_heap, load_model
+from runtime.load import load_model
+from runtime.model import keep_heap
 from runtime.scheduler import SchedulerConfig
 from runtime.sequence import Sequence
 from runtime.wire import Conn, connect
