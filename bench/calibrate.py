@@ -32,8 +32,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
+from planner.benchmark_rows import DENSE_MODELS, load_benchmark, row_case
 from planner.calibrate import closed_loop_estimate
-from planner.replay import DENSE_MODELS, ape, load_benchmark, predict_cases, row_case
+from planner.replay import ape, predict_cases
 from profiler.calibration import FIT_FILE
 from profiler.gpus import resolve_gpu
 from profiler.memory import memory_fit

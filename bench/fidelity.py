@@ -26,15 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from planner.replay import (
-    DENSE_MODELS,
-    ape,
-    fidelity_sample,
-    format_summary,
-    load_benchmark,
-    replay,
-    write_replay,
-)
+from planner.benchmark_rows import DENSE_MODELS, fidelity_sample, load_benchmark
+from planner.replay import ape, format_summary, replay, write_replay
 from profiler.calibration import FIGURES_FILE, FIT_FILE
 from profiler.models import canonical_model_name
 

@@ -177,8 +177,8 @@ def _pools_of(dep: Deployment) -> dict:
 
 def read_silicon(path: Path, dep: Deployment) -> tuple[list[dict], dict[str, int]]:
     """Rows of a silicon CSV for the deployment's model, GPU, engine and dtype (read as the replay reads them,
-    planner.replay.row_case); skipped rows counted by reason."""
-    from planner.replay import load_benchmark, row_case  # noqa: PLC0415 (replay imports this module lazily)
+    planner.benchmark_rows.row_case); skipped rows counted by reason."""
+    from planner.benchmark_rows import load_benchmark, row_case  # noqa: PLC0415 (only for silicon rows)
 
     df = load_benchmark(path)
     if "system" not in df.columns:

@@ -271,7 +271,8 @@ def replay_benchmark_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Simulate every row of a measured benchmark file and report the error of TTFT and TPOT."""
-    from planner.replay import format_summary, load_benchmark, replay, select_models, write_replay
+    from planner.benchmark_rows import load_benchmark, select_models
+    from planner.replay import format_summary, replay, write_replay
     from profiler.gpus import canonical_gpu_name
 
     gpu = None if system is None else canonical_gpu_name(system)

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from planner import reasons
+from planner.benchmark_rows import row_case
 from planner.parallel import calls
 from planner.plan import PlanRequest, build
 from planner.recommend import CONFIRM_E2E, Confirmed
-from planner.replay import row_case
 from planner.space import scale
 from profiler.errors import InputError
 from profiler.models import canonical_model_name, published_dtype
@@ -42,7 +42,7 @@ class Pick:
 
     topology: str
     chosen: bool
-    case: object  # planner.replay.Case: the deployment, as aiconfigurator's generator would write it
+    case: object  # planner.benchmark_rows.Case: the deployment, as aiconfigurator's generator would write it
     clients: int  # its concurrency over the budget's copies of the configuration
     rate_rps: float
     claims: dict

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from needs import REPO, SILICON
 
-from planner.replay import DENSE_MODELS, load_benchmark
+from planner.benchmark_rows import DENSE_MODELS, load_benchmark
 from profiler.calibration import FIT_FILE
 from profiler.roofline import ENGINE_EFFICIENCY
 

@@ -9,18 +9,14 @@ import pandas as pd
 import pytest
 from needs import SILICON, needs_aic
 
+from planner.benchmark_rows import concurrency_of, kv_cache_dtype, load_benchmark, row_case, weight_dtype
 from planner.cli import app, run_app
 from planner.replay import (
-    concurrency_of,
     engine_memory_utilization,
     format_summary,
-    kv_cache_dtype,
-    load_benchmark,
     replay,
-    row_case,
     simulate_case,
     trtllm_max_num_tokens,
-    weight_dtype,
     write_replay,
 )
 from profiler.calibration import FIT_FILE, fitted_factors
@@ -572,7 +568,7 @@ def test_sglang_sizes_its_chunk_and_memory_share_by_the_devices_memory():
 
 
 def test_a_row_that_ran_where_the_default_memory_share_cannot_hold_one_request_gets_the_raised_share():
-    from planner.replay import RAISED_MEMORY_FRACTION
+    from planner.benchmark_rows import RAISED_MEMORY_FRACTION
 
     # DeepSeek-R1 fp8 on 4 x B200 (168 GB of weights per GPU): SGLang's default share leaves no KV cache
     row = agg_row(model="deepseek-ai/DeepSeek-R1", backend="sglang", tp=4, system="b200_sxm", isl=8192, osl=1024,

@@ -11,7 +11,8 @@ import json
 import pytest
 from needs import SILICON
 
-from planner.replay import fidelity_sample, load_benchmark, replay
+from planner.benchmark_rows import fidelity_sample, load_benchmark
+from planner.replay import replay
 from profiler.calibration import FIGURES_FILE
 
 MARGIN = 2.0  # points of absolute percentage error
