@@ -79,7 +79,7 @@ from profiler.errors import InputError
 from profiler.models import resolve_model
 from profiler.paced import ScaledCostModel, bucket_scale
 from simulator.deployment import Deployment, KVLinkSpec
-from simulator.metrics import PERCENTILES, stats_ms
+from simulator.stats import PERCENTILES, stats_ms
 from traces.transforms import rescale, time_window
 from traces.workload import Workload
 

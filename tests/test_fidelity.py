@@ -11,14 +11,8 @@ from needs import SILICON, needs_aic
 
 from planner.benchmark_rows import concurrency_of, kv_cache_dtype, load_benchmark, row_case, weight_dtype
 from planner.cli import app, run_app
-from planner.replay import (
-    engine_memory_utilization,
-    format_summary,
-    replay,
-    simulate_case,
-    trtllm_max_num_tokens,
-    write_replay,
-)
+from planner.engines import engine_memory_utilization, trtllm_max_num_tokens
+from planner.replay import format_summary, replay, simulate_case, write_replay
 from profiler.calibration import FIT_FILE, fitted_factors
 from profiler.errors import InputError
 from profiler.gpus import resolve_gpu
