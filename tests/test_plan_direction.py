@@ -9,6 +9,7 @@ import json
 import pytest
 
 from planner.cli import app, run_app
+from planner.decide import NOISE
 
 
 def recommend(tmp_path, *args: str, trials: int = 6) -> dict:
@@ -32,7 +33,7 @@ def test_long_prompts_short_outputs_tight_targets_favour_disagg(tmp_path):
     plan = recommend(tmp_path, "--isl", "8000", "--osl", "100", "--ttft", "300", "--tpot", "10", "--gpus", "4")
     assert plan["recommendation"]["deployment"]["topology"] == "disagg"
     best = best_by_topology(plan)
-    assert best["disagg"] > 1.2 * best["agg"], best
+    assert best["disagg"] > (1 + NOISE) * best["agg"], best  # beyond the run-to-run noise of a unit's goodput
 
 
 @pytest.mark.slow
