@@ -169,9 +169,11 @@ def write_plan_report(p, path: str | Path) -> Path:
                                     figure(kv_timeseries(r.extra["kv"]), "kv")))
         sections.append(section("Request waterfall (a sample of the recommended deployment's requests)",
                                 figure(waterfall(r.requests, seed=req.seed), "waterfall")))
-        from reports.requests import request_table  # noqa: PLC0415
+        from reports.requests import request_table, write_requests_csv  # noqa: PLC0415
 
-        sections.append(section("Requests of the recommended deployment", request_table(r.requests)))
+        csv = write_requests_csv(r.requests, Path(path).with_name("requests.csv"))
+        sections.append(section("Requests of the recommended deployment",
+                                request_table(r.requests, slo=r.slo, csv=csv.name)))
     sections.append(section("Candidates (best first)", table(candidates_rows(p), formats={"req/s/unit": ".3g"}),
                             paragraph(f"{len(p.rows)} units simulated ({p.sims} simulations); "
                                       f"{len(p.infeasible)} rejected without simulation "

@@ -1,11 +1,13 @@
-"""A searchable per-request table: one row per request (timestamps, latencies, workers, outcome, retries,
-fault), filtered as you type. Used by the plan report and `pdsim simulate --report`."""
+"""A searchable table of the requests furthest from the targets (timestamps, latencies, workers, outcome,
+retries, fault), filtered as you type, with every request in a CSV beside the report. Used by the plan report
+and `pdsim simulate --report`."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -41,19 +43,46 @@ def _cell(key: str, v) -> str:
     return esc(v)
 
 
-def request_table(requests: pd.DataFrame, table_id: str = "requests", limit: int = 5000) -> str:
-    """The table (the first ``limit`` requests) with a search box: every word typed must appear in a row."""
-    df = requests.head(limit)
+SHOWN = 200  # rows a report shows; every request goes to the CSV beside it
+
+
+def worst_first(requests: pd.DataFrame, slo=None) -> pd.DataFrame:
+    """Failed requests first, then by how far each is from the targets (the worse of TTFT and TPOT over its
+    target), or by E2E without targets."""
+    failed = (requests["outcome"] == "failed").to_numpy() if "outcome" in requests else False
+    if slo is not None:
+        key = np.fmax(requests["ttft_s"].to_numpy() * 1e3 / slo.ttft_ms,
+                      requests["tpot_s"].to_numpy() * 1e3 / slo.tpot_ms)
+    else:
+        key = requests["e2e_s"].to_numpy()
+    order = np.lexsort((-np.nan_to_num(key, nan=-np.inf), ~np.asarray(failed, bool)))
+    return requests.iloc[order]
+
+
+def write_requests_csv(requests: pd.DataFrame, path: str | Path) -> Path:
+    """Every request, as the table's columns (latencies in seconds)."""
+    cols = [k for k, _ in COLUMNS if k in requests.columns]
+    requests[cols].to_csv(path, index=False)
+    return Path(path)
+
+
+def request_table(requests: pd.DataFrame, table_id: str = "requests", slo=None, csv: str | None = None,
+                  shown: int = SHOWN) -> str:
+    """The ``shown`` requests furthest from the targets (worst_first) with a search box: every word typed must
+    appear in a row; ``csv``: the file beside the report that holds every request."""
+    df = worst_first(requests, slo).head(shown)
     cols = [(k, h) for k, h in COLUMNS if k in df.columns]
     head = "".join(f"<th>{esc(h)}</th>" for _, h in cols)
     data = [df[k].tolist() for k, _ in cols]
     body = "".join("<tr>" + "".join(f'<td class="{"text" if k in ("outcome", "fault", "fail_reason") else ""}">'
                                     f"{_cell(k, col[i])}</td>" for (k, _), col in zip(cols, data, strict=True))
                    + "</tr>" for i in range(len(df)))
-    note = "" if len(requests) <= limit else f" (the first {limit:,} of {len(requests):,})"
+    by = "failed first, then furthest from the targets" if slo is not None else "failed first, then slowest E2E"
+    note = f" ({by}, of {len(requests):,}" + (f"; every request in <a href=\"{esc(csv)}\">{esc(csv)}</a>)"
+                                             if csv else ")")
     box = (f'<p><input type="search" placeholder="filter: e.g. retried_ok, decode on 3, died" size="50" '
            f'data-table="{table_id}" oninput="pdsimFilter(this)"> <span id="{table_id}-count" class="note">'
-           f"{len(df):,} shown{note}</span></p>")
+           f"{len(df):,} shown</span><span class=\"note\">{note}</span></p>")
     return (SCRIPT + box + f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
 
 
@@ -99,6 +128,7 @@ def write_simulation_report(result, summary_lines: str, path: str | Path, title:
                 section("Pools over time", figure(pool_timeseries(result.workers), "pools"))]
     if (result.extra.get("ops") or {}).get("scaling"):
         sections.append(section("Scaling", figure(scaling_figure(result), "scaling")))
-    sections.append(section("Requests", request_table(result.requests),
+    csv = write_requests_csv(result.requests, Path(path).with_name(Path(path).stem + "-requests.csv"))
+    sections.append(section("Requests", request_table(result.requests, slo=result.slo, csv=csv.name),
                             paragraph("Times in seconds from the start; latencies in milliseconds.", "note")))
     return page(title, sections, result.deployment).write(path)
